@@ -1,0 +1,249 @@
+"""What the journal stores, and the storage interface every backend implements.
+
+A journal holds many runs. For each run: the run itself (plan text and hash, options,
+status), one row per target node with its state machine, one row per HTTP attempt, the
+nodes that the plan's selection excluded (and why), and a log of run events (wave
+boundaries, pauses, budget decisions, throttle changes, stops).
+
+Target states::
+
+    pending ──► in_flight ──► accepted ──► healthy
+                   │  ▲           │
+                   │  └─(retry)   └──► failed
+                   ├──► failed / gone / skipped
+                   └──► done_unverified  (accepted and the plan does not wait for health)
+
+Times are UTC epoch seconds (float). No record ever holds a key, token or password.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+
+class TargetState(StrEnum):
+    PENDING = "pending"
+    IN_FLIGHT = "in_flight"  # a request was (or is about to be) sent; not yet known accepted
+    ACCEPTED = "accepted"  # 202 seen (or in-doubt reconciled as applied); awaiting health
+    HEALTHY = "healthy"  # back in a ready state with a lastBootTime after our request
+    DONE_UNVERIFIED = "done_unverified"  # accepted, and the plan does not wait for health
+    FAILED = "failed"
+    GONE = "gone"  # the node left the pool (404)
+    SKIPPED = "skipped"  # not done, for a reason that is not the node's failure
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({TargetState.HEALTHY, TargetState.DONE_UNVERIFIED, TargetState.FAILED,
+                       TargetState.GONE, TargetState.SKIPPED})
+
+
+class RunStatus(StrEnum):
+    RUNNING = "running"
+    STOPPED = "stopped"  # stopped on purpose (budget, auth, deadline, checkpoint): resumable
+    INTERRUPTED = "interrupted"  # SIGINT/SIGTERM: resumable
+    FINISHED = "finished"  # every target terminal
+
+    @property
+    def resumable(self) -> bool:
+        return self is not RunStatus.FINISHED
+
+
+class AttemptOutcome(StrEnum):
+    ACCEPTED = "accepted"  # 202
+    REJECTED = "rejected"  # an HTTP error status (see status/code)
+    NOT_SENT = "not_sent"  # connect failure: the server never saw it
+    IN_DOUBT = "in_doubt"  # timeout / connection lost after sending
+    RECONCILED_APPLIED = "reconciled_applied"  # in doubt, then the node showed it took effect
+    RECONCILED_NOT_APPLIED = "reconciled_not_applied"
+
+
+@dataclass(frozen=True, slots=True)
+class NewRun:
+    run_id: str
+    name: str
+    action: str  # reimage | reboot
+    plan_path: str
+    plan_text: str
+    plan_sha256: str
+    options: Mapping[str, Any]  # command-line options that shape the run (deadline, ...)
+    created_at: float
+    host: str
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    run_id: str
+    name: str
+    action: str
+    plan_path: str
+    plan_text: str
+    plan_sha256: str
+    options: Mapping[str, Any]
+    created_at: float
+    updated_at: float
+    ended_at: float | None
+    status: RunStatus
+    reason: str | None
+    host: str
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class NewTarget:
+    account: str
+    pool: str
+    node_id: str
+    wave: int  # 0-based wave index within its pool
+    position: int  # dispatch order within the pool
+
+
+@dataclass(slots=True)
+class TargetRecord:
+    target_id: int
+    run_id: str
+    account: str
+    pool: str
+    node_id: str
+    wave: int
+    position: int
+    state: TargetState
+    reason: str | None = None
+    updated_at: float = 0.0
+    first_sent_at: float | None = None
+    last_sent_at: float | None = None  # of the latest attempt: compare with lastBootTime
+    accepted_at: float | None = None
+    finished_at: float | None = None
+    attempts: int = 0
+    last_code: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Exclusion:
+    account: str
+    pool: str
+    node_id: str | None  # None when a whole pool is excluded
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptStart:
+    """Written and made durable *before* the request is sent."""
+
+    run_id: str
+    target_id: int
+    attempt_no: int  # 1-based, per target
+    operation: str  # reimage | reboot
+    client_request_id: str
+    sent_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptEnd:
+    """Written after the answer (or its absence); also moves the target's state."""
+
+    run_id: str
+    target_id: int
+    client_request_id: str
+    finished_at: float
+    outcome: AttemptOutcome
+    target_state: TargetState
+    status: int | None = None
+    request_id: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    latency_ms: float | None = None
+    reason: str | None = None  # why the target is in target_state, for failed/skipped/gone
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    run_id: str
+    target_id: int
+    attempt_no: int
+    operation: str
+    client_request_id: str
+    sent_at: float
+    finished_at: float | None
+    outcome: AttemptOutcome | None  # None: no answer recorded (crash while in flight)
+    status: int | None
+    request_id: str | None
+    error_code: str | None
+    error_message: str | None
+    latency_ms: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class TargetChange:
+    """A state change that is not tied to an HTTP attempt (health, reconcile, skip)."""
+
+    run_id: str
+    target_id: int
+    state: TargetState
+    at: float
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunEvent:
+    run_id: str
+    at: float
+    kind: str  # wave_started, wave_completed, paused, budget_exceeded, throttle_changed, ...
+    account: str | None = None
+    pool: str | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+class JournalError(Exception):
+    """The journal cannot be used (damaged, newer schema, unreachable); message says what to do."""
+
+
+class JournalBusy(JournalError):
+    """Another runner holds the journal (or the run); message names it."""
+
+
+class Journal(Protocol):
+    """Storage interface. Every write returns only once it is durable."""
+
+    location: str  # file path or redacted URL, for messages
+
+    async def close(self) -> None: ...
+
+    async def lock_for_writing(self, owner: str) -> None:
+        """Become the only writer (raise JournalBusy naming the holder otherwise)."""
+
+    async def create_run(self, run: NewRun, targets: Sequence[NewTarget],
+                         exclusions: Sequence[Exclusion]) -> None: ...
+
+    async def runs(self) -> list[RunRecord]: ...
+
+    async def get_run(self, run_id: str) -> RunRecord | None: ...
+
+    async def targets(self, run_id: str) -> list[TargetRecord]: ...
+
+    async def exclusions(self, run_id: str) -> list[Exclusion]: ...
+
+    async def attempts(self, run_id: str) -> list[AttemptRecord]: ...
+
+    async def events(self, run_id: str) -> list[RunEvent]: ...
+
+    # Hot path: group-committed; each call returns once its transaction is durable.
+    async def attempt_started(self, start: AttemptStart) -> None: ...
+
+    async def attempt_finished(self, end: AttemptEnd) -> None: ...
+
+    async def target_changed(self, change: TargetChange) -> None: ...
+
+    async def record_event(self, event: RunEvent) -> None: ...
+
+    async def set_run_status(self, run_id: str, status: RunStatus, reason: str | None,
+                             at: float, options: Mapping[str, Any] | None = None) -> None: ...
+
+    async def replace_plan(self, run_id: str, plan_text: str, plan_sha256: str) -> None:
+        """After the operator accepted a changed plan (--force-plan) on resume."""

@@ -1,0 +1,147 @@
+"""Safe YAML loading that remembers where every value came from.
+
+- Only plain data: mappings, sequences, strings, numbers, booleans, null, timestamps.
+  No tags that construct objects (PyYAML's SafeLoader already refuses them).
+- Anchors and aliases are allowed but bounded: the document, with every alias expanded,
+  may hold at most ``MAX_EXPANDED_NODES`` nodes, so a "billion laughs" file is refused
+  after counting, before anything walks the expanded tree.
+- Duplicate keys are errors (YAML allows the later one to win silently).
+- Mappings load as ``MarkedMap``: a dict that also knows the position of each key and value,
+  so validation can point at a line and column.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from .problems import InputError, Problem
+
+MAX_DOCUMENT_BYTES = 4 * 1024 * 1024
+MAX_EXPANDED_NODES = 200_000
+
+Position = tuple[int, int]  # 1-based line, column
+
+
+class MarkedMap(dict[str, Any]):
+    """A mapping that remembers the position of each key and of each value."""
+
+    key_positions: dict[str, Position]
+    value_positions: dict[str, Position]
+    position: Position
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.key_positions = {}
+        self.value_positions = {}
+        self.position = (1, 1)
+
+
+class MarkedList(list[Any]):
+    """A sequence that remembers the position of each item."""
+
+    item_positions: list[Position]
+    position: Position
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.item_positions = []
+        self.position = (1, 1)
+
+
+def _position(node: Node) -> Position:
+    return (node.start_mark.line + 1, node.start_mark.column + 1)
+
+
+class _MarkedLoader(yaml.SafeLoader):
+    """SafeLoader building MarkedMap/MarkedList and refusing duplicate keys."""
+
+    def __init__(self, stream: str, filename: str) -> None:
+        super().__init__(stream)
+        self.filename = filename
+        self.problems: list[Problem] = []
+
+    def construct_marked_mapping(self, node: MappingNode) -> MarkedMap:
+        self.flatten_mapping(node)  # resolves YAML merge keys ("<<")
+        result = MarkedMap()
+        result.position = _position(node)
+        for key_node, value_node in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, str):
+                key = str(key)
+            if key in result:
+                line, column = _position(key_node)
+                self.problems.append(Problem(self.filename, line, column, key,
+                                             f"duplicate key {key!r} (first at line "
+                                             f"{result.key_positions[key][0]})"))
+                continue
+            result[key] = self.construct_object(value_node, deep=True)
+            result.key_positions[key] = _position(key_node)
+            result.value_positions[key] = _position(value_node)
+        return result
+
+    def construct_marked_sequence(self, node: SequenceNode) -> MarkedList:
+        result = MarkedList()
+        result.position = _position(node)
+        for item in node.value:
+            result.append(self.construct_object(item, deep=True))
+            result.item_positions.append(_position(item))
+        return result
+
+
+_MarkedLoader.add_constructor("tag:yaml.org,2002:map", _MarkedLoader.construct_marked_mapping)
+_MarkedLoader.add_constructor("tag:yaml.org,2002:seq", _MarkedLoader.construct_marked_sequence)
+
+
+def _expanded_size(node: Node, memo: dict[int, int], budget: int) -> int:
+    """Node count with aliases expanded, stopping early once past ``budget``."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    size = 1
+    if isinstance(node, SequenceNode):
+        for child in node.value:
+            size += _expanded_size(child, memo, budget)
+            if size > budget:
+                break
+    elif isinstance(node, MappingNode):
+        for key_node, value_node in node.value:
+            size += _expanded_size(key_node, memo, budget) + _expanded_size(value_node, memo, budget)
+            if size > budget:
+                break
+    memo[key] = size
+    return size
+
+
+def load_marked_yaml(text: str, filename: str) -> Any:
+    """Parse one YAML document into plain data with positions; InputError when it cannot."""
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_DOCUMENT_BYTES:
+        raise InputError([Problem(filename, None, None, "",
+                                  f"file is larger than {MAX_DOCUMENT_BYTES // 1024} KiB")])
+    loader = _MarkedLoader(text, filename)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            raise InputError([Problem(filename, 1, 1, "", "the file is empty")])
+        if _expanded_size(root, {}, MAX_EXPANDED_NODES) > MAX_EXPANDED_NODES:
+            line, column = _position(root)
+            raise InputError([Problem(filename, line, column, "",
+                                      "too many values once anchors and aliases are expanded "
+                                      f"(limit {MAX_EXPANDED_NODES}); is this a billion-laughs file?")])
+        data = loader.construct_document(root)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark else (None, None)
+        what = " ".join(part for part in (exc.context, exc.problem) if part) or "invalid YAML"
+        raise InputError([Problem(filename, line, column, "", f"not valid YAML: {what}")]) from None
+    except yaml.YAMLError as exc:
+        raise InputError([Problem(filename, None, None, "", f"not valid YAML: {exc}")]) from None
+    except RecursionError:
+        raise InputError([Problem(filename, None, None, "", "the YAML is nested too deeply")]) from None
+    finally:
+        loader.dispose()
+    if loader.problems:
+        raise InputError(loader.problems)
+    return data
