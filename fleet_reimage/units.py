@@ -21,8 +21,13 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_UNIT_SECONDS = {"ms": Fraction(1, 1000), "s": Fraction(1), "m": Fraction(60), "h": Fraction(3600),
-                 "d": Fraction(86400)}
+_UNIT_SECONDS = {
+    "ms": Fraction(1, 1000),
+    "s": Fraction(1),
+    "m": Fraction(60),
+    "h": Fraction(3600),
+    "d": Fraction(86400),
+}
 _PERCENT = re.compile(r"(\d+(?:\.\d+)?)\s*%")
 
 
@@ -81,7 +86,7 @@ class Amount:
 def parse_amount(raw: object) -> Amount:
     """A count (non-negative integer) or a percent string such as ``"25%"`` (0..100)."""
     if isinstance(raw, bool):
-        raise UnitError(f"expected a count such as 5 or a percent such as \"25%\", got {raw!r}")
+        raise UnitError(f'expected a count such as 5 or a percent such as "25%", got {raw!r}')
     if isinstance(raw, int):
         if raw < 0:
             raise UnitError(f"a count cannot be negative, got {raw}")
@@ -95,4 +100,4 @@ def parse_amount(raw: object) -> Amount:
             return Amount(value, percent=True)
         if raw.strip().isdigit():
             return Amount(Fraction(int(raw.strip())), percent=False)
-    raise UnitError(f"expected a count such as 5 or a percent such as \"25%\", got {raw!r}")
+    raise UnitError(f'expected a count such as 5 or a percent such as "25%", got {raw!r}')

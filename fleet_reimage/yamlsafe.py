@@ -15,7 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.constructor import ConstructorError
+from yaml.nodes import MappingNode, Node, SequenceNode
 
 from .problems import InputError, Problem
 
@@ -63,7 +64,24 @@ class _MarkedLoader(yaml.SafeLoader):
         self.filename = filename
         self.problems: list[Problem] = []
 
-    def construct_marked_mapping(self, node: MappingNode) -> MarkedMap:
+    def construct_object(self, node: Node, deep: bool = False) -> Any:
+        """As SafeLoader's, but a value the standard constructors cannot build (``!!int abc``,
+        a date such as 2026-02-30, ``!!bool maybe``) is a YAML error at that node, not a
+        ValueError/KeyError escaping from PyYAML. The value itself is not echoed."""
+        try:
+            return super().construct_object(node, deep=deep)
+        except yaml.YAMLError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+            tag = node.tag.rsplit(":", 1)[-1]
+            detail = f" ({exc})" if tag == "timestamp" and isinstance(exc, ValueError) else ""
+            raise ConstructorError(
+                None, None, f"cannot read this value as {tag}{detail}", node.start_mark
+            ) from None
+
+    def construct_marked_mapping(self, node: Node) -> MarkedMap:
+        if not isinstance(node, MappingNode):  # an explicit !!map tag on a scalar or list
+            raise ConstructorError(None, None, "expected a mapping", node.start_mark)
         self.flatten_mapping(node)  # resolves YAML merge keys ("<<")
         result = MarkedMap()
         result.position = _position(node)
@@ -73,16 +91,24 @@ class _MarkedLoader(yaml.SafeLoader):
                 key = str(key)
             if key in result:
                 line, column = _position(key_node)
-                self.problems.append(Problem(self.filename, line, column, key,
-                                             f"duplicate key {key!r} (first at line "
-                                             f"{result.key_positions[key][0]})"))
+                self.problems.append(
+                    Problem(
+                        self.filename,
+                        line,
+                        column,
+                        key,
+                        f"duplicate key {key!r} (first at line {result.key_positions[key][0]})",
+                    )
+                )
                 continue
             result[key] = self.construct_object(value_node, deep=True)
             result.key_positions[key] = _position(key_node)
             result.value_positions[key] = _position(value_node)
         return result
 
-    def construct_marked_sequence(self, node: SequenceNode) -> MarkedList:
+    def construct_marked_sequence(self, node: Node) -> MarkedList:
+        if not isinstance(node, SequenceNode):  # an explicit !!seq tag on a scalar or mapping
+            raise ConstructorError(None, None, "expected a list", node.start_mark)
         result = MarkedList()
         result.position = _position(node)
         for item in node.value:
@@ -108,38 +134,82 @@ def _expanded_size(node: Node, memo: dict[int, int], budget: int) -> int:
                 break
     elif isinstance(node, MappingNode):
         for key_node, value_node in node.value:
-            size += _expanded_size(key_node, memo, budget) + _expanded_size(value_node, memo, budget)
+            size += _expanded_size(key_node, memo, budget) + _expanded_size(
+                value_node, memo, budget
+            )
             if size > budget:
                 break
     memo[key] = size
     return size
 
 
+def _reader_problem(exc: yaml.reader.ReaderError, text: str, filename: str) -> Problem:
+    """Where an unacceptable character is, as line and column (PyYAML gives an offset)."""
+    pos = exc.position
+    line = text.count("\n", 0, pos) + 1
+    column = pos - (text.rfind("\n", 0, pos) + 1) + 1
+    code = ord(exc.character) if isinstance(exc.character, str) else exc.character
+    return Problem(
+        filename,
+        line,
+        column,
+        "",
+        f"not valid YAML: unacceptable character #x{code:04x}: {exc.reason}",
+    )
+
+
 def load_marked_yaml(text: str, filename: str) -> Any:
     """Parse one YAML document into plain data with positions; InputError when it cannot."""
     if len(text.encode("utf-8", "surrogatepass")) > MAX_DOCUMENT_BYTES:
-        raise InputError([Problem(filename, None, None, "",
-                                  f"file is larger than {MAX_DOCUMENT_BYTES // 1024} KiB")])
-    loader = _MarkedLoader(text, filename)
+        raise InputError(
+            [
+                Problem(
+                    filename,
+                    None,
+                    None,
+                    "",
+                    f"file is larger than {MAX_DOCUMENT_BYTES // 1024} KiB",
+                )
+            ]
+        )
+    try:
+        # The reader checks for unprintable characters as soon as it is built.
+        loader = _MarkedLoader(text, filename)
+    except yaml.reader.ReaderError as exc:
+        raise InputError([_reader_problem(exc, text, filename)]) from None
     try:
         root = loader.get_single_node()
         if root is None:
             raise InputError([Problem(filename, 1, 1, "", "the file is empty")])
         if _expanded_size(root, {}, MAX_EXPANDED_NODES) > MAX_EXPANDED_NODES:
             line, column = _position(root)
-            raise InputError([Problem(filename, line, column, "",
-                                      "too many values once anchors and aliases are expanded "
-                                      f"(limit {MAX_EXPANDED_NODES}); is this a billion-laughs file?")])
+            raise InputError(
+                [
+                    Problem(
+                        filename,
+                        line,
+                        column,
+                        "",
+                        "too many values once anchors and aliases are expanded "
+                        f"(limit {MAX_EXPANDED_NODES}); is this a billion-laughs file?",
+                    )
+                ]
+            )
         data = loader.construct_document(root)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        line, column = (mark.line + 1, mark.column + 1) if mark else (None, None)
+        line_no = mark.line + 1 if mark else None
+        column_no = mark.column + 1 if mark else None
         what = " ".join(part for part in (exc.context, exc.problem) if part) or "invalid YAML"
-        raise InputError([Problem(filename, line, column, "", f"not valid YAML: {what}")]) from None
+        raise InputError(
+            [Problem(filename, line_no, column_no, "", f"not valid YAML: {what}")]
+        ) from None
     except yaml.YAMLError as exc:
         raise InputError([Problem(filename, None, None, "", f"not valid YAML: {exc}")]) from None
     except RecursionError:
-        raise InputError([Problem(filename, None, None, "", "the YAML is nested too deeply")]) from None
+        raise InputError(
+            [Problem(filename, None, None, "", "the YAML is nested too deeply")]
+        ) from None
     finally:
         loader.dispose()
     if loader.problems:

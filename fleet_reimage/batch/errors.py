@@ -57,8 +57,9 @@ class RequestInDoubt(BatchError):
     request was handed to the connection, for comparing against a node's lastBootTime.
     """
 
-    def __init__(self, message: str, *, client_request_id: str | None = None,
-                 sent_at: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, client_request_id: str | None = None, sent_at: float | None = None
+    ) -> None:
         super().__init__(message)
         self.client_request_id = client_request_id
         self.sent_at = sent_at
@@ -147,10 +148,17 @@ class UnexpectedResponse(BatchHTTPError):
     default_message = "The server's answer was not what the API promises"
 
 
-_NODE_STATE_CODES = frozenset({
-    "NodeBeingReimaged", "NodeBeingRebooted", "NodeBeingCreated", "NodeBeingStarted",
-    "NodeStateUnusable", "OperationInvalidForCurrentState", "NodeNotReady",
-})
+_NODE_STATE_CODES = frozenset(
+    {
+        "NodeBeingReimaged",
+        "NodeBeingRebooted",
+        "NodeBeingCreated",
+        "NodeBeingStarted",
+        "NodeStateUnusable",
+        "OperationInvalidForCurrentState",
+        "NodeNotReady",
+    }
+)
 _POOL_STATE_CODES = frozenset({"PoolBeingDeleted", "PoolBeingResized", "PoolBeingCreated"})
 _UNSUPPORTED_CODES = frozenset({"OperationNotValidOnNode", "OperationNotValidOnPool"})
 _TRANSIENT_STATUSES = frozenset({408, 500, 502, 503, 504})

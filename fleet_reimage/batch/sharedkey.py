@@ -28,8 +28,17 @@ from enum import Enum
 from urllib.parse import parse_qsl, urlsplit
 
 _SIGNED_STANDARD_HEADERS = (
-    "content-encoding", "content-language", "content-length", "content-md5", "content-type",
-    "date", "if-modified-since", "if-match", "if-none-match", "if-unmodified-since", "range",
+    "content-encoding",
+    "content-language",
+    "content-length",
+    "content-md5",
+    "content-type",
+    "date",
+    "if-modified-since",
+    "if-match",
+    "if-none-match",
+    "if-unmodified-since",
+    "range",
 )
 
 
@@ -55,9 +64,12 @@ def string_to_sign(
         length = ""
     lowered["content-length"] = length
     standard = "\n".join(lowered.get(name, "") for name in _SIGNED_STANDARD_HEADERS)
-    ocp = "".join(f"{name}:{lowered[name]}\n" for name in sorted(lowered) if name.startswith("ocp-"))
+    ocp = "".join(
+        f"{name}:{lowered[name]}\n" for name in sorted(lowered) if name.startswith("ocp-")
+    )
     parts = urlsplit(url)
-    return f"{method}\n{standard}\n{ocp}{canonical_resource(account, parts.path, parts.query, variant)}"
+    resource = canonical_resource(account, parts.path, parts.query, variant)
+    return f"{method}\n{standard}\n{ocp}{resource}"
 
 
 def canonical_resource(account: str, path: str, query: str, variant: SigningVariant) -> str:

@@ -1,0 +1,7 @@
+"""``python -m fleet_reimage``: the same as the ``fleet-reimage`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,260 @@
+"""The Python API that the command line is a thin layer over.
+
+    from fleet_reimage import api
+
+    plan = api.load_plan("plans/demo.yaml")            # validate (raises InputError)
+    resolution = await api.resolve_plan(plan)          # what would happen (read-only)
+    result = await api.run_plan(plan, journal="fleet-reimage.db")
+    result = await api.resume_run(journal="fleet-reimage.db")   # latest unfinished run
+
+Every function is async (anyio) except ``load_plan``. Results are plain dataclasses.
+"""
+
+from __future__ import annotations
+
+import difflib
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from .batch.transport import Transport
+from .connect import Connections, connect
+from .events import NullObserver, RunObserver
+from .executor import Executor, RunResult, RunSettings
+from .journal import Journal, JournalError, RunRecord, RunStatus, open_journal
+from .plan.load import load_plan as _load_plan
+from .plan.load import parse_plan
+from .plan.model import Plan
+from .plan.resolve import Resolution, resolve
+from .problems import InputError, Problem
+from .runner import create_run, execute, owner_label
+
+DEFAULT_JOURNAL = "fleet-reimage.db"
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Read and validate a plan file; raises ``InputError`` with every problem found."""
+    return _load_plan(Path(path))
+
+
+async def resolve_plan(plan: Plan, *, transport: Transport | None = None) -> Resolution:
+    """List what the plan selects (read-only; starts in-process emulators as needed)."""
+    async with connect(plan, transport=transport) as connections:
+        return await resolve(plan, connections.clients)
+
+
+class RefusedError(Exception):
+    """The operation was refused for a reason the operator can act on (exit code 2)."""
+
+
+@dataclass(slots=True)
+class RunHooks:
+    """Ways for a caller (the CLI, a notebook) to watch and steer a run."""
+
+    observer: RunObserver | None = None
+    confirm_start: Callable[[Resolution], Awaitable[bool]] | None = None
+    on_executor: Callable[[Executor], None] | None = None  # e.g. to show live progress
+    handle_signals: bool = True  # SIGINT/SIGTERM: stop gracefully, a second time at once
+
+
+@asynccontextmanager
+async def _writable_journal(location: str | Path, owner: str) -> AsyncIterator[Journal]:
+    journal = await open_journal(location)
+    try:
+        await journal.lock_for_writing(owner)
+        yield journal
+    finally:
+        await journal.close()
+
+
+async def run_plan(
+    plan: Plan,
+    *,
+    journal: str | Path = DEFAULT_JOURNAL,
+    settings: RunSettings | None = None,
+    hooks: RunHooks | None = None,
+    options: dict[str, Any] | None = None,
+    transport: Transport | None = None,
+) -> RunResult:
+    """Resolve the plan, record the run in the journal, and run it to its end or a stop."""
+    hooks = hooks or RunHooks()
+    settings = settings or RunSettings()
+    async with _writable_journal(journal, owner_label("new")) as store:
+        await _refuse_unfinished_duplicate(store, plan)
+        async with connect(plan, transport=transport) as connections:
+            resolution = await resolve(plan, connections.clients)
+            if resolution.total_selected == 0:
+                raise RefusedError("the plan selects no node; nothing to do")
+            if hooks.confirm_start is not None and not await hooks.confirm_start(resolution):
+                raise RefusedError("not confirmed; nothing was sent")
+            run = await create_run(
+                plan, resolution, store, options={**(options or {}), "deadline": settings.deadline}
+            )
+            return await _execute(run, plan, store, connections, settings, hooks)
+
+
+async def resume_run(
+    run_id: str | None = None,
+    *,
+    journal: str | Path = DEFAULT_JOURNAL,
+    force_plan: bool = False,
+    accept_failures: bool = False,
+    failure_budget: int | None = None,
+    settings: RunSettings | None = None,
+    hooks: RunHooks | None = None,
+    transport: Transport | None = None,
+) -> RunResult | RunRecord:
+    """Continue a run (the latest unfinished one by default).
+
+    Returns the finished ``RunRecord`` unchanged when there is nothing left to do.
+    """
+    hooks = hooks or RunHooks()
+    settings = settings or RunSettings()
+    async with _writable_journal(journal, owner_label(run_id or "resume")) as store:
+        run = await _find_run(store, run_id)
+        if run.status is RunStatus.FINISHED:
+            return run
+        plan = await _plan_for_resume(store, run, force_plan)
+        if settings.deadline is None and run.options.get("deadline"):
+            settings.deadline = float(run.options["deadline"])
+        async with connect(plan, transport=transport) as connections:
+            return await _execute(
+                run,
+                plan,
+                store,
+                connections,
+                settings,
+                hooks,
+                resuming=True,
+                accept_failures=accept_failures,
+                failure_budget=failure_budget,
+            )
+
+
+async def _execute(
+    run: RunRecord,
+    plan: Plan,
+    store: Journal,
+    connections: Connections,
+    settings: RunSettings,
+    hooks: RunHooks,
+    **kwargs: Any,
+) -> RunResult:
+    executors: list[Executor] = []
+
+    def ready(executor: Executor) -> None:
+        executors.append(executor)
+        if hooks.on_executor is not None:
+            hooks.on_executor(executor)
+
+    async with anyio.create_task_group() as group:
+        if hooks.handle_signals:
+            group.start_soon(_stop_on_signals, executors)
+        result = await execute(
+            run,
+            plan,
+            store,
+            connections.clients,
+            settings=settings,
+            observer=hooks.observer or NullObserver(),
+            executor_ready=ready,
+            **kwargs,
+        )
+        group.cancel_scope.cancel()
+    return result
+
+
+async def _stop_on_signals(executors: list[Executor]) -> None:
+    """First SIGINT/SIGTERM: stop dispatching, let requests finish. Second: stop at once."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        count = 0
+        async for signum in signals:
+            count += 1
+            for executor in executors:
+                if count == 1:
+                    executor.request_stop(
+                        "interrupted",
+                        f"{signal.Signals(signum).name} "
+                        "received: stopping after requests in flight",
+                    )
+                else:
+                    executor.abort()
+
+
+async def _find_run(store: Journal, run_id: str | None) -> RunRecord:
+    if run_id is not None:
+        run = await store.get_run(run_id)
+        if run is None:
+            raise RefusedError(f"no run {run_id!r} in {store.location}")
+        return run
+    runs = await store.runs()
+    unfinished = [run for run in runs if run.status is not RunStatus.FINISHED]
+    if not unfinished:
+        if runs:
+            return runs[0]
+        raise RefusedError(f"no run in {store.location}: nothing to resume")
+    return unfinished[0]
+
+
+async def _plan_for_resume(store: Journal, run: RunRecord, force_plan: bool) -> Plan:
+    """The plan file as it is now; refused if it changed, unless ``force_plan``."""
+    path = Path(run.plan_path)
+    try:
+        text = await anyio.Path(path).read_text(encoding="utf-8")
+    except OSError:
+        return parse_plan(run.plan_text, path)  # the file is gone: the journal has the text
+    if text == run.plan_text:
+        return parse_plan(text, path)
+    if not force_plan:
+        diff = "".join(
+            difflib.unified_diff(
+                run.plan_text.splitlines(keepends=True),
+                text.splitlines(keepends=True),
+                fromfile=f"{path} (when run {run.run_id} started)",
+                tofile=f"{path} (now)",
+            )
+        )
+        raise InputError(
+            [
+                Problem(
+                    str(path),
+                    None,
+                    None,
+                    "",
+                    "the plan changed since the run started; resume with "
+                    "--force-plan to accept the change:\n" + diff,
+                )
+            ]
+        )
+    plan = parse_plan(text, path)
+    await store.replace_plan(run.run_id, text, plan.source.sha256)
+    return plan
+
+
+async def _refuse_unfinished_duplicate(store: Journal, plan: Plan) -> None:
+    for run in await store.runs():
+        if run.status is not RunStatus.FINISHED and run.plan_sha256 == plan.source.sha256:
+            raise RefusedError(
+                f"run {run.run_id} of this plan is unfinished ({run.status.value}): resume it "
+                f"with `fleet-reimage resume {run.run_id} --journal {store.location}`"
+            )
+
+
+__all__ = [
+    "DEFAULT_JOURNAL",
+    "InputError",
+    "JournalError",
+    "RefusedError",
+    "RunHooks",
+    "RunResult",
+    "RunSettings",
+    "load_plan",
+    "resolve_plan",
+    "resume_run",
+    "run_plan",
+]

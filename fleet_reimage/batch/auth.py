@@ -1,0 +1,210 @@
+"""Credentials for Batch requests: Shared Key and Microsoft Entra ID, plus sovereign clouds.
+
+A credential adds the Authorization header to a request (``authorize``) and can be asked to
+``refresh`` once after the server refused it (401/403). Neither ever shows its secret in a
+repr, a log line or an exception message.
+
+Sovereign clouds are inferred from the endpoint's host and can be overridden::
+
+    host suffix                 token audience                          authority
+    *.batch.azure.com           https://batch.core.windows.net/         login.microsoftonline.com
+    *.batch.chinacloudapi.cn    https://batch.chinacloudapi.cn/         login.chinacloudapi.cn
+    *.batch.usgovcloudapi.net   https://batch.core.usgovcloudapi.net/   login.microsoftonline.us
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import anyio
+
+from .errors import AuthFailed
+from .sharedkey import SharedKeySigner, decode_key
+from .transport import HttpRequest
+
+TOKEN_REFRESH_MARGIN = 300.0  # refresh an Entra token this many seconds before it expires
+
+
+@dataclass(frozen=True, slots=True)
+class Cloud:
+    name: str
+    audience: str  # the Batch resource; the token scope is audience + "/.default"
+    authority_host: str
+
+    @property
+    def scope(self) -> str:
+        # The Batch resource id ends with "/", and the scope appends "/.default": the double
+        # slash is what the service expects (https://batch.core.windows.net//.default).
+        return f"{self.audience}/.default"
+
+
+PUBLIC_CLOUD = Cloud("public", "https://batch.core.windows.net/", "login.microsoftonline.com")
+CHINA_CLOUD = Cloud("china", "https://batch.chinacloudapi.cn/", "login.chinacloudapi.cn")
+US_GOVERNMENT_CLOUD = Cloud(
+    "usgovernment", "https://batch.core.usgovcloudapi.net/", "login.microsoftonline.us"
+)
+_CLOUD_BY_SUFFIX = (
+    (".batch.chinacloudapi.cn", CHINA_CLOUD),
+    (".batch.usgovcloudapi.net", US_GOVERNMENT_CLOUD),
+    (".batch.azure.com", PUBLIC_CLOUD),
+)
+
+
+def cloud_for_endpoint(
+    endpoint: str, *, audience: str | None = None, authority_host: str | None = None
+) -> Cloud:
+    """The cloud an endpoint belongs to (public by default), with optional overrides."""
+    host = (urlsplit(endpoint).hostname or "").lower()
+    cloud = next((c for suffix, c in _CLOUD_BY_SUFFIX if host.endswith(suffix)), PUBLIC_CLOUD)
+    if audience or authority_host:
+        cloud = Cloud("custom", audience or cloud.audience, authority_host or cloud.authority_host)
+    return cloud
+
+
+class Credential(Protocol):
+    """Adds Authorization to a request; ``refresh`` after a 401/403, True if worth a retry."""
+
+    async def authorize(self, request: HttpRequest) -> None: ...
+
+    async def refresh(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+class SharedKeyCredential:
+    """Shared Key: HMAC-SHA256 over the canonical request with the account key.
+
+    ``reload`` returns the base64 key again (from the environment variable or key file); it
+    is called on ``refresh`` so that a key rotated while the run was going is picked up.
+    """
+
+    def __init__(self, account: str, key: str, reload: Callable[[], str] | None = None) -> None:
+        self.account = account
+        self._reload = reload
+        self._signer = SharedKeySigner(account, decode_key(key))
+
+    def __repr__(self) -> str:
+        return f"SharedKeyCredential(account={self.account!r}, key=<redacted>)"
+
+    async def authorize(self, request: HttpRequest) -> None:
+        request.headers["Authorization"] = self._signer.authorization(
+            request.method, request.url, request.headers
+        )
+
+    async def refresh(self) -> bool:
+        if self._reload is None:
+            return False
+        try:
+            key = await anyio.to_thread.run_sync(self._reload)
+            signer = SharedKeySigner(self.account, decode_key(key))
+        except Exception:  # a key that cannot be re-read is simply not refreshed
+            return False
+        changed = signer != self._signer
+        self._signer = signer
+        return changed
+
+    async def close(self) -> None:
+        return None
+
+
+class AsyncTokenSource(Protocol):
+    """What we need of an azure-identity async credential."""
+
+    async def get_token(self, *scopes: str, **kwargs: Any) -> Any: ...
+
+    async def close(self) -> None: ...
+
+
+class EntraCredential:
+    """Bearer tokens from azure-identity, cached and refreshed ahead of expiry and on 401."""
+
+    def __init__(
+        self, source: AsyncTokenSource, cloud: Cloud, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.cloud = cloud
+        self._source = source
+        self._clock = clock
+        self._token: str | None = None
+        self._expires_on = 0.0
+        self._lock = anyio.Lock()
+
+    def __repr__(self) -> str:
+        return f"EntraCredential(cloud={self.cloud.name!r}, token=<redacted>)"
+
+    async def authorize(self, request: HttpRequest) -> None:
+        if self._token is None or self._clock() >= self._expires_on - TOKEN_REFRESH_MARGIN:
+            await self._fetch(force=False)
+        request.headers["Authorization"] = f"Bearer {self._token}"
+
+    async def refresh(self) -> bool:
+        await self._fetch(force=True)
+        return True
+
+    async def _fetch(self, *, force: bool) -> None:
+        seen = self._token
+        async with self._lock:
+            # Another task may have fetched while we waited for the lock.
+            fresh = self._token is not None and self._token != seen
+            if fresh or (
+                not force
+                and self._token is not None
+                and self._clock() < self._expires_on - TOKEN_REFRESH_MARGIN
+            ):
+                return
+            try:
+                token = await self._source.get_token(self.cloud.scope)
+            except Exception as exc:  # azure-identity raises many kinds; none carry secrets
+                raise AuthFailed(
+                    401,
+                    code="CredentialUnavailable",
+                    message=f"could not get an Entra ID token: {exc}",
+                ) from None
+            self._token, self._expires_on = token.token, float(token.expires_on)
+
+    async def close(self) -> None:
+        await self._source.close()
+
+
+ENTRA_CREDENTIAL_KINDS = (
+    "default",
+    "azure-cli",
+    "managed-identity",
+    "environment",
+    "workload-identity",
+)
+
+
+def azure_identity_source(
+    kind: str, cloud: Cloud, *, client_id: str | None = None, tenant_id: str | None = None
+) -> AsyncTokenSource:
+    """The azure-identity async credential an ``entra`` auth block names."""
+    from azure.identity import aio as identity  # imported late: slow, and only for Entra
+
+    authority = {"authority": cloud.authority_host}
+    source: AsyncTokenSource
+    if kind == "default":
+        source = identity.DefaultAzureCredential(
+            managed_identity_client_id=client_id,
+            workload_identity_client_id=client_id,
+            workload_identity_tenant_id=tenant_id,
+            **authority,
+        )
+    elif kind == "azure-cli":
+        source = identity.AzureCliCredential(tenant_id=tenant_id or "")
+    elif kind == "managed-identity":
+        source = identity.ManagedIdentityCredential(client_id=client_id)
+    elif kind == "environment":
+        source = identity.EnvironmentCredential(**authority)
+    elif kind == "workload-identity":
+        source = identity.WorkloadIdentityCredential(
+            client_id=client_id, tenant_id=tenant_id, **authority
+        )
+    else:
+        raise ValueError(
+            f"unknown Entra credential {kind!r}; use one of {', '.join(ENTRA_CREDENTIAL_KINDS)}"
+        )
+    return source

@@ -1,0 +1,364 @@
+"""Azure Batch data-plane client: the handful of calls fleet-reimage makes.
+
+Every request carries ``client-request-id`` (chosen by the caller for mutating calls, so the
+journal can record it before the request leaves), ``return-client-request-id: true`` and
+``ocp-date``. A 401/403 makes the credential refresh once and the request go again; any
+other failure of a mutating call is raised for the caller to decide (see ``retry.py``).
+Reads (list/get) are idempotent and retried here with the same pure decisions.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from email.utils import formatdate
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlsplit
+
+import anyio
+
+from .auth import Credential
+from .errors import (
+    AuthFailed,
+    BatchError,
+    ConfigurationError,
+    RequestInDoubt,
+    UnexpectedResponse,
+)
+from .models import NodeInfo, PoolInfo
+from .responses import error_from_response, json_object
+from .retry import GiveUp, Reconcile, RetryCounters, RetryPolicy, decide_retry
+from .transport import HttpRequest, HttpResponse, Transport
+
+API_VERSION = "2024-07-01.20.0"
+JSON_CONTENT_TYPE = "application/json; odata=minimalmetadata"
+MAX_SERVER_TIMEOUT = 30  # the service treats any larger `timeout` as 30 seconds
+NODE_OPTIONS = ("requeue", "terminate", "taskcompletion", "retaineddata")
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A 202 for a reimage or reboot."""
+
+    status: int
+    request_id: str | None
+    client_request_id: str  # what we sent
+    echoed_client_request_id: str | None  # what the server echoed (None if it did not)
+    sent_at: float  # wall clock, just before the request was handed to the transport
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[dict[str, Any]]
+    request_id: str | None
+    next_link: str | None
+
+
+def is_loopback_host(host: str | None) -> bool:
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _encode_query(params: Mapping[str, str]) -> str:
+    return "&".join(f"{quote(k, safe='$')}={quote(v, safe='')}" for k, v in params.items())
+
+
+class _DateHeader:
+    """RFC 1123 ``ocp-date``, formatted at most once a second (it is on the hot path)."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._text = ""
+
+    def now(self) -> str:
+        second = int(time.time())
+        if second != self._second:
+            self._second, self._text = second, formatdate(second, usegmt=True)
+        return self._text
+
+
+class BatchClient:
+    """One Batch account. Share one transport (connection pool) across the run."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        credential: Credential,
+        transport: Transport,
+        *,
+        api_version: str = API_VERSION,
+        request_timeout: float = 30.0,
+        read_policy: RetryPolicy | None = None,
+        sleep: Callable[[float], Any] = anyio.sleep,
+    ) -> None:
+        parts = urlsplit(endpoint)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ConfigurationError(f"endpoint {endpoint!r} is not an http(s) URL with a host")
+        if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+            raise ConfigurationError(
+                f"refusing plain http to {parts.hostname}: credentials would travel unencrypted "
+                "(http is allowed only for loopback addresses such as the local emulator)"
+            )
+        self.endpoint = endpoint.rstrip("/")
+        self._origin = (parts.scheme, parts.netloc.lower())
+        self._credential = credential
+        self._transport = transport
+        self.api_version = api_version
+        self.request_timeout = request_timeout
+        self._read_policy = read_policy or RetryPolicy(
+            max_attempts=5, initial_backoff=0.5, max_backoff=10.0
+        )
+        self._sleep = sleep
+        self._date = _DateHeader()
+        self._random = random.Random()
+
+    def __repr__(self) -> str:
+        return f"BatchClient(endpoint={self.endpoint!r})"
+
+    # --- mutating calls: one attempt each; the caller owns retries and the journal ---
+
+    async def reimage_node(
+        self,
+        pool_id: str,
+        node_id: str,
+        *,
+        option: str | None,
+        client_request_id: str,
+        timeout: float | None = None,
+    ) -> Accepted:
+        body = None if option is None else {"nodeReimageOption": option}
+        return await self._node_action(
+            "reimage", pool_id, node_id, body, client_request_id, timeout
+        )
+
+    async def reboot_node(
+        self,
+        pool_id: str,
+        node_id: str,
+        *,
+        option: str | None,
+        client_request_id: str,
+        timeout: float | None = None,
+    ) -> Accepted:
+        body = None if option is None else {"nodeRebootOption": option}
+        return await self._node_action("reboot", pool_id, node_id, body, client_request_id, timeout)
+
+    async def _node_action(
+        self,
+        action: str,
+        pool_id: str,
+        node_id: str,
+        body: dict[str, str] | None,
+        client_request_id: str,
+        timeout: float | None,
+    ) -> Accepted:
+        if body is not None and next(iter(body.values())) not in NODE_OPTIONS:
+            raise ValueError(f"unknown node option {body!r}")
+        seconds = timeout if timeout is not None else self.request_timeout
+        params = {
+            "api-version": self.api_version,
+            "timeout": str(max(1, min(MAX_SERVER_TIMEOUT, int(seconds)))),
+        }
+        url = (
+            f"{self.endpoint}/pools/{quote(pool_id, safe='')}/nodes/"
+            f"{quote(node_id, safe='')}/{action}?{_encode_query(params)}"
+        )
+        payload = None if body is None else _json_bytes(body)
+        sent_at = time.time()
+        response = await self._send("POST", url, client_request_id, payload, seconds, sent_at)
+        if response.status != 202:
+            if response.status >= 300:
+                raise error_from_response(response, client_request_id, time.time())
+            raise UnexpectedResponse(
+                response.status,
+                message=f"expected 202 Accepted for {action}, got "
+                f"{response.status}; the request may have been applied",
+                request_id=response.headers.get("request-id"),
+                client_request_id=client_request_id,
+            )
+        return Accepted(
+            202,
+            response.headers.get("request-id"),
+            client_request_id,
+            response.headers.get("client-request-id"),
+            sent_at,
+        )
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        client_request_id: str,
+        body: bytes | None,
+        timeout: float,
+        sent_at: float | None = None,
+    ) -> HttpResponse:
+        """Send once; on 401/403 refresh the credential and send once more."""
+        for attempt in (1, 2):
+            request = self._build(method, url, client_request_id, body, timeout)
+            await self._credential.authorize(request)
+            try:
+                response = await self._transport.send(request)
+            except RequestInDoubt as exc:
+                exc.client_request_id = client_request_id
+                exc.sent_at = sent_at if sent_at is not None else time.time()
+                raise
+            except BatchError as exc:
+                exc.client_request_id = client_request_id
+                raise
+            if response.status in (401, 403) and attempt == 1 and await self._credential.refresh():
+                continue
+            return response
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _build(
+        self, method: str, url: str, client_request_id: str, body: bytes | None, timeout: float
+    ) -> HttpRequest:
+        headers = {
+            "client-request-id": client_request_id,
+            "return-client-request-id": "true",
+            "ocp-date": self._date.now(),
+            "Accept": "application/json",
+        }
+        if body is not None:
+            headers["Content-Type"] = JSON_CONTENT_TYPE
+            headers["Content-Length"] = str(len(body))
+        elif method != "GET":
+            headers["Content-Length"] = "0"
+        return HttpRequest(method, url, headers, body, timeout)
+
+    # --- reads: idempotent, retried here ---
+
+    async def get_pool(self, pool_id: str, *, select: str | None = None) -> PoolInfo:
+        data = await self._get_json(self._url(f"/pools/{quote(pool_id, safe='')}", select=select))
+        return PoolInfo.from_json(data)
+
+    async def get_node(self, pool_id: str, node_id: str, *, select: str | None = None) -> NodeInfo:
+        path = f"/pools/{quote(pool_id, safe='')}/nodes/{quote(node_id, safe='')}"
+        return NodeInfo.from_json(await self._get_json(self._url(path, select=select)))
+
+    async def list_pools(
+        self,
+        *,
+        filter: str | None = None,
+        select: str | None = None,
+        max_results: int | None = None,
+    ) -> AsyncIterator[PoolInfo]:
+        url: str | None = self._url("/pools", filter=filter, select=select, max_results=max_results)
+        async for page in self._pages(url):
+            for item in page.items:
+                yield PoolInfo.from_json(item)
+
+    async def list_node_pages(
+        self,
+        pool_id: str,
+        *,
+        filter: str | None = None,
+        select: str | None = None,
+        max_results: int | None = None,
+    ) -> AsyncIterator[Page]:
+        url = self._url(
+            f"/pools/{quote(pool_id, safe='')}/nodes",
+            filter=filter,
+            select=select,
+            max_results=max_results,
+        )
+        async for page in self._pages(url):
+            yield page
+
+    async def list_nodes(
+        self,
+        pool_id: str,
+        *,
+        filter: str | None = None,
+        select: str | None = None,
+        max_results: int | None = None,
+    ) -> AsyncIterator[NodeInfo]:
+        async for page in self.list_node_pages(
+            pool_id, filter=filter, select=select, max_results=max_results
+        ):
+            for item in page.items:
+                yield NodeInfo.from_json(item)
+
+    async def _pages(self, url: str | None) -> AsyncIterator[Page]:
+        while url is not None:
+            data = await self._get_json(url)
+            items = data.get("value")
+            if not isinstance(items, list):
+                raise UnexpectedResponse(200, message="list answer without a 'value' array")
+            link = data.get("odata.nextLink")
+            url = self._follow(link) if link else None
+            yield Page([item for item in items if isinstance(item, dict)], None, url)
+
+    def _follow(self, link: object) -> str:
+        """The next page's URL: same origin as the endpoint, our api-version, else refused."""
+        if not isinstance(link, str):
+            raise UnexpectedResponse(200, message="odata.nextLink is not a string")
+        parts = urlsplit(link)
+        if (parts.scheme, parts.netloc.lower()) != self._origin:
+            raise UnexpectedResponse(
+                200,
+                message=f"refusing odata.nextLink to another origin "
+                f"({parts.scheme}://{parts.netloc}); it must stay on {self.endpoint}",
+            )
+        params = dict(parse_qsl(parts.query, keep_blank_values=True))
+        params["api-version"] = self.api_version
+        return f"{self.endpoint}{parts.path}?{_encode_query(params)}"
+
+    def _url(
+        self,
+        path: str,
+        *,
+        filter: str | None = None,
+        select: str | None = None,
+        max_results: int | None = None,
+    ) -> str:
+        params = {"api-version": self.api_version}
+        if filter:
+            params["$filter"] = filter
+        if select:
+            params["$select"] = select
+        if max_results is not None:
+            params["maxresults"] = str(max_results)
+        return f"{self.endpoint}{path}?{_encode_query(params)}"
+
+    async def _get_json(self, url: str) -> dict[str, Any]:
+        counters = RetryCounters()
+        while True:
+            client_request_id = str(uuid.uuid4())
+            try:
+                response = await self._send(
+                    "GET", url, client_request_id, None, self.request_timeout
+                )
+                if response.status == 200:
+                    return json_object(response, client_request_id)
+                raise error_from_response(response, client_request_id, time.time())
+            except AuthFailed:
+                raise
+            except BatchError as error:
+                counters = counters.after(error)
+                decision = decide_retry(error, counters, self._read_policy, self._random.random())
+                if isinstance(decision, GiveUp):
+                    raise
+                if isinstance(decision, Reconcile):  # a GET in doubt is simply sent again
+                    continue
+                await self._sleep(decision.delay)
+
+    async def close(self) -> None:
+        await self._credential.close()
+
+
+def _json_bytes(body: Mapping[str, str]) -> bytes:
+    # Tiny fixed-shape bodies: no need for json.dumps on the hot path.
+    ((key, value),) = body.items()
+    return f'{{"{key}":"{value}"}}'.encode()

@@ -1,0 +1,96 @@
+"""The few fields of Batch pools and nodes that fleet-reimage reads (parsed from JSON)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+NODE_STATES = frozenset(
+    {
+        "idle",
+        "rebooting",
+        "reimaging",
+        "running",
+        "unusable",
+        "creating",
+        "starting",
+        "waitingforstarttask",
+        "starttaskfailed",
+        "unknown",
+        "leavingpool",
+        "offline",
+        "preempted",
+        "upgradingos",
+        "deallocated",
+        "deallocating",
+    }
+)
+READY_STATES = frozenset({"idle", "running"})
+# States a node passes through after an accepted reimage/reboot, before it is ready again.
+RECOVERING_STATES = frozenset({"reimaging", "rebooting", "starting", "waitingforstarttask"})
+
+CLOUD_SERVICE = "cloudServiceConfiguration"
+VIRTUAL_MACHINE = "virtualMachineConfiguration"
+
+# The properties we ask for with $select: small pages, and all the tool needs.
+NODE_SELECT = "id,state,lastBootTime,runningTasksCount"
+POOL_SELECT = (
+    "id,state,allocationState,vmSize,currentDedicatedNodes,currentLowPriorityNodes,"
+    "cloudServiceConfiguration,virtualMachineConfiguration"
+)
+
+
+def parse_time(value: object) -> float | None:
+    """Epoch seconds from a Batch timestamp (``2023-09-07T03:52:36.3086536Z``), None if absent."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    id: str
+    state: str
+    last_boot_time: float | None
+    running_tasks: int
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> NodeInfo:
+        tasks = data.get("runningTasksCount")
+        return cls(
+            id=str(data.get("id", "")),
+            state=str(data.get("state", "unknown")),
+            last_boot_time=parse_time(data.get("lastBootTime")),
+            running_tasks=tasks if isinstance(tasks, int) else 0,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PoolInfo:
+    id: str
+    state: str
+    allocation_state: str
+    configuration: str | None  # CLOUD_SERVICE, VIRTUAL_MACHINE or None when not returned
+    vm_size: str | None
+    current_nodes: int
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PoolInfo:
+        configuration = next(
+            (kind for kind in (CLOUD_SERVICE, VIRTUAL_MACHINE) if data.get(kind)), None
+        )
+        dedicated = data.get("currentDedicatedNodes")
+        low = data.get("currentLowPriorityNodes")
+        return cls(
+            id=str(data.get("id", "")),
+            state=str(data.get("state", "active")),
+            allocation_state=str(data.get("allocationState", "steady")),
+            configuration=configuration,
+            vm_size=data.get("vmSize") if isinstance(data.get("vmSize"), str) else None,
+            current_nodes=(dedicated if isinstance(dedicated, int) else 0)
+            + (low if isinstance(low, int) else 0),
+        )

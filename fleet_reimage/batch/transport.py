@@ -1,0 +1,120 @@
+"""The one-method seam between the Batch client and the network.
+
+``Transport.send(request) -> response`` is all the client needs. ``AiohttpTransport`` is the
+real one (one pooled ClientSession per run); tests may pass any object with that method.
+
+A transport answers with a response for *any* HTTP status and raises only when no answer
+came back, sorting the failure into the two kinds that matter for a non-idempotent POST:
+
+- ``RequestNotSent``: the connection was never made (DNS, refused, connect timeout, TLS).
+- ``RequestInDoubt``: the request may have reached the server (timeout after connecting,
+  connection reset or closed before the full answer). When unsure, we say "in doubt": the
+  caller then reads the node before sending again, which is always safe.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import aiohttp
+from yarl import URL
+
+from .errors import RequestInDoubt, RequestNotSent, UnexpectedResponse
+
+MAX_RESPONSE_BYTES = 32 * 1024 * 1024  # a list page of 1000 full nodes is ~1.5 MB
+
+
+@dataclass(slots=True)
+class HttpRequest:
+    method: str
+    url: str  # absolute, already percent-encoded; sent exactly as signed
+    headers: dict[str, str]
+    body: bytes | None = None
+    timeout: float = 30.0
+
+
+@dataclass(slots=True)
+class HttpResponse:
+    status: int
+    headers: Mapping[str, str]  # case-insensitive lookups
+    body: bytes = field(default=b"", repr=False)
+
+
+class Transport(Protocol):
+    async def send(self, request: HttpRequest) -> HttpResponse: ...
+
+    async def close(self) -> None: ...
+
+
+class AiohttpTransport:
+    """aiohttp with a connection pool sized to the run's concurrency."""
+
+    def __init__(
+        self,
+        *,
+        pool_size: int = 64,
+        connect_timeout: float = 10.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self._pool_size = pool_size
+        self._connect_timeout = connect_timeout
+        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open_session(self) -> aiohttp.ClientSession:
+        # Created lazily so the session belongs to the running event loop.
+        connector = aiohttp.TCPConnector(
+            limit=self._pool_size, limit_per_host=self._pool_size, ttl_dns_cache=300, ssl=self._ssl
+        )
+        return aiohttp.ClientSession(
+            connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",)
+        )
+
+    async def send(self, request: HttpRequest) -> HttpResponse:
+        session = self._session or self._open_session()
+        self._session = session
+        timeout = aiohttp.ClientTimeout(
+            total=request.timeout, sock_connect=min(self._connect_timeout, request.timeout)
+        )
+        try:
+            async with session.request(
+                request.method,
+                URL(request.url, encoded=True),
+                headers=request.headers,
+                data=request.body,
+                timeout=timeout,
+                allow_redirects=False,
+            ) as response:
+                body = await response.content.read(MAX_RESPONSE_BYTES + 1)
+                if len(body) > MAX_RESPONSE_BYTES:
+                    raise UnexpectedResponse(
+                        response.status,
+                        message=f"response body larger than "
+                        f"{MAX_RESPONSE_BYTES // (1024 * 1024)} MiB; refused",
+                        request_id=response.headers.get("request-id"),
+                    )
+                return HttpResponse(response.status, response.headers, body)
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            raise RequestNotSent(f"could not connect: {_describe(exc)}") from None
+        except TimeoutError as exc:
+            raise RequestInDoubt(f"no answer within {request.timeout:g}s{_suffix(exc)}") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise RequestInDoubt(f"connection lost: {_describe(exc)}") from None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _suffix(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f" ({text})" if text else ""

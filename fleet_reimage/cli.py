@@ -1,0 +1,156 @@
+"""The ``fleet-reimage`` command: a thin layer over ``fleet_reimage.api``.
+
+Exit codes: 0 every selected node done; 1 some nodes failed or were skipped; 2 bad input
+(plan, journal, options); 3 the run stopped (failure budget, auth, unsupported pool,
+deadline, checkpoint); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime
+
+import anyio
+
+from . import __version__, api, logs
+from .batch.errors import BatchError, ConfigurationError
+from .commands import add_run_commands
+from .journal import JournalError
+from .problems import InputError
+from .units import UnitError, parse_duration
+from .views import add_view_commands
+
+EXAMPLES = """\
+examples:
+  fleet-reimage validate plans/demo.yaml
+  fleet-reimage plan plans/demo.yaml --output json
+  fleet-reimage run plans/demo.yaml --journal patch.db --yes
+  fleet-reimage resume --journal patch.db
+  fleet-reimage status --journal patch.db
+  fleet-reimage report RUN_ID --journal patch.db --format markdown
+  fleet-reimage emulator --fleet plans/fleets/demo.yaml --port 0
+
+exit codes: 0 all done, 1 some nodes failed or skipped, 2 bad input,
+            3 run stopped (budget, auth, unsupported pool, deadline, checkpoint),
+            130 interrupted
+"""
+
+
+def parse_deadline(text: str) -> float:
+    """An ISO 8601 time with a timezone, or a duration from now (``2h``, ``90m``)."""
+    try:
+        return time.time() + parse_duration(text)
+    except UnitError:
+        pass
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a duration (2h, 90m) nor an ISO time with a timezone "
+            "(2026-11-26T06:00:00Z)"
+        ) from None
+    if when.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no timezone; add Z or +HH:MM")
+    return when.timestamp()
+
+
+def logging_options() -> argparse.ArgumentParser:
+    """Options every command shares, defined once."""
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("logging")
+    group.add_argument(
+        "--log-format",
+        choices=("auto", "console", "json"),
+        default="auto",
+        help="console on a terminal, JSON lines otherwise (default: auto)",
+    )
+    group.add_argument("--log-level", choices=tuple(logs.LEVELS), default="info")
+    group.add_argument("--log-file", metavar="PATH", help="write logs to this file instead")
+    return parent
+
+
+def journal_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--journal",
+        metavar="PATH",
+        default=api.DEFAULT_JOURNAL,
+        help=f"the journal file (default: ./{api.DEFAULT_JOURNAL})",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fleet-reimage",
+        description="Bulk, resumable, rolling reimage (or reboot) of Azure Batch compute nodes.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    common = logging_options()
+    add_run_commands(commands, common)
+    add_view_commands(commands, common)
+    emulator = commands.add_parser(
+        "emulator",
+        help="serve the local Batch emulator",
+        add_help=False,
+        description="Serve the local Azure Batch emulator (see `fleet-reimage emulator -h`).",
+    )
+    emulator.add_argument("rest", nargs=argparse.REMAINDER)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["emulator"]:
+        from .emulator.server import emulator_main
+
+        return emulator_main(args_list[1:])
+    parser = build_parser()
+    args = parser.parse_args(args_list)
+    logs.configure(log_format=args.log_format, level=args.log_level, log_file=args.log_file)
+    try:
+        code: int = _run_unwrapped(args)
+        return code
+    except InputError as exc:
+        print(exc.render(), file=sys.stderr)
+        return 2
+    except (api.RefusedError, JournalError, ConfigurationError) as exc:
+        print(f"fleet-reimage: {exc}", file=sys.stderr)
+        return 2
+    except BatchError as exc:
+        print(f"fleet-reimage: the Batch service answered: {exc}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("fleet-reimage: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run_unwrapped(args: argparse.Namespace) -> int:
+    """Run the handler; an exception raised inside task groups is re-raised on its own."""
+    try:
+        code: int = anyio.run(args.handler, args)
+        return code
+    except BaseExceptionGroup as group:
+        raise _first_leaf(group) from None
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The most telling exception in a (nested) group: ours before anything else."""
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, BaseExceptionGroup):
+            stack.extend(item.exceptions)
+        else:
+            leaves.append(item)
+    ours = (InputError, api.RefusedError, JournalError, ConfigurationError, BatchError)
+    return next((leaf for leaf in leaves if isinstance(leaf, ours)), leaves[0])
+
+
+def run_cli() -> None:  # pragma: no cover - console script entry point
+    sys.exit(main())

@@ -1,0 +1,296 @@
+"""The commands that plan and run: validate, plan, run, resume (argument groups + handlers)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from . import api
+from .events import EventsFile, Observers, RunObserver
+from .executor import Executor, RunResult, RunSettings
+from .journal import RunRecord
+from .plan.model import Plan
+from .plan.resolve import Resolution
+from .plan.schedule import render_schedule, resolution_json
+from .progress import start_progress
+
+Handler = Callable[[argparse.Namespace], Awaitable[int]]
+
+
+def _parser(
+    commands: Any,
+    name: str,
+    common: argparse.ArgumentParser,
+    handler: Handler,
+    help_text: str,
+    description: str,
+    examples: str,
+) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name,
+        parents=[common],
+        help=help_text,
+        description=description,
+        epilog="examples:\n" + examples,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def add_run_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    from .cli import journal_option, parse_deadline
+
+    p = _parser(
+        commands,
+        "validate",
+        common,
+        cmd_validate,
+        "check a plan offline",
+        "Check a plan file offline: every problem with its line, exit 2 if any.",
+        "  fleet-reimage validate plans/patch-night.yaml\n",
+    )
+    p.add_argument("plan", type=Path, help="the plan file (YAML)")
+
+    p = _parser(
+        commands,
+        "plan",
+        common,
+        cmd_plan,
+        "show what a plan would do (read-only)",
+        "Resolve a plan against the service (read-only: nothing is changed) and show "
+        "the schedule: selected nodes, exclusions by reason, waves, availability.",
+        "  fleet-reimage plan plans/demo.yaml\n"
+        "  fleet-reimage plan plans/demo.yaml --output json > schedule.json\n",
+    )
+    p.add_argument("plan", type=Path, help="the plan file (YAML)")
+    p.add_argument("--output", choices=("text", "json"), default="text")
+
+    p = _parser(
+        commands,
+        "run",
+        common,
+        cmd_run,
+        "run a plan (asks first on a terminal)",
+        "Reimage (or reboot) what the plan selects, in waves, recording every request "
+        "in the journal so that `resume` can finish an interrupted run.",
+        "  fleet-reimage run plans/demo.yaml\n"
+        "  fleet-reimage run plans/patch-night.yaml --journal patch.db --yes "
+        "--events events.jsonl\n",
+    )
+    p.add_argument("plan", type=Path, help="the plan file (YAML)")
+    journal_option(p)
+    _execution_options(p, parse_deadline)
+    p.add_argument(
+        "--yes",
+        action="store_true",
+        help="do not ask for confirmation (required without a terminal)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="resolve and simulate the rollout schedule; send nothing that changes",
+    )
+
+    p = _parser(
+        commands,
+        "resume",
+        common,
+        cmd_resume,
+        "finish an interrupted or stopped run",
+        "Continue a run from its journal: skips what is done, reconciles requests that "
+        "were in flight when it stopped, and continues the wave ladder.",
+        "  fleet-reimage resume --journal patch.db\n"
+        "  fleet-reimage resume r20261125-224233-ab12cd --accept-failures\n",
+    )
+    p.add_argument(
+        "run_id",
+        nargs="?",
+        metavar="RUN_ID",
+        help="the run to resume (default: the latest unfinished run)",
+    )
+    journal_option(p)
+    _execution_options(p, parse_deadline)
+    p.add_argument(
+        "--force-plan",
+        action="store_true",
+        help="accept a plan file that changed since the run started",
+    )
+    p.add_argument(
+        "--accept-failures",
+        action="store_true",
+        help="forgive the failures so far; the budget applies to new ones",
+    )
+    p.add_argument(
+        "--failure-budget",
+        type=int,
+        metavar="N",
+        help="replace the failure budget with N failed nodes",
+    )
+
+
+def _execution_options(parser: argparse.ArgumentParser, deadline: Any) -> None:
+    group = parser.add_argument_group("execution")
+    group.add_argument(
+        "--deadline",
+        type=deadline,
+        metavar="WHEN",
+        help="start nothing new after this (ISO time with zone, or 2h from now)",
+    )
+    group.add_argument(
+        "--events", type=Path, metavar="FILE", help="append run events as JSON lines to FILE"
+    )
+
+
+async def _load(path: Path) -> Plan:
+    return await anyio.to_thread.run_sync(api.load_plan, path)
+
+
+def _print_warnings(plan: Plan) -> None:
+    for warning in plan.warnings:
+        print(warning.render(), file=sys.stderr)
+
+
+async def cmd_validate(args: argparse.Namespace) -> int:
+    plan = await _load(args.plan)
+    _print_warnings(plan)
+    accounts = len(plan.accounts)
+    print(
+        f"{args.plan}: valid: plan {plan.name!r}, {plan.action.value}, {accounts} "
+        f"account{'s' if accounts != 1 else ''}"
+    )
+    return 0
+
+
+async def cmd_plan(args: argparse.Namespace) -> int:
+    plan = await _load(args.plan)
+    resolution = await api.resolve_plan(plan)
+    if args.output == "json":
+        print(json.dumps(resolution_json(resolution), indent=2))
+    else:
+        print(render_schedule(resolution))
+    return 0
+
+
+def _interactive() -> bool:
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
+async def _ask(question: str) -> bool:
+    def ask() -> str:
+        try:
+            return input(f"{question} [yes/no] ")
+        except EOFError:
+            return ""
+
+    answer = await anyio.to_thread.run_sync(ask, abandon_on_cancel=True)
+    return answer.strip().lower() in ("y", "yes")
+
+
+async def _confirm_start(resolution: Resolution) -> bool:
+    print(render_schedule(resolution))
+    plan = resolution.plan
+    return await _ask(
+        f"{plan.action.value.capitalize()} {resolution.total_selected} nodes "
+        f"in {len(resolution.pools)} pools?"
+    )
+
+
+def _settings(args: argparse.Namespace, plan: Plan) -> RunSettings:
+    deadlines = [
+        d for d in (args.deadline, plan.rollout.deadline and plan.rollout.deadline.timestamp()) if d
+    ]
+    return RunSettings(
+        deadline=min(deadlines) if deadlines else None,
+        confirm=_ask if _interactive() else None,
+        stop_grace=plan.execution.request_timeout + 5.0,
+    )
+
+
+async def _run_with_views(
+    args: argparse.Namespace, start: Callable[[api.RunHooks], Awaitable[RunResult | RunRecord]]
+) -> RunResult | RunRecord:
+    """Run ``start`` with the events file and live progress attached."""
+    observers: list[RunObserver] = []
+    events = EventsFile(args.events) if args.events else None
+    if events:
+        observers.append(events)
+    executors: list[Executor] = []
+    hooks = api.RunHooks(observer=Observers(observers), on_executor=executors.append)
+    async with anyio.create_task_group() as group:
+        if events:
+            group.start_soon(events.run)
+        progress = start_progress(group, executors)
+        try:
+            result = await start(hooks)
+        finally:
+            progress.close()
+            group.cancel_scope.cancel()
+    return result
+
+
+async def cmd_run(args: argparse.Namespace) -> int:
+    plan = await _load(args.plan)
+    _print_warnings(plan)
+    if args.dry_run:
+        from .dryrun import dry_run
+
+        return await dry_run(plan)
+    if not args.yes and not _interactive():
+        raise api.RefusedError(
+            "not on a terminal: pass --yes to run without confirmation "
+            "(see `fleet-reimage plan` for what would happen)"
+        )
+    settings = _settings(args, plan)
+
+    async def start(hooks: api.RunHooks) -> RunResult:
+        hooks.confirm_start = None if args.yes else _confirm_start
+        return await api.run_plan(plan, journal=args.journal, settings=settings, hooks=hooks)
+
+    result = await _run_with_views(args, start)
+    assert isinstance(result, RunResult)
+    return _print_result(result, args.journal)
+
+
+async def cmd_resume(args: argparse.Namespace) -> int:
+    async def start(hooks: api.RunHooks) -> RunResult | RunRecord:
+        settings = RunSettings(deadline=args.deadline, confirm=_ask if _interactive() else None)
+        return await api.resume_run(
+            args.run_id,
+            journal=args.journal,
+            force_plan=args.force_plan,
+            accept_failures=args.accept_failures,
+            failure_budget=args.failure_budget,
+            settings=settings,
+            hooks=hooks,
+        )
+
+    result = await _run_with_views(args, start)
+    if isinstance(result, RunRecord):
+        print(
+            f"run {result.run_id} is already finished; nothing to do "
+            f"(see `fleet-reimage report {result.run_id} --journal {args.journal}`)"
+        )
+        return 0
+    return _print_result(result, args.journal)
+
+
+def _print_result(result: RunResult, journal: str) -> int:
+    counts = ", ".join(
+        f"{count} {state.replace('_', ' ')}" for state, count in result.counts.items() if count
+    )
+    print(f"run {result.run_id}: {result.status.value} (exit {result.exit_code}): {counts}")
+    for pool, reason in result.stopped_pools.items():
+        print(f"  pool {pool} stopped: {reason}")
+    if result.reason and not result.stopped_pools:
+        print(f"  reason: {result.reason}")
+    if result.status.resumable:
+        print(f"  to continue: fleet-reimage resume {result.run_id} --journal {journal}")
+    print(f"  details: fleet-reimage report {result.run_id} --journal {journal}")
+    return result.exit_code

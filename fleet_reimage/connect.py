@@ -1,0 +1,133 @@
+"""From a plan's accounts to ready Batch clients (and in-process emulators).
+
+One aiohttp connection pool serves the whole run, sized to the plan's concurrency. An
+``emulator:`` account starts the local Batch emulator in-process on a free loopback port and
+talks to it over real TCP, exactly as it would to the service. Keys are read from the
+environment or a file when the run starts, kept only in memory, and never logged.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from .batch.auth import (
+    Credential,
+    EntraCredential,
+    SharedKeyCredential,
+    azure_identity_source,
+    cloud_for_endpoint,
+)
+from .batch.client import BatchClient
+from .batch.transport import AiohttpTransport, Transport
+from .plan.model import AccountSpec, EntraAuth, Plan, SharedKeyAuth
+from .problems import InputError, Problem
+
+
+@dataclass(slots=True)
+class Connections:
+    clients: dict[str, BatchClient]  # by account name
+    emulators: dict[str, Any] = field(default_factory=dict)  # account name -> running emulator
+
+
+def key_loader(auth: SharedKeyAuth, plan_file: str) -> Callable[[], str]:
+    """A function returning the account key from the environment or the key file."""
+    if auth.key_env is not None:
+        name = auth.key_env
+
+        def from_env() -> str:
+            value = os.environ.get(name)
+            if not value:
+                raise InputError(
+                    [
+                        Problem(
+                            plan_file,
+                            None,
+                            None,
+                            "auth.key_env",
+                            f"environment variable {name} is not set (it must "
+                            "hold the account's base64 Shared Key)",
+                        )
+                    ]
+                )
+            return value
+
+        return from_env
+    path = auth.key_file
+    assert path is not None
+
+    def from_file() -> str:
+        try:
+            return Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise InputError(
+                [
+                    Problem(
+                        plan_file,
+                        None,
+                        None,
+                        "auth.key_file",
+                        f"cannot read key file {path}: {exc.strerror}",
+                    )
+                ]
+            ) from None
+
+    return from_file
+
+
+async def _credential_for(
+    account: AccountSpec, endpoint: str, plan_file: str, emulator: Any | None
+) -> Credential:
+    auth = account.auth
+    if auth is None:
+        assert emulator is not None, "validation guarantees auth for non-emulator accounts"
+        return SharedKeyCredential(emulator.account_name, emulator.account_key)
+    if isinstance(auth, SharedKeyAuth):
+        load = key_loader(auth, plan_file)
+        key_value = await anyio.to_thread.run_sync(load)
+        try:
+            return SharedKeyCredential(auth.account, key_value, reload=load)
+        except ValueError as exc:
+            raise InputError(
+                [Problem(plan_file, None, None, f"accounts.{account.name}.auth", str(exc))]
+            ) from None
+    assert isinstance(auth, EntraAuth)
+    cloud = cloud_for_endpoint(endpoint, audience=auth.audience, authority_host=auth.authority)
+    source = azure_identity_source(
+        auth.credential, cloud, client_id=auth.client_id, tenant_id=auth.tenant_id
+    )
+    return EntraCredential(source, cloud)
+
+
+@asynccontextmanager
+async def connect(plan: Plan, *, transport: Transport | None = None) -> AsyncIterator[Connections]:
+    """Clients for every account of the plan; emulators started and stopped around them."""
+    async with AsyncExitStack() as stack:
+        if transport is None:
+            transport = AiohttpTransport(pool_size=plan.execution.concurrency)
+            stack.push_async_callback(transport.close)
+        connections = Connections(clients={})
+        plan_file = str(plan.source.path)
+        for account in plan.accounts:
+            emulator = None
+            endpoint = account.endpoint
+            if account.emulator is not None:
+                from .emulator.server import running_emulator
+
+                emulator = await stack.enter_async_context(running_emulator(account.emulator))
+                connections.emulators[account.name] = emulator
+                endpoint = emulator.url
+            assert endpoint is not None
+            credential = await _credential_for(account, endpoint, plan_file, emulator)
+            client = BatchClient(
+                endpoint, credential, transport, request_timeout=plan.execution.request_timeout
+            )
+            stack.push_async_callback(client.close)
+            connections.clients[account.name] = client
+        yield connections

@@ -1,0 +1,178 @@
+"""The health gate: one list-nodes call per pool per poll interval, not one GET per node.
+
+Each poll asks only for what can have changed, with ``$select=id,state,lastBootTime`` and::
+
+    $filter=(state ne 'idle' and state ne 'running') or lastBootTime ge datetime'<T>'
+
+where T is a minute before the earliest request still awaiting health: the answer holds
+every node that is not ready (ours recovering, and others' broken ones, which refresh the
+pool's unavailability baseline) plus every node that booted since. An accepted node that
+is missing from the answer is read on its own (it may have left the pool).
+
+A pool is also polled while ``max_unavailable`` blocks it with nothing of ours in progress,
+so that nodes recovering by themselves free the budget; if it stays blocked for a whole
+health timeout, the pool stops with the reason.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import anyio
+import structlog
+
+from .batch.errors import AuthFailed, BatchError, NotFound
+from .batch.models import NodeInfo
+from .journal.model import TargetChange, TargetState
+from .rollout.outcomes import health_verdict
+from .runstate import Phase, PoolRun, RunTarget
+
+if TYPE_CHECKING:
+    from .executor import Executor
+
+log = structlog.get_logger("fleet_reimage.health")
+
+FILTER_MARGIN = 60.0  # seconds before the earliest awaiting request (clock skew)
+HEALTH_SELECT = "id,state,lastBootTime"
+
+
+def health_filter(ready_states: frozenset[str], since: float) -> str:
+    """The OData filter for a health poll (see the module docstring)."""
+    not_ready = " and ".join(f"state ne '{state}'" for state in sorted(ready_states))
+    stamp = datetime.fromtimestamp(since, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return f"({not_ready}) or lastBootTime ge datetime'{stamp}'"
+
+
+class HealthMonitor:
+    def __init__(self, executor: Executor) -> None:
+        self.executor = executor
+        self.spec = executor.plan.rollout.health
+        self.polls = 0  # list calls made, for the calls-per-node figure
+
+    def _wants_poll(self, pool: PoolRun, now: float) -> bool:
+        if pool.awaiting:
+            return True
+        blocked = pool.rollout.blocked_by_unavailability() and pool.rollout.active == 0
+        if not blocked:
+            pool.blocked_since = None
+            return False
+        if pool.blocked_since is None:
+            pool.blocked_since = now
+        if now - pool.blocked_since > self.spec.timeout:
+            self.executor.stop_pool(
+                pool,
+                (
+                    f"blocked for {self.spec.timeout:g}s: {pool.rollout.baseline} nodes are "
+                    f"unavailable for other reasons, max_unavailable is "
+                    f"{pool.rollout.max_unavailable}"
+                ),
+            )
+            return False
+        return True
+
+    async def run(self) -> None:
+        """Poll every pool that needs it, each at most once per interval, until cancelled."""
+        interval = self.spec.poll_interval
+        async with anyio.create_task_group() as group:
+            while True:
+                now = time.monotonic()
+                next_due = math.inf
+                for pool in self.executor.pools:
+                    if pool.polling or not self._wants_poll(pool, now):
+                        continue
+                    due = pool.last_poll + interval
+                    if due <= now:
+                        pool.polling = True
+                        group.start_soon(self._poll, pool)
+                    else:
+                        next_due = min(next_due, due)
+                await anyio.sleep(min(max(next_due - now, 0.01), interval, 0.25))
+
+    async def _poll(self, pool: PoolRun) -> None:
+        try:
+            nodes = await self._list(pool)
+        except AuthFailed as error:
+            self.executor.request_stop("auth", f"authentication failed: {error}")
+            return
+        except BatchError as error:
+            log.warning("health poll failed", pool=pool.pool_id, error=str(error))
+            return
+        finally:
+            pool.last_poll = time.monotonic()
+            pool.polling = False
+        self._refresh_baseline(pool, nodes)
+        await self._judge(pool, nodes)
+        self.executor.wake()
+
+    async def _list(self, pool: PoolRun) -> dict[str, NodeInfo]:
+        awaiting = pool.awaiting.values()
+        earliest = min(
+            (t.record.last_sent_at or time.time() for t in awaiting), default=time.time()
+        )
+        query = health_filter(self.spec.ready_states, earliest - FILTER_MARGIN)
+        nodes: dict[str, NodeInfo] = {}
+        self.polls += 1
+        async for page in pool.account.client.list_node_pages(
+            pool.pool_id, filter=query, select=HEALTH_SELECT
+        ):
+            self.polls += 1 if page.next_link else 0
+            for item in page.items:
+                node = NodeInfo.from_json(item)
+                nodes[node.id] = node
+        return nodes
+
+    def _refresh_baseline(self, pool: PoolRun, nodes: dict[str, NodeInfo]) -> None:
+        ready = self.spec.ready_states
+        ours = self.executor.active_node_ids(pool)
+        pool.rollout.set_baseline(
+            sum(1 for node in nodes.values() if node.state not in ready and node.id not in ours)
+        )
+
+    async def _judge(self, pool: PoolRun, nodes: dict[str, NodeInfo]) -> None:
+        now = time.monotonic()
+        settled: list[tuple[RunTarget, TargetState, str]] = []
+        for target in list(pool.awaiting.values()):
+            node = nodes.get(target.record.node_id)
+            if node is None:
+                readable, node = await self._read_one(pool, target)
+                if not readable:
+                    continue
+            verdict = health_verdict(
+                node, sent_at=target.record.last_sent_at or 0.0, ready_states=self.spec.ready_states
+            )
+            if verdict.state is not None:
+                settled.append((target, verdict.state, verdict.reason))
+            elif now - target.health_since > self.spec.timeout:
+                settled.append(
+                    (
+                        target,
+                        TargetState.FAILED,
+                        f"not back within {self.spec.timeout:g}s (state {verdict.reason})",
+                    )
+                )
+        if not settled:
+            return
+        async with anyio.create_task_group() as group:
+            for target, state, reason in settled:
+                group.start_soon(
+                    self.executor.journal.target_changed,
+                    TargetChange(self.executor.run_id, target.id, state, time.time(), reason),
+                )
+        for target, state, reason in settled:
+            if target.phase is Phase.HEALTH:
+                self.executor.settle(target, state, reason)
+
+    async def _read_one(self, pool: PoolRun, target: RunTarget) -> tuple[bool, NodeInfo | None]:
+        """A node missing from the poll: (readable, node), node None when it left the pool."""
+        self.polls += 1
+        try:
+            return True, await pool.account.client.get_node(
+                pool.pool_id, target.record.node_id, select=HEALTH_SELECT
+            )
+        except NotFound:
+            return True, None
+        except BatchError:
+            return False, None

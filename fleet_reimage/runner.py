@@ -1,0 +1,320 @@
+"""Starting and resuming runs: from a resolved plan, or a journal, to a running executor.
+
+A new run writes the run, every target (with its wave) and every exclusion to the journal
+before the first request. A resumed run reloads the targets, lists each unfinished pool once
+to reconcile what was in flight when the run died, and continues the ladder where it stopped.
+Both end in the same place: ``_execute`` builds the policies and runs the executor.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+
+from .batch.client import BatchClient
+from .batch.errors import NotFound
+from .batch.models import NODE_SELECT, READY_STATES, NodeInfo
+from .events import RunObserver
+from .executor import Executor, RunResult, RunSettings
+from .journal.model import (
+    Exclusion,
+    Journal,
+    NewRun,
+    NewTarget,
+    RunRecord,
+    RunStatus,
+    TargetChange,
+    TargetRecord,
+    TargetState,
+)
+from .plan.model import Plan
+from .plan.resolve import Resolution
+from .rollout.budget import FailureBudget
+from .rollout.outcomes import Accepted, Settle, after_reconcile
+from .rollout.pool import PoolRollout
+from .rollout.throttle import AdaptiveThrottle
+from .runstate import AccountRun, JobKind, Phase, PoolKey, PoolRun, RunTarget
+
+
+def new_run_id(now: float | None = None) -> str:
+    stamp = datetime.fromtimestamp(now or time.time(), UTC).strftime("%Y%m%d-%H%M%S")
+    return f"r{stamp}-{secrets.token_hex(3)}"
+
+
+def owner_label(run_id: str) -> str:
+    return f"{socket.gethostname()} pid {os.getpid()} run {run_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class PoolLimits:
+    max_unavailable: int
+    baseline_unavailable: int
+
+
+async def create_run(
+    plan: Plan,
+    resolution: Resolution,
+    journal: Journal,
+    *,
+    options: Mapping[str, Any],
+    run_id: str | None = None,
+) -> RunRecord:
+    """Write a new run, its targets and exclusions; nothing has been sent yet."""
+    run_id = run_id or new_run_id()
+    now = time.time()
+    targets: list[NewTarget] = []
+    exclusions: list[Exclusion] = []
+    for pool in resolution.pools:
+        for position, (node, wave) in enumerate(zip(pool.selected, pool.wave_of, strict=True)):
+            targets.append(NewTarget(pool.account, pool.pool_id, node.id, wave, position))
+        exclusions.extend(
+            Exclusion(pool.account, pool.pool_id, node_id, reason)
+            for node_id, reason in pool.excluded
+        )
+        if pool.skipped_reason:
+            exclusions.append(Exclusion(pool.account, pool.pool_id, None, pool.skipped_reason))
+    limits = {
+        f"{p.account}/{p.pool_id}": [p.max_unavailable, p.baseline_unavailable]
+        for p in resolution.pools
+        if p.selected
+    }
+    run = NewRun(
+        run_id=run_id,
+        name=plan.name,
+        action=plan.action.value,
+        plan_path=str(plan.source.path),
+        plan_text=plan.source.text,
+        plan_sha256=plan.source.sha256,
+        options={**options, "pool_limits": limits},
+        created_at=now,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+    )
+    await journal.create_run(run, targets, exclusions)
+    record = await journal.get_run(run_id)
+    assert record is not None
+    return record
+
+
+def _limits_from_options(run: RunRecord) -> dict[str, PoolLimits]:
+    raw = run.options.get("pool_limits", {})
+    return {key: PoolLimits(int(value[0]), int(value[1])) for key, value in raw.items()}
+
+
+async def execute(
+    run: RunRecord,
+    plan: Plan,
+    journal: Journal,
+    clients: Mapping[str, BatchClient],
+    *,
+    settings: RunSettings,
+    observer: RunObserver,
+    accept_failures: bool = False,
+    failure_budget: int | None = None,
+    resuming: bool = False,
+    executor_ready: Any = None,
+) -> RunResult:
+    """Run (or resume) ``run`` to its end or a stop; returns the result."""
+    records = await journal.targets(run.run_id)
+    limits = _limits_from_options(run)
+    if resuming:
+        limits = await _reconcile_on_resume(run, plan, journal, clients, records, limits)
+        await journal.set_run_status(run.run_id, RunStatus.RUNNING, "resumed", time.time())
+    executor = build_executor(
+        run,
+        plan,
+        journal,
+        clients,
+        records,
+        limits,
+        settings,
+        observer,
+        accept_failures=accept_failures,
+        failure_budget=failure_budget,
+    )
+    if executor_ready is not None:
+        executor_ready(executor)
+    return await executor.run()
+
+
+def build_executor(
+    run: RunRecord,
+    plan: Plan,
+    journal: Journal,
+    clients: Mapping[str, BatchClient],
+    records: Sequence[TargetRecord],
+    limits: Mapping[str, PoolLimits],
+    settings: RunSettings,
+    observer: RunObserver,
+    *,
+    accept_failures: bool = False,
+    failure_budget: int | None = None,
+) -> Executor:
+    """The executor's in-memory state from the journal's targets (new or resumed alike)."""
+    accounts: dict[str, AccountRun] = {}
+    for account in plan.accounts:
+        accounts[account.name] = AccountRun(
+            account.name,
+            clients[account.name],
+            AdaptiveThrottle(plan.execution.per_account_concurrency),
+        )
+    by_pool: dict[PoolKey, list[TargetRecord]] = defaultdict(list)
+    for record in records:
+        by_pool[(record.account, record.pool)].append(record)
+    pools: list[PoolRun] = []
+    targets: list[RunTarget] = []
+    for (account_name, pool_id), pool_records in by_pool.items():
+        limit = limits.get(f"{account_name}/{pool_id}")
+        pool, pool_targets = _pool_run(plan, accounts[account_name], pool_id, pool_records, limit)
+        pools.append(pool)
+        targets.extend(pool_targets)
+    total = len(records)
+    budget_limit = (
+        failure_budget if failure_budget is not None else (plan.rollout.failure_budget.of(total))
+    )
+    failed = sum(1 for r in records if r.state is TargetState.FAILED)
+    budget = FailureBudget(
+        limit=budget_limit, failures=failed, forgiven=failed if accept_failures else 0
+    )
+    return Executor(
+        run_id=run.run_id,
+        plan=plan,
+        journal=journal,
+        accounts=list(accounts.values()),
+        pools=pools,
+        targets=targets,
+        budget=budget,
+        settings=settings,
+        observer=observer,
+    )
+
+
+def _pool_run(
+    plan: Plan,
+    account: AccountRun,
+    pool_id: str,
+    records: list[TargetRecord],
+    limit: PoolLimits | None,
+) -> tuple[PoolRun, list[RunTarget]]:
+    records.sort(key=lambda r: r.position)
+    steps = len(plan.rollout.waves)
+    waves: list[list[int]] = [[] for _ in range(max(steps, 1 + max(r.wave for r in records)))]
+    for record in records:
+        waves[record.wave].append(record.target_id)
+    settled = [r.target_id for r in records if r.state.terminal]
+    active = [
+        r.target_id for r in records if r.state in (TargetState.IN_FLIGHT, TargetState.ACCEPTED)
+    ]
+    max_unavailable = (
+        limit.max_unavailable if limit else max(1, plan.rollout.max_unavailable.of(len(records)))
+    )
+    checkpoint = plan.rollout.confirm_after_wave
+    rollout = PoolRollout(
+        waves,
+        max_unavailable=max_unavailable,
+        baseline_unavailable=limit.baseline_unavailable if limit else 0,
+        pause_between_waves=plan.rollout.pause_between_waves,
+        checkpoint_after_wave=None if checkpoint is None else checkpoint - 1,
+        settled=settled,
+        active=active,
+    )
+    pool = PoolRun(account, pool_id, rollout, selected=len(records))
+    now = time.monotonic()
+    targets = []
+    for record in records:
+        target = RunTarget(record, pool)
+        pool.states[record.state] += 1
+        if record.state.terminal:
+            target.phase = Phase.DONE
+        elif record.state is TargetState.ACCEPTED:
+            target.phase, target.health_since = Phase.HEALTH, now
+            pool.awaiting[target.id] = target
+        elif record.state is TargetState.IN_FLIGHT:
+            target.phase, target.maybe_applied = Phase.RECONCILE, True
+            pool.schedule(now, record.target_id, record.target_id, JobKind.RECONCILE)
+        targets.append(target)
+    return pool, targets
+
+
+async def _reconcile_on_resume(
+    run: RunRecord,
+    plan: Plan,
+    journal: Journal,
+    clients: Mapping[str, BatchClient],
+    records: list[TargetRecord],
+    limits: dict[str, PoolLimits],
+) -> dict[str, PoolLimits]:
+    """List each unfinished pool once: settle what was in flight, refresh the baselines."""
+    unfinished: dict[PoolKey, list[TargetRecord]] = defaultdict(list)
+    for record in records:
+        if not record.state.terminal:
+            unfinished[(record.account, record.pool)].append(record)
+    listings: dict[PoolKey, dict[str, NodeInfo] | None] = {}
+
+    async def list_pool(key: PoolKey) -> None:
+        client = clients[key[0]]
+        try:
+            listings[key] = {n.id: n async for n in client.list_nodes(key[1], select=NODE_SELECT)}
+        except NotFound:
+            listings[key] = None
+
+    async with anyio.create_task_group() as group:
+        for key in unfinished:
+            group.start_soon(list_pool, key)
+    fresh = dict(limits)
+    for key, pool_records in unfinished.items():
+        nodes = listings[key]
+        label = f"{key[0]}/{key[1]}"
+        ours = {r.node_id for r in pool_records if r.state is not TargetState.PENDING}
+        if nodes is not None and label in limits:
+            baseline = sum(
+                1 for n in nodes.values() if n.state not in READY_STATES and n.id not in ours
+            )
+            fresh[label] = PoolLimits(limits[label].max_unavailable, baseline)
+        await _settle_in_doubt(run, plan, journal, pool_records, nodes)
+    return fresh
+
+
+async def _settle_in_doubt(
+    run: RunRecord,
+    plan: Plan,
+    journal: Journal,
+    records: list[TargetRecord],
+    nodes: dict[str, NodeInfo] | None,
+) -> None:
+    """Targets left in flight by the dead run: applied (accepted), gone, or not applied."""
+    now = time.time()
+    server_timeout = min(30.0, plan.execution.request_timeout)
+    changes: list[TargetChange] = []
+    for record in records:
+        if record.state is not TargetState.IN_FLIGHT or record.last_sent_at is None:
+            continue
+        node = None if nodes is None else nodes.get(record.node_id)
+        step = after_reconcile(
+            node, sent_at=record.last_sent_at, now=now, server_timeout=server_timeout
+        )
+        if isinstance(step, Accepted):
+            state = (
+                TargetState.ACCEPTED if plan.rollout.health.wait else TargetState.DONE_UNVERIFIED
+            )
+        elif isinstance(step, Settle):
+            state = step.state
+        else:
+            continue  # not applied, or maybe still: the executor reads it again first
+        record.state = state
+        record.reason = step.reason
+        if state is TargetState.ACCEPTED:
+            record.accepted_at = now
+        changes.append(TargetChange(run.run_id, record.target_id, state, now, step.reason))
+    async with anyio.create_task_group() as group:
+        for change in changes:
+            group.start_soon(journal.target_changed, change)
