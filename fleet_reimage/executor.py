@@ -173,6 +173,12 @@ class Executor:
         self.observer.event("run_started", {"run_id": self.run_id, "selected": len(self.targets)})
         with anyio.CancelScope() as scope:
             self._cancel = scope
+            if self.budget.exceeded:  # a resumed run whose budget is still spent
+                self.stop_kind = "budget"
+                self.stop_reason = (
+                    f"failure budget exceeded ({self.budget.describe()}); "
+                    "resume with --accept-failures or --failure-budget N"
+                )
             async with anyio.create_task_group() as group:
                 self._group = group
                 group.start_soon(self.health.run)
@@ -315,6 +321,7 @@ class Executor:
             client_request_id=client_request_id,
             attempt=attempt_no,
             answer=type(answer).__name__,
+            detail=str(answer)[:120],
         )
         step = Accepted("202") if isinstance(answer, HttpAccepted) else self._decide(target, answer)
         await self.journal.attempt_finished(
@@ -447,7 +454,8 @@ class Executor:
         if step.throttled:
             pool.throttled += 1
             server_delay = answer.retry_after if isinstance(answer, BatchHTTPError) else None
-            change = pool.account.throttle.on_throttle(now, server_delay)
+            rate_limited = isinstance(answer, BatchHTTPError) and answer.status == 429
+            change = pool.account.throttle.on_throttle(now, server_delay, rate_limited)
             self.observer.event(
                 "throttled",
                 {"account": pool.account.name, "pool": pool.pool_id, "retry_after": server_delay},

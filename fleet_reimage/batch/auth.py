@@ -66,11 +66,15 @@ def cloud_for_endpoint(
 
 
 class Credential(Protocol):
-    """Adds Authorization to a request; ``refresh`` after a 401/403, True if worth a retry."""
+    """Adds Authorization to a request; ``refresh`` after a 401/403, True if worth a retry.
+
+    ``rejected`` is the request the server refused: when its credential has already been
+    replaced (by a concurrent refresh), the answer is True at once, with no new fetch.
+    """
 
     async def authorize(self, request: HttpRequest) -> None: ...
 
-    async def refresh(self) -> bool: ...
+    async def refresh(self, rejected: HttpRequest | None = None) -> bool: ...
 
     async def close(self) -> None: ...
 
@@ -95,7 +99,12 @@ class SharedKeyCredential:
             request.method, request.url, request.headers
         )
 
-    async def refresh(self) -> bool:
+    async def refresh(self, rejected: HttpRequest | None = None) -> bool:
+        current = self._signer
+        if rejected is not None and rejected.headers.get("Authorization") != current.authorization(
+            rejected.method, rejected.url, rejected.headers
+        ):
+            return True  # signed with a key another request has since replaced: resend
         if self._reload is None:
             return False
         try:
@@ -103,9 +112,10 @@ class SharedKeyCredential:
             signer = SharedKeySigner(self.account, decode_key(key))
         except Exception:  # a key that cannot be re-read is simply not refreshed
             return False
-        changed = signer != self._signer
         self._signer = signer
-        return changed
+        # Compared with the key before the reload, not with whatever a concurrent refresh
+        # installed meanwhile: otherwise only the first of many rejected requests resends.
+        return signer != current
 
     async def close(self) -> None:
         return None
@@ -140,12 +150,17 @@ class EntraCredential:
             await self._fetch(force=False)
         request.headers["Authorization"] = f"Bearer {self._token}"
 
-    async def refresh(self) -> bool:
-        await self._fetch(force=True)
+    async def refresh(self, rejected: HttpRequest | None = None) -> bool:
+        used = None
+        if rejected is not None:
+            used = rejected.headers.get("Authorization", "").removeprefix("Bearer ") or None
+        await self._fetch(force=True, seen=used)
         return True
 
-    async def _fetch(self, *, force: bool) -> None:
-        seen = self._token
+    async def _fetch(self, *, force: bool, seen: str | None = None) -> None:
+        """Fetch a token unless one newer than ``seen`` (default: the current one) exists."""
+        if seen is None:
+            seen = self._token
         async with self._lock:
             # Another task may have fetched while we waited for the lock.
             fresh = self._token is not None and self._token != seen

@@ -216,7 +216,11 @@ class BatchClient:
             except BatchError as exc:
                 exc.client_request_id = client_request_id
                 raise
-            if response.status in (401, 403) and attempt == 1 and await self._credential.refresh():
+            if (
+                response.status in (401, 403)
+                and attempt == 1
+                and await self._credential.refresh(request)
+            ):
                 continue
             return response
         raise AssertionError("unreachable")  # pragma: no cover
@@ -292,13 +296,15 @@ class BatchClient:
 
     async def _pages(self, url: str | None) -> AsyncIterator[Page]:
         while url is not None:
-            data = await self._get_json(url)
+            data, request_id = await self._get(url)
             items = data.get("value")
             if not isinstance(items, list):
-                raise UnexpectedResponse(200, message="list answer without a 'value' array")
+                raise UnexpectedResponse(
+                    200, message="list answer without a 'value' array", request_id=request_id
+                )
             link = data.get("odata.nextLink")
             url = self._follow(link) if link else None
-            yield Page([item for item in items if isinstance(item, dict)], None, url)
+            yield Page([item for item in items if isinstance(item, dict)], request_id, url)
 
     def _follow(self, link: object) -> str:
         """The next page's URL: same origin as the endpoint, our api-version, else refused."""
@@ -333,6 +339,11 @@ class BatchClient:
         return f"{self.endpoint}{path}?{_encode_query(params)}"
 
     async def _get_json(self, url: str) -> dict[str, Any]:
+        data, _ = await self._get(url)
+        return data
+
+    async def _get(self, url: str) -> tuple[dict[str, Any], str | None]:
+        """GET with retries: the JSON object and the answer's request-id."""
         counters = RetryCounters()
         while True:
             client_request_id = str(uuid.uuid4())
@@ -341,7 +352,8 @@ class BatchClient:
                     "GET", url, client_request_id, None, self.request_timeout
                 )
                 if response.status == 200:
-                    return json_object(response, client_request_id)
+                    data = json_object(response, client_request_id)
+                    return data, response.headers.get("request-id")
                 raise error_from_response(response, client_request_id, time.time())
             except AuthFailed:
                 raise

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 
 from .errors import (
@@ -71,6 +72,8 @@ def _seconds_or_date(raw: str, now: float) -> float | None:
         when = parsedate_to_datetime(raw)
     except (TypeError, ValueError, IndexError):
         return None
+    if when.tzinfo is None:  # asctime dates and "-0000" carry no zone: HTTP dates are GMT
+        when = when.replace(tzinfo=UTC)
     return when.timestamp() - now
 
 

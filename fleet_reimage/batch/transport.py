@@ -69,8 +69,13 @@ class AiohttpTransport:
         connector = aiohttp.TCPConnector(
             limit=self._pool_size, limit_per_host=self._pool_size, ttl_dns_cache=300, ssl=self._ssl
         )
+        # Content-Type is never added behind our back: aiohttp would put
+        # "application/octet-stream" on a body-less POST after it was signed, and the
+        # signature (which covers Content-Type) would no longer match.
         return aiohttp.ClientSession(
-            connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",)
+            connector=connector,
+            auto_decompress=True,
+            skip_auto_headers=("User-Agent", "Content-Type"),
         )
 
     async def send(self, request: HttpRequest) -> HttpResponse:
@@ -88,14 +93,7 @@ class AiohttpTransport:
                 timeout=timeout,
                 allow_redirects=False,
             ) as response:
-                body = await response.content.read(MAX_RESPONSE_BYTES + 1)
-                if len(body) > MAX_RESPONSE_BYTES:
-                    raise UnexpectedResponse(
-                        response.status,
-                        message=f"response body larger than "
-                        f"{MAX_RESPONSE_BYTES // (1024 * 1024)} MiB; refused",
-                        request_id=response.headers.get("request-id"),
-                    )
+                body = await _read_capped(response)
                 return HttpResponse(response.status, response.headers, body)
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             raise RequestNotSent(f"could not connect: {_describe(exc)}") from None
@@ -108,6 +106,27 @@ class AiohttpTransport:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
+    """The whole body, or UnexpectedResponse once it passes ``MAX_RESPONSE_BYTES``.
+
+    ``StreamReader.read(n)`` returns what is buffered (often one chunk), not n bytes, so the
+    body is gathered chunk by chunk until EOF.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > MAX_RESPONSE_BYTES:
+            raise UnexpectedResponse(
+                response.status,
+                message=f"response body larger than "
+                f"{MAX_RESPONSE_BYTES // (1024 * 1024)} MiB; refused",
+                request_id=response.headers.get("request-id"),
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _describe(exc: BaseException) -> str:

@@ -1,0 +1,59 @@
+"""A local Azure Batch emulator: the data-plane calls fleet-reimage makes, served faithfully.
+
+Modules, one idea each:
+
+- ``spec``: what a fleet describes (frozen data); ``fleet`` (+ ``fleetcheck``) parses YAML.
+- ``population``: the initial nodes (ids, states, times) from the seed.
+- ``state``: the pure reimage/reboot state machine on an injectable ``clock``.
+- ``odata``: ``$filter`` / ``$select``; ``listing``: pages and next links.
+- ``faults``: seeded fault draws and the rate limit; ``auth``: Shared Key and bearer.
+- ``render``: JSON shapes; ``stats``: counters and the stats document.
+- ``app``: the aiohttp endpoints; ``server``: running it in-process or from the CLI.
+"""
+
+from __future__ import annotations
+
+from .app import Emulator, create_app, emulator_of
+from .clock import Clock, ManualClock, RealClock
+from .fleet import load_fleet, parse_fleet
+from .population import build_state
+from .server import RunningEmulator, emulator_main, running_emulator, serve_forever
+from .spec import (
+    AccountSpec,
+    FaultSpec,
+    FaultsSpec,
+    FleetSpec,
+    Outcomes,
+    PoolSpec,
+    RateLimitSpec,
+    Timings,
+)
+from .state import BatchOperationError, EmulatorState, Node, Pool
+
+__all__ = [
+    "AccountSpec",
+    "BatchOperationError",
+    "Clock",
+    "Emulator",
+    "EmulatorState",
+    "FaultSpec",
+    "FaultsSpec",
+    "FleetSpec",
+    "ManualClock",
+    "Node",
+    "Outcomes",
+    "Pool",
+    "PoolSpec",
+    "RateLimitSpec",
+    "RealClock",
+    "RunningEmulator",
+    "Timings",
+    "build_state",
+    "create_app",
+    "emulator_main",
+    "emulator_of",
+    "load_fleet",
+    "parse_fleet",
+    "running_emulator",
+    "serve_forever",
+]

@@ -39,8 +39,15 @@ class TargetState(StrEnum):
         return self in _TERMINAL
 
 
-_TERMINAL = frozenset({TargetState.HEALTHY, TargetState.DONE_UNVERIFIED, TargetState.FAILED,
-                       TargetState.GONE, TargetState.SKIPPED})
+_TERMINAL = frozenset(
+    {
+        TargetState.HEALTHY,
+        TargetState.DONE_UNVERIFIED,
+        TargetState.FAILED,
+        TargetState.GONE,
+        TargetState.SKIPPED,
+    }
+)
 
 
 class RunStatus(StrEnum):
@@ -209,41 +216,84 @@ class JournalBusy(JournalError):
 
 
 class Journal(Protocol):
-    """Storage interface. Every write returns only once it is durable."""
+    """Storage interface. Every write returns only once it is durable.
+
+    Errors: ``JournalError`` when the journal cannot be used or a write was not recorded.
+    After a write fails for a storage reason (disk full, I/O error) every later write fails
+    too and the run must stop; nothing is ever reported durable that is not. ``ValueError``
+    for input that may not be stored (see ``create_run``). Writes are applied in the order
+    they were called.
+    """
 
     location: str  # file path or redacted URL, for messages
 
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Finish queued writes, release the writer lock; safe to call more than once."""
 
     async def lock_for_writing(self, owner: str) -> None:
-        """Become the only writer (raise JournalBusy naming the holder otherwise)."""
+        """Become the only writer (raise JournalBusy naming the holder otherwise).
 
-    async def create_run(self, run: NewRun, targets: Sequence[NewTarget],
-                         exclusions: Sequence[Exclusion]) -> None: ...
+        ``owner`` is "host pid run", shown to the next would-be writer. A backend may already
+        hold the lock since it was opened for writing (SQLite does); then this records owner.
+        """
 
-    async def runs(self) -> list[RunRecord]: ...
+    async def create_run(
+        self, run: NewRun, targets: Sequence[NewTarget], exclusions: Sequence[Exclusion]
+    ) -> None:
+        """Record a new run (status RUNNING) with its targets (PENDING) and exclusions.
+
+        Target ids ascend in the order ``targets`` is given. ``ValueError`` when an options key
+        looks like a secret (key, token, password, secret, ...) or a node is listed twice;
+        ``JournalError`` when the run id exists.
+        """
+
+    async def runs(self) -> list[RunRecord]:
+        """All runs, newest first."""
 
     async def get_run(self, run_id: str) -> RunRecord | None: ...
 
-    async def targets(self, run_id: str) -> list[TargetRecord]: ...
+    async def targets(self, run_id: str) -> list[TargetRecord]:
+        """The run's targets, by target_id."""
 
-    async def exclusions(self, run_id: str) -> list[Exclusion]: ...
+    async def exclusions(self, run_id: str) -> list[Exclusion]:
+        """In the order they were given to ``create_run``."""
 
-    async def attempts(self, run_id: str) -> list[AttemptRecord]: ...
+    async def attempts(self, run_id: str) -> list[AttemptRecord]:
+        """By sent_at, then in the order recorded."""
 
-    async def events(self, run_id: str) -> list[RunEvent]: ...
+    async def events(self, run_id: str) -> list[RunEvent]:
+        """By time, then in the order recorded."""
 
     # Hot path: group-committed; each call returns once its transaction is durable.
-    async def attempt_started(self, start: AttemptStart) -> None: ...
+    async def attempt_started(self, start: AttemptStart) -> None:
+        """Record the attempt; the target goes to IN_FLIGHT with attempts + 1, last_sent_at =
+        sent_at, first_sent_at set if unset, reason and finished_at cleared."""
 
-    async def attempt_finished(self, end: AttemptEnd) -> None: ...
+    async def attempt_finished(self, end: AttemptEnd) -> None:
+        """Record the answer; the target goes to ``end.target_state`` with ``end.reason``.
 
-    async def target_changed(self, change: TargetChange) -> None: ...
+        ``accepted_at`` is set when the target becomes ACCEPTED or DONE_UNVERIFIED from another
+        state; ``finished_at`` is set for a terminal state and cleared otherwise; ``last_code``
+        becomes the error code, else the HTTP status, else stays. May be called again for the
+        same attempt (an in-doubt attempt later reconciled).
+        """
+
+    async def target_changed(self, change: TargetChange) -> None:
+        """Move the target, with the same accepted_at/finished_at rules as attempt_finished."""
 
     async def record_event(self, event: RunEvent) -> None: ...
 
-    async def set_run_status(self, run_id: str, status: RunStatus, reason: str | None,
-                             at: float, options: Mapping[str, Any] | None = None) -> None: ...
+    async def set_run_status(
+        self,
+        run_id: str,
+        status: RunStatus,
+        reason: str | None,
+        at: float,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Set status and reason; ended_at = at, or cleared for RUNNING, which also records the
+        calling process as the run's host and pid (resume). ``options`` replaces the stored
+        options when given."""
 
     async def replace_plan(self, run_id: str, plan_text: str, plan_sha256: str) -> None:
         """After the operator accepted a changed plan (--force-plan) on resume."""

@@ -1,19 +1,19 @@
 """Adaptive throttling for one Batch account, shared by all its pools (pure: time is passed in).
 
-Two AIMD loops, in the spirit of TCP congestion control:
+Everyone waits: any 429/503 pauses *all* new requests of the account until the server's
+Retry-After has passed, so one throttle never becomes a thundering herd of retries. Then two
+AIMD loops, in the spirit of TCP congestion control:
 
-- **Concurrency**: the number of requests in flight for the account starts at the plan's
-  ``per_account_concurrency``. Every 429/503 halves it (at most once per cooldown, so a burst
-  of throttled answers to requests that were already in flight counts as one signal); every
-  success adds ``1/limit`` (about +1 per round trip of the whole window).
-- **Rate**: unpaced until the first throttle. Then requests are paced by a token bucket at
-  ``0.7 x`` the success rate observed over the last second, growing back additively
-  (a few percent of the cut rate per second). With a server that limits requests per
-  second, concurrency alone cannot find the limit (one request in flight can still exceed
-  it), which is why the rate loop exists.
-
-And everyone waits: a throttle answer pauses *all* new requests of the account until the
-server's Retry-After has passed, so one throttle never becomes a thundering herd of retries.
+- **Concurrency** (429 and 503): the account's requests in flight start at the plan's
+  ``per_account_concurrency``; a throttle halves it, at most once per cooldown (a burst of
+  throttled answers to requests already in flight is one signal); each success adds
+  ``1/limit`` (about +1 per round trip of the whole window).
+- **Rate** (429 only, the service's per-account request-rate quota): unpaced until 429s
+  make up a real share of the answers (``RATE_CUT_SHARE`` of at least ``RATE_MIN_ANSWERS``
+  answers in the last second, so a stray 429 does not slow a healthy run). Then requests are paced by a token bucket at 0.9 x the
+  success rate the server allowed over the last second, growing back additively (a few
+  percent of the cut rate per second). One request in flight can exceed a rate quota when
+  the service answers fast, which is why concurrency alone is not enough.
 """
 
 from __future__ import annotations
@@ -22,9 +22,12 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-RATE_WINDOW = 1.0  # seconds of successes used to estimate the account's achieved rate
+RATE_WINDOW = 1.0  # seconds of answers used to estimate what the server admits
 MIN_RATE_WINDOW = 0.1
 MIN_RATE = 1.0  # requests per second: never pace slower than this
+RATE_CUT_SHARE = 0.1  # share of 429s among recent answers that means "over the quota"
+RATE_MIN_ANSWERS = 20  # answers in the window before the share means anything
+CUT_COOLDOWN = 1.0  # seconds: at most one cut per this (or per Retry-After, if longer)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +47,7 @@ class AdaptiveThrottle:
         *,
         decrease: float = 0.5,
         rate_decrease: float = 0.7,
-        rate_recovery: float = 0.03,
+        rate_recovery: float = 0.05,
         default_pause: float = 1.0,
     ) -> None:
         if max_concurrency < 1:
@@ -61,7 +64,9 @@ class AdaptiveThrottle:
         self._tokens = 0.0
         self.paused_until = -math.inf
         self._last_cut = -math.inf
+        self._last_rate_cut = -math.inf
         self._successes: deque[float] = deque()
+        self._rate_limited: deque[float] = deque()
         self._first_start: float | None = None
         self.throttles = 0
 
@@ -95,29 +100,46 @@ class AdaptiveThrottle:
         self._successes.append(now)
         self._trim(now)
 
-    def on_throttle(self, now: float, retry_after: float | None) -> ThrottleChange | None:
-        """A 429/503 arrived. Returns the change when limits were cut (None within cooldown)."""
+    def on_throttle(
+        self, now: float, retry_after: float | None, rate_limited: bool = True
+    ) -> ThrottleChange | None:
+        """A 429 (``rate_limited``) or 503 arrived. Returns the change when limits were cut."""
         self.throttles += 1
         pause = retry_after if retry_after is not None else self._default_pause
         self.paused_until = max(self.paused_until, now + pause)
-        cooldown = max(pause, 0.2)
-        if now - self._last_cut < cooldown:
+        if rate_limited:
+            self._rate_limited.append(now)
+        self._trim(now)
+        cooldown = max(pause, CUT_COOLDOWN)
+        changed = False
+        if now - self._last_cut >= cooldown:
+            self._last_cut, changed = now, True
+            self._limit = max(1.0, self._limit * self._decrease)
+        if (
+            rate_limited
+            and now - self._last_rate_cut >= cooldown
+            and self._rate_limited_share() >= RATE_CUT_SHARE
+        ):
+            self._last_rate_cut, changed = now, True
+            admitted = self._observed_rate(now)
+            if self.rate is not None:
+                self._refill(now)
+                admitted = min(admitted, self.rate)
+            new_rate = max(MIN_RATE, admitted * self._rate_decrease)
+            self.rate, self._rate_time, self._tokens = new_rate, now, 0.0
+            self._rate_step = max(1.0, new_rate * self._rate_recovery)
+        if not changed:
             return None
-        self._last_cut = now
-        self._limit = max(1.0, self._limit * self._decrease)
-        observed = self._observed_rate(now)
-        if self.rate is not None:
-            self._refill(now)
-            observed = min(observed, self.rate) if observed > 0 else self.rate
-        new_rate = max(MIN_RATE, observed * self._rate_decrease)
-        self.rate, self._rate_time, self._tokens = new_rate, now, 0.0
-        self._rate_step = max(0.5, new_rate * self._rate_recovery)
         return ThrottleChange(
             self.concurrency,
-            round(new_rate, 1),
+            None if self.rate is None else round(self.rate, 1),
             self.paused_until,
             f"throttled; pausing {pause:.3g}s",
         )
+
+    def _rate_limited_share(self) -> float:
+        answers = len(self._successes) + len(self._rate_limited)
+        return len(self._rate_limited) / answers if answers >= RATE_MIN_ANSWERS else 0.0
 
     def _observed_rate(self, now: float) -> float:
         self._trim(now)
@@ -128,8 +150,9 @@ class AdaptiveThrottle:
         return len(self._successes) / window
 
     def _trim(self, now: float) -> None:
-        while self._successes and self._successes[0] < now - RATE_WINDOW:
-            self._successes.popleft()
+        for times in (self._successes, self._rate_limited):
+            while times and times[0] < now - RATE_WINDOW:
+                times.popleft()
 
     def _refill(self, now: float) -> None:
         assert self.rate is not None

@@ -1,0 +1,231 @@
+"""Schema, migrations and the checks that decide whether a PostgreSQL schema may be a journal.
+
+The journal's tables live in one schema (``fleet_reimage`` unless told otherwise), so that it
+can share a database the team already uses. Versioning follows the SQLite journal: the
+``meta`` table holds ``schema_version`` (what the code trusts), ``created_by`` and
+``tool_version`` (which fleet-reimage last opened it for writing, so that a refusal can name
+the newer tool). Migrations only ever go up; a journal from a newer tool is refused and left
+exactly as it is; nothing is ever dropped or recreated.
+
+Migration runs in one transaction under a transaction-level advisory lock, and re-reads the
+schema's state once it holds that lock: two processes opening the same fresh database at once
+serialise there, and the second finds the work done. PostgreSQL's DDL is transactional, so a
+crash leaves the journal at a whole version.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from fleet_reimage.journal.model import JournalError
+from fleet_reimage.journal.sqlite_schema import tool_version
+
+SCHEMA_VERSION = 1
+
+# Advisory lock keys are (class, key) pairs of int4. The classes spell "FRJL" / "FRJM"; the
+# key is derived from the schema name, since advisory locks are per database, not per schema.
+WRITER_LOCK_CLASS = 0x46524A4C
+MIGRATION_LOCK_CLASS = 0x46524A4D
+
+_TIME = "double precision"  # UTC epoch seconds, as floats: round-trips exactly
+
+_V1: tuple[str, ...] = (
+    """CREATE TABLE meta (
+        key   text PRIMARY KEY,
+        value text NOT NULL
+    )""",
+    # Who holds the writer lock, so that a refused writer can name it (see postgres_lock).
+    f"""CREATE TABLE writer (
+        id          integer PRIMARY KEY CHECK (id = 1),
+        owner       text NOT NULL,
+        backend_pid integer NOT NULL,
+        since       {_TIME} NOT NULL
+    )""",
+    f"""CREATE TABLE runs (
+        run_seq     bigint GENERATED ALWAYS AS IDENTITY UNIQUE,  -- creation order, for ties
+        run_id      text PRIMARY KEY,
+        name        text NOT NULL,
+        action      text NOT NULL,
+        plan_path   text NOT NULL,
+        plan_text   text NOT NULL,
+        plan_sha256 text NOT NULL,
+        options     text NOT NULL,  -- JSON text (codec), not jsonb: stored exactly as encoded
+        created_at  {_TIME} NOT NULL,
+        updated_at  {_TIME} NOT NULL,
+        ended_at    {_TIME},
+        status      text NOT NULL,
+        reason      text,
+        host        text NOT NULL,
+        pid         bigint NOT NULL
+    )""",
+    "CREATE INDEX runs_created ON runs (created_at DESC, run_seq DESC)",
+    f"""CREATE TABLE targets (
+        target_id     bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        run_id        text NOT NULL REFERENCES runs (run_id),
+        account       text NOT NULL,
+        pool          text NOT NULL,
+        node_id       text NOT NULL,
+        wave          bigint NOT NULL,
+        position      bigint NOT NULL,
+        state         text NOT NULL,
+        reason        text,
+        updated_at    {_TIME} NOT NULL,
+        first_sent_at {_TIME},
+        last_sent_at  {_TIME},
+        accepted_at   {_TIME},
+        finished_at   {_TIME},
+        attempts      bigint NOT NULL DEFAULT 0,
+        last_code     text,
+        UNIQUE (run_id, account, pool, node_id)
+    )""",
+    "CREATE INDEX targets_run ON targets (run_id, target_id)",
+    f"""CREATE TABLE attempts (
+        attempt_pk        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        run_id            text NOT NULL REFERENCES runs (run_id),
+        target_id         bigint NOT NULL REFERENCES targets (target_id),
+        attempt_no        bigint NOT NULL,
+        operation         text NOT NULL,
+        client_request_id text NOT NULL UNIQUE,
+        sent_at           {_TIME} NOT NULL,
+        finished_at       {_TIME},
+        outcome           text,
+        status            integer,
+        request_id        text,
+        error_code        text,
+        error_message     text,
+        latency_ms        double precision
+    )""",
+    "CREATE INDEX attempts_run_sent ON attempts (run_id, sent_at, attempt_pk)",
+    "CREATE INDEX attempts_target ON attempts (target_id, attempt_no)",
+    """CREATE TABLE exclusions (
+        exclusion_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        run_id       text NOT NULL REFERENCES runs (run_id),
+        account      text NOT NULL,
+        pool         text NOT NULL,
+        node_id      text,
+        reason       text NOT NULL
+    )""",
+    "CREATE INDEX exclusions_run ON exclusions (run_id, exclusion_id)",
+    f"""CREATE TABLE events (
+        event_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        run_id   text NOT NULL REFERENCES runs (run_id),
+        at       {_TIME} NOT NULL,
+        kind     text NOT NULL,
+        account  text,
+        pool     text,
+        data     text NOT NULL  -- JSON text (codec)
+    )""",
+    "CREATE INDEX events_run_at ON events (run_id, at, event_id)",
+)
+
+# MIGRATIONS[n] takes a journal from schema n - 1 to schema n.
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1}
+
+
+def lock_key(schema: str) -> int:
+    """The advisory lock key for ``schema``: stable across processes and versions (CRC-32)."""
+    return zlib.crc32(schema.encode()) & 0x7FFFFFFF  # non-negative: pg_locks shows it as oid
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaState:
+    exists: bool
+    tables: frozenset[str]
+    meta: dict[str, str]
+
+    @property
+    def version(self) -> int | None:
+        text = self.meta.get("schema_version")
+        return int(text) if text is not None and text.isdigit() else None
+
+
+async def inspect(conn: psycopg.AsyncConnection[Any], schema: str) -> SchemaState:
+    """What is in ``schema`` now (no writes)."""
+    cursor = await conn.execute(
+        "SELECT c.relname FROM pg_namespace n"
+        " LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relkind IN ('r', 'p', 'v', 'm', 'f')"
+        " WHERE n.nspname = %s",
+        (schema,),
+    )
+    rows = await cursor.fetchall()
+    tables = frozenset(str(name) for (name,) in rows if name is not None)
+    meta: dict[str, str] = {}
+    if "meta" in tables:
+        query = sql.SQL("SELECT key, value FROM {}.meta").format(sql.Identifier(schema))
+        cursor = await conn.execute(query)
+        meta = {str(k): str(v) for k, v in await cursor.fetchall()}
+    return SchemaState(bool(rows), tables, meta)
+
+
+def check_usable(state: SchemaState, location: str, schema: str, *, readonly: bool) -> bool:
+    """Raise ``JournalError`` unless this code can use the journal; True when it must migrate."""
+    where = f"{location} (schema {schema})"
+    if not state.tables:
+        if readonly:
+            raise JournalError(f"there is no journal at {where}; nothing to show")
+        return True
+    version = state.version
+    if version is None:
+        raise JournalError(
+            f"schema {schema} of {location} holds tables that are not a fleet-reimage journal; "
+            "choose another database or schema for the journal. Nothing was changed."
+        )
+    if version > SCHEMA_VERSION:
+        by = state.meta.get("tool_version")
+        raise JournalError(
+            f"the journal {where} was written by a newer fleet-reimage (schema {version}); "
+            f"upgrade fleet-reimage to use it (it was last written by "
+            f"{by or 'an unknown version'}; this is {tool_version()}, which knows schema "
+            f"{SCHEMA_VERSION}). The journal was left unchanged."
+        )
+    if version < SCHEMA_VERSION:
+        if readonly:
+            raise JournalError(
+                f"the journal {where} uses schema {version}, older than this fleet-reimage's "
+                f"{SCHEMA_VERSION}; open it for writing once (resume a run) to upgrade it, "
+                "then try again"
+            )
+        return True
+    return False
+
+
+async def migrate(conn: psycopg.AsyncConnection[Any], schema: str, location: str) -> None:
+    """Create or upgrade the journal in ``schema`` (writers only), safe against a concurrent one.
+
+    ``conn`` is an autocommit connection; the work is one transaction.
+    """
+    async with conn.transaction():
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(%s::int4, %s::int4)",
+            (MIGRATION_LOCK_CLASS, lock_key(schema)),
+        )
+        ident = sql.Identifier(schema)
+        await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
+        # The connection's search_path already names the schema; saying it again here keeps
+        # CREATE TABLE from ever landing anywhere else, whatever the session was told since.
+        await conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(ident))
+        state = await inspect(conn, schema)  # under the lock: includes a rival's finished work
+        if not check_usable(state, location, schema, readonly=False):
+            if state.meta.get("tool_version") != tool_version():
+                await _put_meta(conn, schema, "tool_version", tool_version())
+            return
+        for target in range((state.version or 0) + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[target]:
+                await conn.execute(statement)
+            await _put_meta(conn, schema, "schema_version", str(target))
+            if target == 1:
+                await _put_meta(conn, schema, "created_by", tool_version())
+        await _put_meta(conn, schema, "tool_version", tool_version())
+
+
+async def _put_meta(conn: psycopg.AsyncConnection[Any], schema: str, key: str, value: str) -> None:
+    query = sql.SQL(
+        "INSERT INTO {}.meta (key, value) VALUES (%s, %s)"
+        " ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+    ).format(sql.Identifier(schema))
+    await conn.execute(query, (key, value))

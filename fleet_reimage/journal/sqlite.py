@@ -1,0 +1,414 @@
+"""The SQLite journal: one local file, one writer process, any number of readers.
+
+Opening for writing takes the single-writer lock (``<journal>.lock``, see ``lockfile``) before
+SQLite touches the file, creates the file 0600 if needed, checks it (``quick_check``, schema
+version), migrates it and switches it to WAL with ``synchronous=FULL``: a commit is on disk
+when it returns. Writes go to one writer thread that group-commits them (``sqlite_writer``);
+reads use a second, read-only connection on a worker thread (``anyio.to_thread``). Nothing
+blocking ever runs on the event-loop thread.
+
+Opening read-only (``status``, ``report`` while a run is going) takes no lock and uses a
+``mode=ro`` connection; WAL lets it read while the writer writes, without disturbing it.
+
+The writer needs an asyncio event loop (futures are resolved with ``call_soon_threadsafe``).
+Cancelling a caller that awaits a write does not withdraw the write: it was queued and will be
+committed (or fail) with its batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import socket
+import sqlite3
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
+
+from fleet_reimage.journal import sqlite_schema as schema
+from fleet_reimage.journal import sqlite_sql as sql
+from fleet_reimage.journal.codec import encode_mapping
+from fleet_reimage.journal.lockfile import WriterLock
+from fleet_reimage.journal.model import (
+    AttemptEnd,
+    AttemptRecord,
+    AttemptStart,
+    Exclusion,
+    JournalError,
+    NewRun,
+    NewTarget,
+    RunEvent,
+    RunRecord,
+    RunStatus,
+    TargetChange,
+    TargetRecord,
+)
+from fleet_reimage.journal.sqlite_writer import GroupWriter, Work, WriterStats
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT_S = 10.0  # only checkpoints and readers' WAL recovery can make us wait
+_WAL_LIMIT = 64 * 1024 * 1024  # shrink the WAL back to this after a big checkpoint
+_NOT_READABLE = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+@dataclass(slots=True)
+class _Opened:
+    reader: sqlite3.Connection
+    writer: sqlite3.Connection | None
+    lock: WriterLock | None
+
+
+class SqliteJournal:
+    """A :class:`~fleet_reimage.journal.model.Journal` in one SQLite file."""
+
+    location: str
+
+    def __init__(self, path: Path, opened: _Opened, writer: GroupWriter | None) -> None:
+        self.location = str(path)
+        self.path = path
+        self._reader: sqlite3.Connection | None = opened.reader
+        self._read_lock = threading.Lock()  # one connection, used by one worker at a time
+        self._lock = opened.lock
+        self._writer = writer
+        self._closed = False
+        self._close_done: anyio.Event | None = None
+
+    @classmethod
+    async def open(
+        cls,
+        path: Path,
+        *,
+        create: bool = True,
+        readonly: bool = False,
+        batch_window: float = 0.002,
+        max_batch: int = 4096,
+    ) -> SqliteJournal:
+        """Open (and with ``create``, create) the journal at ``path``.
+
+        Raises ``JournalBusy`` when another writer holds it and ``JournalError`` when it cannot
+        be used (missing, damaged, not a journal, from a newer fleet-reimage). ``batch_window``
+        and ``max_batch`` tune group commit.
+        """
+        loop = asyncio.get_running_loop()
+        path = Path(path)
+        opener = functools.partial(_open_files, path, create=create, readonly=readonly)
+        # Shielded: an abandoned open would leave the lock held by a half-built journal.
+        with anyio.CancelScope(shield=True):
+            opened = await anyio.to_thread.run_sync(opener)
+        writer = None
+        if opened.writer is not None:
+            writer = GroupWriter(
+                opened.writer,
+                loop,
+                str(path),
+                on_batch=sql.touch_runs,
+                window=batch_window,
+                max_batch=max_batch,
+            )
+        journal = cls(path, opened, writer)
+        try:
+            await anyio.lowlevel.checkpoint_if_cancelled()
+        except BaseException:
+            await journal.close()
+            raise
+        return journal
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def readonly(self) -> bool:
+        return self._writer is None
+
+    @property
+    def writer_stats(self) -> WriterStats | None:
+        """Group-commit counters (for tests and benchmarks); None when read-only."""
+        return None if self._writer is None else self._writer.stats
+
+    async def close(self) -> None:
+        """Flush queued writes, stop the writer, release the lock. Safe to call again."""
+        if self._close_done is not None:
+            await self._close_done.wait()
+            return
+        self._closed = True
+        self._close_done = anyio.Event()
+        try:
+            with anyio.CancelScope(shield=True):
+                # Reader first, so the writer's connection is the last one and its close
+                # checkpoints the WAL back into the file and removes it.
+                await anyio.to_thread.run_sync(self._close_reader)
+                if self._writer is not None:
+                    self._writer.stop()
+                await anyio.to_thread.run_sync(self._stop_writing)
+        finally:
+            self._close_done.set()
+
+    def _stop_writing(self) -> None:
+        if self._writer is not None:
+            self._writer.join()  # everything queued before close() is committed (or failed)
+        if self._lock is not None:
+            self._lock.release()  # only now: the file is consistent and no longer written
+
+    def _close_reader(self) -> None:
+        with self._read_lock:
+            reader, self._reader = self._reader, None
+            if reader is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    reader.close()
+
+    async def lock_for_writing(self, owner: str) -> None:
+        """The lock is held since :meth:`open`; this records ``owner`` ("host pid run") in it."""
+        self._writable()
+        lock = self._lock
+        if lock is None:  # pragma: no cover - a writable journal always holds its lock
+            raise JournalError(f"the journal {self.location} is not locked")
+        await anyio.to_thread.run_sync(lock.set_owner, owner)
+
+    # --- writes ------------------------------------------------------------------------
+
+    def _writable(self) -> GroupWriter:
+        if self._closed:
+            raise JournalError(f"the journal {self.location} is closed")
+        if self._writer is None:
+            raise JournalError(f"the journal {self.location} was opened read-only")
+        return self._writer
+
+    async def _write(self, work: Work, what: str, run_id: str | None, at: float) -> Any:
+        return await self._writable().submit(work, what, run_id, at)
+
+    async def create_run(
+        self, run: NewRun, targets: Sequence[NewTarget], exclusions: Sequence[Exclusion]
+    ) -> None:
+        """Record a new run, its targets (target_id ascending in the given order), exclusions."""
+        options_json = encode_mapping(run.options, "options")
+        work = functools.partial(
+            sql.insert_run,
+            run=run,
+            options_json=options_json,
+            targets=list(targets),
+            exclusions=list(exclusions),
+        )
+        await self._write(work, f"run {run.run_id}", run.run_id, run.created_at)
+
+    async def attempt_started(self, start: AttemptStart) -> None:
+        work = functools.partial(sql.attempt_started, s=start)
+        what = f"start of attempt {start.client_request_id}"
+        await self._write(work, what, start.run_id, start.sent_at)
+
+    async def attempt_finished(self, end: AttemptEnd) -> None:
+        work = functools.partial(sql.attempt_finished, e=end)
+        what = f"end of attempt {end.client_request_id}"
+        await self._write(work, what, end.run_id, end.finished_at)
+
+    async def target_changed(self, change: TargetChange) -> None:
+        work = functools.partial(sql.target_changed, c=change)
+        what = f"change of target {change.target_id} to {change.state.value}"
+        await self._write(work, what, change.run_id, change.at)
+
+    async def record_event(self, event: RunEvent) -> None:
+        data_json = encode_mapping(event.data, f"event {event.kind} data")
+        work = functools.partial(sql.insert_event, ev=event, data_json=data_json)
+        await self._write(work, f"event {event.kind}", event.run_id, event.at)
+
+    async def set_run_status(
+        self,
+        run_id: str,
+        status: RunStatus,
+        reason: str | None,
+        at: float,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Set the status; RUNNING clears ``ended_at`` and records this process as the runner."""
+        options_json = None if options is None else encode_mapping(options, "options")
+        work = functools.partial(
+            sql.set_run_status,
+            run_id=run_id,
+            status=status,
+            reason=reason,
+            at=at,
+            options_json=options_json,
+            runner=(socket.gethostname(), os.getpid()),
+        )
+        await self._write(work, f"status {status.value} of run {run_id}", run_id, at)
+
+    async def replace_plan(self, run_id: str, plan_text: str, plan_sha256: str) -> None:
+        now = time.time()
+        work = functools.partial(
+            sql.replace_plan, run_id=run_id, plan_text=plan_text, plan_sha256=plan_sha256, at=now
+        )
+        await self._write(work, f"new plan of run {run_id}", run_id, now)
+
+    async def _call_on_writer(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Tests only: run ``work`` on the writer connection, inside a batch transaction."""
+        result: T = await self._write(work, "test hook", None, 0.0)
+        return result
+
+    # --- reads -------------------------------------------------------------------------
+
+    async def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise JournalError(f"the journal {self.location} is closed")
+        return await anyio.to_thread.run_sync(self._read_sync, work)
+
+    def _read_sync(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        with self._read_lock:
+            if self._reader is None:
+                raise JournalError(f"the journal {self.location} is closed")
+            try:
+                return work(self._reader)
+            except sqlite3.Error as exc:
+                raise JournalError(
+                    f"reading the journal {self.location} failed ({exc}). If this persists the "
+                    f"file may be damaged: {schema.RESTORE_ADVICE}"
+                ) from exc
+
+    async def runs(self) -> list[RunRecord]:
+        """All runs, newest first."""
+        return await self._read(sql.read_runs)
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        return await self._read(functools.partial(sql.read_run, run_id=run_id))
+
+    async def targets(self, run_id: str) -> list[TargetRecord]:
+        """The run's targets, by target_id (the order ``create_run`` was given them in)."""
+        return await self._read(functools.partial(sql.read_targets, run_id=run_id))
+
+    async def exclusions(self, run_id: str) -> list[Exclusion]:
+        return await self._read(functools.partial(sql.read_exclusions, run_id=run_id))
+
+    async def attempts(self, run_id: str) -> list[AttemptRecord]:
+        """The run's attempts by ``sent_at`` (then by the order they were recorded)."""
+        return await self._read(functools.partial(sql.read_attempts, run_id=run_id))
+
+    async def events(self, run_id: str) -> list[RunEvent]:
+        """The run's events by time (then by the order they were recorded)."""
+        return await self._read(functools.partial(sql.read_events, run_id=run_id))
+
+
+# --- opening (blocking: runs on a worker thread) ----------------------------------------
+
+
+def _open_files(path: Path, *, create: bool, readonly: bool) -> _Opened:
+    location = str(path)
+    if readonly:
+        return _open_readonly(path, location)
+    if path.exists():
+        schema.precheck_header(path, location)  # refuse junk before even creating the lock
+    elif not create:
+        raise JournalError(f"there is no journal at {location}")
+    lock_path = path.with_name(path.name + ".lock")
+    lock = WriterLock.acquire(lock_path, f"{socket.gethostname()} {os.getpid()}", location)
+    try:
+        _create_file(path, location)
+        schema.precheck_header(path, location)  # again: it may have changed before we locked
+        writer = _connect(path, "rw", location)
+        try:
+            _prepare_writer(writer, path, location)
+            reader = _connect(path, "ro", location)
+        except BaseException:
+            writer.close()
+            raise
+    except BaseException:
+        lock.release()
+        raise
+    return _Opened(reader, writer, lock)
+
+
+def _open_readonly(path: Path, location: str) -> _Opened:
+    if not path.exists():
+        raise JournalError(f"there is no journal at {location}")
+    schema.precheck_header(path, location)
+    reader = _connect(path, "ro", location)
+    try:
+        info = schema.inspect(reader, location)
+        schema.check_usable(info, location, readonly=True)
+        reader.execute("PRAGMA query_only = ON")
+    except BaseException:
+        reader.close()
+        raise
+    return _Opened(reader, None, None)
+
+
+def _create_file(path: Path, location: str) -> None:
+    """Create the file 0600 before SQLite sees it (SQLite gives -wal/-shm the same mode)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return
+    except FileNotFoundError as exc:
+        raise JournalError(f"cannot create {location}: {path.parent} does not exist") from exc
+    except OSError as exc:
+        raise JournalError(f"cannot create {location}: {exc.strerror}") from exc
+    os.close(fd)
+    # The new directory entry must survive a crash too, or the first commit's fsync is moot.
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _connect(path: Path, mode: str, location: str) -> sqlite3.Connection:
+    uri = f"file:{urllib.parse.quote(str(path.absolute()))}?mode={mode}"
+    try:
+        # Autocommit mode: transactions are explicit. Threads: the connection is created
+        # here and handed to the writer thread or the read worker, never used concurrently.
+        return sqlite3.connect(
+            uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+        )
+    except sqlite3.Error as exc:
+        raise JournalError(f"cannot open the journal {location}: {exc}") from exc
+
+
+def _prepare_writer(conn: sqlite3.Connection, path: Path, location: str) -> None:
+    """Check, migrate and configure the writer connection; no write before the checks pass."""
+    try:
+        schema.quick_check(conn, location)
+        info = schema.inspect(conn, location)
+        must_migrate = schema.check_usable(info, location, readonly=False)
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise JournalError(
+                f"the journal {location} cannot use write-ahead logging here (got {mode}); "
+                "put it on a local file system"
+            )
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute(f"PRAGMA journal_size_limit = {_WAL_LIMIT:d}")
+        if must_migrate:
+            schema.migrate(conn, info)
+    except sqlite3.Error as exc:
+        if (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF in _NOT_READABLE:
+            raise schema.damaged(location, exc) from exc
+        raise JournalError(f"cannot open the journal {location} for writing: {exc}") from exc
+    _restrict_modes(path)
+
+
+def _restrict_modes(path: Path) -> None:
+    # SQLite already gives -wal/-shm the database file's mode; this covers a journal that was
+    # created by something else, or sidecars left by a reader running under another umask.
+    for suffix in ("", "-wal", "-shm"):
+        sidecar = path.with_name(path.name + suffix)
+        with contextlib.suppress(OSError):
+            if sidecar.stat().st_mode & 0o777 != 0o600:
+                sidecar.chmod(0o600)

@@ -1,0 +1,286 @@
+"""The SQL behind :class:`~fleet_reimage.journal.sqlite.SqliteJournal`: write units and reads.
+
+Write units are plain functions of ``(connection, record)``; the group writer runs them inside
+its batch transaction on the writer thread. Reads run on a worker thread. Nothing here touches
+the event loop.
+
+Target bookkeeping rules (also what the PostgreSQL backend must do):
+
+* ``attempt_started``: target -> ``in_flight``, ``last_sent_at`` = sent_at, ``first_sent_at``
+  set if unset, ``attempts`` + 1, ``reason`` and ``finished_at`` cleared.
+* ``attempt_finished`` / ``target_changed``: target -> the new state with its reason;
+  ``accepted_at`` set when the target *becomes* accepted (or done_unverified) from another
+  state; ``finished_at`` set when the new state is terminal and cleared otherwise;
+  ``attempt_finished`` sets ``last_code`` to the error code, else the HTTP status, else keeps it.
+* Each batch sets its runs' ``updated_at`` to the latest time it carried.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+from fleet_reimage.journal.codec import decode_mapping
+from fleet_reimage.journal.model import (
+    AttemptEnd,
+    AttemptOutcome,
+    AttemptRecord,
+    AttemptStart,
+    Exclusion,
+    NewRun,
+    NewTarget,
+    RunEvent,
+    RunRecord,
+    RunStatus,
+    TargetChange,
+    TargetRecord,
+    TargetState,
+)
+from fleet_reimage.journal.sqlite_writer import Rejected
+
+_STATES = {state.value: state for state in TargetState}
+_OUTCOMES = {outcome.value: outcome for outcome in AttemptOutcome}
+_ACCEPTED = (TargetState.ACCEPTED, TargetState.DONE_UNVERIFIED)
+
+# --- writes ------------------------------------------------------------------------------
+
+
+def insert_run(
+    conn: sqlite3.Connection,
+    run: NewRun,
+    options_json: str,
+    targets: Sequence[NewTarget],
+    exclusions: Sequence[Exclusion],
+) -> None:
+    _refuse_duplicates(targets)
+    try:
+        conn.execute(
+            "INSERT INTO runs (run_id, name, action, plan_path, plan_text, plan_sha256, options,"
+            " created_at, updated_at, status, host, pid)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (run.run_id, run.name, run.action, run.plan_path, run.plan_text, run.plan_sha256,
+             options_json, run.created_at, run.created_at, RunStatus.RUNNING.value, run.host,
+             run.pid),
+        )  # fmt: skip
+    except sqlite3.IntegrityError as exc:
+        raise Rejected(f"run {run.run_id} already exists in the journal") from exc
+    run_id, now, pending = run.run_id, run.created_at, TargetState.PENDING.value
+    conn.executemany(
+        "INSERT INTO targets (run_id, account, pool, node_id, wave, position, state, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [(run_id, t.account, t.pool, t.node_id, t.wave, t.position, pending, now)
+         for t in targets],
+    )  # fmt: skip
+    conn.executemany(
+        "INSERT INTO exclusions (run_id, account, pool, node_id, reason) VALUES (?, ?, ?, ?, ?)",
+        [(run_id, e.account, e.pool, e.node_id, e.reason) for e in exclusions],
+    )
+
+
+def _refuse_duplicates(targets: Sequence[NewTarget]) -> None:
+    seen: set[tuple[str, str, str]] = set()
+    for t in targets:
+        key = (t.account, t.pool, t.node_id)
+        if key in seen:
+            raise ValueError(f"node {t.node_id} of pool {t.pool} ({t.account}) is listed twice")
+        seen.add(key)
+
+
+def attempt_started(conn: sqlite3.Connection, s: AttemptStart) -> None:
+    _update_target(
+        conn,
+        "UPDATE targets SET state = 'in_flight', reason = NULL, updated_at = ?,"
+        " first_sent_at = COALESCE(first_sent_at, ?), last_sent_at = ?, finished_at = NULL,"
+        " attempts = attempts + 1 WHERE target_id = ? AND run_id = ?",
+        (s.sent_at, s.sent_at, s.sent_at, s.target_id, s.run_id),
+        s.run_id,
+        s.target_id,
+    )
+    conn.execute(
+        "INSERT INTO attempts (run_id, target_id, attempt_no, operation, client_request_id,"
+        " sent_at) VALUES (?, ?, ?, ?, ?, ?)",
+        (s.run_id, s.target_id, s.attempt_no, s.operation, s.client_request_id, s.sent_at),
+    )
+
+
+def attempt_finished(conn: sqlite3.Connection, e: AttemptEnd) -> None:
+    cursor = conn.execute(
+        "UPDATE attempts SET finished_at = ?, outcome = ?, status = ?, request_id = ?,"
+        " error_code = ?, error_message = ?, latency_ms = ?"
+        " WHERE client_request_id = ? AND run_id = ? AND target_id = ?",
+        (e.finished_at, e.outcome.value, e.status, e.request_id, e.error_code, e.error_message,
+         e.latency_ms, e.client_request_id, e.run_id, e.target_id),
+    )  # fmt: skip
+    if cursor.rowcount != 1:
+        raise Rejected(
+            f"no attempt {e.client_request_id} for target {e.target_id} of run {e.run_id}"
+        )
+    code = e.error_code if e.error_code is not None else _status_text(e.status)
+    _move_target(conn, e.run_id, e.target_id, e.target_state, e.finished_at, e.reason, code)
+
+
+def target_changed(conn: sqlite3.Connection, c: TargetChange) -> None:
+    _move_target(conn, c.run_id, c.target_id, c.state, c.at, c.reason, None)
+
+
+def _status_text(status: int | None) -> str | None:
+    return None if status is None else str(status)
+
+
+def _move_target(
+    conn: sqlite3.Connection,
+    run_id: str,
+    target_id: int,
+    state: TargetState,
+    at: float,
+    reason: str | None,
+    code: str | None,
+) -> None:
+    accepted = state in _ACCEPTED
+    _update_target(
+        conn,
+        "UPDATE targets SET state = ?, reason = ?, updated_at = ?,"
+        " accepted_at = CASE WHEN ? AND state NOT IN ('accepted', 'done_unverified')"
+        "   THEN ? ELSE accepted_at END,"
+        " finished_at = CASE WHEN ? THEN ? ELSE NULL END,"
+        " last_code = COALESCE(?, last_code)"
+        " WHERE target_id = ? AND run_id = ?",
+        (state.value, reason, at, accepted, at, state.terminal, at, code, target_id, run_id),
+        run_id,
+        target_id,
+    )
+
+
+def _update_target(
+    conn: sqlite3.Connection, sql: str, params: tuple[object, ...], run_id: str, target_id: int
+) -> None:
+    if conn.execute(sql, params).rowcount != 1:
+        raise Rejected(f"no target {target_id} in run {run_id}")
+
+
+def insert_event(conn: sqlite3.Connection, ev: RunEvent, data_json: str) -> None:
+    conn.execute(
+        "INSERT INTO events (run_id, at, kind, account, pool, data) VALUES (?, ?, ?, ?, ?, ?)",
+        (ev.run_id, ev.at, ev.kind, ev.account, ev.pool, data_json),
+    )
+
+
+def set_run_status(
+    conn: sqlite3.Connection,
+    run_id: str,
+    status: RunStatus,
+    reason: str | None,
+    at: float,
+    options_json: str | None,
+    runner: tuple[str, int],
+) -> None:
+    # A run set running again (resume) is now run by this process: status shows who has it.
+    running = status is RunStatus.RUNNING
+    cursor = conn.execute(
+        "UPDATE runs SET status = ?, reason = ?, updated_at = ?, ended_at = ?,"
+        " options = COALESCE(?, options),"
+        " host = CASE WHEN ? THEN ? ELSE host END, pid = CASE WHEN ? THEN ? ELSE pid END"
+        " WHERE run_id = ?",
+        (status.value, reason, at, None if running else at, options_json,
+         running, runner[0], running, runner[1], run_id),
+    )  # fmt: skip
+    if cursor.rowcount != 1:
+        raise Rejected(f"no run {run_id} in the journal")
+
+
+def replace_plan(
+    conn: sqlite3.Connection, run_id: str, plan_text: str, plan_sha256: str, at: float
+) -> None:
+    cursor = conn.execute(
+        "UPDATE runs SET plan_text = ?, plan_sha256 = ?, updated_at = MAX(updated_at, ?)"
+        " WHERE run_id = ?",
+        (plan_text, plan_sha256, at, run_id),
+    )
+    if cursor.rowcount != 1:
+        raise Rejected(f"no run {run_id} in the journal")
+
+
+def touch_runs(conn: sqlite3.Connection, latest: dict[str, float]) -> None:
+    """Batch hook: move each run's ``updated_at`` to the latest time its writes carried."""
+    conn.executemany(
+        "UPDATE runs SET updated_at = MAX(updated_at, ?) WHERE run_id = ?",
+        [(at, run_id) for run_id, at in latest.items()],
+    )
+
+
+# --- reads -------------------------------------------------------------------------------
+
+_RUN_COLUMNS = (
+    "run_id, name, action, plan_path, plan_text, plan_sha256, options, created_at, updated_at,"
+    " ended_at, status, reason, host, pid"
+)
+
+
+def _run_record(row: tuple[Any, ...]) -> RunRecord:
+    (run_id, name, action, plan_path, plan_text, plan_sha256, options, created_at, updated_at,
+     ended_at, status, reason, host, pid) = row  # fmt: skip
+    return RunRecord(
+        run_id, name, action, plan_path, plan_text, plan_sha256, decode_mapping(options),
+        created_at, updated_at, ended_at, RunStatus(status), reason, host, pid,
+    )  # fmt: skip
+
+
+def read_runs(conn: sqlite3.Connection) -> list[RunRecord]:
+    rows = conn.execute(f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY created_at DESC, rowid DESC")
+    return [_run_record(row) for row in rows]
+
+
+def read_run(conn: sqlite3.Connection, run_id: str) -> RunRecord | None:
+    row = conn.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+    return None if row is None else _run_record(row)
+
+
+def read_targets(conn: sqlite3.Connection, run_id: str) -> list[TargetRecord]:
+    rows = conn.execute(
+        "SELECT target_id, run_id, account, pool, node_id, wave, position, state, reason,"
+        " updated_at, first_sent_at, last_sent_at, accepted_at, finished_at, attempts, last_code"
+        " FROM targets WHERE run_id = ? ORDER BY target_id",
+        (run_id,),
+    ).fetchall()
+    states = _STATES
+    # Positional construction straight from the row: this is the 100k-row path.
+    return [
+        TargetRecord(a, b, c, d, e, f, g, states[h], i, j, k, m, n, o, p, q)
+        for (a, b, c, d, e, f, g, h, i, j, k, m, n, o, p, q) in rows
+    ]
+
+
+def read_exclusions(conn: sqlite3.Connection, run_id: str) -> list[Exclusion]:
+    rows = conn.execute(
+        "SELECT account, pool, node_id, reason FROM exclusions WHERE run_id = ?"
+        " ORDER BY exclusion_id",
+        (run_id,),
+    )
+    return [Exclusion(*row) for row in rows]
+
+
+def read_attempts(conn: sqlite3.Connection, run_id: str) -> list[AttemptRecord]:
+    rows = conn.execute(
+        "SELECT run_id, target_id, attempt_no, operation, client_request_id, sent_at,"
+        " finished_at, outcome, status, request_id, error_code, error_message, latency_ms"
+        " FROM attempts WHERE run_id = ? ORDER BY sent_at, attempt_pk",
+        (run_id,),
+    )
+    outcomes = _OUTCOMES
+    return [
+        AttemptRecord(a, b, c, d, e, f, g, None if h is None else outcomes[h], i, j, k, m, n)
+        for (a, b, c, d, e, f, g, h, i, j, k, m, n) in rows
+    ]
+
+
+def read_events(conn: sqlite3.Connection, run_id: str) -> list[RunEvent]:
+    rows = conn.execute(
+        "SELECT run_id, at, kind, account, pool, data FROM events WHERE run_id = ?"
+        " ORDER BY at, event_id",
+        (run_id,),
+    )
+    return [
+        RunEvent(run_id=r, at=at, kind=kind, account=acct, pool=pool, data=decode_mapping(data))
+        for (r, at, kind, acct, pool, data) in rows
+    ]

@@ -1,0 +1,144 @@
+"""Helpers for end-to-end run tests: an emulator fleet, a plan pointing at it, a run."""
+
+from __future__ import annotations
+
+import base64
+import textwrap
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fleet_reimage import api
+from fleet_reimage.emulator.fleet import parse_fleet
+from fleet_reimage.emulator.server import RunningEmulator, running_emulator
+from fleet_reimage.executor import RunResult, RunSettings
+from fleet_reimage.journal import TargetRecord, open_journal
+
+KEY = base64.b64encode(bytes(range(64))).decode()
+KEY_ENV = "FR_TEST_BATCH_KEY"
+
+
+def fleet_text(pools: list[dict[str, Any]], **sections: Any) -> str:
+    doc: dict[str, Any] = {
+        "account": {"name": "emu", "key": KEY},
+        "seed": 3,
+        "pools": pools,
+        "timings": {
+            "reimaging": "50ms",
+            "rebooting": "50ms",
+            "starting": "50ms",
+            "waitingforstarttask": "0s",
+        },
+    }
+    doc.update(sections)
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+@asynccontextmanager
+async def emulator(pools: list[dict[str, Any]], **sections: Any) -> AsyncIterator[RunningEmulator]:
+    spec = parse_fleet(fleet_text(pools, **sections), "test-fleet.yaml")
+    async with running_emulator(spec) as emu:
+        yield emu
+
+
+def write_plan(
+    folder: Path,
+    endpoint: str,
+    *,
+    pools: str = '[{match: "*"}]',
+    rollout: str = "",
+    execution: str = "",
+    action: str = "reimage",
+    name: str = "t",
+) -> Path:
+    rollout = (
+        rollout
+        or """
+        waves: ["100%"]
+        max_unavailable: "100%"
+        health: {wait: true, poll_interval: 100ms, timeout: 20s}
+        failure_budget: "100%"
+    """
+    )
+    execution = (
+        execution
+        or """
+        concurrency: 16
+        per_account_concurrency: 16
+        request_timeout: 1s
+        retry: {max_attempts: 8, initial_backoff: 10ms, max_backoff: 100ms, busy_timeout: 5s}
+    """
+    )
+    lines = [
+        "version: 1",
+        f"name: {name}",
+        f"action: {action}",
+        "accounts:",
+        "  - name: emu",
+        f"    endpoint: {endpoint}",
+        f"    auth: {{type: shared-key, account: emu, key_env: {KEY_ENV}}}",
+        f"    pools: {pools}",
+        "rollout:",
+        textwrap.indent(textwrap.dedent(rollout).strip(), "  "),
+        "execution:",
+        textwrap.indent(textwrap.dedent(execution).strip(), "  "),
+    ]
+    text = "\n".join(lines) + "\n"
+    path = folder / f"{name}.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+async def run(plan_path: Path, journal: Path, **settings: Any) -> RunResult:
+    plan = api.load_plan(plan_path)
+    return await api.run_plan(
+        plan,
+        journal=journal,
+        settings=RunSettings(**settings),
+        hooks=api.RunHooks(handle_signals=False),
+    )
+
+
+async def resume(journal: Path, **kwargs: Any) -> Any:
+    return await api.resume_run(journal=journal, hooks=api.RunHooks(handle_signals=False), **kwargs)
+
+
+async def journal_targets(journal: Path) -> list[TargetRecord]:
+    store = await open_journal(journal, readonly=True)
+    try:
+        runs = await store.runs()
+        return await store.targets(runs[0].run_id)
+    finally:
+        await store.close()
+
+
+def reimages(emu: RunningEmulator) -> dict[str, int]:
+    return {n["id"]: n["reimages"] for n in emu.stats()["nodes"]}
+
+
+class Recorder:
+    """An observer that keeps every event, and can run a callback on one."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.callbacks: dict[str, Any] = {}
+
+    def event(self, kind: str, fields: dict[str, Any]) -> None:
+        self.events.append((kind, fields))
+        callback = self.callbacks.get(kind)
+        if callback is not None:
+            callback(fields)
+
+    def kinds(self, kind: str) -> list[dict[str, Any]]:
+        return [fields for k, fields in self.events if k == kind]
+
+
+async def run_with(
+    plan_path: Path, journal: Path, hooks: api.RunHooks, **settings: Any
+) -> RunResult:
+    plan = api.load_plan(plan_path)
+    hooks.handle_signals = False
+    return await api.run_plan(plan, journal=journal, settings=RunSettings(**settings), hooks=hooks)
