@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -132,6 +134,6 @@ def test_random_schedules_never_exceed_the_limit_and_finish(
     assert sorted(dispatched) == list(range(next_id))
     # waves went in order: every target of wave k started before any of wave k+1
     position = {t: i for i, t in enumerate(dispatched)}
-    for earlier, later in zip(waves, waves[1:], strict=False):
+    for earlier, later in itertools.pairwise(waves):
         if earlier and later:
             assert max(position[t] for t in earlier) < min(position[t] for t in later)

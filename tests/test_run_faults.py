@@ -6,10 +6,9 @@ from pathlib import Path
 
 import anyio
 import pytest
+from runhelpers import KEY, KEY_ENV, emulator, journal_targets, reimages, run, write_plan
 
 from fleet_reimage.journal import RunStatus, TargetState
-
-from runhelpers import KEY, KEY_ENV, emulator, journal_targets, reimages, run, write_plan
 
 pytestmark = pytest.mark.anyio
 

@@ -1,8 +1,9 @@
 """Group commit for PostgreSQL: one task, one connection, one transaction per batch of writes.
 
 Callers :meth:`GroupWriter.submit` a unit of work and await the returned future. The writer
-task takes the first queued unit, waits up to ``window`` seconds for more (up to
-``max_batch``), and runs them all in one transaction: the statements go out in pipeline mode
+task takes the first queued unit, lets the event loop run the other callers that are ready as
+long as they keep adding units (at most ``window`` seconds, at most ``max_batch`` units), and
+runs them all in one transaction: the statements go out in pipeline mode
 (one round trip for the lot), are checked, and only after ``COMMIT`` returns (the writer's
 ``synchronous_commit`` is on: flushed on the server) are the callers' futures resolved. So a
 caller learns "done" only for what is durable, and the commit's flush is shared by the batch.
@@ -104,7 +105,7 @@ _UNIT_ERRORS: tuple[type[BaseException], ...] = (
 )
 # In pipeline mode the statements after a failed one fail with PipelineAborted (an
 # OperationalError); the careful path re-runs them and tells a unit's fault from a broken link.
-_RETRY_ERRORS = (*_UNIT_ERRORS, psycopg.errors.PipelineAborted)
+_RETRY_ERRORS: tuple[type[BaseException], ...] = (*_UNIT_ERRORS, psycopg.errors.PipelineAborted)
 
 Outcome = tuple[asyncio.Future[None], BaseException | None]
 
@@ -132,7 +133,6 @@ class GroupWriter:
         self._max_batch = max(1, max_batch)
         self._queue: deque[_Unit] = deque()
         self._wake = asyncio.Event()  # something was queued (or stop was asked)
-        self._full = asyncio.Event()  # a whole batch is queued: no need to wait any longer
         self._stopping = False
         self.failure: JournalError | None = None
         self._transactions = 0
@@ -158,15 +158,12 @@ class GroupWriter:
             return future
         self._queue.append(_Unit(work, future, what, run_id, at))
         self._wake.set()
-        if len(self._queue) >= self._max_batch:
-            self._full.set()
         return future
 
     async def stop(self) -> None:
         """Finish what is queued, close the connection; returns when the task has ended."""
         self._stopping = True
         self._wake.set()
-        self._full.set()
         await asyncio.shield(self._task)
 
     # --- the writer task ---------------------------------------------------------------
@@ -191,12 +188,17 @@ class GroupWriter:
                 return []
             self._wake.clear()
             await self._wake.wait()
-        if len(self._queue) < self._max_batch and not self._stopping and self._window > 0:
-            self._full.clear()
-            # Not an error: the window simply ended with less than a whole batch.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._window):
-                    await self._full.wait()
+        # Let the callers that are ready to write queue up too, for as long as more keep
+        # coming, up to the window: on one event loop, "concurrent" callers are the ones that
+        # are runnable now. A fixed wait would only add latency, since whatever arrives while
+        # a batch commits forms the next batch anyway.
+        deadline = asyncio.get_running_loop().time() + self._window
+        seen = 0
+        while seen < len(self._queue) < self._max_batch and not self._stopping:
+            seen = len(self._queue)
+            await asyncio.sleep(0)
+            if asyncio.get_running_loop().time() >= deadline:
+                break
         count = min(len(self._queue), self._max_batch)
         return [self._queue.popleft() for _ in range(count)]
 
@@ -262,7 +264,7 @@ class GroupWriter:
 
     async def _careful(self, batch: list[_Unit]) -> list[Outcome]:
         """The batch unit by unit, each in a savepoint: refuse the bad ones, commit the rest."""
-        rejected: list[Outcome] = []
+        outcomes: list[Outcome] = []
         done: list[_Unit] = []
         async with self._conn.transaction():
             await self._execute(self._lock_check, lock=True)
@@ -271,14 +273,16 @@ class GroupWriter:
                     async with self._conn.transaction():  # a savepoint
                         await self._run_unit(unit)
                 except _UNIT_ERRORS as exc:
-                    rejected.append((unit.future, self._rejected(unit, exc)))
+                    outcomes.append((unit.future, self._rejected(unit, exc)))
                     continue
+                outcomes.append((unit.future, None))
                 done.append(unit)
             for statement in self._on_batch(_latest(done)):
                 await self._execute(statement)
+        # Only now, committed, do the None outcomes above mean "durable".
         if done:
             self._committed(len(done))
-        return [*rejected, *((u.future, None) for u in done)]
+        return outcomes
 
     async def _run_unit(self, unit: _Unit) -> None:
         if unit.work.bulk is not None:

@@ -10,10 +10,11 @@ AIMD loops, in the spirit of TCP congestion control:
   ``1/limit`` (about +1 per round trip of the whole window).
 - **Rate** (429 only, the service's per-account request-rate quota): unpaced until 429s
   make up a real share of the answers (``RATE_CUT_SHARE`` of at least ``RATE_MIN_ANSWERS``
-  answers in the last second, so a stray 429 does not slow a healthy run). Then requests are paced by a token bucket at 0.9 x the
-  success rate the server allowed over the last second, growing back additively (a few
-  percent of the cut rate per second). One request in flight can exceed a rate quota when
-  the service answers fast, which is why concurrency alone is not enough.
+  answers in the last second, so a stray 429 does not slow a healthy run). Then requests
+  are paced by a token bucket at 0.9 x the success rate the server allowed over the last
+  second, growing back additively (5% of the cut rate per second). One request in flight
+  can exceed a rate quota when the service answers fast, which is why concurrency alone is
+  not enough.
 """
 
 from __future__ import annotations
