@@ -12,14 +12,16 @@ import sys
 import time
 from collections.abc import Sequence
 from datetime import datetime
+from typing import TextIO, cast
 
 import anyio
 
 from . import __version__, api, logs
 from .batch.errors import BatchError, ConfigurationError
 from .commands import add_run_commands
-from .journal import JournalError
+from .journal import DEFAULT_JOURNAL_FILE, JOURNAL_ENV, JournalError, default_location
 from .problems import InputError
+from .termstream import CURRENT_STDERR
 from .units import UnitError, parse_duration
 from .views import add_view_commands
 
@@ -27,9 +29,11 @@ EXAMPLES = """\
 examples:
   fleet-reimage validate plans/demo.yaml
   fleet-reimage plan plans/demo.yaml --output json
+  fleet-reimage run plans/demo.yaml --dry-run
   fleet-reimage run plans/demo.yaml --journal patch.db --yes
   fleet-reimage resume --journal patch.db
   fleet-reimage status --journal patch.db
+  fleet-reimage status --latest --journal patch.db
   fleet-reimage report RUN_ID --journal patch.db --format markdown
   fleet-reimage emulator --fleet plans/fleets/demo.yaml --port 0
 
@@ -75,9 +79,10 @@ def logging_options() -> argparse.ArgumentParser:
 def journal_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--journal",
-        metavar="PATH",
-        default=api.DEFAULT_JOURNAL,
-        help=f"the journal file (default: ./{api.DEFAULT_JOURNAL})",
+        metavar="PATH_OR_URL",
+        default=default_location(),
+        help=f"the journal: a SQLite file, or a postgresql:// URL for a journal shared between "
+        f"machines (default: ${JOURNAL_ENV} if set, else ./{DEFAULT_JOURNAL_FILE})",
     )
 
 
@@ -111,7 +116,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return emulator_main(args_list[1:])
     parser = build_parser()
     args = parser.parse_args(args_list)
-    logs.configure(log_format=args.log_format, level=args.log_level, log_file=args.log_file)
+    # Through CURRENT_STDERR: the live progress display can then print log lines above itself.
+    logs.configure(
+        log_format=args.log_format,
+        level=args.log_level,
+        log_file=args.log_file,
+        stream=cast(TextIO, CURRENT_STDERR),
+    )
     try:
         code: int = _run_unwrapped(args)
         return code
@@ -127,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fleet-reimage: interrupted", file=sys.stderr)
         return 130
+    finally:
+        logs.flush()
 
 
 def _run_unwrapped(args: argparse.Namespace) -> int:

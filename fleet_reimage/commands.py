@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ from .journal import RunRecord
 from .plan.model import Plan
 from .plan.resolve import Resolution
 from .plan.schedule import render_schedule, resolution_json
-from .progress import start_progress
+from .progress import start_progress, suspended
+from .units import UnitError, parse_duration
 
 Handler = Callable[[argparse.Namespace], Awaitable[int]]
 
@@ -36,7 +38,8 @@ def _parser(
         name,
         parents=[common],
         help=help_text,
-        description=description,
+        # Raw formatting keeps the examples' lines; the prose is wrapped here instead.
+        description=textwrap.fill(description, width=90, break_on_hyphens=False),
         epilog="examples:\n" + examples,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -79,10 +82,18 @@ def add_run_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         cmd_run,
         "run a plan (asks first on a terminal)",
         "Reimage (or reboot) what the plan selects, in waves, recording every request "
-        "in the journal so that `resume` can finish an interrupted run.",
+        "in the journal so that `resume` can finish an interrupted run. On a terminal it "
+        "shows the schedule and asks before sending anything, then shows live progress per "
+        "pool; otherwise it needs --yes and logs a progress line every few seconds. Ctrl-C "
+        "stops after the requests in flight (a second Ctrl-C at once); `resume` continues.",
+        "  fleet-reimage run plans/demo.yaml --dry-run\n"
         "  fleet-reimage run plans/demo.yaml\n"
         "  fleet-reimage run plans/patch-night.yaml --journal patch.db --yes "
-        "--events events.jsonl\n",
+        "--events events.jsonl\n"
+        "  fleet-reimage run plans/patch-night.yaml --deadline 2026-11-26T06:00:00Z\n"
+        "\n"
+        "while it runs, from another terminal:\n"
+        "  fleet-reimage status --latest --journal patch.db\n",
     )
     p.add_argument("plan", type=Path, help="the plan file (YAML)")
     journal_option(p)
@@ -95,7 +106,15 @@ def add_run_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dry-run",
         action="store_true",
-        help="resolve and simulate the rollout schedule; send nothing that changes",
+        help="list what the plan selects and simulate the waves (expected timeline and "
+        "duration per pool); nothing that changes is sent, no journal is written",
+    )
+    p.add_argument(
+        "--assume-recovery",
+        type=_duration,
+        metavar="DURATION",
+        help="with --dry-run: how long a node takes to come back after its request "
+        "(default: half the plan's health timeout)",
     )
 
     p = _parser(
@@ -105,9 +124,13 @@ def add_run_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         cmd_resume,
         "finish an interrupted or stopped run",
         "Continue a run from its journal: skips what is done, reconciles requests that "
-        "were in flight when it stopped, and continues the wave ladder.",
+        "were in flight when it stopped, and continues the wave ladder. A run stopped by its "
+        "failure budget needs --accept-failures or --failure-budget N to go on.",
         "  fleet-reimage resume --journal patch.db\n"
-        "  fleet-reimage resume r20261125-224233-ab12cd --accept-failures\n",
+        "  fleet-reimage resume r20261125-224233-ab12cd --journal patch.db\n"
+        "  fleet-reimage resume r20261125-224233-ab12cd --accept-failures\n"
+        "\n"
+        "which runs can be resumed: fleet-reimage status --journal patch.db\n",
     )
     p.add_argument(
         "run_id",
@@ -144,12 +167,22 @@ def _execution_options(parser: argparse.ArgumentParser, deadline: Any) -> None:
         help="start nothing new after this (ISO time with zone, or 2h from now)",
     )
     group.add_argument(
-        "--events", type=Path, metavar="FILE", help="append run events as JSON lines to FILE"
+        "--events",
+        type=Path,
+        metavar="FILE",
+        help="append run events as JSON lines to FILE (kinds and fields: docs/events.md)",
     )
 
 
 async def _load(path: Path) -> Plan:
     return await anyio.to_thread.run_sync(api.load_plan, path)
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except UnitError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _print_warnings(plan: Plan) -> None:
@@ -189,7 +222,8 @@ async def _ask(question: str) -> bool:
         except EOFError:
             return ""
 
-    answer = await anyio.to_thread.run_sync(ask, abandon_on_cancel=True)
+    async with suspended():  # a live progress display would draw over the question
+        answer = await anyio.to_thread.run_sync(ask, abandon_on_cancel=True)
     return answer.strip().lower() in ("y", "yes")
 
 
@@ -238,10 +272,13 @@ async def _run_with_views(
 async def cmd_run(args: argparse.Namespace) -> int:
     plan = await _load(args.plan)
     _print_warnings(plan)
+    if args.assume_recovery is not None and not args.dry_run:
+        raise api.RefusedError("--assume-recovery only applies to a --dry-run")
     if args.dry_run:
         from .dryrun import dry_run
 
-        return await dry_run(plan)
+        deadline = _settings(args, plan).deadline
+        return await dry_run(plan, assume_recovery=args.assume_recovery, deadline=deadline)
     if not args.yes and not _interactive():
         raise api.RefusedError(
             "not on a terminal: pass --yes to run without confirmation "

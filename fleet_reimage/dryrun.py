@@ -1,14 +1,213 @@
-"""``run --dry-run``: resolve the plan and show the schedule; nothing that changes is sent."""
+"""``run --dry-run``: resolve the plan, then simulate its rollout; nothing that changes is sent.
+
+Resolving only lists pools and nodes (read-only, like ``plan``), and the journal is not
+opened. The simulation follows the executor's rules per pool, with every node assumed to
+take the same time to come back (``--assume-recovery``):
+
+* waves open one after another; the next opens ``pause_between_waves`` after the previous
+  one completed (empty ladder steps are skipped without a pause);
+* within a wave, a node starts whenever fewer than ``max_unavailable`` nodes of the pool are
+  unavailable, counting the nodes already down for other reasons; so a wave of ``w`` nodes
+  with ``s`` free slots takes ``ceil(w / s)`` recovery times;
+* pools run side by side, so the run takes as long as its slowest pool.
+
+Without a health gate a node counts as done once its request is accepted (assumed
+``REQUEST_TIME``) and is limited by the account's concurrency instead. Retries, throttling
+and checkpoints are not simulated (checkpoints are named in the output).
+"""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
+
 from . import api
 from .plan.model import Plan
+from .plan.resolve import PoolResolution, Resolution
 from .plan.schedule import render_schedule
+from .runview import span, when
+from .units import format_duration
+
+DEFAULT_RECOVERY = 600.0  # without a health timeout to go by
+REQUEST_TIME = 1.0  # a reimage/reboot request, when nothing waits for the node
 
 
-async def dry_run(plan: Plan) -> int:
+@dataclass(frozen=True, slots=True)
+class WaveSim:
+    wave: int  # 1-based ladder step
+    nodes: int
+    start: float  # seconds from the start of the run
+    end: float
+
+
+@dataclass(slots=True)
+class PoolSim:
+    label: str
+    selected: int
+    slots: int  # nodes of the pool that may be down at once, after those already down
+    waves: list[WaveSim] = field(default_factory=list)
+    blocked: str | None = None  # why the pool cannot start at all
+    warned: bool = False  # the schedule carries a warning for this pool
+
+    @property
+    def duration(self) -> float:
+        return self.waves[-1].end if self.waves else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Assumption:
+    per_node: float  # seconds a node holds an unavailability slot
+    text: str  # what was assumed, and why, for the output
+
+
+def assumption(plan: Plan, assume_recovery: float | None) -> Assumption:
+    """How long a node is assumed to stay unavailable, and the sentence that says so."""
+    health = plan.rollout.health
+    if not health.wait:
+        return Assumption(
+            REQUEST_TIME,
+            f"the plan does not wait for health: a node counts as done once its request is "
+            f"accepted (assumed {span(REQUEST_TIME)}); nodes reboot in the background",
+        )
+    if assume_recovery is not None:
+        return Assumption(
+            assume_recovery, f"each node assumed back {span(assume_recovery)} after its request"
+        )
+    half = health.timeout / 2
+    return Assumption(
+        half,
+        f"each node assumed back {span(half)} after its request (half the health timeout "
+        f"of {format_duration(health.timeout)}; change with --assume-recovery 10m)",
+    )
+
+
+def simulate_pool(
+    label: str,
+    wave_sizes: list[int],
+    *,
+    slots: int,
+    per_node: float,
+    pause: float,
+) -> PoolSim:
+    """The expected wave timeline of one pool (pure)."""
+    pool = PoolSim(label, sum(wave_sizes), slots)
+    clock = 0.0
+    for step, size in enumerate(wave_sizes):
+        if size == 0:
+            continue  # an empty ladder step: the executor skips it without a pause
+        if pool.waves:
+            clock += pause
+        took = math.ceil(size / slots) * per_node
+        pool.waves.append(WaveSim(step + 1, size, clock, clock + took))
+        clock += took
+    return pool
+
+
+def simulate(resolution: Resolution, assumed: Assumption) -> list[PoolSim]:
+    plan = resolution.plan
+    execution = plan.execution
+    out = []
+    for pool in resolution.pools:
+        label = f"{pool.account}/{pool.pool_id}"
+        if pool.skipped_reason or not pool.selected:
+            continue
+        slots = pool.max_unavailable - pool.baseline_unavailable
+        if not plan.rollout.health.wait:
+            slots = min(pool.max_unavailable, execution.per_account_concurrency)
+        if slots < 1:
+            blocked = PoolSim(label, len(pool.selected), 0)
+            blocked.blocked = _blocked_reason(pool, plan)
+            out.append(blocked)
+            continue
+        sim = simulate_pool(
+            label,
+            pool.wave_sizes,
+            slots=slots,
+            per_node=assumed.per_node,
+            pause=plan.rollout.pause_between_waves,
+        )
+        sim.warned = bool(pool.warnings)
+        out.append(sim)
+    return out
+
+
+def _blocked_reason(pool: PoolResolution, plan: Plan) -> str:
+    return (
+        f"blocked: {pool.baseline_unavailable} nodes are already unavailable and "
+        f"max_unavailable is {pool.max_unavailable}; the run would wait for them and stop "
+        f"this pool after {format_duration(plan.rollout.health.timeout)} if none comes back"
+    )
+
+
+def render_simulation(
+    resolution: Resolution, pools: list[PoolSim], assumed: Assumption, deadline: float | None
+) -> str:
+    plan = resolution.plan
+    lines = ["", "Expected timeline (simulated; nothing is sent):", f"  {assumed.text}"]
+    for pool in pools:
+        lines.extend(_pool_lines(pool))
+    for skipped in resolution.pools:
+        if skipped.skipped_reason:
+            lines.append(
+                f"  {skipped.account}/{skipped.pool_id}: skipped: {skipped.skipped_reason}"
+            )
+    overall = max((p.duration for p in pools), default=0.0)
+    lines.append(
+        f"  overall: about {span(overall)} (pools roll side by side; the slowest sets the pace)"
+    )
+    if plan.rollout.confirm_after_wave is not None:
+        lines.append(
+            f"  plus the wait at the checkpoint after wave {plan.rollout.confirm_after_wave}, "
+            "for the operator's answer"
+        )
+    if deadline is not None:
+        lines.append(_deadline_line(overall, deadline, resolution.resolved_at))
+    return "\n".join(lines)
+
+
+def _pool_lines(pool: PoolSim) -> list[str]:
+    if pool.blocked:
+        return [f"  {pool.label}: {pool.selected} nodes, {pool.blocked}"]
+    lines = [
+        f"  {pool.label}: {pool.selected} nodes, {pool.slots} at a time, "
+        f"about {span(pool.duration)}"
+    ]
+    previous_end: float | None = None
+    for wave in pool.waves:
+        pause = ""
+        if previous_end is not None and wave.start > previous_end:
+            pause = f"  (after a {span(wave.start - previous_end)} pause)"
+        nodes = f"{wave.nodes} node{'s' if wave.nodes != 1 else ''}"
+        lines.append(
+            f"    wave {wave.wave}: {nodes:>11}  +{span(wave.start)} -> +{span(wave.end)}{pause}"
+        )
+        previous_end = wave.end
+    if pool.warned:
+        lines.append("    (see this pool's warning above: it may stop at its first answer)")
+    return lines
+
+
+def _deadline_line(overall: float, deadline: float, now: float) -> str:
+    end = now + overall
+    if end <= deadline:
+        spare = span(deadline - end)
+        return f"  deadline {when(deadline)}: expected end {when(end)}, {spare} to spare"
+    return (
+        f"  deadline {when(deadline)}: expected end {when(end)} is {span(end - deadline)} "
+        "LATE; nothing new starts after the deadline, so the run would stop unfinished "
+        "(resume it in the next window)"
+    )
+
+
+async def dry_run(
+    plan: Plan, *, assume_recovery: float | None = None, deadline: float | None = None
+) -> int:
     resolution = await api.resolve_plan(plan)
+    assumed = assumption(plan, assume_recovery)
+    pools = simulate(resolution, assumed)
+    if deadline is None and plan.rollout.deadline is not None:
+        deadline = plan.rollout.deadline.timestamp()
     print(render_schedule(resolution))
-    print("dry run: no reimage or reboot request was sent")
+    print(render_simulation(resolution, pools, assumed, deadline))
+    print("dry run: no reimage or reboot request was sent, and no journal was written")
     return 0

@@ -17,6 +17,7 @@ outcome is durable before the node counts as done (``journal`` group-commits bot
 
 from __future__ import annotations
 
+import gc
 import math
 import random
 import time
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 
 import anyio
 import structlog
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .batch.client import Accepted as HttpAccepted
 from .batch.errors import (
@@ -77,10 +79,13 @@ from .runstate import (
     RunTarget,
     snapshot_pool,
 )
+from .slots import SendSlots
 
 log = structlog.get_logger("fleet_reimage.run")
 
 STOP_EXIT_CODES = {"interrupted": 130}
+TICK = 0.25  # seconds between the dispatcher's periodic wake-ups
+Job = tuple[PoolRun, RunTarget, JobKind]
 Confirm = Callable[[str], Awaitable[bool]]
 
 
@@ -133,7 +138,9 @@ class Executor:
             max_backoff=retry.max_backoff,
         )
         self.health = HealthMonitor(self)
-        self._in_flight = 0
+        self.slots = SendSlots(plan.execution.concurrency, self.accounts)
+        self._jobs = 0  # live job tasks
+        self._unsent = 0  # jobs launched that have not been granted (or denied) a send slot
         self._seq = 0
         self._wake = anyio.Event()
         self._random = random.Random()
@@ -179,11 +186,23 @@ class Executor:
                     f"failure budget exceeded ({self.budget.describe()}); "
                     "resume with --accept-failures or --failure-budget N"
                 )
-            async with anyio.create_task_group() as group:
-                self._group = group
-                group.start_soon(self.health.run)
-                await self._dispatch_loop()
-                group.cancel_scope.cancel()
+            # Everything built so far lives as long as the run: keep the cycle collector off
+            # it (with 100,000 targets a full collection would pause the loop for ~100 ms).
+            gc.collect()
+            gc.freeze()
+            send, receive = anyio.create_memory_object_stream[Job](math.inf)
+            self._jobs_out = send
+            try:
+                async with anyio.create_task_group() as group, send, receive:
+                    self._group = group
+                    group.start_soon(self.health.run)
+                    group.start_soon(self._ticker)
+                    for _ in range(2 * self.plan.execution.concurrency):
+                        group.start_soon(self._worker, receive.clone())
+                    await self._dispatch_loop()
+                    group.cancel_scope.cancel()
+            finally:
+                gc.unfreeze()
         if scope.cancelled_caught and self.stop_kind is None:
             self.stop_kind, self.stop_reason = "interrupted", "stopped at once"
         return await self._finish()
@@ -194,10 +213,14 @@ class Executor:
             now = time.monotonic()
             self._check_deadline()
             next_start = math.inf if self.stop_kind else self._start_ready(now)
+            if self.stop_kind is None:
+                next_start = min(next_start, self.slots.grant(now))
+            else:
+                self.slots.deny_all()
             if self._all_done():
                 return
             if self.stop_kind is not None:
-                if self._in_flight == 0:
+                if self._jobs == 0:
                     return
                 grace_until = grace_until or now + self.settings.stop_grace
                 if now >= grace_until:
@@ -205,27 +228,30 @@ class Executor:
                     return
                 next_start = grace_until
             self._maybe_checkpoint()
-            timeout = min(next_start - now, 1.0) if next_start < math.inf else 1.0
-            with anyio.move_on_after(max(timeout, 0.0)):
+            if next_start - now < TICK:  # a timer ends before the next tick: wait for it
+                with anyio.move_on_after(max(next_start - now, 0.0)):
+                    await self._wake.wait()
+            else:
                 await self._wake.wait()
             self._wake = anyio.Event()
 
     def _start_ready(self, now: float) -> float:
-        """Start every job that may start now; returns when the next one could."""
+        """Launch every job that may start now; returns when the next one could.
+
+        Launched jobs write their attempt to the journal, then wait for a send slot: at most
+        ``concurrency`` of them wait at once (per account, at most its current concurrency),
+        so the journal write of the next requests overlaps the requests on the wire.
+        """
         earliest = math.inf
         limit = self.plan.execution.concurrency
         progress = True
         while progress:
             progress = False
             for pool in self.pools:
-                if self._in_flight >= limit:
+                if self._unsent >= limit:
                     return earliest
                 account = pool.account
-                wait = account.throttle.wait_time(account.in_flight, now)
-                if wait is None:
-                    continue
-                if wait > 0:
-                    earliest = min(earliest, now + wait)
+                if account.unsent >= account.throttle.concurrency:
                     continue
                 job = self._next_job(pool, now)
                 if job is None:
@@ -233,7 +259,7 @@ class Executor:
                     start = pool.rollout.next_start_time(now)
                     earliest = min(earliest, due or math.inf, start or math.inf)
                     continue
-                self._launch(pool, *job, now)
+                self._launch(pool, *job)
                 progress = True
         return earliest
 
@@ -257,31 +283,66 @@ class Executor:
             )
         return target, JobKind.ACTION
 
-    def _launch(self, pool: PoolRun, target: RunTarget, kind: JobKind, now: float) -> None:
-        self._in_flight += 1
-        pool.account.in_flight += 1
-        pool.in_flight += 1
-        pool.account.throttle.started(now)
+    def _launch(self, pool: PoolRun, target: RunTarget, kind: JobKind) -> None:
+        self._jobs += 1
+        self._unsent += 1
+        pool.account.unsent += 1
         target.phase = Phase.REQUEST if kind is JobKind.ACTION else Phase.RECONCILE
-        self._group.start_soon(self._job, pool, target, kind)
+        self._jobs_out.send_nowait((pool, target, kind))
+
+    async def _worker(self, jobs: MemoryObjectReceiveStream[Job]) -> None:
+        """A long-lived task running jobs one after another (cheaper than a task per job)."""
+        async with jobs:
+            async for pool, target, kind in jobs:
+                await self._job(pool, target, kind)
+
+    async def _ticker(self) -> None:
+        """Wake the dispatcher now and then, for deadlines and stop grace periods."""
+        while True:
+            await anyio.sleep(TICK)
+            self.wake()
 
     async def _job(self, pool: PoolRun, target: RunTarget, kind: JobKind) -> None:
+        # Every log event of this node's work carries these fields (all of them are set, so
+        # nothing of the worker's previous job leaks into this one).
+        structlog.contextvars.bind_contextvars(
+            run=self.run_id,
+            account=pool.account.name,
+            pool=pool.pool_id,
+            node=target.record.node_id,
+            client_request_id=None,
+            attempt=None,
+        )
         try:
-            with structlog.contextvars.bound_contextvars(
-                run=self.run_id,
-                account=pool.account.name,
-                pool=pool.pool_id,
-                node=target.record.node_id,
-            ):
-                if kind is JobKind.ACTION:
-                    await self._attempt(pool, target)
-                else:
-                    await self._reconcile(pool, target)
+            if kind is JobKind.ACTION:
+                await self._attempt(pool, target)
+            else:
+                await self._reconcile(pool, target)
         finally:
-            self._in_flight -= 1
-            pool.account.in_flight -= 1
-            pool.in_flight -= 1
+            self._jobs -= 1
             self.wake()
+
+    async def _send_slot(self, pool: PoolRun) -> bool:
+        """Wait for a send slot; False when the run stopped first (nothing may be sent)."""
+        try:
+            if self.stop_kind is None and self.slots.try_send(pool.account, time.monotonic()):
+                granted = True
+            else:
+                grant = self.slots.request(pool.account)
+                self.wake()
+                await grant.event.wait()
+                granted = grant.granted
+        finally:
+            self._unsent -= 1
+            pool.account.unsent -= 1
+        if granted:
+            pool.in_flight += 1
+        return granted
+
+    def _release_slot(self, pool: PoolRun) -> None:
+        self.slots.release(pool.account)
+        pool.in_flight -= 1
+        self.wake()
 
     # --- one attempt ---
 
@@ -297,31 +358,36 @@ class Executor:
         )
         self._set_state(target, TargetState.IN_FLIGHT)
         record.attempts = attempt_no
-        record.last_sent_at = sent_at
         record.first_sent_at = record.first_sent_at or sent_at
         target.last_client_request_id = client_request_id
-        call = (
-            pool.account.client.reimage_node
-            if self.action == "reimage"
-            else pool.account.client.reboot_node
+        structlog.contextvars.bind_contextvars(
+            client_request_id=client_request_id, attempt=attempt_no
         )
+        if not await self._send_slot(pool):
+            await self._not_sent(pool, target, client_request_id)
+            return
+        # The attempt's time is when it really left: that is what lastBootTime is compared to.
+        record.last_sent_at = sent_at = time.time()
         started = time.perf_counter()
         try:
-            answer: HttpAccepted | BatchError = await call(
-                pool.pool_id,
-                record.node_id,
-                option=self.plan.option.value,
-                client_request_id=client_request_id,
+            answer: HttpAccepted | BatchError = await self._call(
+                pool, record.node_id, client_request_id
             )
         except BatchError as error:
             answer = error
+        except BaseException:
+            self._release_slot(pool)
+            raise
+        # Tell the throttle before the slot goes to the next request, not after the journal
+        # write: a 429 must slow down the very next send.
+        self._throttle_feedback(pool, answer)
+        self._release_slot(pool)
         latency_ms = (time.perf_counter() - started) * 1000.0
         log.debug(
             "attempt answered",
             client_request_id=client_request_id,
             attempt=attempt_no,
             answer=type(answer).__name__,
-            detail=str(answer)[:120],
         )
         step = Accepted("202") if isinstance(answer, HttpAccepted) else self._decide(target, answer)
         await self.journal.attempt_finished(
@@ -336,6 +402,46 @@ class Executor:
             )
         )
         self._apply(pool, target, step, answer)
+
+    def _throttle_feedback(self, pool: PoolRun, answer: HttpAccepted | BatchError) -> None:
+        now = time.monotonic()
+        throttle = pool.account.throttle
+        if isinstance(answer, HttpAccepted):
+            throttle.on_success(now)
+            return
+        if not isinstance(answer, BatchHTTPError) or answer.status not in (429, 503):
+            return
+        change = throttle.on_throttle(now, answer.retry_after, answer.status == 429)
+        if change is not None:
+            data = {"concurrency": change.concurrency, "rate": change.rate, "reason": change.reason}
+            self._journal_event("throttle_changed", account=pool.account.name, data=data)
+
+    async def _call(self, pool: PoolRun, node_id: str, client_request_id: str) -> HttpAccepted:
+        client = pool.account.client
+        send = client.reimage_node if self.action == "reimage" else client.reboot_node
+        return await send(
+            pool.pool_id,
+            node_id,
+            option=self.plan.option.value,
+            client_request_id=client_request_id,
+        )
+
+    async def _not_sent(self, pool: PoolRun, target: RunTarget, client_request_id: str) -> None:
+        """The run stopped between the journal write and the send: record that it never left."""
+        await self.journal.attempt_finished(
+            AttemptEnd(
+                self.run_id,
+                target.id,
+                client_request_id,
+                time.time(),
+                AttemptOutcome.NOT_SENT,
+                TargetState.PENDING,
+                reason="the run stopped before it was sent",
+            )
+        )
+        self._set_state(target, TargetState.PENDING)
+        target.phase = Phase.QUEUED
+        pool.rollout.release_to_queue(target.id)
 
     def _decide(self, target: RunTarget, error: BatchError) -> NodeStep:
         now = time.monotonic()
@@ -354,6 +460,9 @@ class Executor:
 
     async def _reconcile(self, pool: PoolRun, target: RunTarget) -> None:
         record = target.record
+        if not await self._send_slot(pool):
+            self._schedule(pool, target, JobKind.RECONCILE, 0.0)  # stays in doubt for resume
+            return
         try:
             node = await pool.account.client.get_node(
                 pool.pool_id, record.node_id, select=NODE_SELECT
@@ -368,6 +477,8 @@ class Executor:
             self._schedule(pool, target, JobKind.RECONCILE, self.policy.initial_backoff)
             log.info("reconcile read failed", error=str(error))
             return
+        finally:
+            self._release_slot(pool)
         server_timeout = min(30.0, self.plan.execution.request_timeout)
         step = after_reconcile(
             node, sent_at=record.last_sent_at or 0.0, now=time.time(), server_timeout=server_timeout
@@ -411,7 +522,6 @@ class Executor:
     ) -> None:
         now = time.monotonic()
         if isinstance(step, Accepted):
-            pool.account.throttle.on_success(now)
             self._accepted(pool, target, now, step.reason)
         elif isinstance(step, RetryLater):
             self._retry_later(pool, target, step, answer, now)
@@ -454,19 +564,10 @@ class Executor:
         if step.throttled:
             pool.throttled += 1
             server_delay = answer.retry_after if isinstance(answer, BatchHTTPError) else None
-            rate_limited = isinstance(answer, BatchHTTPError) and answer.status == 429
-            change = pool.account.throttle.on_throttle(now, server_delay, rate_limited)
             self.observer.event(
                 "throttled",
                 {"account": pool.account.name, "pool": pool.pool_id, "retry_after": server_delay},
             )
-            if change is not None:
-                data = {
-                    "concurrency": change.concurrency,
-                    "rate": change.rate,
-                    "reason": change.reason,
-                }
-                self._journal_event("throttle_changed", account=pool.account.name, data=data)
         target.phase = Phase.BACKOFF
         self._schedule(pool, target, JobKind.ACTION, step.delay)
 
@@ -579,7 +680,7 @@ class Executor:
         self.wake()
 
     def _all_done(self) -> bool:
-        return self._in_flight == 0 and all(
+        return self._jobs == 0 and all(
             p.rollout.done and not p.awaiting and not p.retry_heap for p in self.pools
         )
 

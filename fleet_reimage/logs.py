@@ -3,14 +3,21 @@
 Context (run, account, pool, node, client_request_id, attempt) is bound with contextvars by
 the executor, so every event in a node's work carries it. Filtering happens before any
 formatting (``make_filtering_bound_logger``), so debug events cost almost nothing at info.
+
+JSON lines are rendered on the caller's thread but written by a background thread in
+batches: a run logs one summary line per node, and a write per line on the event loop
+would be blocking file I/O on the hot path. ``flush()`` (also at exit) writes what is left.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
+import threading
 from collections.abc import MutableMapping
+from functools import lru_cache
 from typing import Any, TextIO
 
 import structlog
@@ -21,18 +28,81 @@ LEVELS = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
-_SECRET_KEYS = ("key", "token", "password", "secret", "authorization", "signature")
+_SECRET_WORDS = ("key", "token", "password", "secret", "authorization", "signature")
+FLUSH_INTERVAL = 0.1
+
+
+@lru_cache(maxsize=1024)
+def _is_secret_name(name: str) -> bool:
+    lowered = name.lower()
+    return any(word in lowered for word in _SECRET_WORDS) and not lowered.endswith(
+        ("_env", "_file", "_id")
+    )
 
 
 def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Last line of defence: never print a field whose name says it is a secret."""
     for name in list(event):
-        lowered = name.lower()
-        if any(word in lowered for word in _SECRET_KEYS) and not lowered.endswith(
-            ("_env", "_file", "_id")
-        ):
+        if _is_secret_name(name):
             event[name] = "<redacted>"
     return event
+
+
+class BackgroundWriter:
+    """Lines appended from any thread, written to ``stream`` by a daemon thread."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._lines: list[str] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
+        self._thread.start()
+
+    def write_line(self, line: str) -> None:
+        with self._lock:
+            self._lines.append(line)
+        if len(self._lines) > 4096:
+            self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(FLUSH_INTERVAL)
+            self._wake.clear()
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            lines, self._lines = self._lines, []
+        if lines:
+            try:
+                self._stream.write("\n".join(lines) + "\n")
+                self._stream.flush()
+            except (OSError, ValueError):  # a closed or broken stream must not kill the run
+                pass
+
+
+class _LineLogger:
+    def __init__(self, writer: BackgroundWriter) -> None:
+        self._writer = writer
+
+    def msg(self, message: str) -> None:
+        self._writer.write_line(message)
+
+    log = debug = info = warning = warn = error = critical = exception = fatal = msg
+
+
+class _Current:
+    writer: BackgroundWriter | None = None
+
+
+def flush() -> None:
+    """Write every log line rendered so far (call before exiting)."""
+    if _Current.writer is not None:
+        _Current.writer.flush()
+
+
+atexit.register(flush)
 
 
 def configure(
@@ -46,13 +116,17 @@ def configure(
     out: TextIO = stream or sys.stderr
     if log_file:
         fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        out = os.fdopen(fd, "a", encoding="utf-8", buffering=1)
+        out = os.fdopen(fd, "a", encoding="utf-8")
     pretty = log_format == "console" or (log_format == "auto" and not log_file and out.isatty())
-    renderer: Any = (
-        structlog.dev.ConsoleRenderer(colors=out.isatty())
-        if pretty
-        else structlog.processors.JSONRenderer()
-    )
+    flush()
+    factory: Any
+    if pretty:
+        renderer: Any = structlog.dev.ConsoleRenderer(colors=out.isatty())
+        factory = structlog.PrintLoggerFactory(out)
+    else:
+        renderer = structlog.processors.JSONRenderer()
+        writer = _Current.writer = BackgroundWriter(out)
+        factory = lambda *_: _LineLogger(writer)  # noqa: E731
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -62,6 +136,6 @@ def configure(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        logger_factory=factory,
         cache_logger_on_first_use=True,
     )

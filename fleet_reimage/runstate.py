@@ -57,7 +57,8 @@ class AccountRun:
     name: str
     client: BatchClient
     throttle: AdaptiveThrottle
-    in_flight: int = 0
+    in_flight: int = 0  # requests on the wire
+    unsent: int = 0  # jobs launched, waiting to be allowed to send
 
 
 @dataclass(slots=True, eq=False)

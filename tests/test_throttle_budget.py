@@ -30,10 +30,10 @@ def test_throttle_pauses_everyone_for_retry_after_and_halves_concurrency() -> No
 def test_a_burst_of_throttles_counts_as_one_signal() -> None:
     throttle = AdaptiveThrottle(32)
     first = throttle.on_throttle(1.0, retry_after=0.5)
-    others = [throttle.on_throttle(1.0 + i * 0.01, retry_after=0.5) for i in range(1, 10)]
+    others = [throttle.on_throttle(1.0 + i * 0.01, retry_after=0.5) for i in range(1, 9)]
     assert first is not None and all(o is None for o in others)
     assert throttle.concurrency == 16
-    assert throttle.throttles == 10
+    assert throttle.throttles == 9
     assert throttle.rate is None  # too few answers yet to call it a rate quota
 
 
@@ -70,6 +70,13 @@ def test_rate_pacing_spaces_requests_and_recovers() -> None:
             t += wait if wait else 0.001
     assert 10 * rate * 0.95 <= starts <= 10 * (rate + 10 * max(1.0, rate * 0.05)) * 1.05
     assert throttle.rate > rate  # additive recovery while no throttle arrives
+
+
+def test_ten_429s_in_a_second_are_a_quota_even_without_other_answers() -> None:
+    throttle = AdaptiveThrottle(32)
+    for i in range(10):
+        throttle.on_throttle(1.0 + i * 0.001, retry_after=0.01)
+    assert throttle.rate is not None
 
 
 def test_stray_429s_do_not_pace_a_healthy_account() -> None:

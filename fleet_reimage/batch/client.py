@@ -121,6 +121,7 @@ class BatchClient:
         self._sleep = sleep
         self._date = _DateHeader()
         self._random = random.Random()
+        self._action_queries: dict[int, str] = {}
 
     def __repr__(self) -> str:
         return f"BatchClient(endpoint={self.endpoint!r})"
@@ -165,13 +166,9 @@ class BatchClient:
         if body is not None and next(iter(body.values())) not in NODE_OPTIONS:
             raise ValueError(f"unknown node option {body!r}")
         seconds = timeout if timeout is not None else self.request_timeout
-        params = {
-            "api-version": self.api_version,
-            "timeout": str(max(1, min(MAX_SERVER_TIMEOUT, int(seconds)))),
-        }
         url = (
             f"{self.endpoint}/pools/{quote(pool_id, safe='')}/nodes/"
-            f"{quote(node_id, safe='')}/{action}?{_encode_query(params)}"
+            f"{quote(node_id, safe='')}/{action}?{self._action_query(seconds)}"
         )
         payload = None if body is None else _json_bytes(body)
         sent_at = time.time()
@@ -193,6 +190,15 @@ class BatchClient:
             response.headers.get("client-request-id"),
             sent_at,
         )
+
+    def _action_query(self, seconds: float) -> str:
+        """``api-version`` and the server-side ``timeout`` (capped at 30 s), encoded once."""
+        server_timeout = max(1, min(MAX_SERVER_TIMEOUT, int(seconds)))
+        query = self._action_queries.get(server_timeout)
+        if query is None:
+            query = _encode_query({"api-version": self.api_version, "timeout": str(server_timeout)})
+            self._action_queries[server_timeout] = query
+        return query
 
     async def _send(
         self,

@@ -1,7 +1,7 @@
 """The run journal: what was planned, sent and seen, durable before and after every request.
 
 ``open_journal`` picks the backend from the location: a ``postgresql://`` (or ``postgres://``)
-URL is a PostgreSQL journal (``postgres``, in the ``fleet_reimage`` schema), anything else is a
+URL is a PostgreSQL journal (``journal.postgres``, schema ``fleet_reimage``), anything else is a
 SQLite journal file. Without a location it takes ``$FLEET_REIMAGE_JOURNAL``, then
 ``fleet-reimage.db``. Everything else here is the backend-neutral model (see ``model``),
 re-exported for convenience. ``PostgresJournal`` is imported from ``journal.postgres`` on
@@ -35,6 +35,8 @@ from fleet_reimage.journal.model import (
 from fleet_reimage.journal.sqlite import SqliteJournal
 
 __all__ = [
+    "DEFAULT_JOURNAL_FILE",
+    "JOURNAL_ENV",
     "AttemptEnd",
     "AttemptOutcome",
     "AttemptRecord",

@@ -12,9 +12,10 @@ Opening for writing connects three ways, all with psycopg 3 in asyncio:
 Opening read-only (``status``, ``report`` while a run is going) takes no lock, never creates or
 migrates anything, and only uses the read pool.
 
-``location`` is the URL without its password; the password is handed to libpq and nothing
-else keeps or shows it (see ``postgres_conn``). Cancelling a caller that awaits a write does
-not withdraw the write: it was queued and will be committed (or fail) with its batch.
+``location`` is the URL without its password. The URL itself stays in memory only, for libpq
+(the read pool reconnects with it); it is never shown, logged or stored (see ``postgres_conn``).
+Cancelling a caller that awaits a write does not withdraw the write: it was queued and will be
+committed (or fail) with its batch.
 """
 
 from __future__ import annotations

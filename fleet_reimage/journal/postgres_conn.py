@@ -144,6 +144,12 @@ async def prepare_writer(conn: psycopg.AsyncConnection[Any]) -> None:
         # A commit must be on the server's disk when a write returns: a database or role
         # default of "off" would let a server crash lose writes already reported durable.
         await conn.execute("SET synchronous_commit TO on")
+    # The server's side of the keepalives: a runner cut off by the network lets go of the
+    # writer lock within about half a minute, not the two hours of the OS default. (Ignored on
+    # a Unix socket.)
+    await conn.execute("SET tcp_keepalives_idle TO 10")
+    await conn.execute("SET tcp_keepalives_interval TO 5")
+    await conn.execute("SET tcp_keepalives_count TO 3")
     if conn.info.server_version >= 140000:
         # The lock connection idles for the whole run; a site-wide idle timeout would end it
         # and silently hand the journal to the next writer.

@@ -204,12 +204,16 @@ async def migrate(conn: psycopg.AsyncConnection[Any], schema: str, location: str
             "SELECT pg_advisory_xact_lock(%s::int4, %s::int4)",
             (MIGRATION_LOCK_CLASS, lock_key(schema)),
         )
+        # Under the lock, so this includes whatever a rival migrator has committed.
+        state = await inspect(conn, schema)
         ident = sql.Identifier(schema)
-        await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
+        if not state.exists:
+            # Only when missing: CREATE SCHEMA IF NOT EXISTS would still demand the CREATE
+            # privilege on the database, which a DBA-made schema spares the journal's user.
+            await conn.execute(sql.SQL("CREATE SCHEMA {}").format(ident))
         # The connection's search_path already names the schema; saying it again here keeps
         # CREATE TABLE from ever landing anywhere else, whatever the session was told since.
         await conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(ident))
-        state = await inspect(conn, schema)  # under the lock: includes a rival's finished work
         if not check_usable(state, location, schema, readonly=False):
             if state.meta.get("tool_version") != tool_version():
                 await _put_meta(conn, schema, "tool_version", tool_version())

@@ -177,7 +177,9 @@ class GroupWriter:
             if not isinstance(exc, Exception):
                 raise
         finally:
-            self._settle([(u.future, self.failure) for u in self._queue])
+            # Nothing is left queued on a normal stop; never report a leftover as durable.
+            leftover = self.failure or JournalError(f"the journal {self._location} is closed")
+            self._settle([(u.future, leftover) for u in self._queue])
             self._queue.clear()
             with contextlib.suppress(psycopg.Error, OSError):
                 await self._conn.close()

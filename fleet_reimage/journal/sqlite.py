@@ -116,6 +116,7 @@ class SqliteJournal:
                 on_batch=sql.touch_runs,
                 window=batch_window,
                 max_batch=max_batch,
+                batchers=sql.BATCHERS,
             )
         journal = cls(path, opened, writer)
         try:

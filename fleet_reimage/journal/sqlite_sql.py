@@ -90,66 +90,176 @@ def _refuse_duplicates(targets: Sequence[NewTarget]) -> None:
 def attempt_started(conn: sqlite3.Connection, s: AttemptStart) -> None:
     _update_target(
         conn,
-        "UPDATE targets SET state = 'in_flight', reason = NULL, updated_at = ?,"
-        " first_sent_at = COALESCE(first_sent_at, ?), last_sent_at = ?, finished_at = NULL,"
-        " attempts = attempts + 1 WHERE target_id = ? AND run_id = ?",
+        _START_TARGET_SQL,
         (s.sent_at, s.sent_at, s.sent_at, s.target_id, s.run_id),
         s.run_id,
         s.target_id,
     )
     conn.execute(
-        "INSERT INTO attempts (run_id, target_id, attempt_no, operation, client_request_id,"
-        " sent_at) VALUES (?, ?, ?, ?, ?, ?)",
+        _START_ATTEMPT_SQL,
         (s.run_id, s.target_id, s.attempt_no, s.operation, s.client_request_id, s.sent_at),
     )
 
 
 def attempt_finished(conn: sqlite3.Connection, e: AttemptEnd) -> None:
     cursor = conn.execute(
-        "UPDATE attempts SET finished_at = ?, outcome = ?, status = ?, request_id = ?,"
-        " error_code = ?, error_message = ?, latency_ms = ?"
-        " WHERE client_request_id = ? AND run_id = ? AND target_id = ?",
-        (e.finished_at, e.outcome.value, e.status, e.request_id, e.error_code, e.error_message,
-         e.latency_ms, e.client_request_id, e.run_id, e.target_id),
-    )  # fmt: skip
+        _FINISH_ATTEMPT_SQL,
+        (
+            e.finished_at,
+            e.outcome.value,
+            e.status,
+            e.request_id,
+            e.error_code,
+            e.error_message,
+            e.latency_ms,
+            e.client_request_id,
+            e.run_id,
+            e.target_id,
+        ),
+    )
     if cursor.rowcount != 1:
         raise Rejected(
             f"no attempt {e.client_request_id} for target {e.target_id} of run {e.run_id}"
         )
     code = e.error_code if e.error_code is not None else _status_text(e.status)
-    _move_target(conn, e.run_id, e.target_id, e.target_state, e.finished_at, e.reason, code)
+    _update_target(
+        conn,
+        _MOVE_TARGET_SQL,
+        _move_params(e.run_id, e.target_id, e.target_state, e.finished_at, e.reason, code),
+        e.run_id,
+        e.target_id,
+    )
+
+
+_START_TARGET_SQL = (
+    "UPDATE targets SET state = 'in_flight', reason = NULL, updated_at = ?,"
+    " first_sent_at = COALESCE(first_sent_at, ?), last_sent_at = ?, finished_at = NULL,"
+    " attempts = attempts + 1 WHERE target_id = ? AND run_id = ?"
+)
+_START_ATTEMPT_SQL = (
+    "INSERT INTO attempts (run_id, target_id, attempt_no, operation, client_request_id,"
+    " sent_at) VALUES (?, ?, ?, ?, ?, ?)"
+)
+_FINISH_ATTEMPT_SQL = (
+    "UPDATE attempts SET finished_at = ?, outcome = ?, status = ?, request_id = ?,"
+    " error_code = ?, error_message = ?, latency_ms = ?"
+    " WHERE client_request_id = ? AND run_id = ? AND target_id = ?"
+)
+_MOVE_TARGET_SQL = (
+    "UPDATE targets SET state = ?, reason = ?, updated_at = ?,"
+    " accepted_at = CASE WHEN ? AND state NOT IN ('accepted', 'done_unverified')"
+    "   THEN ? ELSE accepted_at END,"
+    " finished_at = CASE WHEN ? THEN ? ELSE NULL END,"
+    " last_code = COALESCE(?, last_code)"
+    " WHERE target_id = ? AND run_id = ?"
+)
+
+
+def _move_params(
+    run_id: str, target_id: int, state: TargetState, at: float, reason: str | None, code: str | None
+) -> tuple[object, ...]:
+    return (
+        state.value,
+        reason,
+        at,
+        state in _ACCEPTED,
+        at,
+        state.terminal,
+        at,
+        code,
+        target_id,
+        run_id,
+    )
+
+
+def _many(conn: sqlite3.Connection, sql: str, rows: list[tuple[object, ...]]) -> None:
+    """executemany that insists every row touched exactly one record."""
+    if conn.executemany(sql, rows).rowcount != len(rows):
+        raise Rejected("a record in the batch does not match the journal")
+
+
+def attempts_started(conn: sqlite3.Connection, starts: list[AttemptStart]) -> None:
+    """Many ``attempt_started`` at once (the group writer's fast path)."""
+    _many(
+        conn,
+        _START_TARGET_SQL,
+        [(s.sent_at, s.sent_at, s.sent_at, s.target_id, s.run_id) for s in starts],
+    )
+    conn.executemany(
+        _START_ATTEMPT_SQL,
+        [
+            (s.run_id, s.target_id, s.attempt_no, s.operation, s.client_request_id, s.sent_at)
+            for s in starts
+        ],
+    )
+
+
+def attempts_finished(conn: sqlite3.Connection, ends: list[AttemptEnd]) -> None:
+    """Many ``attempt_finished`` at once (the group writer's fast path)."""
+    _many(
+        conn,
+        _FINISH_ATTEMPT_SQL,
+        [
+            (
+                e.finished_at,
+                e.outcome.value,
+                e.status,
+                e.request_id,
+                e.error_code,
+                e.error_message,
+                e.latency_ms,
+                e.client_request_id,
+                e.run_id,
+                e.target_id,
+            )
+            for e in ends
+        ],
+    )
+    _many(
+        conn,
+        _MOVE_TARGET_SQL,
+        [
+            _move_params(
+                e.run_id,
+                e.target_id,
+                e.target_state,
+                e.finished_at,
+                e.reason,
+                e.error_code if e.error_code is not None else _status_text(e.status),
+            )
+            for e in ends
+        ],
+    )
+
+
+def targets_changed(conn: sqlite3.Connection, changes: list[TargetChange]) -> None:
+    """Many ``target_changed`` at once (the group writer's fast path)."""
+    _many(
+        conn,
+        _MOVE_TARGET_SQL,
+        [_move_params(c.run_id, c.target_id, c.state, c.at, c.reason, None) for c in changes],
+    )
 
 
 def target_changed(conn: sqlite3.Connection, c: TargetChange) -> None:
-    _move_target(conn, c.run_id, c.target_id, c.state, c.at, c.reason, None)
+    _update_target(
+        conn,
+        _MOVE_TARGET_SQL,
+        _move_params(c.run_id, c.target_id, c.state, c.at, c.reason, None),
+        c.run_id,
+        c.target_id,
+    )
 
 
 def _status_text(status: int | None) -> str | None:
     return None if status is None else str(status)
 
 
-def _move_target(
-    conn: sqlite3.Connection,
-    run_id: str,
-    target_id: int,
-    state: TargetState,
-    at: float,
-    reason: str | None,
-    code: str | None,
-) -> None:
-    accepted = state in _ACCEPTED
-    _update_target(
-        conn,
-        "UPDATE targets SET state = ?, reason = ?, updated_at = ?,"
-        " accepted_at = CASE WHEN ? AND state NOT IN ('accepted', 'done_unverified')"
-        "   THEN ? ELSE accepted_at END,"
-        " finished_at = CASE WHEN ? THEN ? ELSE NULL END,"
-        " last_code = COALESCE(?, last_code)"
-        " WHERE target_id = ? AND run_id = ?",
-        (state.value, reason, at, accepted, at, state.terminal, at, code, target_id, run_id),
-        run_id,
-        target_id,
-    )
+BATCHERS: dict[Any, Any] = {
+    attempt_started: attempts_started,
+    attempt_finished: attempts_finished,
+    target_changed: targets_changed,
+}
 
 
 def _update_target(

@@ -35,6 +35,9 @@ from fleet_reimage.journal.model import JournalError
 from fleet_reimage.journal.sqlite_schema import rollback
 
 Work = Callable[[sqlite3.Connection], Any]
+# A unit's function -> the same work for many records at once (executemany). It raises
+# ``Rejected`` when a record does not fit, and the group is then re-run unit by unit.
+Batchers = dict[Callable[..., Any], Callable[[sqlite3.Connection, list[Any]], None]]
 # Called inside each batch's transaction, just before COMMIT, with {run_id: latest time}.
 BatchHook = Callable[[sqlite3.Connection, dict[str, float]], None]
 
@@ -89,8 +92,10 @@ class GroupWriter:
         on_batch: BatchHook,
         window: float = 0.002,
         max_batch: int = 4096,
+        batchers: Batchers | None = None,
     ) -> None:
         self._conn = conn
+        self._batchers = batchers or {}
         self._loop = loop
         self._location = location
         self._on_batch = on_batch
@@ -206,15 +211,16 @@ class GroupWriter:
         conn.execute("BEGIN IMMEDIATE")
         results: list[Any] = []
         latest: dict[str, float] = {}
+        start = 0
+        while start < len(units):
+            end = self._group_end(units, start)
+            group = units[start:end]
+            if len(group) < 2 or not self._run_batched(group):
+                results.extend(self._run_one(unit) for unit in group)
+            else:
+                results.extend([None] * len(group))
+            start = end
         for unit in units:
-            try:
-                results.append(unit.work(conn))
-            except _UNIT_ERRORS as exc:
-                raise _UnitFailed(unit, exc) from exc
-            except sqlite3.Error:
-                raise  # the journal, not the unit, is in trouble
-            except Exception as exc:
-                raise _UnitFailed(unit, exc) from exc
             if unit.run_id is not None and unit.at > latest.get(unit.run_id, float("-inf")):
                 latest[unit.run_id] = unit.at
         if latest:
@@ -222,6 +228,41 @@ class GroupWriter:
         conn.execute("COMMIT")
         self._transactions += 1
         return results
+
+    def _group_end(self, units: Sequence[_Unit], start: int) -> int:
+        """End of the run of consecutive units doing the same batchable work."""
+        func = getattr(units[start].work, "func", None)
+        if func not in self._batchers:
+            return start + 1
+        end = start + 1
+        while end < len(units) and getattr(units[end].work, "func", None) is func:
+            end += 1
+        return end
+
+    def _run_batched(self, group: Sequence[_Unit]) -> bool:
+        """Run a same-work group with executemany; False (rolled back) if a unit misfits."""
+        first = group[0].work
+        batch = self._batchers[first.func]  # type: ignore[attr-defined]
+        records = [next(iter(u.work.keywords.values())) for u in group]  # type: ignore[attr-defined]
+        self._conn.execute("SAVEPOINT batched")
+        try:
+            batch(self._conn, records)
+        except (Rejected, *_UNIT_ERRORS):
+            self._conn.execute("ROLLBACK TO batched")
+            self._conn.execute("RELEASE batched")
+            return False
+        self._conn.execute("RELEASE batched")
+        return True
+
+    def _run_one(self, unit: _Unit) -> Any:
+        try:
+            return unit.work(self._conn)
+        except _UNIT_ERRORS as exc:
+            raise _UnitFailed(unit, exc) from exc
+        except sqlite3.Error:
+            raise  # the journal, not the unit, is in trouble
+        except Exception as exc:
+            raise _UnitFailed(unit, exc) from exc
 
     def _rejected(self, failed: _UnitFailed) -> BaseException:
         if isinstance(failed.error, ValueError | TypeError):

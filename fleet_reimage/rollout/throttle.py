@@ -10,7 +10,8 @@ AIMD loops, in the spirit of TCP congestion control:
   ``1/limit`` (about +1 per round trip of the whole window).
 - **Rate** (429 only, the service's per-account request-rate quota): unpaced until 429s
   make up a real share of the answers (``RATE_CUT_SHARE`` of at least ``RATE_MIN_ANSWERS``
-  answers in the last second, so a stray 429 does not slow a healthy run). Then requests
+  answers in the last second, so a stray 429 does not slow a healthy run; once paced, any
+  429 cuts the pace again, at most once per cooldown). Then requests
   are paced by a token bucket at 0.9 x the success rate the server allowed over the last
   second, growing back additively (5% of the cut rate per second). One request in flight
   can exceed a rate quota when the service answers fast, which is why concurrency alone is
@@ -116,11 +117,9 @@ class AdaptiveThrottle:
         if now - self._last_cut >= cooldown:
             self._last_cut, changed = now, True
             self._limit = max(1.0, self._limit * self._decrease)
-        if (
-            rate_limited
-            and now - self._last_rate_cut >= cooldown
-            and self._rate_limited_share() >= RATE_CUT_SHARE
-        ):
+        # Once paced, any 429 means the pace is too fast; before, only a real share of them.
+        over_quota = self.rate is not None or self._rate_limited_share() >= RATE_CUT_SHARE
+        if rate_limited and now - self._last_rate_cut >= cooldown and over_quota:
             self._last_rate_cut, changed = now, True
             admitted = self._observed_rate(now)
             if self.rate is not None:
@@ -140,6 +139,8 @@ class AdaptiveThrottle:
 
     def _rate_limited_share(self) -> float:
         answers = len(self._successes) + len(self._rate_limited)
+        if len(self._rate_limited) >= RATE_MIN_ANSWERS // 2:
+            return 1.0  # a burst of 429s is a quota whatever else came back
         return len(self._rate_limited) / answers if answers >= RATE_MIN_ANSWERS else 0.0
 
     def _observed_rate(self, now: float) -> float:

@@ -1,0 +1,171 @@
+"""throughput: reimages per second, end to end, against the practical client limit and the SDK.
+
+20,000 idle nodes in 4 pools, an emulator with no latency and no faults (a fresh emulator
+process per measurement, pinned to its own core), concurrency 64. Three contenders, each a
+whole command in its own process, timed from start to exit:
+
+- ``fleet-reimage run PLAN --yes --journal J --log-file L`` (durable journal, as in
+  production; plan resolution included; ``health.wait: false``: fire and forget);
+- ``contenders.py aiohttp``: list with ``$select=id``, then signed POSTs, semaphore 64;
+- ``contenders.py sdk``: the same with the official azure-batch async SDK.
+
+Rounds are interleaved (the order rotates each round) and every figure is the median of the
+rounds with its [min..max]. After each measurement the emulator's stats must show every node
+reimaged exactly once, or the benchmark fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import common
+from common import Series
+
+CONTENDERS = ("fleet-reimage", "aiohttp", "sdk")
+
+
+def measure(name: str, folder: Path, nodes: int, pools: int, concurrency: int) -> dict[str, Any]:
+    fleet = common.fleet_text(common.pools_of(nodes, pools))
+    with common.emulator(folder / "emu", fleet) as emu:
+        emu_cpu_before = common.proc_cpu_s(emu.process.pid)
+        extra: dict[str, Any] = {}
+        if name == "fleet-reimage":
+            plan = folder / "plan.yaml"
+            plan.write_text(
+                common.plan_text(emu.url, concurrency=concurrency, per_account=concurrency),
+                encoding="utf-8",
+            )
+            journal = folder / "journal.db"
+            child = common.run(
+                common.fleet_reimage(
+                    "run", str(plan), "--yes", "--journal", str(journal), "--log-file",
+                    str(folder / "log.jsonl"),
+                ),
+                folder,
+                tag=name,
+            )
+            common.check(child, name)
+            phase = common.journal_phase(journal)
+            extra["dispatch_s"] = phase["dispatch_s"]
+            extra["journal_mb"] = journal.stat().st_size / 1e6
+        else:
+            child = common.run(
+                [common.PYTHON, str(common.BENCH / "contenders.py"), name, emu.url]
+                + ["--concurrency", str(concurrency)],
+                folder,
+                tag=name,
+            )
+            common.check(child, name)
+            import json
+
+            own = json.loads(child.stdout.strip().splitlines()[-1])
+            extra["dispatch_s"] = own["dispatch_s"]
+            extra["list_s"] = own["list_s"]
+        emu_cpu = common.proc_cpu_s(emu.process.pid) - emu_cpu_before
+        counts = emu.reimage_counts()
+    wrong = common.duplicates(counts)
+    if len(counts) != nodes or wrong:
+        raise RuntimeError(f"{name}: {len(wrong)} nodes not reimaged exactly once: {wrong}")
+    return {
+        "wall_s": child.wall_s,
+        "rate": nodes / child.wall_s,
+        "dispatch_rate": nodes / extra["dispatch_s"],
+        "cpu_s": child.cpu_s,
+        "emulator_cpu_s": emu_cpu,
+        "maxrss_mb": child.maxrss_mb,
+        **extra,
+    }
+
+
+def main(argv: list[str]) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="bench/run.py throughput")
+    parser.add_argument("--nodes", type=int, default=20_000)
+    parser.add_argument("--pools", type=int, default=4)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    print(
+        f"throughput: {args.nodes:,} nodes in {args.pools} pools, concurrency "
+        f"{args.concurrency}, {args.rounds} interleaved rounds (fresh emulator each time)"
+    )
+    series: dict[str, dict[str, Series]] = {
+        name: {
+            k: Series()
+            for k in ("rate", "wall_s", "dispatch_rate", "cpu_s", "emulator_cpu_s", "maxrss_mb")
+        }
+        for name in CONTENDERS
+    }
+    for round_no in range(args.rounds):
+        order = CONTENDERS[round_no % 3 :] + CONTENDERS[: round_no % 3]
+        for name in order:
+            with common.workdir(f"throughput-{name}") as folder:
+                figures = measure(name, folder, args.nodes, args.pools, args.concurrency)
+            for key, s in series[name].items():
+                s.add(figures[key])
+            print(
+                f"  round {round_no + 1} {name:<13} {figures['wall_s']:6.2f} s "
+                f"{figures['rate']:7,.0f}/s end to end, {figures['dispatch_rate']:7,.0f}/s "
+                f"dispatch, client CPU {figures['cpu_s']:5.1f} s, emulator CPU "
+                f"{figures['emulator_cpu_s']:5.1f} s",
+                flush=True,
+            )
+    rows = [
+        (
+            name,
+            s["rate"].show(),
+            f"{s['rate'].spread():.0%}",
+            s["wall_s"].show(2),
+            s["dispatch_rate"].show(),
+            s["cpu_s"].show(1),
+            s["emulator_cpu_s"].show(1),
+            s["maxrss_mb"].show(),
+        )
+        for name, s in series.items()
+    ]
+    print()
+    print(
+        common.table(
+            (
+                "contender",
+                "reimages/s (end to end)",
+                "spread",
+                "wall s",
+                "reimages/s (dispatch)",
+                "client CPU s",
+                "emulator CPU s",
+                "client RSS MB",
+            ),
+            rows,
+        )
+    )
+    fr = series["fleet-reimage"]["rate"].median
+    plain = series["aiohttp"]["rate"].median
+    sdk = series["sdk"]["rate"].median
+    ratios = {"fleet_reimage_vs_sdk": fr / sdk, "fleet_reimage_vs_aiohttp": fr / plain}
+    dispatch = {
+        "fleet_reimage_vs_sdk": series["fleet-reimage"]["dispatch_rate"].median
+        / series["sdk"]["dispatch_rate"].median,
+        "fleet_reimage_vs_aiohttp": series["fleet-reimage"]["dispatch_rate"].median
+        / series["aiohttp"]["dispatch_rate"].median,
+    }
+    print()
+    print(
+        f"fleet-reimage / SDK loop      = {ratios['fleet_reimage_vs_sdk']:.2f}x end to end "
+        f"({dispatch['fleet_reimage_vs_sdk']:.2f}x dispatch only)   goal >= 4x: "
+        f"{'met' if ratios['fleet_reimage_vs_sdk'] >= 4 else 'NOT met'}"
+    )
+    print(
+        f"fleet-reimage / aiohttp loop  = {ratios['fleet_reimage_vs_aiohttp']:.2f} end to end "
+        f"({dispatch['fleet_reimage_vs_aiohttp']:.2f} dispatch only)   goal >= 0.6: "
+        f"{'met' if ratios['fleet_reimage_vs_aiohttp'] >= 0.6 else 'NOT met'}"
+    )
+    return {
+        "parameters": vars(args),
+        "contenders": {
+            name: {key: s.as_dict() for key, s in by.items()} for name, by in series.items()
+        },
+        "ratios_end_to_end": ratios,
+        "ratios_dispatch": dispatch,
+    }

@@ -1,0 +1,196 @@
+"""``fleet-reimage status``: the runs of a journal, or where one run is (pure rendering).
+
+The text is for a tired operator at a terminal: what the run is doing, what is stuck (the
+nodes in flight the longest come first), what failed grouped by cause, the waves so far,
+and the next command to type. ``--output json`` carries the same facts for scripts.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .journal.model import RunRecord, RunStatus, TargetRecord, TargetState
+from .report import failure_lines, timeline_lines, totals_lines
+from .runview import (
+    RunData,
+    attempts_by_target,
+    clock,
+    counts_json,
+    counts_phrase,
+    failure_groups,
+    in_flight,
+    iso,
+    pool_counts,
+    resume_command,
+    run_json,
+    runner_alive,
+    span,
+    status_phrase,
+    timeline,
+    total_counts,
+    when,
+)
+from .textgrid import grid
+
+IN_FLIGHT_SHOWN = 10
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    """A run and its target counts, for the list of runs."""
+
+    run: RunRecord
+    counts: Counter[TargetState]
+
+
+# --- the list of runs -------------------------------------------------------------------
+
+
+def runs_text(summaries: Sequence[RunSummary], location: str, more: int) -> str:
+    if not summaries:
+        return (
+            f"no run in {location} yet: start one with "
+            f"`fleet-reimage run PLAN --journal {location}`"
+        )
+    headers = ("run", "name", "plan", "status", "started", "ended", "took", "nodes", "outcomes")
+    rows = [_run_row(s) for s in summaries]
+    lines = [f"Runs in {location}, newest first", ""]
+    lines += grid(headers, lambda: rows, right={6, 7})
+    if more:
+        lines.append(f"... and {more} older runs (--limit N shows more)")
+    lines += ["", f"details of one run: fleet-reimage status RUN_ID --journal {location}"]
+    return "\n".join(lines)
+
+
+def _run_row(summary: RunSummary) -> tuple[str, ...]:
+    run = summary.run
+    end = run.ended_at
+    return (
+        run.run_id,
+        run.name,
+        Path(run.plan_path).name,
+        _short_status(run),
+        when(run.created_at),
+        clock(end, run.created_at) if end else "-",
+        span((end or run.updated_at) - run.created_at),
+        str(sum(summary.counts.values())),
+        counts_phrase(summary.counts),
+    )
+
+
+def _short_status(run: RunRecord) -> str:
+    if run.status is RunStatus.RUNNING and runner_alive(run) is False:
+        return "running (runner gone)"
+    return run.status.value
+
+
+def runs_json(summaries: Sequence[RunSummary], location: str) -> dict[str, Any]:
+    return {
+        "journal": location,
+        "runs": [{**run_json(s.run), "counts": counts_json(s.counts)} for s in summaries],
+    }
+
+
+# --- one run ----------------------------------------------------------------------------
+
+
+def run_text(data: RunData, now: float) -> str:
+    run = data.run
+    pools = pool_counts(data.targets)
+    by_target = attempts_by_target(data.attempts)
+    lines = [
+        f"run {run.run_id}: plan {run.name!r} ({run.plan_path}), {run.action}",
+        f"  status   {status_phrase(run)}",
+    ]
+    if run.reason:
+        lines.append(f"  reason   {run.reason}")
+    ended = clock(run.ended_at, run.created_at) if run.ended_at else "-"
+    lines.append(
+        f"  started  {when(run.created_at)}   last write {clock(run.updated_at, run.created_at)} "
+        f"({span(now - run.updated_at)} ago)   ended {ended}"
+    )
+    lines += ["", "Nodes per pool", *("  " + line for line in totals_lines(pools))]
+    lines += ["", *_in_flight_lines(data.targets, now, run.created_at)]
+    failures = failure_groups(data.targets, by_target)
+    lines += ["", "Not done (by error code, else reason)"]
+    lines += ["  " + line for line in failure_lines(failures)] or ["  none"]
+    lines += ["", "Waves and events (UTC)"]
+    lines += [
+        "  " + line for line in timeline_lines(timeline(data.events, data.targets), run.created_at)
+    ]
+    lines += ["", *next_steps(run, data.location)]
+    return "\n".join(lines)
+
+
+def _in_flight_lines(targets: Sequence[TargetRecord], now: float, day: float) -> list[str]:
+    active = in_flight(targets)
+    if not active:
+        return ["In flight now: none"]
+    rows = [
+        (
+            f"{t.account}/{t.pool}",
+            t.node_id,
+            "awaiting health" if t.state is TargetState.ACCEPTED else "request in flight",
+            str(t.attempts),
+            clock(t.last_sent_at, day) if t.last_sent_at else "",
+            span(now - t.last_sent_at) if t.last_sent_at else "",
+            t.last_code or "",
+        )
+        for t in active[:IN_FLIGHT_SHOWN]
+    ]
+    headers = ("pool", "node", "state", "tries", "sent", "waiting", "last code")
+    lines = [f"In flight now: {len(active)} (longest waiting first)"]
+    lines += ["  " + line for line in grid(headers, lambda: rows, right={3, 5})]
+    if len(active) > IN_FLIGHT_SHOWN:
+        lines.append(f"  ... and {len(active) - IN_FLIGHT_SHOWN} more (--output json lists all)")
+    return lines
+
+
+def next_steps(run: RunRecord, location: str) -> list[str]:
+    """What to type next, given the run's status."""
+    report = f"fleet-reimage report {run.run_id} --journal {location}"
+    command = resume_command(run, location)
+    if run.status is RunStatus.RUNNING:
+        alive = runner_alive(run)
+        if alive:
+            return [
+                f"It is running now. Watch: fleet-reimage status {run.run_id} --journal {location}"
+            ]
+        if alive is None:
+            return [f"If the process on {run.host} is gone, continue it with: {command}"]
+        return [f"To continue: {command}"]
+    if command:
+        return [f"To continue: {command}", f"Details: {report}"]
+    return [f"Details: {report} --format markdown"]
+
+
+def run_status_json(data: RunData, now: float) -> dict[str, Any]:
+    run = data.run
+    pools = pool_counts(data.targets)
+    by_target = attempts_by_target(data.attempts)
+    alive = runner_alive(run) if run.status is RunStatus.RUNNING else None
+    return {
+        "run": {**run_json(run), "runner_alive": alive},
+        "totals": counts_json(total_counts(pools)),
+        "pools": [pool.as_json() for pool in pools],
+        "in_flight": [
+            {
+                "account": t.account,
+                "pool": t.pool,
+                "node": t.node_id,
+                "state": t.state.value,
+                "attempts": t.attempts,
+                "last_sent_at": iso(t.last_sent_at),
+                "waiting_s": None if t.last_sent_at is None else round(now - t.last_sent_at, 3),
+                "last_code": t.last_code,
+            }
+            for t in in_flight(data.targets)
+        ],
+        "failures": [g.as_json() for g in failure_groups(data.targets, by_target)],
+        "timeline": timeline(data.events, data.targets).as_json(),
+        "resume": resume_command(run, data.location),
+    }
