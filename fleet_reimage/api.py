@@ -26,13 +26,21 @@ from .batch.transport import Transport
 from .connect import Connections, connect
 from .events import NullObserver, RunObserver
 from .executor import Executor, RunResult, RunSettings
-from .journal import Journal, JournalError, RunRecord, RunStatus, open_journal
+from .journal import (
+    Journal,
+    JournalError,
+    RunRecord,
+    RunStatus,
+    is_postgres_url,
+    open_journal,
+)
 from .plan.load import load_plan as _load_plan
 from .plan.load import parse_plan
 from .plan.model import Plan
 from .plan.resolve import Resolution, resolve
 from .problems import InputError, Problem
 from .runner import create_run, execute, owner_label
+from .sharedrun import DEFAULT_LEASE, SharedSettings, new_runner
 
 DEFAULT_JOURNAL = "fleet-reimage.db"
 
@@ -72,6 +80,18 @@ async def _writable_journal(location: str | Path, owner: str) -> AsyncIterator[J
         await journal.close()
 
 
+def _shared(location: str | Path, *, join: bool, lease: float) -> SharedSettings | None:
+    """PostgreSQL journals run in shared mode (claims with leases); SQLite ones alone."""
+    if not is_postgres_url(location):
+        if join:
+            raise RefusedError(
+                "--join needs a journal shared between machines: pass "
+                "--journal postgresql://... (a SQLite file has one writer)"
+            )
+        return None
+    return SharedSettings(runner=new_runner(), exclusive=not join, lease=lease)
+
+
 async def run_plan(
     plan: Plan,
     *,
@@ -80,12 +100,31 @@ async def run_plan(
     hooks: RunHooks | None = None,
     options: dict[str, Any] | None = None,
     transport: Transport | None = None,
+    join: bool = False,
+    lease: float = DEFAULT_LEASE,
 ) -> RunResult:
-    """Resolve the plan, record the run in the journal, and run it to its end or a stop."""
+    """Resolve the plan, record the run in the journal, and run it to its end or a stop.
+
+    With ``join`` (PostgreSQL journals), take a share of the unfinished run of this plan if
+    there is one (started elsewhere), instead of refusing.
+    """
     hooks = hooks or RunHooks()
     settings = settings or RunSettings()
+    shared = _shared(journal, join=join, lease=lease)
     async with _writable_journal(journal, owner_label("new")) as store:
-        await _refuse_unfinished_duplicate(store, plan)
+        existing = await _unfinished_run_of(store, plan)
+        if existing is not None and join:
+            async with connect(plan, transport=transport) as connections:
+                return await _execute(
+                    existing, plan, store, connections, settings, hooks, shared=shared
+                )
+        if existing is not None:
+            raise RefusedError(
+                f"run {existing.run_id} of this plan is unfinished ({existing.status.value}, "
+                f"last run by {existing.host} pid {existing.pid}): resume it with "
+                f"`fleet-reimage resume {existing.run_id} --journal {store.location}`"
+                + (" or take a share of it with --join" if shared is not None else "")
+            )
         async with connect(plan, transport=transport) as connections:
             resolution = await resolve(plan, connections.clients)
             if resolution.total_selected == 0:
@@ -95,7 +134,7 @@ async def run_plan(
             run = await create_run(
                 plan, resolution, store, options={**(options or {}), "deadline": settings.deadline}
             )
-            return await _execute(run, plan, store, connections, settings, hooks)
+            return await _execute(run, plan, store, connections, settings, hooks, shared=shared)
 
 
 async def resume_run(
@@ -108,13 +147,17 @@ async def resume_run(
     settings: RunSettings | None = None,
     hooks: RunHooks | None = None,
     transport: Transport | None = None,
+    join: bool = False,
+    lease: float = DEFAULT_LEASE,
 ) -> RunResult | RunRecord:
     """Continue a run (the latest unfinished one by default).
 
-    Returns the finished ``RunRecord`` unchanged when there is nothing left to do.
+    Returns the finished ``RunRecord`` unchanged when there is nothing left to do. With a
+    PostgreSQL journal, ``join`` takes a share of a run other runners are still driving.
     """
     hooks = hooks or RunHooks()
     settings = settings or RunSettings()
+    shared = _shared(journal, join=join, lease=lease)
     async with _writable_journal(journal, owner_label(run_id or "resume")) as store:
         run = await _find_run(store, run_id)
         if run.status is RunStatus.FINISHED:
@@ -133,6 +176,7 @@ async def resume_run(
                 resuming=True,
                 accept_failures=accept_failures,
                 failure_budget=failure_budget,
+                shared=shared,
             )
 
 
@@ -236,13 +280,12 @@ async def _plan_for_resume(store: Journal, run: RunRecord, force_plan: bool) -> 
     return plan
 
 
-async def _refuse_unfinished_duplicate(store: Journal, plan: Plan) -> None:
+async def _unfinished_run_of(store: Journal, plan: Plan) -> RunRecord | None:
+    """The newest unfinished run of exactly this plan text, if any."""
     for run in await store.runs():
         if run.status is not RunStatus.FINISHED and run.plan_sha256 == plan.source.sha256:
-            raise RefusedError(
-                f"run {run.run_id} of this plan is unfinished ({run.status.value}): resume it "
-                f"with `fleet-reimage resume {run.run_id} --journal {store.location}`"
-            )
+            return run
+    return None
 
 
 __all__ = [

@@ -20,6 +20,7 @@ from .plan.model import Plan
 from .plan.resolve import Resolution
 from .plan.schedule import render_schedule, resolution_json
 from .progress import start_progress, suspended
+from .sharedrun import DEFAULT_LEASE
 from .units import UnitError, parse_duration
 
 Handler = Callable[[argparse.Namespace], Awaitable[int]]
@@ -172,6 +173,20 @@ def _execution_options(parser: argparse.ArgumentParser, deadline: Any) -> None:
         metavar="FILE",
         help="append run events as JSON lines to FILE (kinds and fields: docs/events.md)",
     )
+    group.add_argument(
+        "--join",
+        action="store_true",
+        help="with a postgresql:// journal: take a share of a run other runners are driving "
+        "(work is claimed with leases; limits hold across all runners)",
+    )
+    group.add_argument(
+        "--lease",
+        type=_duration,
+        default=DEFAULT_LEASE,
+        metavar="DURATION",
+        help="shared runs: how long this runner's claims survive without a heartbeat; "
+        f"another runner takes its nodes over after that (default {DEFAULT_LEASE:g}s)",
+    )
 
 
 async def _load(path: Path) -> Plan:
@@ -288,7 +303,14 @@ async def cmd_run(args: argparse.Namespace) -> int:
 
     async def start(hooks: api.RunHooks) -> RunResult:
         hooks.confirm_start = None if args.yes else _confirm_start
-        return await api.run_plan(plan, journal=args.journal, settings=settings, hooks=hooks)
+        return await api.run_plan(
+            plan,
+            journal=args.journal,
+            settings=settings,
+            hooks=hooks,
+            join=args.join,
+            lease=args.lease,
+        )
 
     result = await _run_with_views(args, start)
     assert isinstance(result, RunResult)
@@ -306,6 +328,8 @@ async def cmd_resume(args: argparse.Namespace) -> int:
             failure_budget=args.failure_budget,
             settings=settings,
             hooks=hooks,
+            join=args.join,
+            lease=args.lease,
         )
 
     result = await _run_with_views(args, start)

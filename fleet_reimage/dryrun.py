@@ -21,6 +21,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import anyio
+
 from . import api
 from .plan.model import Plan
 from .plan.resolve import PoolResolution, Resolution
@@ -207,7 +209,12 @@ async def dry_run(
     pools = simulate(resolution, assumed)
     if deadline is None and plan.rollout.deadline is not None:
         deadline = plan.rollout.deadline.timestamp()
-    print(render_schedule(resolution))
-    print(render_simulation(resolution, pools, assumed, deadline))
-    print("dry run: no reimage or reboot request was sent, and no journal was written")
+    text = "\n".join(
+        (
+            render_schedule(resolution),
+            render_simulation(resolution, pools, assumed, deadline),
+            "dry run: no reimage or reboot request was sent, and no journal was written",
+        )
+    )
+    await anyio.to_thread.run_sync(print, text)  # a terminal write may block: not on the loop
     return 0

@@ -22,8 +22,9 @@ import math
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
@@ -50,9 +51,11 @@ from .journal.model import (
     AttemptOutcome,
     AttemptStart,
     Journal,
+    LeaseLost,
     RunEvent,
     RunStatus,
     TargetChange,
+    TargetRecord,
     TargetState,
 )
 from .plan.model import Plan
@@ -80,6 +83,9 @@ from .runstate import (
     snapshot_pool,
 )
 from .slots import SendSlots
+
+if TYPE_CHECKING:
+    from .sharedrun import SharedRunCoordinator
 
 log = structlog.get_logger("fleet_reimage.run")
 
@@ -138,6 +144,7 @@ class Executor:
             max_backoff=retry.max_backoff,
         )
         self.health = HealthMonitor(self)
+        self.shared: SharedRunCoordinator | None = None  # set for a shared (joined) run
         self.slots = SendSlots(plan.execution.concurrency, self.accounts)
         self._jobs = 0  # live job tasks
         self._unsent = 0  # jobs launched that have not been granted (or denied) a send slot
@@ -167,9 +174,31 @@ class Executor:
     def wake(self) -> None:
         self._wake.set()
 
+    def start_background(self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
+        """Run ``func(*args)`` beside the run (a journal write nobody needs to wait for)."""
+        self._group.start_soon(func, *args)
+
     def active_node_ids(self, pool: PoolRun) -> set[str]:
-        """Node ids of the pool's targets between dispatch and a terminal state."""
+        """Node ids of the pool's targets between dispatch and a terminal state.
+
+        In a shared run other runners' targets may be reimaging too, and only the journal
+        knows which: every target not known to be finished counts as someone's.
+        """
+        if self.shared is not None:
+            return {
+                t.record.node_id
+                for t in self.targets.values()
+                if t.pool is pool and t.phase is not Phase.DONE
+            }
         return {self.targets[t].record.node_id for t in pool.rollout.active_targets()}
+
+    def refresh_record(self, target: RunTarget, record: TargetRecord) -> None:
+        """Adopt the journal's view of a target (another runner may have changed it)."""
+        self._set_state(target, record.state)
+        mine = target.record
+        mine.attempts, mine.reason = record.attempts, record.reason
+        mine.first_sent_at, mine.last_sent_at = record.first_sent_at, record.last_sent_at
+        mine.accepted_at = record.accepted_at
 
     def snapshots(self) -> list[PoolSnapshot]:
         return [snapshot_pool(pool) for pool in self.pools]
@@ -190,6 +219,8 @@ class Executor:
             # it (with 100,000 targets a full collection would pause the loop for ~100 ms).
             gc.collect()
             gc.freeze()
+            if self.shared is not None:
+                await self.shared.start()
             send, receive = anyio.create_memory_object_stream[Job](math.inf)
             self._jobs_out = send
             try:
@@ -199,6 +230,8 @@ class Executor:
                     group.start_soon(self._ticker)
                     for _ in range(2 * self.plan.execution.concurrency):
                         group.start_soon(self._worker, receive.clone())
+                    if self.shared is not None:
+                        group.start_soon(self.shared.run)
                     await self._dispatch_loop()
                     group.cancel_scope.cancel()
             finally:
@@ -351,11 +384,25 @@ class Executor:
         client_request_id = str(uuid.uuid4())
         attempt_no = record.attempts + 1
         sent_at = time.time()
-        await self.journal.attempt_started(
-            AttemptStart(
-                self.run_id, record.target_id, attempt_no, self.action, client_request_id, sent_at
+        runner_id = self.shared.runner_id if self.shared is not None else None
+        try:
+            await self.journal.attempt_started(
+                AttemptStart(
+                    self.run_id,
+                    record.target_id,
+                    attempt_no,
+                    self.action,
+                    client_request_id,
+                    sent_at,
+                    runner_id,
+                )
             )
-        )
+        except LeaseLost:  # another runner owns it now: forget it, send nothing
+            self._unsent -= 1
+            pool.account.unsent -= 1
+            target.phase = Phase.QUEUED
+            pool.rollout.drop(target.id)
+            return
         self._set_state(target, TargetState.IN_FLIGHT)
         record.attempts = attempt_no
         record.first_sent_at = record.first_sent_at or sent_at
@@ -461,7 +508,7 @@ class Executor:
     async def _reconcile(self, pool: PoolRun, target: RunTarget) -> None:
         record = target.record
         if not await self._send_slot(pool):
-            self._schedule(pool, target, JobKind.RECONCILE, 0.0)  # stays in doubt for resume
+            self.schedule(pool, target, JobKind.RECONCILE, 0.0)  # stays in doubt for resume
             return
         try:
             node = await pool.account.client.get_node(
@@ -470,11 +517,11 @@ class Executor:
         except NotFound:
             node = None
         except AuthFailed as error:  # the node stays in doubt; resume reads it again
-            self._schedule(pool, target, JobKind.RECONCILE, 0.0)
+            self.schedule(pool, target, JobKind.RECONCILE, 0.0)
             self.request_stop("auth", f"authentication failed: {error}")
             return
         except BatchError as error:  # could not read it now: read again a little later
-            self._schedule(pool, target, JobKind.RECONCILE, self.policy.initial_backoff)
+            self.schedule(pool, target, JobKind.RECONCILE, self.policy.initial_backoff)
             log.info("reconcile read failed", error=str(error))
             return
         finally:
@@ -527,7 +574,7 @@ class Executor:
             self._retry_later(pool, target, step, answer, now)
         elif isinstance(step, ReconcileLater):
             target.maybe_applied = True
-            self._schedule(pool, target, JobKind.RECONCILE, step.delay)
+            self.schedule(pool, target, JobKind.RECONCILE, step.delay)
         elif isinstance(step, Settle):
             self.settle(target, step.state, step.reason)
         elif isinstance(step, StopPool):
@@ -569,9 +616,9 @@ class Executor:
                 {"account": pool.account.name, "pool": pool.pool_id, "retry_after": server_delay},
             )
         target.phase = Phase.BACKOFF
-        self._schedule(pool, target, JobKind.ACTION, step.delay)
+        self.schedule(pool, target, JobKind.ACTION, step.delay)
 
-    def _schedule(self, pool: PoolRun, target: RunTarget, kind: JobKind, delay: float) -> None:
+    def schedule(self, pool: PoolRun, target: RunTarget, kind: JobKind, delay: float) -> None:
         self._seq += 1
         if kind is JobKind.RECONCILE:
             target.phase = Phase.RECONCILE
@@ -639,7 +686,7 @@ class Executor:
             "wave_completed",
             account=pool.account.name,
             pool=pool.pool_id,
-            data={**data, "next_wave_at": wave.next_wave_at},
+            data={**data, "next_wave_at": _wall(wave.next_wave_at)},
         )
 
     # --- stops and checkpoints ---
@@ -673,6 +720,7 @@ class Executor:
         self._checkpoint_open = False
         if go_on:
             self._journal_event("checkpoint_confirmed", data={})
+            self.observer.event("checkpoint_confirmed", {"run": self.run_id})
             for pool in held:
                 pool.rollout.release_checkpoint()
         else:
@@ -692,10 +740,17 @@ class Executor:
                     target = self.targets[target_id]
                     if kind is JobKind.ACTION and target.phase is Phase.BACKOFF:
                         await self._change(target, TargetState.PENDING, "stopped before its retry")
-            result = self._result()
-            await self.journal.set_run_status(
-                self.run_id, result.status, result.reason, time.time()
-            )
+            states = [t.record.state for t in self.targets.values()]
+            others_alive = False
+            if self.shared is not None:  # the run's truth is the journal's, not ours alone
+                others_alive = self.shared.live_runners > 1
+                await self.shared.leave()
+                states = [r.state for r in await self.journal.targets(self.run_id)]
+            result = self._result(states)
+            if result.status is RunStatus.FINISHED or not others_alive:
+                await self.journal.set_run_status(
+                    self.run_id, result.status, result.reason, time.time()
+                )
         self.observer.event(
             "run_finished" if result.status is RunStatus.FINISHED else "run_stopped",
             {
@@ -707,16 +762,16 @@ class Executor:
         )
         return result
 
-    def _result(self) -> RunResult:
+    def _result(self, states: Sequence[TargetState]) -> RunResult:
         counts: dict[str, int] = {state.value: 0 for state in TargetState}
-        for target in self.targets.values():
-            counts[target.record.state.value] += 1
+        for state in states:
+            counts[state.value] += 1
         stopped = {
             f"{p.account.name}/{p.pool_id}": p.rollout.stopped
             for p in self.pools
             if p.rollout.stopped
         }
-        all_terminal = all(t.record.state.terminal for t in self.targets.values())
+        all_terminal = all(state.terminal for state in states)
         if self.stop_kind == "interrupted":
             status, code = RunStatus.INTERRUPTED, 130
         elif self.stop_kind is not None and not all_terminal:
@@ -767,6 +822,13 @@ class Executor:
             "client_request_id": target.last_client_request_id,
             **extra,
         }
+
+
+def _wall(monotonic_time: float | None) -> float | None:
+    """A monotonic instant as wall-clock epoch seconds (for records read by other processes)."""
+    if monotonic_time is None or not math.isfinite(monotonic_time):
+        return None
+    return time.time() + (monotonic_time - time.monotonic())
 
 
 def _target_state_for(step: NodeStep, accepted: TargetState) -> TargetState:

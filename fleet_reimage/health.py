@@ -127,9 +127,12 @@ class HealthMonitor:
     def _refresh_baseline(self, pool: PoolRun, nodes: dict[str, NodeInfo]) -> None:
         ready = self.spec.ready_states
         ours = self.executor.active_node_ids(pool)
-        pool.rollout.set_baseline(
-            sum(1 for node in nodes.values() if node.state not in ready and node.id not in ours)
+        baseline = sum(
+            1 for node in nodes.values() if node.state not in ready and node.id not in ours
         )
+        pool.rollout.set_baseline(baseline)
+        if self.executor.shared is not None:  # other runners' claims count it too
+            self.executor.shared.publish_baseline(pool, baseline)
 
     async def _judge(self, pool: PoolRun, nodes: dict[str, NodeInfo]) -> None:
         now = time.monotonic()

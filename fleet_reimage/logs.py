@@ -4,9 +4,10 @@ Context (run, account, pool, node, client_request_id, attempt) is bound with con
 the executor, so every event in a node's work carries it. Filtering happens before any
 formatting (``make_filtering_bound_logger``), so debug events cost almost nothing at info.
 
-JSON lines are rendered on the caller's thread but written by a background thread in
-batches: a run logs one summary line per node, and a write per line on the event loop
-would be blocking file I/O on the hot path. ``flush()`` (also at exit) writes what is left.
+Lines are rendered on the caller's thread but written by a background thread in batches:
+a run logs one summary line per node, and a write per line on the event loop would be
+blocking I/O on the hot path (and a terminal that stops reading would stall the run).
+``flush()`` (also at exit) writes what is left.
 """
 
 from __future__ import annotations
@@ -120,13 +121,13 @@ def configure(
     pretty = log_format == "console" or (log_format == "auto" and not log_file and out.isatty())
     flush()
     factory: Any
-    if pretty:
-        renderer: Any = structlog.dev.ConsoleRenderer(colors=out.isatty())
-        factory = structlog.PrintLoggerFactory(out)
-    else:
-        renderer = structlog.processors.JSONRenderer()
-        writer = _Current.writer = BackgroundWriter(out)
-        factory = lambda *_: _LineLogger(writer)  # noqa: E731
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer(colors=out.isatty())
+        if pretty
+        else structlog.processors.JSONRenderer()
+    )
+    writer = _Current.writer = BackgroundWriter(out)
+    factory = lambda *_: _LineLogger(writer)  # noqa: E731
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

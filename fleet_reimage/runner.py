@@ -14,9 +14,9 @@ import socket
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import anyio
 
@@ -30,8 +30,10 @@ from .journal.model import (
     Journal,
     NewRun,
     NewTarget,
+    RunEvent,
     RunRecord,
     RunStatus,
+    SharedRuns,
     TargetChange,
     TargetRecord,
     TargetState,
@@ -39,10 +41,12 @@ from .journal.model import (
 from .plan.model import Plan
 from .plan.resolve import Resolution
 from .rollout.budget import FailureBudget
+from .rollout.claimed import ClaimedPoolRollout
 from .rollout.outcomes import Accepted, Settle, after_reconcile
 from .rollout.pool import PoolRollout
 from .rollout.throttle import AdaptiveThrottle
 from .runstate import AccountRun, JobKind, Phase, PoolKey, PoolRun, RunTarget
+from .sharedrun import SharedRunCoordinator, SharedSettings
 
 
 def new_run_id(now: float | None = None) -> str:
@@ -122,13 +126,41 @@ async def execute(
     failure_budget: int | None = None,
     resuming: bool = False,
     executor_ready: Any = None,
+    shared: SharedSettings | None = None,
 ) -> RunResult:
-    """Run (or resume) ``run`` to its end or a stop; returns the result."""
+    """Run (or resume, or join) ``run`` to its end or a stop; returns the result."""
     records = await journal.targets(run.run_id)
     limits = _limits_from_options(run)
-    if resuming:
+    if resuming and shared is None:
         limits = await _reconcile_on_resume(run, plan, journal, clients, records, limits)
-        await journal.set_run_status(run.run_id, RunStatus.RUNNING, "resumed", time.time())
+    if resuming or shared is not None:
+        options = dict(run.options)
+        if accept_failures:  # joined runners read it from the run, so all forgive the same
+            options["forgiven_failures"] = sum(r.state is TargetState.FAILED for r in records)
+        if failure_budget is not None:
+            options["failure_budget"] = failure_budget
+        await journal.set_run_status(
+            run.run_id,
+            RunStatus.RUNNING,
+            "resumed" if resuming else "running",
+            time.time(),
+            options,
+        )
+        run = replace(run, options=options)
+        kind = "run_resumed" if resuming else "runner_joined"
+        await journal.record_event(
+            RunEvent(
+                run.run_id,
+                time.time(),
+                kind,
+                data={
+                    "host": socket.gethostname(),
+                    "pid": os.getpid(),
+                    "accept_failures": accept_failures,
+                    "failure_budget": failure_budget,
+                },
+            )
+        )
     executor = build_executor(
         run,
         plan,
@@ -140,6 +172,7 @@ async def execute(
         observer,
         accept_failures=accept_failures,
         failure_budget=failure_budget,
+        shared=shared,
     )
     if executor_ready is not None:
         executor_ready(executor)
@@ -158,6 +191,7 @@ def build_executor(
     *,
     accept_failures: bool = False,
     failure_budget: int | None = None,
+    shared: SharedSettings | None = None,
 ) -> Executor:
     """The executor's in-memory state from the journal's targets (new or resumed alike)."""
     accounts: dict[str, AccountRun] = {}
@@ -172,20 +206,25 @@ def build_executor(
         by_pool[(record.account, record.pool)].append(record)
     pools: list[PoolRun] = []
     targets: list[RunTarget] = []
+    make_pool = _pool_run if shared is None else _claimed_pool_run
     for (account_name, pool_id), pool_records in by_pool.items():
         limit = limits.get(f"{account_name}/{pool_id}")
-        pool, pool_targets = _pool_run(plan, accounts[account_name], pool_id, pool_records, limit)
+        pool, pool_targets = make_pool(plan, accounts[account_name], pool_id, pool_records, limit)
         pools.append(pool)
         targets.extend(pool_targets)
     total = len(records)
+    if failure_budget is None and "failure_budget" in run.options:
+        failure_budget = int(run.options["failure_budget"])
     budget_limit = (
         failure_budget if failure_budget is not None else (plan.rollout.failure_budget.of(total))
     )
     failed = sum(1 for r in records if r.state is TargetState.FAILED)
+    forgiven = failed if accept_failures else int(run.options.get("forgiven_failures", 0))
+    # In a shared run the journal's claims enforce the budget across runners, not this copy.
     budget = FailureBudget(
-        limit=budget_limit, failures=failed, forgiven=failed if accept_failures else 0
+        limit=budget_limit if shared is None else total + 1, failures=failed, forgiven=forgiven
     )
-    return Executor(
+    executor = Executor(
         run_id=run.run_id,
         plan=plan,
         journal=journal,
@@ -196,6 +235,41 @@ def build_executor(
         settings=settings,
         observer=observer,
     )
+    if shared is not None:
+        executor.shared = SharedRunCoordinator(
+            executor,
+            cast(SharedRuns, journal),
+            shared,
+            failure_budget=budget_limit,
+            forgiven_failures=forgiven,
+        )
+    return executor
+
+
+def _claimed_pool_run(
+    plan: Plan,
+    account: AccountRun,
+    pool_id: str,
+    records: list[TargetRecord],
+    limit: PoolLimits | None,
+) -> tuple[PoolRun, list[RunTarget]]:
+    """A pool of a shared run: nothing is ours until the journal's claims say so."""
+    max_unavailable = (
+        limit.max_unavailable if limit else max(1, plan.rollout.max_unavailable.of(len(records)))
+    )
+    rollout = ClaimedPoolRollout(
+        len(plan.rollout.waves),
+        max_unavailable=max_unavailable,
+        baseline=limit.baseline_unavailable if limit else 0,
+    )
+    pool = PoolRun(account, pool_id, rollout, selected=len(records))
+    targets = []
+    for record in sorted(records, key=lambda r: r.position):
+        target = RunTarget(record, pool)
+        pool.states[record.state] += 1
+        target.phase = Phase.DONE if record.state.terminal else Phase.QUEUED
+        targets.append(target)
+    return pool, targets
 
 
 def _pool_run(

@@ -15,6 +15,7 @@ from enum import Enum
 from .batch.client import BatchClient
 from .batch.retry import RetryCounters
 from .journal.model import TargetRecord, TargetState
+from .rollout.claimed import ClaimedPoolRollout
 from .rollout.pool import PoolRollout
 from .rollout.throttle import AdaptiveThrottle
 
@@ -65,7 +66,7 @@ class AccountRun:
 class PoolRun:
     account: AccountRun
     pool_id: str
-    rollout: PoolRollout
+    rollout: PoolRollout | ClaimedPoolRollout
     selected: int
     retry_heap: list[tuple[float, int, int, JobKind]] = field(default_factory=list)
     awaiting: dict[int, RunTarget] = field(default_factory=dict)  # accepted, awaiting health

@@ -156,8 +156,8 @@ async def _runs_listing(store: Journal, args: argparse.Namespace) -> str:
         RunSummary(run, Counter(t.state for t in await store.targets(run.run_id))) for run in shown
     ]
     if args.output == "json":
-        return json.dumps(runs_json(summaries, args.journal), indent=2)
-    return runs_text(summaries, args.journal, len(runs) - len(shown))
+        return json.dumps(runs_json(summaries, _shown(args, store)), indent=2)
+    return runs_text(summaries, _shown(args, store), len(runs) - len(shown))
 
 
 async def cmd_report(args: argparse.Namespace) -> int:
@@ -200,14 +200,15 @@ async def _pick_run(store: Journal, args: argparse.Namespace) -> RunRecord:
     if args.run_id is not None:
         run = await store.get_run(args.run_id)
         if run is None:
+            where = _shown(args, store)
             raise api.RefusedError(
-                f"no run {args.run_id!r} in {args.journal}; "
-                f"`fleet-reimage status --journal {args.journal}` lists the runs"
+                f"no run {args.run_id!r} in {where}; "
+                f"`fleet-reimage status --journal {where}` lists the runs"
             )
         return run
     runs = await store.runs()
     if not runs:
-        raise api.RefusedError(f"no run in {args.journal} yet")
+        raise api.RefusedError(f"no run in {_shown(args, store)} yet")
     return runs[0]
 
 
@@ -219,7 +220,13 @@ async def _run_data(store: Journal, args: argparse.Namespace) -> RunData:
     attempts = await store.attempts(run.run_id)
     events = await store.events(run.run_id)
     exclusions = await store.exclusions(run.run_id)
-    return RunData(run, targets, attempts, events, exclusions, args.journal)
+    return RunData(run, targets, attempts, events, exclusions, _shown(args, store))
+
+
+def _shown(args: argparse.Namespace, store: Journal) -> str:
+    """The journal as the user named it, for commands to copy; a URL without its password."""
+    location: str = args.journal
+    return store.location if is_postgres_url(location) else location
 
 
 # --- writing (worker thread) ------------------------------------------------------------

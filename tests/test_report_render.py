@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import time
 from collections.abc import Iterator
 
@@ -243,3 +244,23 @@ def test_a_big_run_renders_in_linear_time() -> None:
         assert "tvm-029999" in text or fmt == "markdown"
     assert time.perf_counter() - started < 15
     assert len(json.loads(render(data, "json"))["nodes"]) == 30_000
+
+
+def test_a_running_run_whose_process_died_is_called_so_with_the_command_to_resume() -> None:
+    import dataclasses
+    import socket
+    import subprocess
+    import sys
+
+    dead_pid = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead_pid.wait(timeout=30)
+    here = dataclasses.replace(
+        run_record(RunStatus.RUNNING), host=socket.gethostname(), pid=dead_pid.pid
+    )
+    data = sample()
+    text = run_text(RunData(here, data.targets, data.attempts, [], [], "j.db"), now=T0 + 700)
+    assert f"its process (pid {dead_pid.pid}) is gone" in text
+    assert f"To continue: fleet-reimage resume {RUN} --journal j.db" in text
+    alive = dataclasses.replace(here, pid=os.getpid())
+    text = run_text(RunData(alive, data.targets, data.attempts, [], [], "j.db"), now=T0 + 700)
+    assert f"running (pid {os.getpid()})" in text and "It is running now" in text

@@ -26,7 +26,7 @@ def test_status_and_report_agree_with_what_the_emulator_saw(tmp_path: Path) -> N
         tmp_path,
         pools,
         outcomes={"starttaskfailed": 0.2},
-        faults={"seed": 5, "reimage": {"throttle": 0.15, "retry_after": "10ms"}},
+        faults={"seed": 5, "reimage": {"throttle": 0.3, "retry_after": "10ms"}},
     ) as emu:
         plan = write_plan(tmp_path, emu.url, name="patch-night")
         journal = tmp_path / "j.db"

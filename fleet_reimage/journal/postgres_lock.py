@@ -1,15 +1,20 @@
-"""The single-writer lock of a PostgreSQL journal: a session advisory lock on its own connection.
+"""The writer lock of a PostgreSQL journal: a *shared* session advisory lock on its own connection.
 
-``pg_try_advisory_lock`` is held by the lock connection for as long as the journal is open for
-writing. The server drops it when that session ends, so a crashed runner never leaves a stale
-lock behind (a runner killed outright ends its session at once; one cut off by the network
-ends it when TCP keepalives give up). The holder's "host pid run" sits in the ``writer`` table
-with the backend pid that holds the lock, so a refused writer can name it, and can tell a
-current name from one a previous holder left behind.
+Since schema 2 several runners may write one journal at once (even one run: see
+``postgres_shared``), so writers of this version take the advisory lock in shared mode and never
+exclude one another; who runs a run is decided per run, by ``register_runner``. The lock still
+matters against fleet-reimage versions from before shared runs, which take the same lock
+exclusively and do not know about row leases: while one of them holds it, this writer is
+refused (``JournalBusy`` naming it), and while writers of this version hold it, the old tool is
+refused. The server drops the lock when its session ends, so a crashed runner never leaves a
+stale lock behind (a runner killed outright ends its session at once; one cut off by the network
+ends it when TCP keepalives give up). The latest writer's "host pid run" sits in the ``writer``
+table with the backend pid that holds the lock, so that a refused writer can name it.
 
 The lock lives on a connection of its own, not the writer's: the group writer checks in every
 batch transaction that this connection still holds it (see ``holds_statement``), so a lock
-lost with its connection stops the writes instead of letting two runners write at once.
+lost with its connection stops the writes instead of letting an old exclusive writer in beside
+this one.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ _HOLDER = (
     " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
     " AND classid::bigint = %s AND objid::bigint = %s AND objsubid = 2"
 )
+# Who keeps a shared request out: only an exclusive holder can (an older fleet-reimage).
+_EXCLUSIVE_HOLDER = f"{_HOLDER} AND mode = 'ExclusiveLock'"
 
 
 class WriterLock:
@@ -49,20 +56,22 @@ class WriterLock:
     async def acquire(
         cls, conn: psycopg.AsyncConnection[Any], schema: str, location: str
     ) -> WriterLock:
-        """Lock the journal through ``conn`` or raise ``JournalBusy`` naming the holder.
+        """Share the journal's lock through ``conn``, or raise ``JournalBusy`` naming the
+        exclusive holder (an older fleet-reimage, which cannot share a journal).
 
         ``conn`` becomes the lock's; on failure the caller still owns (and closes) it.
         """
         key = lock_key(schema)
         cursor = await conn.execute(
-            "SELECT pg_try_advisory_lock(%s::int4, %s::int4)", (WRITER_LOCK_CLASS, key)
+            "SELECT pg_try_advisory_lock_shared(%s::int4, %s::int4)", (WRITER_LOCK_CLASS, key)
         )
         row = await cursor.fetchone()
         if row is None or not row[0]:
             holder = await _read_holder(conn, key)
             raise JournalBusy(
-                f"journal {location} (schema {schema}) is in use by {holder}; "
-                "wait for that run to end, or stop it, then try again"
+                f"journal {location} (schema {schema}) is in use by {holder}, an older "
+                "fleet-reimage that cannot share a journal; wait for that run to end, or stop "
+                "it, then try again"
             )
         return cls(conn, schema, location)
 
@@ -77,7 +86,8 @@ class WriterLock:
         return f"{_HOLDER} AND pid = %s", (WRITER_LOCK_CLASS, self.key, self.backend_pid)
 
     async def set_owner(self, owner: str) -> None:
-        """Record who holds the lock (needs the journal's tables: call after migrating)."""
+        """Record this writer as the latest holder (needs the journal's tables: call after
+        migrating). With shared holders the row names only the latest; it is for messages."""
         try:
             await self.conn.execute(
                 "INSERT INTO writer (id, owner, backend_pid, since) VALUES (1, %s, %s, %s)"
@@ -107,7 +117,7 @@ async def _read_holder(conn: psycopg.AsyncConnection[Any], key: int) -> str:
     """The holder's recorded name, or what is known about it."""
     pid: int | None = None
     for _ in range(_OWNER_READ_TRIES):
-        cursor = await conn.execute(_HOLDER, (WRITER_LOCK_CLASS, key))
+        cursor = await conn.execute(_EXCLUSIVE_HOLDER, (WRITER_LOCK_CLASS, key))
         row = await cursor.fetchone()
         pid = None if row is None else int(row[0])
         if pid is None:

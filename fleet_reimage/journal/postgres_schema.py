@@ -11,6 +11,10 @@ Migration runs in one transaction under a transaction-level advisory lock, and r
 schema's state once it holds that lock: two processes opening the same fresh database at once
 serialise there, and the second finds the work done. PostgreSQL's DDL is transactional, so a
 crash leaves the journal at a whole version.
+
+Schema 2 adds what several runners sharing one run need (``postgres_shared``): a target's
+``owner`` and ``lease_until``, the ``runners``, ``run_pools`` and ``run_accounts`` tables, and
+partial indexes for the claim queries. A version-1 journal migrates up in place, data kept.
 """
 
 from __future__ import annotations
@@ -25,12 +29,14 @@ from psycopg import sql
 from fleet_reimage.journal.model import JournalError
 from fleet_reimage.journal.sqlite_schema import tool_version
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-# Advisory lock keys are (class, key) pairs of int4. The classes spell "FRJL" / "FRJM"; the
-# key is derived from the schema name, since advisory locks are per database, not per schema.
+# Advisory lock keys are (class, key) pairs of int4. The classes spell "FRJL" / "FRJM" / "FRJR";
+# the key is derived from the schema name (and the run for RUN_LOCK_CLASS), since advisory
+# locks are per database, not per schema.
 WRITER_LOCK_CLASS = 0x46524A4C
 MIGRATION_LOCK_CLASS = 0x46524A4D
+RUN_LOCK_CLASS = 0x46524A52
 
 _TIME = "double precision"  # UTC epoch seconds, as floats: round-trips exactly
 
@@ -123,13 +129,64 @@ _V1: tuple[str, ...] = (
     "CREATE INDEX events_run_at ON events (run_id, at, event_id)",
 )
 
+# The states a target can still leave: the claim queries' partial indexes cover only these.
+_OPEN = "state IN ('pending', 'in_flight', 'accepted')"
+
+# Several runners sharing one run (see ``postgres_shared``). Only nullable columns and new
+# tables: adding them is instant on a big journal, and a version-1 writer's statements still
+# fit (it is refused anyway, see ``check_usable``).
+_V2: tuple[str, ...] = (
+    # owner: the runner that claimed the target (kept once terminal, for the report);
+    # lease_until: until when that claim holds without a heartbeat.
+    f"ALTER TABLE targets ADD COLUMN owner text, ADD COLUMN lease_until {_TIME}",
+    f"""CREATE TABLE runners (
+        run_id       text NOT NULL REFERENCES runs (run_id),
+        runner_id    text NOT NULL,
+        host         text NOT NULL,
+        pid          bigint NOT NULL,
+        joined_at    {_TIME} NOT NULL,
+        heartbeat_at {_TIME} NOT NULL,
+        lease_until  {_TIME} NOT NULL,
+        PRIMARY KEY (run_id, runner_id)
+    )""",
+    # One row per pool of a shared run: each claim locks it, which serialises the pool's
+    # limit decisions across runners.
+    """CREATE TABLE run_pools (
+        run_id   text NOT NULL REFERENCES runs (run_id),
+        account  text NOT NULL,
+        pool     text NOT NULL,
+        baseline bigint NOT NULL DEFAULT 0,
+        PRIMARY KEY (run_id, account, pool)
+    )""",
+    f"""CREATE TABLE run_accounts (
+        run_id       text NOT NULL REFERENCES runs (run_id),
+        account      text NOT NULL,
+        paused_until {_TIME} NOT NULL DEFAULT 0,
+        PRIMARY KEY (run_id, account)
+    )""",
+    # claim: the next pending targets of a pool's wave, in dispatch order.
+    "CREATE INDEX targets_pending ON targets (run_id, account, pool, wave, position)"
+    " WHERE state = 'pending'",
+    # claim: the pool's current wave, its active targets and takeovers.
+    f"CREATE INDEX targets_open ON targets (run_id, account, pool, wave) WHERE {_OPEN}",
+    # heartbeat and leave: a runner's targets that are not terminal.
+    f"CREATE INDEX targets_owner ON targets (run_id, owner) WHERE owner IS NOT NULL AND {_OPEN}",
+    # claim: the run's failures, for the failure budget, without reading every target.
+    "CREATE INDEX targets_failed ON targets (run_id) WHERE state = 'failed'",
+)
+
 # MIGRATIONS[n] takes a journal from schema n - 1 to schema n.
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1}
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2}
 
 
 def lock_key(schema: str) -> int:
     """The advisory lock key for ``schema``: stable across processes and versions (CRC-32)."""
     return zlib.crc32(schema.encode()) & 0x7FFFFFFF  # non-negative: pg_locks shows it as oid
+
+
+def run_lock_key(schema: str, run_id: str) -> int:
+    """The advisory lock key for one run of the journal in ``schema`` (registrations)."""
+    return zlib.crc32(f"{schema}\0{run_id}".encode()) & 0x7FFFFFFF
 
 
 @dataclass(frozen=True, slots=True)

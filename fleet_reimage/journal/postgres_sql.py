@@ -32,6 +32,7 @@ from fleet_reimage.journal.model import (
     AttemptRecord,
     AttemptStart,
     Exclusion,
+    LeaseLost,
     NewRun,
     NewTarget,
     RunEvent,
@@ -105,12 +106,18 @@ def _refuse_duplicates(targets: Sequence[NewTarget]) -> None:
         seen.add(key)
 
 
+# The fence: with a runner given (a shared run), only while that runner owns the target and
+# its lease holds at sent_at; otherwise the row count is zero and the unit is refused as
+# LeaseLost. The row lock the UPDATE takes until COMMIT keeps a concurrent claim (FOR UPDATE
+# SKIP LOCKED) from taking the target over between this check and the commit.
 _ATTEMPT_STARTED = (
     "WITH t AS ("
     " UPDATE targets SET state = 'in_flight', reason = NULL, updated_at = %(at)s,"
     "  first_sent_at = COALESCE(first_sent_at, %(at)s), last_sent_at = %(at)s,"
     "  finished_at = NULL, attempts = attempts + 1"
-    " WHERE target_id = %(target)s AND run_id = %(run)s RETURNING target_id)"
+    " WHERE target_id = %(target)s AND run_id = %(run)s"
+    "  AND (%(runner)s::text IS NULL OR (owner = %(runner)s AND lease_until >= %(at)s))"
+    " RETURNING target_id)"
     " INSERT INTO attempts (run_id, target_id, attempt_no, operation, client_request_id, sent_at)"
     " SELECT %(run)s, t.target_id, %(no)s, %(op)s, %(crid)s, %(at)s FROM t"
 )
@@ -118,9 +125,15 @@ _ATTEMPT_STARTED = (
 
 def attempt_started(s: AttemptStart) -> Work:
     params = {"at": s.sent_at, "target": s.target_id, "run": s.run_id, "no": s.attempt_no,
-              "op": s.operation, "crid": s.client_request_id}  # fmt: skip
-    missing = f"no target {s.target_id} in run {s.run_id}"
-    return Work((Statement(_ATTEMPT_STARTED, params, missing),))
+              "op": s.operation, "crid": s.client_request_id, "runner": s.runner_id}  # fmt: skip
+    if s.runner_id is None:
+        missing = f"no target {s.target_id} in run {s.run_id}"
+        return Work((Statement(_ATTEMPT_STARTED, params, missing),))
+    missing = (
+        f"target {s.target_id} of run {s.run_id} is not owned by runner {s.runner_id} "
+        "(its lease expired or another runner took it over); do not send"
+    )
+    return Work((Statement(_ATTEMPT_STARTED, params, missing, refusal=LeaseLost),))
 
 
 # The target's new values, shared by attempt_finished and target_changed.
@@ -263,20 +276,26 @@ async def read_run(conn: Conn, run_id: str) -> RunRecord | None:
     return _run_record(rows[0]) if rows else None
 
 
-async def read_targets(conn: Conn, run_id: str) -> list[TargetRecord]:
-    rows = await _rows(
-        conn,
-        "SELECT target_id, run_id, account, pool, node_id, wave, position, state, reason,"
-        " updated_at, first_sent_at, last_sent_at, accepted_at, finished_at, attempts, last_code"
-        " FROM targets WHERE run_id = %s ORDER BY target_id",
-        (run_id,),
-    )
+TARGET_COLUMNS = (
+    "target_id", "run_id", "account", "pool", "node_id", "wave", "position", "state", "reason",
+    "updated_at", "first_sent_at", "last_sent_at", "accepted_at", "finished_at", "attempts",
+    "last_code",
+)  # fmt: skip
+
+
+def target_records(rows: list[tuple[Any, ...]]) -> list[TargetRecord]:
+    """``TargetRecord``s from rows of exactly ``TARGET_COLUMNS``."""
     states = _STATES
     # Positional construction straight from the row: this is the 100k-row path.
     return [
         TargetRecord(a, b, c, d, e, f, g, states[h], i, j, k, m, n, o, p, q)
         for (a, b, c, d, e, f, g, h, i, j, k, m, n, o, p, q) in rows
     ]
+
+
+async def read_targets(conn: Conn, run_id: str) -> list[TargetRecord]:
+    query = f"SELECT {', '.join(TARGET_COLUMNS)} FROM targets WHERE run_id = %s ORDER BY target_id"
+    return target_records(await _rows(conn, query, (run_id,)))
 
 
 async def read_exclusions(conn: Conn, run_id: str) -> list[Exclusion]:

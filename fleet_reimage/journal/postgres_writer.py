@@ -9,15 +9,16 @@ runs them all in one transaction: the statements go out in pipeline mode
 caller learns "done" only for what is durable, and the commit's flush is shared by the batch.
 
 Every batch transaction first checks that the journal's writer lock is still held by its lock
-connection (``lock_check``): a lock lost with its connection must stop the writes, since
-another runner may take it.
+connection (``lock_check``): a lock lost with its connection must stop the writes, since an
+older, exclusive writer may take it (see ``postgres_lock``).
 
 Failures:
 
 * A unit that is wrong on its own (unknown target or attempt, duplicate id, a value the server
   refuses) is *rejected*: the batch is rolled back and run again one unit at a time, each in a
   savepoint, so one bad call cannot sink its batch-mates; its caller gets ``JournalError``
-  (``ValueError``/``TypeError`` for the caller's own mistakes).
+  (``ValueError``/``TypeError`` for the caller's own mistakes; ``LeaseLost`` for a fenced
+  write whose target another runner owns, see ``Statement.refusal``).
 * Anything else (connection lost, server shutting down, disk full on the server, the lock
   lost) fails the whole batch and *poisons* the writer: every later write fails at once with
   ``JournalError``, because after such an error nothing more may be reported as durable (a
@@ -49,7 +50,14 @@ BatchHook = Callable[[dict[str, float]], Sequence["Statement"]]
 
 
 class Rejected(Exception):
-    """Raised by a unit whose input does not fit the journal; only that unit fails."""
+    """Raised by a unit whose input does not fit the journal; only that unit fails.
+
+    ``kind`` is the error its caller gets (``LeaseLost`` for a fenced write refused).
+    """
+
+    def __init__(self, message: str, kind: type[JournalError] = JournalError) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +65,9 @@ class Statement:
     query: str
     params: Sequence[Any] | Mapping[str, Any] = ()
     # When set, the statement must affect (or return) exactly one row, else the unit is
-    # rejected with this message.
+    # rejected with this message, as a ``refusal`` (a JournalError or a subclass of it).
     missing: str | None = None
+    refusal: type[JournalError] = JournalError
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,7 +306,7 @@ class GroupWriter:
         if statement.missing and cursor.rowcount != 1:
             if lock:
                 raise _LockLost(statement.missing)
-            raise Rejected(statement.missing)
+            raise Rejected(statement.missing, statement.refusal)
 
     def _committed(self, units: int) -> None:
         self._transactions += 1
@@ -309,7 +318,8 @@ class GroupWriter:
     def _rejected(self, unit: _Unit, exc: BaseException) -> BaseException:
         if isinstance(exc, ValueError | TypeError):
             return exc  # the caller's own mistake, reported as Python reports it
-        error = JournalError(f"{unit.what} was not recorded: {self._describe(exc)}")
+        kind = exc.kind if isinstance(exc, Rejected) else JournalError
+        error = kind(f"{unit.what} was not recorded: {self._describe(exc)}")
         error.__cause__ = exc
         return error
 
@@ -317,9 +327,9 @@ class GroupWriter:
         if isinstance(exc, _LockLost):
             error = JournalError(
                 f"the journal {self._location} lost its writer lock (the connection holding "
-                "it ended), so another runner may now write to it; the writes waiting at that "
-                "moment were not saved. The run must stop; resume it once no other runner "
-                "has the journal."
+                "it ended), so an older fleet-reimage, which knows nothing of this run's "
+                "leases, may now take it; the writes waiting at that moment were not saved. "
+                "The run must stop; resume it once the server is reachable again."
             )
         else:
             error = JournalError(

@@ -135,6 +135,10 @@ class PoolRollout:
             self._active.discard(target)
             self._queue.appendleft(target)
 
+    def drop(self, target: int) -> None:
+        """A dispatched target this runner no longer owns (shared runs only)."""
+        self._active.discard(target)
+
     def set_baseline(self, unavailable_not_ours: int) -> None:
         self.baseline = max(0, unavailable_not_ours)
 

@@ -76,6 +76,16 @@ class AdaptiveThrottle:
     def concurrency(self) -> int:
         return max(1, int(self._limit))
 
+    def set_max_concurrency(self, maximum: int) -> None:
+        """A new ceiling (a shared run splits an account's concurrency between runners)."""
+        self.max_concurrency = max(1, maximum)
+        self._limit = min(self._limit, float(self.max_concurrency))
+
+    def pause_until(self, until: float) -> None:
+        """Wait until ``until`` (monotonic) before any new request, e.g. another runner's
+        Retry-After."""
+        self.paused_until = max(self.paused_until, until)
+
     def wait_time(self, in_flight: int, now: float) -> float | None:
         """0 if a request may start now; seconds to wait; None if at the concurrency limit
         (wait for a request to finish instead)."""

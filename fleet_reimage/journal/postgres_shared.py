@@ -1,0 +1,249 @@
+"""Several runners sharing one run of a PostgreSQL journal: registrations, leases, claims.
+
+This is the PostgreSQL side of :class:`~fleet_reimage.journal.model.SharedRuns`; the claim
+itself is in ``postgres_shared_claim``. The rules:
+
+* A runner *registers* (a ``runners`` row with a lease) and renews that lease with each
+  *heartbeat*, which also renews ``lease_until`` of every target it owns that is not terminal.
+  ``register_runner(..., exclusive=True)`` is how a run gets one runner only (unless joined):
+  the journal itself no longer has a single writer (see ``postgres_lock``).
+* A target is owned by the runner that claimed it (``targets.owner``) while its lease holds.
+  Once terminal it keeps its owner, so the report can say who did it, but no query counts it
+  any more: every rule below looks at pending, in-flight and accepted targets only.
+* A runner whose lease expired loses its targets to the next claim in their pool; that claim
+  also deletes its registration, so the runner's next heartbeat raises ``LeaseLost`` and it
+  stops instead of carrying on with work that is no longer its own. ``attempt_started`` is
+  fenced (see ``postgres_sql``): a runner that lost a target can never record (so never send)
+  a request for it.
+* Times are wall-clock epoch seconds from the runners' own clocks (``now`` for claims,
+  ``time.time()`` here) and are compared across runners: their clocks must agree to well
+  within a lease (NTP does).
+
+Lock order, the same in every transaction here, so that none can deadlock with another:
+the pool row (claims only), then target rows, then runner rows. The claims take target and
+runner rows with ``SKIP LOCKED`` or under the pool lock, never waiting on a heartbeat.
+
+None of this is on the hot path: each operation is one short transaction on a small pool of
+writable connections, opened on first use (a journal that never shares a run never opens it),
+beside the group writer rather than through it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from fleet_reimage.journal import postgres_conn as pgconn
+from fleet_reimage.journal.model import Claim, JournalBusy, JournalError, LeaseLost, RunnerInfo
+from fleet_reimage.journal.postgres_schema import RUN_LOCK_CLASS, run_lock_key
+from fleet_reimage.journal.postgres_shared_claim import ClaimRequest, claim_in
+from fleet_reimage.journal.postgres_writer import Conn
+
+POOL_SIZE = 2  # heartbeat and claims; they are short and not concurrent for long
+WAIT_S = 30.0  # for a pooled connection: a server that stays away turns into an error
+# Registrations expired this long ago are deleted by the next heartbeat of the run: their
+# runner, should it come back, is told LeaseLost instead of finding its old claims.
+FORGET_AFTER_S = 3600.0
+
+_OPEN = "('pending', 'in_flight', 'accepted')"
+
+
+class SharedStore:
+    """The shared-run operations of one writable journal, on a pool opened on first use."""
+
+    def __init__(self, url: str, schema: str, location: str) -> None:
+        self._url = url  # for libpq only (may hold the password): never shown
+        self.schema = schema
+        self.location = location
+        self._pool: AsyncConnectionPool[Conn] | None = None
+        self._opening = anyio.Lock()
+
+    async def close(self) -> None:
+        """Close the pool, if it was ever opened (safe to call again)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    async def _get_pool(self) -> AsyncConnectionPool[Conn]:
+        async with self._opening:  # two first callers at once must not open two pools
+            if self._pool is None:
+                self._pool = await _open_pool(self._url, self.schema, POOL_SIZE)
+            return self._pool
+
+    @asynccontextmanager
+    async def _transaction(self, what: str) -> AsyncIterator[Conn]:
+        pool = await self._get_pool()
+        try:
+            async with pool.connection(timeout=WAIT_S) as conn, conn.transaction():
+                yield conn
+        except psycopg.errors.ForeignKeyViolation as exc:
+            raise JournalError(f"{what}: no such run in the journal {self.location}") from exc
+        except psycopg.Error as exc:
+            raise JournalError(
+                f"{what} failed in the journal {self.location} ({type(exc).__name__}: "
+                f"{pgconn.describe(exc, self._url)})"
+            ) from exc
+
+    # --- runners -------------------------------------------------------------------------
+
+    async def register_runner(
+        self, run_id: str, runner: RunnerInfo, *, lease: float, exclusive: bool
+    ) -> list[RunnerInfo]:
+        """Join the run's live runners; ``exclusive``: JournalBusy if another one is alive."""
+        async with self._transaction(f"registering runner {runner.runner_id}") as conn:
+            # Two registrations of one run at once must not both see "nobody else here".
+            key = run_lock_key(self.schema, run_id)
+            await conn.execute("SELECT pg_advisory_xact_lock(%s::int4, %s::int4)",
+                               (RUN_LOCK_CLASS, key))  # fmt: skip
+            if not await _fetch(conn, "SELECT 1 FROM runs WHERE run_id = %s", (run_id,)):
+                raise JournalError(f"no run {run_id} in the journal {self.location}")
+            now = time.time()
+            others = await _live(conn, run_id, now, but=runner.runner_id)
+            if exclusive and others:
+                raise JournalBusy(self._busy_message(run_id, others, now))
+            await conn.execute(
+                "INSERT INTO runners (run_id, runner_id, host, pid, joined_at, heartbeat_at,"
+                " lease_until) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (run_id, runner_id) DO UPDATE SET host = excluded.host,"
+                " pid = excluded.pid, heartbeat_at = excluded.heartbeat_at,"
+                " lease_until = excluded.lease_until",
+                (run_id, runner.runner_id, runner.host, runner.pid, now, now, now + lease),
+            )
+            return [info for info, _ in await _live(conn, run_id, now)]
+
+    def _busy_message(
+        self, run_id: str, others: list[tuple[RunnerInfo, float]], now: float
+    ) -> str:
+        who = ", ".join(
+            f"{info.host} pid {info.pid} (its lease ends in {max(0.0, until - now):.0f} s "
+            "unless renewed)"
+            for info, until in others
+        )
+        return (
+            f"run {run_id} of the journal {self.location} is being run by {who}; wait for that "
+            "run to end, or stop it, then try again (or join it to share the work)"
+        )
+
+    async def heartbeat(self, run_id: str, runner_id: str, *, lease: float) -> list[RunnerInfo]:
+        """Renew the runner's lease and its targets'; LeaseLost once it was unregistered."""
+        async with self._transaction(f"heartbeat of runner {runner_id}") as conn:
+            now = time.time()
+            # Targets before the runner row: the lock order every transaction here keeps.
+            await conn.execute(
+                f"UPDATE targets SET lease_until = %s WHERE run_id = %s AND owner = %s"
+                f" AND state IN {_OPEN}",
+                (now + lease, run_id, runner_id),
+            )
+            cursor = await conn.execute(
+                "UPDATE runners SET heartbeat_at = %s, lease_until = %s"
+                " WHERE run_id = %s AND runner_id = %s",
+                (now, now + lease, run_id, runner_id),
+            )
+            if cursor.rowcount != 1:
+                raise LeaseLost(
+                    f"runner {runner_id} is no longer registered in run {run_id} (its lease "
+                    "expired and another runner took over its work); it must stop"
+                )
+            await conn.execute(
+                "DELETE FROM runners WHERE run_id = %s AND lease_until < %s",
+                (run_id, now - FORGET_AFTER_S),
+            )
+            return [info for info, _ in await _live(conn, run_id, now)]
+
+    async def leave(self, run_id: str, runner_id: str) -> None:
+        """Give back every target the runner owns that is not terminal; unregister it."""
+        async with self._transaction(f"runner {runner_id} leaving") as conn:
+            await conn.execute(
+                "UPDATE targets SET owner = NULL, lease_until = NULL"
+                f" WHERE run_id = %s AND owner = %s AND state IN {_OPEN}",
+                (run_id, runner_id),
+            )
+            await conn.execute(
+                "DELETE FROM runners WHERE run_id = %s AND runner_id = %s", (run_id, runner_id)
+            )
+
+    async def release(self, run_id: str, runner_id: str, target_ids: Sequence[int]) -> None:
+        """Give back claimed targets (those the runner still owns and are not terminal)."""
+        if not target_ids:
+            return
+        async with self._transaction(f"runner {runner_id} releasing targets") as conn:
+            await conn.execute(
+                "UPDATE targets SET owner = NULL, lease_until = NULL"
+                " WHERE run_id = %s AND owner = %s AND target_id = ANY(%s::bigint[])"
+                f" AND state IN {_OPEN}",
+                (run_id, runner_id, list(target_ids)),
+            )
+
+    # --- pools and accounts ------------------------------------------------------------
+
+    async def claim(self, request: ClaimRequest) -> Claim:
+        """See ``postgres_shared_claim``: one transaction with the pool's row locked."""
+        what = f"claim of runner {request.runner_id} in pool {request.pool} ({request.account})"
+        async with self._transaction(what) as conn:
+            return await claim_in(conn, request)
+
+    async def set_pool_baseline(self, run_id: str, account: str, pool: str, baseline: int) -> None:
+        """Record the pool's nodes unavailable for other reasons (used by later claims)."""
+        async with self._transaction(f"baseline of pool {pool} ({account})") as conn:
+            await conn.execute(
+                "INSERT INTO run_pools (run_id, account, pool, baseline) VALUES (%s, %s, %s, %s)"
+                " ON CONFLICT (run_id, account, pool) DO UPDATE SET baseline = excluded.baseline",
+                (run_id, account, pool, max(0, baseline)),
+            )
+
+    async def share_pause(self, run_id: str, account: str, paused_until: float) -> float:
+        """Raise the account's shared pause to ``paused_until`` if later; the shared value."""
+        async with self._transaction(f"pause of account {account}") as conn:
+            rows = await _fetch(
+                conn,
+                "INSERT INTO run_accounts (run_id, account, paused_until) VALUES (%s, %s, %s)"
+                " ON CONFLICT (run_id, account) DO UPDATE"
+                " SET paused_until = GREATEST(run_accounts.paused_until, excluded.paused_until)"
+                " RETURNING paused_until",
+                (run_id, account, paused_until),
+            )
+            return float(rows[0][0])
+
+
+async def _fetch(conn: Conn, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    cursor = await conn.execute(query, params)
+    return await cursor.fetchall()
+
+
+async def _live(
+    conn: Conn, run_id: str, now: float, *, but: str | None = None
+) -> list[tuple[RunnerInfo, float]]:
+    """The run's runners whose lease holds at ``now`` (except ``but``), with their leases."""
+    rows = await _fetch(
+        conn,
+        "SELECT runner_id, host, pid, lease_until FROM runners"
+        " WHERE run_id = %s AND lease_until >= %s AND runner_id IS DISTINCT FROM %s::text"
+        " ORDER BY joined_at, runner_id",
+        (run_id, now, but),
+    )
+    return [(RunnerInfo(str(r), str(h), int(p)), float(until)) for r, h, p, until in rows]
+
+
+async def _open_pool(url: str, schema: str, size: int) -> AsyncConnectionPool[Conn]:
+    async def configure(conn: Conn) -> None:
+        await pgconn.prepare(conn, schema)
+        await pgconn.prepare_writer(conn)  # a claim reported done must be on the server's disk
+
+    pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
+        url,
+        min_size=1,
+        max_size=max(1, size),
+        kwargs={"autocommit": True, **pgconn.connect_options(url)},
+        configure=configure,
+        check=AsyncConnectionPool.check_connection,
+        name="fleet-reimage-shared",
+        open=False,
+    )
+    await pool.open(wait=False)
+    return pool

@@ -1,0 +1,98 @@
+"""Several runners sharing one run through a PostgreSQL journal, as operators run them."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pgserver
+import pytest
+from clihelpers import emulator_process, fleet_reimage, start_fleet_reimage
+from runhelpers import write_plan
+
+pytestmark = pytest.mark.postgres
+CS = "cloudServiceConfiguration"
+
+
+@pytest.fixture(scope="module")
+def pg_server() -> Iterator[pgserver.PgServer]:
+    yield from pgserver.session_server()
+
+
+@pytest.fixture
+def pg_url(pg_server: pgserver.PgServer) -> Iterator[str]:
+    with pgserver.fresh_database(pg_server) as url:
+        yield url
+
+
+ROLLOUT = """
+    waves: [5, "100%"]
+    max_unavailable: "10%"
+    health: {wait: true, poll_interval: 200ms, timeout: 60s}
+"""
+EXECUTION = """
+    concurrency: 16
+    per_account_concurrency: 16
+    request_timeout: 2s
+    retry: {max_attempts: 8, initial_backoff: 20ms, max_backoff: 200ms}
+"""
+
+
+def test_three_runners_one_killed_every_node_once_within_limits(
+    tmp_path: Path, pg_url: str
+) -> None:
+    pools = [{"id": f"p{i}", "nodes": 80, "configuration": CS} for i in range(3)]
+    with emulator_process(
+        tmp_path, pools, timings={"reimaging": "300ms", "starting": "200ms"}
+    ) as emu:
+        plan = write_plan(tmp_path, emu.url, rollout=ROLLOUT, execution=EXECUTION)
+        common = ["--yes", "--journal", pg_url, "--lease", "2s"]
+        first = start_fleet_reimage("run", str(plan), *common, cwd=tmp_path)
+        time.sleep(1.5)  # let the first runner create the run
+        second = start_fleet_reimage("run", str(plan), *common, "--join", cwd=tmp_path)
+        third = start_fleet_reimage("run", str(plan), *common, "--join", cwd=tmp_path)
+        time.sleep(2.0)
+        second.kill()  # mid-run: its leased nodes must be taken over, none twice
+        second.communicate(timeout=30)
+        out1, err1 = first.communicate(timeout=180)
+        out3, err3 = third.communicate(timeout=180)
+        stats = emu.stats()
+    assert first.returncode in (0, 3) and third.returncode in (0, 3), err1 + err3
+    counts = {n["id"]: n["reimages"] for n in stats["nodes"]}
+    assert len(counts) == 240
+    assert set(counts.values()) == {1}, {n: c for n, c in counts.items() if c != 1}
+    for pool, figures in stats["pools"].items():
+        assert figures["peak_unavailable"] <= 8, (pool, figures)  # 10% of 80, all runners
+    status = fleet_reimage(
+        "status", "--latest", "--journal", pg_url, "--output", "json", cwd=tmp_path
+    )
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["run"]["status"] == "finished"
+
+
+def test_second_operator_without_join_is_refused_naming_the_run(
+    tmp_path: Path, pg_url: str
+) -> None:
+    pools = [{"id": "p", "nodes": 40, "configuration": CS}]
+    with emulator_process(tmp_path, pools, timings={"reimaging": "2s", "starting": "1s"}) as emu:
+        plan = write_plan(tmp_path, emu.url, rollout=ROLLOUT, execution=EXECUTION)
+        first = start_fleet_reimage("run", str(plan), "--yes", "--journal", pg_url, cwd=tmp_path)
+        try:
+            time.sleep(2.0)
+            second = fleet_reimage("run", str(plan), "--yes", "--journal", pg_url, cwd=tmp_path)
+            assert second.returncode == 2
+            assert "is unfinished" in second.stderr and "--join" in second.stderr
+            assert "fleet-reimage resume r" in second.stderr
+        finally:
+            first.terminate()
+            first.communicate(timeout=60)
+
+
+def test_join_needs_a_shared_journal(tmp_path: Path) -> None:
+    plan = write_plan(tmp_path, "http://127.0.0.1:9")
+    result = fleet_reimage(
+        "run", str(plan), "--yes", "--join", "--journal", str(tmp_path / "j.db"), cwd=tmp_path
+    )
+    assert result.returncode == 2 and "postgresql://" in result.stderr
