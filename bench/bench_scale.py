@@ -39,24 +39,36 @@ class RequestWatch:
         self.emu = emu
         self.base = 0
         self.first: float | None = None
+        self.first_ops: dict[str, int] = {}
+        self._base_ops: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def total(self) -> int:
+    def requests(self) -> dict[str, Any]:
         # The stats request itself is not a Batch request: it is not counted in "total".
-        return int(self.emu.stats(nodes=False)["requests"]["total"])
+        answer: dict[str, Any] = self.emu.stats(nodes=False)["requests"]
+        return answer
 
     def arm(self) -> None:
-        self.base = self.total()
+        now = self.requests()
+        self.base = int(now["total"])
+        self._base_ops = dict(now["by_operation"])
         self.first = None
+        self.first_ops = {}
         self._stop.clear()
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
 
     def _poll(self) -> None:
         while not self._stop.is_set():
-            if self.total() > self.base:
+            now = self.requests()
+            if int(now["total"]) > self.base:
                 self.first = time.perf_counter()
+                self.first_ops = {
+                    op: n - self._base_ops.get(op, 0)
+                    for op, n in now["by_operation"].items()
+                    if n != self._base_ops.get(op, 0)
+                }
                 return
             time.sleep(0.005)
 
@@ -209,7 +221,14 @@ def main(argv: list[str]) -> dict[str, Any]:
                     raise RuntimeError("resume sent no request")
                 startup = watch.first - resumer.started
                 if not last:
-                    time.sleep(0.2)  # let a few attempts be written, then crash again
+                    # Crash again once it is reimaging: its first attempts are in the journal.
+                    common.wait_for(
+                        lambda: first_attempt_after(journal2, wall_start) is not None
+                        or not resumer.running(),
+                        120,
+                        0.02,
+                    )
+                    time.sleep(0.1)
                     resumer.kill(signal.SIGKILL)
                     resumer.wait(30)
                 else:
@@ -221,7 +240,8 @@ def main(argv: list[str]) -> dict[str, Any]:
                 print(
                     f"  resume {number}: first request after {startup:.2f} s, first attempt "
                     f"in the journal after "
-                    f"{'-' if attempt is None else f'{attempt - wall_start:.2f}'} s"
+                    f"{'-' if attempt is None else f'{attempt - wall_start:.2f}'} s; the first "
+                    f"requests seen: {watch.first_ops}"
                     + (" (then SIGKILLed)" if not last else " (ran to the end)"),
                     flush=True,
                 )

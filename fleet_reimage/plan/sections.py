@@ -1,7 +1,7 @@
 """Validating ``rollout`` (how fast and how carefully) and ``execution`` (how many requests).
 
 Every key is optional; a missing one takes its ``DEFAULT_*`` value below, which the
-documentation (docs/plan-format.md) repeats.
+documentation (README.md, "Plan format") repeats.
 """
 
 from __future__ import annotations
