@@ -88,7 +88,7 @@ def demo(extra_args: list[str]) -> int:
         f"demo: journal {journal.relative_to(ROOT)}, events .demo/events.jsonl, "
         "logs .demo/log.jsonl; try:"
     )
-    print(f"  .venv/bin/fleet-reimage status --journal {journal.relative_to(ROOT)}")
+    print(f"  .venv/bin/fleet-reimage status --latest --journal {journal.relative_to(ROOT)}")
     print(
         f"  .venv/bin/fleet-reimage report --journal {journal.relative_to(ROOT)} --format markdown"
     )
@@ -110,7 +110,7 @@ def lint(_: list[str]) -> int:
 
 
 def bench(extra_args: list[str]) -> int:
-    ensure_env("test")
+    ensure_env("test,bench")
     return run("bench/run.py", *extra_args)
 
 

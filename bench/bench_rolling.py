@@ -127,6 +127,7 @@ def main(argv: list[str]) -> dict[str, Any]:
                 "run",
             )
             stats = emu.stats()
+            first, last = rollout_phase(journal)
         counts = {(n["pool"], n["id"]): n["reimages"] for n in stats["nodes"]}
         wrong = common.duplicates(counts)
         if len(counts) != nodes or wrong:
@@ -135,7 +136,6 @@ def main(argv: list[str]) -> dict[str, Any]:
         total = after["total"] - before["total"]
         for op, n in after["by_operation"].items():
             ops_total[op] = ops_total.get(op, 0) + n - before["by_operation"].get(op, 0)
-        first, last = rollout_phase(journal)
         calls.add(total / nodes)
         wall.add(child.wall_s)
         phase.add(last - first)

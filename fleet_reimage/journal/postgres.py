@@ -1,13 +1,20 @@
-"""The PostgreSQL journal: one schema in a database, one writer process, any number of readers.
+"""The PostgreSQL journal: one schema in a database, any number of writers and readers.
+
+Several processes may write one journal at once, even one run: a run's runners share it
+through row leases (``SharedRuns``, see ``postgres_shared``), and ``register_runner(...,
+exclusive=True)``, not the journal, is what keeps a run to one runner.
 
 Opening for writing connects three ways, all with psycopg 3 in asyncio:
 
-* the *lock connection* takes the journal's session advisory lock (``postgres_lock``), creates
-  or migrates the schema (``postgres_schema``) and records the writer's name;
+* the *lock connection* shares the journal's session advisory lock (``postgres_lock``: it only
+  keeps out older, exclusive fleet-reimage versions), creates or migrates the schema
+  (``postgres_schema``) and records the writer's name;
 * the *writer connection* belongs to the group writer (``postgres_writer``), which batches
   concurrent writes into one pipelined transaction and resolves callers only after ``COMMIT``;
 * a small *read pool* (read-only sessions) serves the reads, so ``status`` and a long
-  ``targets()`` never wait behind a batch, nor a batch behind them.
+  ``targets()`` never wait behind a batch, nor a batch behind them;
+* for a shared run only, a small writable pool, opened on first use, for registrations,
+  heartbeats and claims (``postgres_shared``): they are not on the hot path.
 
 Opening read-only (``status``, ``report`` while a run is going) takes no lock, never creates or
 migrates anything, and only uses the read pool.
@@ -40,11 +47,13 @@ from fleet_reimage.journal.model import (
     AttemptEnd,
     AttemptRecord,
     AttemptStart,
+    Claim,
     Exclusion,
     JournalError,
     NewRun,
     NewTarget,
     RunEvent,
+    RunnerInfo,
     RunRecord,
     RunStatus,
     TargetChange,
@@ -52,6 +61,8 @@ from fleet_reimage.journal.model import (
 )
 from fleet_reimage.journal.postgres_conn import DEFAULT_SCHEMA
 from fleet_reimage.journal.postgres_lock import WriterLock, default_owner
+from fleet_reimage.journal.postgres_shared import SharedStore
+from fleet_reimage.journal.postgres_shared_claim import ClaimRequest
 from fleet_reimage.journal.postgres_writer import Conn, GroupWriter, Statement, Work, WriterStats
 
 T = TypeVar("T")
@@ -94,6 +105,8 @@ class PostgresJournal:
         self._pool = opened.pool
         self._lock = opened.lock
         self._writer = opened.writer
+        self._shared = None if opened.writer is None else SharedStore(url, schema, location)
+        self.owner: str | None = None  # "host pid run" from lock_for_writing, for messages
         self._closed = False
         self._close_done: anyio.Event | None = None
 
@@ -110,8 +123,9 @@ class PostgresJournal:
     ) -> PostgresJournal:
         """Open (for writing: lock, and create or migrate) the journal in ``schema`` at ``url``.
 
-        Raises ``JournalBusy`` when another writer holds it and ``JournalError`` when it cannot
-        be used (unreachable, not a journal, from a newer fleet-reimage; read-only: missing).
+        Raises ``JournalBusy`` when an older fleet-reimage (which cannot share a journal) holds
+        it, and ``JournalError`` when it cannot be used (unreachable, not a journal, from a
+        newer fleet-reimage; read-only: missing).
         ``batch_window`` and ``max_batch`` tune group commit.
         """
         schema = pgconn.check_schema(schema)
@@ -175,6 +189,8 @@ class PostgresJournal:
             with anyio.CancelScope(shield=True):
                 if self._writer is not None:
                     await self._writer.stop()  # everything queued before close() is settled
+                if self._shared is not None:
+                    await self._shared.close()
                 if self._lock is not None:
                     await self._lock.release()  # only now: nothing more will be written
                 await self._pool.close()
@@ -182,10 +198,17 @@ class PostgresJournal:
             self._close_done.set()
 
     async def lock_for_writing(self, owner: str) -> None:
-        """The lock is held since :meth:`open`; this records ``owner`` ("host pid run")."""
+        """Record ``owner`` ("host pid run") as this writer's name; exclude nobody.
+
+        A PostgreSQL journal has no single writer: several runs, or several runners of one
+        run, write it at once. Whether a run may have another runner is decided per run by
+        :meth:`register_runner` (``exclusive=True`` unless joining), which every writer of a
+        run must call before writing to it.
+        """
         self._writable()
         if self._lock is None:  # pragma: no cover - a writable journal always holds its lock
             raise JournalError(f"the journal {self.location} is not locked")
+        self.owner = owner
         await self._lock.set_owner(owner)
 
     # --- writes ------------------------------------------------------------------------
@@ -243,6 +266,65 @@ class PostgresJournal:
         now = time.time()
         work = sql.replace_plan(run_id, plan_text, plan_sha256, now)
         await self._write(work, f"new plan of run {run_id}", run_id, now)
+
+    # --- several runners sharing one run (SharedRuns; see postgres_shared) ---------------
+
+    def _sharing(self) -> SharedStore:
+        self._writable()
+        if self._shared is None:  # pragma: no cover - every writable journal has one
+            raise JournalError(f"the journal {self.location} cannot share runs")
+        return self._shared
+
+    async def register_runner(
+        self, run_id: str, runner: RunnerInfo, *, lease: float, exclusive: bool
+    ) -> list[RunnerInfo]:
+        """Join the run's live runners (returned); ``exclusive``: JournalBusy if any other."""
+        return await self._sharing().register_runner(
+            run_id, runner, lease=lease, exclusive=exclusive
+        )
+
+    async def heartbeat(self, run_id: str, runner_id: str, *, lease: float) -> list[RunnerInfo]:
+        """Renew the runner's lease and its targets'; LeaseLost once its lease ran out."""
+        return await self._sharing().heartbeat(run_id, runner_id, lease=lease)
+
+    async def claim(
+        self,
+        run_id: str,
+        runner_id: str,
+        account: str,
+        pool: str,
+        *,
+        limit: int,
+        max_unavailable: int,
+        baseline: int,
+        pause: float,
+        failure_budget: int,
+        forgiven_failures: int,
+        lease: float,
+        now: float,
+    ) -> Claim:
+        """Claim pending targets of the pool's current wave as room allows; take over the
+        in-flight/accepted ones whose owner's lease expired (see ``postgres_shared_claim``)."""
+        request = ClaimRequest(run_id, runner_id, account, pool, limit, max_unavailable,
+                               baseline, pause, failure_budget, forgiven_failures, lease,
+                               now)  # fmt: skip
+        return await self._sharing().claim(request)
+
+    async def release(self, run_id: str, runner_id: str, target_ids: Sequence[int]) -> None:
+        """Give back claimed targets that were never sent (owner cleared)."""
+        await self._sharing().release(run_id, runner_id, target_ids)
+
+    async def set_pool_baseline(self, run_id: str, account: str, pool: str, baseline: int) -> None:
+        """Record the pool's nodes unavailable for other reasons (from a health poll)."""
+        await self._sharing().set_pool_baseline(run_id, account, pool, baseline)
+
+    async def share_pause(self, run_id: str, account: str, paused_until: float) -> float:
+        """Raise the account's shared pause to ``paused_until`` if later; the shared value."""
+        return await self._sharing().share_pause(run_id, account, paused_until)
+
+    async def leave(self, run_id: str, runner_id: str) -> None:
+        """Release every target this runner owns that is not terminal, and unregister."""
+        await self._sharing().leave(run_id, runner_id)
 
     # --- reads -------------------------------------------------------------------------
 

@@ -10,18 +10,21 @@ itself is in ``postgres_shared_claim``. The rules:
 * A target is owned by the runner that claimed it (``targets.owner``) while its lease holds.
   Once terminal it keeps its owner, so the report can say who did it, but no query counts it
   any more: every rule below looks at pending, in-flight and accepted targets only.
-* A runner whose lease expired loses its targets to the next claim in their pool; that claim
-  also deletes its registration, so the runner's next heartbeat raises ``LeaseLost`` and it
-  stops instead of carrying on with work that is no longer its own. ``attempt_started`` is
-  fenced (see ``postgres_sql``): a runner that lost a target can never record (so never send)
-  a request for it.
+* A target whose lease ran out is free: the next claim in its pool takes it (a pending one as
+  a claim, an in-flight or accepted one as a takeover). A runner whose own lease ran out is
+  told ``LeaseLost`` by its next heartbeat (and claim), since it cannot know which of its
+  targets were taken, and must stop rather than carry on with work that may be another's.
+  ``attempt_started`` is fenced (see ``postgres_sql``): a runner that lost a target can never
+  record (so never send) a request for it.
 * Times are wall-clock epoch seconds from the runners' own clocks (``now`` for claims,
   ``time.time()`` here) and are compared across runners: their clocks must agree to well
   within a lease (NTP does).
 
-Lock order, the same in every transaction here, so that none can deadlock with another:
-the pool row (claims only), then target rows, then runner rows. The claims take target and
-runner rows with ``SKIP LOCKED`` or under the pool lock, never waiting on a heartbeat.
+Nothing here waits on a target row: target rows are only taken ``FOR UPDATE SKIP LOCKED``, so
+no transaction here can deadlock with a group-writer batch (which locks many target rows) or
+with another runner's claim. The waits that remain are on one row each, never in a cycle: a
+claim on the pool's ``run_pools`` row, a heartbeat on its own ``runners`` row, a registration
+on the run's advisory lock.
 
 None of this is on the hot path: each operation is one short transaction on a small pool of
 writable connections, opened on first use (a journal that never shares a run never opens it),
@@ -117,9 +120,7 @@ class SharedStore:
             )
             return [info for info, _ in await _live(conn, run_id, now)]
 
-    def _busy_message(
-        self, run_id: str, others: list[tuple[RunnerInfo, float]], now: float
-    ) -> str:
+    def _busy_message(self, run_id: str, others: list[tuple[RunnerInfo, float]], now: float) -> str:
         who = ", ".join(
             f"{info.host} pid {info.pid} (its lease ends in {max(0.0, until - now):.0f} s "
             "unless renewed)"
@@ -131,27 +132,33 @@ class SharedStore:
         )
 
     async def heartbeat(self, run_id: str, runner_id: str, *, lease: float) -> list[RunnerInfo]:
-        """Renew the runner's lease and its targets'; LeaseLost once it was unregistered."""
+        """Renew the runner's lease and its targets'; LeaseLost once the lease has run out."""
         async with self._transaction(f"heartbeat of runner {runner_id}") as conn:
             now = time.time()
-            # Targets before the runner row: the lock order every transaction here keeps.
-            await conn.execute(
-                f"UPDATE targets SET lease_until = %s WHERE run_id = %s AND owner = %s"
-                f" AND state IN {_OPEN}",
-                (now + lease, run_id, runner_id),
+            rows = await _fetch(
+                conn,
+                "SELECT lease_until FROM runners WHERE run_id = %s AND runner_id = %s FOR UPDATE",
+                (run_id, runner_id),
             )
-            cursor = await conn.execute(
+            # Too late is too late: once the lease ran out, other runners may have taken any
+            # of this runner's targets, and it cannot know which, so it must stop.
+            if not rows or float(rows[0][0]) < now:
+                raise LeaseLost(
+                    f"runner {runner_id} lost its lease in run {run_id} (it expired or the "
+                    "runner left); other runners may have taken over its targets, so it must stop"
+                )
+            await conn.execute(
                 "UPDATE runners SET heartbeat_at = %s, lease_until = %s"
                 " WHERE run_id = %s AND runner_id = %s",
                 (now, now + lease, run_id, runner_id),
             )
-            if cursor.rowcount != 1:
-                raise LeaseLost(
-                    f"runner {runner_id} is no longer registered in run {run_id} (its lease "
-                    "expired and another runner took over its work); it must stop"
-                )
             await conn.execute(
-                "DELETE FROM runners WHERE run_id = %s AND lease_until < %s",
+                _locked_targets("SET lease_until = %(until)s", "AND owner = %(me)s"),
+                {"run": run_id, "me": runner_id, "until": now + lease},
+            )
+            await conn.execute(
+                "DELETE FROM runners WHERE (run_id, runner_id) IN (SELECT run_id, runner_id"
+                " FROM runners WHERE run_id = %s AND lease_until < %s FOR UPDATE SKIP LOCKED)",
                 (run_id, now - FORGET_AFTER_S),
             )
             return [info for info, _ in await _live(conn, run_id, now)]
@@ -160,9 +167,8 @@ class SharedStore:
         """Give back every target the runner owns that is not terminal; unregister it."""
         async with self._transaction(f"runner {runner_id} leaving") as conn:
             await conn.execute(
-                "UPDATE targets SET owner = NULL, lease_until = NULL"
-                f" WHERE run_id = %s AND owner = %s AND state IN {_OPEN}",
-                (run_id, runner_id),
+                _locked_targets("SET owner = NULL, lease_until = NULL", "AND owner = %(me)s"),
+                {"run": run_id, "me": runner_id},
             )
             await conn.execute(
                 "DELETE FROM runners WHERE run_id = %s AND runner_id = %s", (run_id, runner_id)
@@ -174,10 +180,11 @@ class SharedStore:
             return
         async with self._transaction(f"runner {runner_id} releasing targets") as conn:
             await conn.execute(
-                "UPDATE targets SET owner = NULL, lease_until = NULL"
-                " WHERE run_id = %s AND owner = %s AND target_id = ANY(%s::bigint[])"
-                f" AND state IN {_OPEN}",
-                (run_id, runner_id, list(target_ids)),
+                _locked_targets(
+                    "SET owner = NULL, lease_until = NULL",
+                    "AND owner = %(me)s AND target_id = ANY(%(ids)s::bigint[])",
+                ),
+                {"run": run_id, "me": runner_id, "ids": list(target_ids)},
             )
 
     # --- pools and accounts ------------------------------------------------------------
@@ -209,6 +216,17 @@ class SharedStore:
                 (run_id, account, paused_until),
             )
             return float(rows[0][0])
+
+
+def _locked_targets(assignments: str, condition: str) -> str:
+    """An UPDATE of the run's targets that are not terminal and match ``condition``, skipping
+    rows locked right now: outside the group writer nothing waits on a target row, so nothing
+    here can deadlock with a batch (a row skipped keeps its lease until that runs out)."""
+    return (
+        "WITH c AS MATERIALIZED (SELECT target_id FROM targets WHERE run_id = %(run)s"
+        f" AND state IN {_OPEN} {condition} FOR UPDATE SKIP LOCKED)"
+        f" UPDATE targets t {assignments} FROM c WHERE t.target_id = c.target_id"
+    )
 
 
 async def _fetch(conn: Conn, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
