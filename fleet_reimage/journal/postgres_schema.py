@@ -164,11 +164,11 @@ _V2: tuple[str, ...] = (
         paused_until {_TIME} NOT NULL DEFAULT 0,
         PRIMARY KEY (run_id, account)
     )""",
-    # claim: the next pending targets of a pool's wave, in dispatch order.
-    "CREATE INDEX targets_pending ON targets (run_id, account, pool, wave, position)"
-    " WHERE state = 'pending'",
-    # claim: the pool's current wave, its active targets and takeovers.
-    f"CREATE INDEX targets_open ON targets (run_id, account, pool, wave) WHERE {_OPEN}",
+    # claim: the pool's current wave (its first entry), its active targets and takeovers, and
+    # the next pending targets of a wave in dispatch order. One index, not one for pending
+    # targets and one for the others: each costs every create_run and state change a write.
+    "CREATE INDEX targets_open ON targets (run_id, account, pool, wave, position)"
+    f" WHERE {_OPEN}",
     # heartbeat and leave: a runner's targets that are not terminal.
     f"CREATE INDEX targets_owner ON targets (run_id, owner) WHERE owner IS NOT NULL AND {_OPEN}",
     # claim: the run's failures, for the failure budget, without reading every target.
