@@ -187,6 +187,8 @@ class Executor(NodeWork):
             # it (with 100,000 targets a full collection would pause the loop for ~100 ms).
             gc.collect()
             gc.freeze()
+            thresholds = gc.get_threshold()
+            gc.set_threshold(50_000, 20, 100)  # fewer young collections: requests churn objects
             if self.shared is not None:
                 await self.shared.start()
             send, receive = anyio.create_memory_object_stream[Job](math.inf)
@@ -203,6 +205,7 @@ class Executor(NodeWork):
                     await self._dispatch_loop()
                     group.cancel_scope.cancel()
             finally:
+                gc.set_threshold(*thresholds)
                 gc.unfreeze()
         if scope.cancelled_caught and self.stop_kind is None:
             self.stop_kind, self.stop_reason = "interrupted", "stopped at once"

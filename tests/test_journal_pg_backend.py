@@ -1,5 +1,6 @@
-"""PostgreSQL journal: the writer lock, readers beside a writer, schema versions, passwords,
-routing by URL, and what happens when the server takes the connections away.
+"""PostgreSQL journal: writers side by side (one runner per run), readers beside a writer,
+schema versions, passwords, routing by URL, and what happens when the server takes the
+connections away.
 
 Each test has its own schema of the test server's database (see ``pgserver``).
 """
@@ -35,6 +36,7 @@ from fleet_reimage.journal import (
 )
 from fleet_reimage.journal import postgres_conn as pgconn
 from fleet_reimage.journal import postgres_schema as pgschema
+from fleet_reimage.journal.model import RunnerInfo
 from fleet_reimage.journal.postgres import PostgresJournal
 from fleet_reimage.journal.sqlite import SqliteJournal
 
@@ -66,44 +68,47 @@ async def run_sql(url: str, *queries: sql.Composed) -> None:
             await conn.execute(query)
 
 
-# --- the writer lock --------------------------------------------------------------------
+# --- writers and the writer lock ---------------------------------------------------------
 
 
-async def test_a_second_writer_is_told_who_holds_the_journal(pg: pgserver.PgSchema) -> None:
+async def test_a_second_runner_of_a_run_is_told_who_runs_it(pg: pgserver.PgSchema) -> None:
+    # The journal has no single writer any more: the refusal is per run (register_runner).
+    first_runner = RunnerInfo("host-a:4242:x", "host-a", 4242)
+    second_runner = RunnerInfo("host-b:7:y", "host-b", 7)
     with anyio.fail_after(20):
         first = await PostgresJournal.open(pg.url, schema=pg.name)
         async with first:
-            with pytest.raises(JournalBusy, match=r"is in use by \S+ \d+;"):  # "host pid"
-                await PostgresJournal.open(pg.url, schema=pg.name)
             await first.lock_for_writing("host-a 4242 run-1")
-            with pytest.raises(JournalBusy, match="in use by host-a 4242 run-1; wait for") as busy:
-                await PostgresJournal.open(pg.url, schema=pg.name)
-            assert f"schema {pg.name}" in str(busy.value)
+            await first.create_run(new_run(), new_targets(2), [])
+            await first.register_runner(RUN_ID, first_runner, lease=30.0, exclusive=True)
+            async with await PostgresJournal.open(pg.url, schema=pg.name) as second:
+                await second.lock_for_writing("host-b 7 run-1")
+                with pytest.raises(JournalBusy, match="is being run by host-a pid 4242 ") as busy:
+                    await second.register_runner(RUN_ID, second_runner, lease=30.0, exclusive=True)
+                assert f"{first.location}" in str(busy.value)
+                await first.leave(RUN_ID, first_runner.runner_id)
+                runners = await second.register_runner(
+                    RUN_ID, second_runner, lease=30.0, exclusive=True
+                )
             # Readers never lock; another schema of the same database is another journal.
             async with await PostgresJournal.open(pg.url, schema=pg.name, readonly=True) as r:
-                assert await r.runs() == []
+                assert [run.run_id for run in await r.runs()] == [RUN_ID]
             with pgserver.fresh_schema(pgserver.PgServer(pg.url, "")) as other:
                 async with await PostgresJournal.open(pg.url, schema=other) as elsewhere:
                     assert elsewhere.writer_stats is not None
-        # Closed: the lock went with it, and the next writer records itself.
-        async with await PostgresJournal.open(pg.url, schema=pg.name) as second:
-            await second.lock_for_writing("host-b 7 run-2")
-            rows = await fetch(pg.url, sql.SQL("SELECT owner FROM {}.writer").format(
-                sql.Identifier(pg.name)))  # fmt: skip
-    assert rows == [("host-b 7 run-2",)]
+        rows = await fetch(pg.url, sql.SQL("SELECT owner FROM {}.writer").format(
+            sql.Identifier(pg.name)))  # fmt: skip
+    assert runners == [second_runner]
+    assert rows == [("host-b 7 run-1",)]  # the latest writer's name, for messages
 
 
-async def test_fresh_opens_at_once_make_one_writer_and_one_schema(pg: pgserver.PgSchema) -> None:
+async def test_fresh_opens_at_once_make_writers_and_one_schema(pg: pgserver.PgSchema) -> None:
     outcomes: list[str] = []
 
     async def opener() -> None:
-        try:
-            journal = await PostgresJournal.open(pg.url, schema=pg.name)
-        except JournalBusy:
-            outcomes.append("busy")
-            return
+        journal = await PostgresJournal.open(pg.url, schema=pg.name)
         outcomes.append("writer")
-        await anyio.sleep(0.3)  # hold it while the others try
+        await anyio.sleep(0.3)  # hold it while the others open
         await journal.close()
 
     with anyio.fail_after(20):
@@ -112,7 +117,11 @@ async def test_fresh_opens_at_once_make_one_writer_and_one_schema(pg: pgserver.P
                 tg.start_soon(opener)
         async with await PostgresJournal.open(pg.url, schema=pg.name, readonly=True) as reader:
             assert await reader.runs() == []
-    assert sorted(outcomes) == ["busy", "busy", "busy", "writer"]
+        version = await fetch(pg.url, sql.SQL(
+            "SELECT value FROM {}.meta WHERE key = 'schema_version'").format(
+            sql.Identifier(pg.name)))  # fmt: skip
+    assert outcomes == ["writer"] * 4
+    assert version == [(str(pgschema.SCHEMA_VERSION),)]
 
 
 async def test_concurrent_migrations_of_a_fresh_schema_do_not_collide(
@@ -303,8 +312,12 @@ async def test_the_password_is_never_shown_or_stored(
             seen += [journal.location, repr(journal), str(journal)]
             await journal.lock_for_writing("host-a 1 run-1")
             await journal.create_run(new_run(), new_targets(2), [])
-            with pytest.raises(JournalBusy) as busy:
-                await PostgresJournal.open(url, schema=pg.name)
+            await journal.register_runner(RUN_ID, RunnerInfo("a", "host-a", 1), lease=30.0,
+                                          exclusive=True)  # fmt: skip
+            async with await PostgresJournal.open(url, schema=pg.name) as second:
+                with pytest.raises(JournalBusy) as busy:
+                    await second.register_runner(RUN_ID, RunnerInfo("b", "host-b", 2),
+                                                 lease=30.0, exclusive=True)  # fmt: skip
             seen.append(str(busy.value))
             with pytest.raises(JournalError) as bad:
                 await journal.attempt_started(start(999, "c1", 1.0))

@@ -2,14 +2,16 @@
 
 Import with ``from test_journal_pg_support import ...``. The server and per-test schemas come
 from ``pgserver``; this module has the journal-level pieces: a journal holding a run, the
-backends the contract tests run against, and server-side tricks (an operator's connection, a
-table lock that stalls the writer mid-batch, terminating a backend).
+backends the contract tests run against, server-side tricks (an operator's connection, a
+table lock that stalls the writer mid-batch, terminating a backend), and the pieces of the
+shared-run tests (runners, pools with waves, claims with roomy defaults, fenced starts).
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,15 @@ from pgserver import PgSchema
 from psycopg import sql
 from test_journal_support import RUN_ID, new_run, new_targets
 
-from fleet_reimage.journal import Exclusion
+from fleet_reimage.journal import (
+    AttemptEnd,
+    AttemptOutcome,
+    AttemptStart,
+    Exclusion,
+    NewTarget,
+    TargetState,
+)
+from fleet_reimage.journal.model import Claim, RunnerInfo
 from fleet_reimage.journal.postgres import PostgresJournal
 from fleet_reimage.journal.sqlite import SqliteJournal
 
@@ -145,7 +155,116 @@ async def until_waiting_on_lock(pg: PgSchema, pid: int, timeout: float = 10.0) -
 
 
 def terminate(url: str, pid: int) -> bool:
-    """``pg_terminate_backend(pid)`` from a separate connection (as an operator would)."""
+    """``pg_terminate_backend(pid)`` from a separate connection (as an operator would).
+
+    Returns once the backend has gone (its locks with it): the function itself only signals
+    it, and a test that acts at once would race the backend's exit.
+    """
     with psycopg.connect(url, autocommit=True) as conn:
         row = conn.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()
+        for _ in range(1000):  # at most 10 s
+            gone = conn.execute(
+                "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = %s)"
+                " AND NOT EXISTS (SELECT 1 FROM pg_locks WHERE pid = %s)",
+                (pid, pid),
+            ).fetchone()
+            if gone and gone[0]:
+                break
+            time.sleep(0.01)
     return bool(row and row[0])
+
+
+# --- several runners sharing one run ------------------------------------------------------
+
+LEASE = 60.0  # long enough that no test's claims expire unless the test means them to
+
+
+def runner(name: str, pid: int = 100) -> RunnerInfo:
+    return RunnerInfo(f"{name}:{pid}:t", name, pid)
+
+
+def pool_targets(pool: str, waves: Sequence[int], account: str = "acct") -> list[NewTarget]:
+    """``waves[w]`` targets in wave ``w`` of ``pool``, positions in order."""
+    targets: list[NewTarget] = []
+    for wave, count in enumerate(waves):
+        for _ in range(count):
+            n = len(targets)
+            targets.append(NewTarget(account, pool, f"{pool}-n{n:04d}", wave, n))
+    return targets
+
+
+async def shared_run(
+    pg: PgSchema, targets: Sequence[NewTarget], journals: int = 2
+) -> list[PostgresJournal]:
+    """``journals`` writable journals on ``pg`` (as separate runners would open), RUN_ID made."""
+    opened: list[PostgresJournal] = []
+    try:
+        for _ in range(journals):
+            opened.append(await PostgresJournal.open(pg.url, schema=pg.name))
+        await opened[0].create_run(new_run(), list(targets), [])
+    except BaseException:
+        for journal in opened:
+            await journal.close()
+        raise
+    return opened
+
+
+@contextlib.asynccontextmanager
+async def all_closed(journals: Sequence[PostgresJournal]) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        for journal in journals:
+            await journal.close()
+
+
+async def claim(
+    journal: PostgresJournal,
+    who: RunnerInfo,
+    pool: str = "p",
+    *,
+    limit: int = 1000,
+    max_unavailable: int = 1000,
+    baseline: int = 0,
+    pause: float = 0.0,
+    budget: int = 1000,
+    forgiven: int = 0,
+    lease: float = LEASE,
+    now: float | None = None,
+) -> Claim:
+    """``journal.claim`` with roomy defaults: a test names only the limit it is about."""
+    return await journal.claim(
+        RUN_ID, who.runner_id, "acct", pool, limit=limit, max_unavailable=max_unavailable,
+        baseline=baseline, pause=pause, failure_budget=budget, forgiven_failures=forgiven,
+        lease=lease, now=time.time() if now is None else now,
+    )  # fmt: skip
+
+
+def fenced(target_id: int, who: RunnerInfo, sent_at: float | None = None) -> AttemptStart:
+    """A start written by runner ``who`` (fenced), its request id unique per target and runner."""
+    at = time.time() if sent_at is None else sent_at
+    crid = f"{who.host}-{target_id}-{at}"
+    return AttemptStart(RUN_ID, target_id, 1, "reimage", crid, at, runner_id=who.runner_id)
+
+
+def ended(start: AttemptStart, state: TargetState, at: float | None = None) -> AttemptEnd:
+    outcome = (
+        AttemptOutcome.ACCEPTED if state is not TargetState.FAILED else AttemptOutcome.REJECTED
+    )
+    return AttemptEnd(
+        RUN_ID, start.target_id, start.client_request_id, time.time() if at is None else at,
+        outcome, state, status=202 if outcome is AttemptOutcome.ACCEPTED else 409,
+    )  # fmt: skip
+
+
+async def owners(pg: PgSchema) -> dict[int, tuple[str | None, str]]:
+    """{target_id: (owner, state)} straight from the table."""
+    conn = await admin(pg.url)
+    async with conn:
+        cursor = await conn.execute(
+            sql.SQL("SELECT target_id, owner, state FROM {}.targets").format(
+                sql.Identifier(pg.name)
+            )
+        )
+        rows = await cursor.fetchall()
+    return {int(t): (o, s) for t, o, s in rows}
