@@ -29,6 +29,7 @@ from .journal import (
     JOURNAL_ENV,
     Journal,
     RunRecord,
+    RunStatus,
     is_postgres_url,
     open_journal,
 )
@@ -36,6 +37,7 @@ from .report import FORMATS, write_report
 from .runview import RunData
 from .status import RunSummary, run_status_json, run_text, runs_json, runs_text
 
+CLEAR_SCREEN = "\x1b[H\x1b[2J"
 DEFAULT_LIMIT = 20
 
 
@@ -62,7 +64,7 @@ def _add_status(commands: Any, common: argparse.ArgumentParser) -> None:
         "  fleet-reimage status --journal patch.db\n"
         "  fleet-reimage status --latest --journal patch.db\n"
         "  fleet-reimage status r20261125-224233-ab12cd --journal patch.db --output json\n"
-        "  watch -n 10 fleet-reimage status --latest --journal patch.db\n",
+        "  fleet-reimage status --latest --follow --journal postgresql://ops@db/fleet\n",
     )
     _run_choice(p)
     journal_option(p)
@@ -78,6 +80,15 @@ def _add_status(commands: Any, common: argparse.ArgumentParser) -> None:
         default=DEFAULT_LIMIT,
         metavar="N",
         help=f"list at most N runs (default: {DEFAULT_LIMIT})",
+    )
+    p.add_argument(
+        "--follow",
+        nargs="?",
+        const=2.0,
+        type=float,
+        metavar="SECONDS",
+        help="keep showing the run, refreshed every SECONDS (default 2), until it is no longer "
+        "running: live progress of a run driven from elsewhere (e.g. a shared journal)",
     )
 
 
@@ -137,16 +148,23 @@ def _positive(text: str) -> int:
 async def cmd_status(args: argparse.Namespace) -> int:
     async with _reading(args.journal) as store:
         if args.run_id is None and not args.latest:
-            text = await _runs_listing(store, args)
-        else:
+            await _print(await _runs_listing(store, args))
+            return 0
+        while True:
             data = await _run_data(store, args)
             now = time.time()
             if args.output == "json":
                 text = json.dumps(run_status_json(data, now), indent=2)
             else:
                 text = run_text(data, now)
-    await _print(text)
-    return 0
+            following = args.follow is not None and data.run.status is RunStatus.RUNNING
+            if args.follow is not None and sys.stdout.isatty():
+                text = CLEAR_SCREEN + text  # redraw in place, like `watch`
+            await _print(text)
+            if not following:
+                return 0
+            args.run_id = data.run.run_id  # keep following this run, even if a newer starts
+            await anyio.sleep(max(0.2, args.follow))
 
 
 async def _runs_listing(store: Journal, args: argparse.Namespace) -> str:

@@ -171,3 +171,46 @@ def test_missing_journal_and_unknown_runs_are_clear_errors(tmp_path: Path) -> No
     assert unnamed.returncode == 2 and "RUN_ID or --latest" in unnamed.stderr
     help_text = fleet_reimage("status", "--help", cwd=tmp_path)
     assert help_text.returncode == 0 and "examples:" in help_text.stdout
+
+
+def test_status_follow_shows_a_run_until_it_ends(tmp_path: Path) -> None:
+    """`status --follow` keeps reporting a run driven by another process until it ends."""
+    with emulator_process(
+        tmp_path,
+        [{"id": "p", "nodes": 12, "configuration": "cloudServiceConfiguration"}],
+        timings={"reimaging": "300ms", "starting": "200ms"},
+    ) as emu:
+        plan = write_plan(
+            tmp_path,
+            emu.url,
+            rollout="""
+            waves: [2, "100%"]
+            max_unavailable: 3
+            health: {wait: true, poll_interval: 100ms, timeout: 30s}
+        """,
+        )
+        journal = tmp_path / "j.db"
+        runner = start_fleet_reimage(
+            "run", str(plan), "--yes", "--journal", str(journal), cwd=tmp_path
+        )
+        deadline = time.monotonic() + 20
+        while not journal.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        follow = fleet_reimage(
+            "status",
+            "--latest",
+            "--follow",
+            "0.3",
+            "--journal",
+            str(journal),
+            cwd=tmp_path,
+            timeout=60,
+        )
+        runner.communicate(timeout=60)
+    assert follow.returncode == 0, follow.stderr
+    statuses = [
+        line.split()[-1] for line in follow.stdout.splitlines() if line.startswith("  status ")
+    ]
+    assert len(statuses) >= 2  # it refreshed while the run went on
+    assert statuses[0] == "running" and statuses[-1] == "finished"
