@@ -210,7 +210,7 @@ def test_status_follow_shows_a_run_until_it_ends(tmp_path: Path) -> None:
         runner.communicate(timeout=60)
     assert follow.returncode == 0, follow.stderr
     statuses = [
-        line.split()[-1] for line in follow.stdout.splitlines() if line.startswith("  status ")
+        line.split()[1] for line in follow.stdout.splitlines() if line.startswith("  status ")
     ]
     assert len(statuses) >= 2  # it refreshed while the run went on
     assert statuses[0] == "running" and statuses[-1] == "finished"
