@@ -47,43 +47,56 @@ def main(argv: list[str]) -> dict[str, Any]:
     for round_no in range(args.rounds):
         order = ("fleet-reimage", "aiohttp") if round_no % 2 == 0 else ("aiohttp", "fleet-reimage")
         for name in order:
-            with common.workdir(f"latency-{name}") as folder:
-                with common.emulator(folder / "emu", fleet) as emu:
-                    if name == "fleet-reimage":
-                        plan = folder / "plan.yaml"
-                        plan.write_text(
-                            common.plan_text(
+            with (
+                common.workdir(f"latency-{name}") as folder,
+                common.emulator(folder / "emu", fleet) as emu,
+            ):
+                if name == "fleet-reimage":
+                    plan = folder / "plan.yaml"
+                    plan.write_text(
+                        common.plan_text(
+                            emu.url,
+                            concurrency=args.concurrency,
+                            per_account=args.concurrency,
+                        ),
+                        encoding="utf-8",
+                    )
+                    journal = folder / "journal.db"
+                    child = common.check(
+                        common.run(
+                            common.fleet_reimage(
+                                "run",
+                                str(plan),
+                                "--yes",
+                                "--journal",
+                                str(journal),
+                                "--log-file",
+                                str(folder / "log.jsonl"),
+                            ),
+                            folder,
+                            tag=name,
+                        ),
+                        name,
+                    )
+                    dispatch = common.journal_phase(journal)["dispatch_s"]
+                else:
+                    child = common.check(
+                        common.run(
+                            [
+                                common.PYTHON,
+                                str(common.BENCH / "contenders.py"),
+                                "aiohttp",
                                 emu.url,
-                                concurrency=args.concurrency,
-                                per_account=args.concurrency,
-                            ),
-                            encoding="utf-8",
-                        )
-                        journal = folder / "journal.db"
-                        child = common.check(
-                            common.run(
-                                common.fleet_reimage(
-                                    "run", str(plan), "--yes", "--journal", str(journal),
-                                    "--log-file", str(folder / "log.jsonl"),
-                                ),
-                                folder,
-                                tag=name,
-                            ),
-                            name,
-                        )
-                        dispatch = common.journal_phase(journal)["dispatch_s"]
-                    else:
-                        child = common.check(
-                            common.run(
-                                [common.PYTHON, str(common.BENCH / "contenders.py"), "aiohttp"]
-                                + [emu.url, "--concurrency", str(args.concurrency)],
-                                folder,
-                                tag=name,
-                            ),
-                            name,
-                        )
-                        dispatch = json.loads(child.stdout.strip().splitlines()[-1])["dispatch_s"]
-                    counts = emu.reimage_counts()
+                                "--concurrency",
+                                str(args.concurrency),
+                            ],
+                            folder,
+                            tag=name,
+                        ),
+                        name,
+                    )
+                    dispatch = json.loads(child.stdout.strip().splitlines()[-1])["dispatch_s"]
+                counts = emu.reimage_counts()
             wrong = common.duplicates(counts)
             if len(counts) != args.nodes or wrong:
                 raise RuntimeError(f"{name}: {len(wrong)} nodes not reimaged exactly once")

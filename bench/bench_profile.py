@@ -167,15 +167,31 @@ def main(argv: list[str]) -> dict[str, Any]:
                 encoding="utf-8",
             )
             command = common.fleet_reimage(
-                "run", str(plan), "--yes", "--journal", str(folder / "journal.db"),
-                "--log-file", str(folder / "log.jsonl"),
+                "run",
+                str(plan),
+                "--yes",
+                "--journal",
+                str(folder / "journal.db"),
+                "--log-file",
+                str(folder / "log.jsonl"),
             )
             if args.tool == "py-spy":
                 stacks = common.OUT / "profile-stacks.txt"
                 spy = shutil.which("py-spy", path=str(bindir)) or "py-spy"
                 profiled = [
-                    spy, "record", "--gil", "--threads", "--nonblocking", "-r", str(args.rate),
-                    "-f", "raw", "-o", str(stacks), "--", *command,
+                    spy,
+                    "record",
+                    "--gil",
+                    "--threads",
+                    "--nonblocking",
+                    "-r",
+                    str(args.rate),
+                    "-f",
+                    "raw",
+                    "-o",
+                    str(stacks),
+                    "--",
+                    *command,
                 ]
                 child = common.check(common.run(profiled, folder, tag="py-spy"), "py-spy")
                 summary = summarise(stacks, args.top)
@@ -185,8 +201,15 @@ def main(argv: list[str]) -> dict[str, Any]:
                 return {"parameters": vars(args), "wall_s": child.wall_s, "summary": summary}
             report = common.OUT / "profile-pyinstrument.txt"
             profiled = [
-                common.PYTHON, "-m", "pyinstrument", "--show-all", "-o", str(report),
-                "-m", "fleet_reimage", *command[3:],
+                common.PYTHON,
+                "-m",
+                "pyinstrument",
+                "--show-all",
+                "-o",
+                str(report),
+                "-m",
+                "fleet_reimage",
+                *command[3:],
             ]
             child = common.check(common.run(profiled, folder, tag="pyinstrument"), "pyinstrument")
             print(report.read_text(encoding="utf-8")[:6000])

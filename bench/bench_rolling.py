@@ -89,8 +89,7 @@ def main(argv: list[str]) -> dict[str, Any]:
                     name="rolling",
                     waves='[1, 10, "25%", "100%"]',
                     max_unavailable=f'"{args.max_unavailable}"',
-                    health=f"{{wait: true, poll_interval: {args.poll_interval:g}s, "
-                    "timeout: 5m}",
+                    health=f"{{wait: true, poll_interval: {args.poll_interval:g}s, timeout: 5m}}",
                     failure_budget='"5%"',
                     concurrency=64,
                     per_account=32,
@@ -117,8 +116,13 @@ def main(argv: list[str]) -> dict[str, Any]:
             child = common.check(
                 common.run(
                     common.fleet_reimage(
-                        "run", str(plan), "--yes", "--journal", str(journal),
-                        "--log-file", str(folder / "log.jsonl"),
+                        "run",
+                        str(plan),
+                        "--yes",
+                        "--journal",
+                        str(journal),
+                        "--log-file",
+                        str(folder / "log.jsonl"),
                     ),
                     folder,
                     tag="run",

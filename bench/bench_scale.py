@@ -141,8 +141,13 @@ def main(argv: list[str]) -> dict[str, Any]:
             run = common.check(
                 common.run(
                     common.fleet_reimage(
-                        "run", str(plan), "--yes", "--journal", str(journal),
-                        "--log-file", str(folder / "run.log"),
+                        "run",
+                        str(plan),
+                        "--yes",
+                        "--journal",
+                        str(journal),
+                        "--log-file",
+                        str(folder / "run.log"),
                     ),
                     folder,
                     tag="run",
@@ -184,15 +189,24 @@ def main(argv: list[str]) -> dict[str, Any]:
             events = folder / "events.jsonl"
             first_run = common.start(
                 common.fleet_reimage(
-                    "run", str(plan2), "--yes", "--journal", str(journal2), "--events",
-                    str(events), "--log-file", str(folder / "run2.log"),
+                    "run",
+                    str(plan2),
+                    "--yes",
+                    "--journal",
+                    str(journal2),
+                    "--events",
+                    str(events),
+                    "--log-file",
+                    str(folder / "run2.log"),
                 ),
                 folder,
                 tag="run2",
             )
             common.wait_for(
-                lambda: any(e["event"] == "node_accepted" for e in common.read_events(events))
-                or not first_run.running(),
+                lambda: (
+                    any(e["event"] == "node_accepted" for e in common.read_events(events))
+                    or not first_run.running()
+                ),
                 120,
                 0.002,
             )
@@ -209,13 +223,16 @@ def main(argv: list[str]) -> dict[str, Any]:
                 wall_start = time.time()
                 resumer = common.start(
                     common.fleet_reimage(
-                        "resume", "--journal", str(journal2), "--log-file",
+                        "resume",
+                        "--journal",
+                        str(journal2),
+                        "--log-file",
                         str(folder / f"resume{number}.log"),
                     ),
                     folder,
                     tag=f"resume{number}",
                 )
-                common.wait_for(lambda: watch.first is not None or not resumer.running(), 120)
+                common.wait_for(lambda r=resumer: watch.first is not None or not r.running(), 120)
                 watch.stop()
                 if watch.first is None:
                     raise RuntimeError("resume sent no request")
@@ -223,8 +240,9 @@ def main(argv: list[str]) -> dict[str, Any]:
                 if not last:
                     # Crash again once it is reimaging: its first attempts are in the journal.
                     common.wait_for(
-                        lambda: first_attempt_after(journal2, wall_start) is not None
-                        or not resumer.running(),
+                        lambda r=resumer, w=wall_start: (
+                            first_attempt_after(journal2, w) is not None or not r.running()
+                        ),
                         120,
                         0.02,
                     )

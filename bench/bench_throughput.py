@@ -17,6 +17,7 @@ reimaged exactly once, or the benchmark fails.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,10 @@ import common
 from common import Series
 
 CONTENDERS = ("fleet-reimage", "aiohttp", "sdk")
+
+
+def contender(name: str, url: str) -> list[str]:
+    return [common.PYTHON, str(common.BENCH / "contenders.py"), name, url]
 
 
 def measure(name: str, folder: Path, nodes: int, pools: int, concurrency: int) -> dict[str, Any]:
@@ -40,7 +45,12 @@ def measure(name: str, folder: Path, nodes: int, pools: int, concurrency: int) -
             journal = folder / "journal.db"
             child = common.run(
                 common.fleet_reimage(
-                    "run", str(plan), "--yes", "--journal", str(journal), "--log-file",
+                    "run",
+                    str(plan),
+                    "--yes",
+                    "--journal",
+                    str(journal),
+                    "--log-file",
                     str(folder / "log.jsonl"),
                 ),
                 folder,
@@ -52,14 +62,11 @@ def measure(name: str, folder: Path, nodes: int, pools: int, concurrency: int) -
             extra["journal_mb"] = journal.stat().st_size / 1e6
         else:
             child = common.run(
-                [common.PYTHON, str(common.BENCH / "contenders.py"), name, emu.url]
-                + ["--concurrency", str(concurrency)],
+                [*contender(name, emu.url), "--concurrency", str(concurrency)],
                 folder,
                 tag=name,
             )
             common.check(child, name)
-            import json
-
             own = json.loads(child.stdout.strip().splitlines()[-1])
             extra["dispatch_s"] = own["dispatch_s"]
             extra["list_s"] = own["list_s"]

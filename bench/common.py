@@ -21,7 +21,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,12 +37,16 @@ KEY = base64.b64encode(bytes(range(64, 128))).decode()
 KEY_ENV = "FR_BENCH_BATCH_KEY"
 ACCOUNT = "bench"
 API_VERSION = "2024-07-01.20.0"
-EMULATOR_CPU = 0  # the emulator is pinned to this core; clients to the other one(s)
+EMULATOR_CPU = 0  # with BENCH_PIN=1 the emulator is pinned to this core, clients to the rest
 
 
 def client_cpus() -> set[int] | None:
-    """The cores a client runs on: every core but the emulator's (None: do not pin)."""
-    if os.environ.get("BENCH_NO_PIN") or not hasattr(os, "sched_setaffinity"):
+    """The cores a client runs on: every core but the emulator's (None: do not pin).
+
+    Off by default: on a shared machine, another process busy on a pinned core slows the
+    pinned benchmark process more than the scheduler's free choice does.
+    """
+    if not os.environ.get("BENCH_PIN") or not hasattr(os, "sched_setaffinity"):
         return None
     cores = os.sched_getaffinity(0)
     rest = cores - {EMULATOR_CPU}
@@ -156,21 +160,16 @@ def emulator(folder: Path, text: str, *, pin: bool = True) -> Iterator[EmulatorP
     fleet.write_text(text, encoding="utf-8")
     port_file = folder / "emulator.port"
     port_file.unlink(missing_ok=True)
-    pinned = pin and client_cpus() is not None
-
-    def pin_me() -> None:
-        if pinned:
-            os.sched_setaffinity(0, {EMULATOR_CPU})
-
     log = (folder / "emulator.log").open("wb")
+    command = [PYTHON, "-m", "fleet_reimage.emulator", "--fleet", str(fleet), "--port", "0"]
     process = subprocess.Popen(
-        [PYTHON, "-m", "fleet_reimage.emulator", "--fleet", str(fleet), "--port", "0"]
-        + ["--port-file", str(port_file)],
+        [*command, "--port-file", str(port_file)],
         stdout=subprocess.DEVNULL,
         stderr=log,
         env=child_env(),
-        preexec_fn=pin_me,
     )
+    if pin and client_cpus() is not None:
+        os.sched_setaffinity(process.pid, {EMULATOR_CPU})
     try:
         deadline = time.monotonic() + 120
         while not port_file.exists():
@@ -222,18 +221,13 @@ class Running:
         self.err_path = folder / f"{tag}.stderr"
         out = self.out_path.open("wb")
         err = self.err_path.open("wb")
-
-        def pin_me() -> None:
-            if cpus:
-                os.sched_setaffinity(0, cpus)
-
         self.started = time.perf_counter()
-        self.process = subprocess.Popen(
-            list(argv), cwd=folder, env=env, stdout=out, stderr=err, preexec_fn=pin_me
-        )
+        self.process = subprocess.Popen(list(argv), cwd=folder, env=env, stdout=out, stderr=err)
         out.close()
         err.close()
         self.pid = self.process.pid
+        if cpus:
+            os.sched_setaffinity(self.pid, cpus)
         self._done = threading.Event()
         self._result: tuple[int, float, Any] | None = None
         threading.Thread(target=self._reap, daemon=True).start()
@@ -250,10 +244,8 @@ class Running:
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.running():
-            try:
+            with suppress(ProcessLookupError):
                 os.kill(self.pid, sig)
-            except ProcessLookupError:
-                pass
 
     def wait(self, timeout: float) -> Child:
         if not self._done.wait(timeout):
@@ -472,3 +464,17 @@ def journal_phase(journal: Path) -> dict[str, float]:
         "last_sent": last_sent,
         "dispatch_s": (last - first) if first and last else float("nan"),
     }
+
+
+def journal_throttle_changes(journal: Path) -> list[dict[str, Any]]:
+    """The adaptive throttle's moves recorded in the journal (``throttle_changed`` events)."""
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
+    try:
+        rows = conn.execute(
+            "SELECT at, data FROM events WHERE kind = 'throttle_changed' ORDER BY at"
+        ).fetchall()
+    finally:
+        conn.close()
+    return [{"at": at, **json.loads(data)} for at, data in rows]

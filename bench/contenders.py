@@ -87,12 +87,14 @@ async def plain_aiohttp(url: str, concurrency: int) -> dict[str, Any]:
                 f"{url}/pools/{quote(pool, safe='')}/nodes/{quote(node, safe='')}/reimage"
                 f"?api-version={API_VERSION}"
             )
-            async with semaphore:
-                async with session.post(
+            async with (
+                semaphore,
+                session.post(
                     URL(address, encoded=True), headers=signed("POST", address, BODY), data=BODY
-                ) as answer:
-                    await answer.read()
-                    counts["accepted" if answer.status == 202 else "failed"] += 1
+                ) as answer,
+            ):
+                await answer.read()
+                counts["accepted" if answer.status == 202 else "failed"] += 1
 
         await asyncio.gather(*(reimage(p, n) for p, n in targets))
     ended = time.perf_counter()

@@ -139,6 +139,7 @@ async def test_concurrent_migrations_of_a_fresh_schema_do_not_collide(
                 await conn.close()
     assert state.version == pgschema.SCHEMA_VERSION
     assert {"meta", "writer", "runs", "targets", "attempts", "exclusions", "events"} <= state.tables
+    assert {"runners", "run_pools", "run_accounts"} <= state.tables  # schema 2: shared runs
 
 
 async def test_losing_the_lock_connection_stops_the_writes(pg: pgserver.PgSchema) -> None:

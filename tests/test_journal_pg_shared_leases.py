@@ -208,6 +208,40 @@ async def test_heartbeats_keep_claims_alive_and_leaving_gives_them_back(
     assert [t.target_id for t in left.targets] == ids[1:]
 
 
+async def test_leaving_gives_back_a_row_a_batch_held_for_a_moment(pg: pgserver.PgSchema) -> None:
+    with anyio.fail_after(10):
+        (a,) = await shared_run(pg, pool_targets("p", [3]), journals=1)
+        async with a:
+            await a.register_runner(RUN_ID, A, lease=LEASE, exclusive=True)
+            ids = [t.target_id for t in (await claim(a, A)).targets]
+            conn = await admin(pg.url)
+            # The row lock is held as a batch of the writer would hold it, then let go.
+            async with conn, anyio.create_task_group() as tg, conn.transaction():
+                query = sql.SQL("SELECT 1 FROM {}.targets WHERE target_id = %s FOR UPDATE")
+                await conn.execute(query.format(sql.Identifier(pg.name)), (ids[0],))
+                tg.start_soon(a.leave, RUN_ID, A.runner_id)
+                await anyio.sleep(0.03)
+            table = await owners(pg)
+    assert [table[t][0] for t in ids] == [None, None, None]
+
+
+async def test_a_long_gone_registration_is_forgotten(pg: pgserver.PgSchema) -> None:
+    with anyio.fail_after(10):
+        a, b = await shared_run(pg, pool_targets("p", [2]))
+        async with all_closed([a, b]):
+            await a.register_runner(RUN_ID, A, lease=LEASE, exclusive=True)
+            # Its lease ran out two hours ago (a laptop that slept through the night).
+            await b.register_runner(RUN_ID, B, lease=-7200.0, exclusive=False)
+            assert await a.heartbeat(RUN_ID, A.runner_id, lease=LEASE) == [A]
+            conn = await admin(pg.url)
+            async with conn:
+                query = sql.SQL("SELECT runner_id FROM {}.runners").format(sql.Identifier(pg.name))
+                rows = await (await conn.execute(query)).fetchall()
+            with pytest.raises(LeaseLost):
+                await b.heartbeat(RUN_ID, B.runner_id, lease=LEASE)
+    assert rows == [(A.runner_id,)]
+
+
 async def test_pauses_and_baselines_are_shared(pg: pgserver.PgSchema) -> None:
     with anyio.fail_after(10):
         a, b = await shared_run(pg, pool_targets("p", [2]))

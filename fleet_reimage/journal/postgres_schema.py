@@ -130,7 +130,11 @@ _V1: tuple[str, ...] = (
 )
 
 # The states a target can still leave: the claim queries' partial indexes cover only these.
-_OPEN = "state IN ('pending', 'in_flight', 'accepted')"
+OPEN = "state IN ('pending', 'in_flight', 'accepted')"
+# The targets that take room from max_unavailable, or may (a pending one while its claim's
+# lease holds), and those a takeover looks at: few, so their own small index. The claim
+# queries repeat this text exactly, so the planner can match them to the partial index.
+HELD = "(state IN ('in_flight', 'accepted') OR (state = 'pending' AND owner IS NOT NULL))"
 
 # Several runners sharing one run (see ``postgres_shared``). Only nullable columns and new
 # tables: adding them is instant on a big journal, and a version-1 writer's statements still
@@ -150,12 +154,16 @@ _V2: tuple[str, ...] = (
         PRIMARY KEY (run_id, runner_id)
     )""",
     # One row per pool of a shared run: each claim locks it, which serialises the pool's
-    # limit decisions across runners.
-    """CREATE TABLE run_pools (
-        run_id   text NOT NULL REFERENCES runs (run_id),
-        account  text NOT NULL,
-        pool     text NOT NULL,
-        baseline bigint NOT NULL DEFAULT 0,
+    # limit decisions across runners. wave/wave_after cache when the lower waves of the
+    # pool's current wave ended (for the pause), so that a claim reads the pool's finished
+    # targets once per wave, not every time.
+    f"""CREATE TABLE run_pools (
+        run_id     text NOT NULL REFERENCES runs (run_id),
+        account    text NOT NULL,
+        pool       text NOT NULL,
+        baseline   bigint NOT NULL DEFAULT 0,
+        wave       bigint,
+        wave_after {_TIME},
         PRIMARY KEY (run_id, account, pool)
     )""",
     f"""CREATE TABLE run_accounts (
@@ -164,13 +172,13 @@ _V2: tuple[str, ...] = (
         paused_until {_TIME} NOT NULL DEFAULT 0,
         PRIMARY KEY (run_id, account)
     )""",
-    # claim: the pool's current wave (its first entry), its active targets and takeovers, and
-    # the next pending targets of a wave in dispatch order. One index, not one for pending
-    # targets and one for the others: each costs every create_run and state change a write.
-    "CREATE INDEX targets_open ON targets (run_id, account, pool, wave, position)"
-    f" WHERE {_OPEN}",
+    # claim: the pool's current wave (its first entry) and the next pending targets of a wave
+    # in dispatch order (pending ones are the bulk of the open ones).
+    f"CREATE INDEX targets_open ON targets (run_id, account, pool, wave, position) WHERE {OPEN}",
+    # claim: the pool's active targets and takeovers, without reading the pool's other rows.
+    f"CREATE INDEX targets_held ON targets (run_id, account, pool) WHERE {HELD}",
     # heartbeat and leave: a runner's targets that are not terminal.
-    f"CREATE INDEX targets_owner ON targets (run_id, owner) WHERE owner IS NOT NULL AND {_OPEN}",
+    f"CREATE INDEX targets_owner ON targets (run_id, owner) WHERE owner IS NOT NULL AND {OPEN}",
     # claim: the run's failures, for the failure budget, without reading every target.
     "CREATE INDEX targets_failed ON targets (run_id) WHERE state = 'failed'",
 )

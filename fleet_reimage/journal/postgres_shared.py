@@ -20,11 +20,13 @@ itself is in ``postgres_shared_claim``. The rules:
   ``time.time()`` here) and are compared across runners: their clocks must agree to well
   within a lease (NTP does).
 
-Nothing here waits on a target row: target rows are only taken ``FOR UPDATE SKIP LOCKED``, so
-no transaction here can deadlock with a group-writer batch (which locks many target rows) or
-with another runner's claim. The waits that remain are on one row each, never in a cycle: a
-claim on the pool's ``run_pools`` row, a heartbeat on its own ``runners`` row, a registration
-on the run's advisory lock.
+Nothing here waits on a target row: target rows are only taken ``FOR NO KEY UPDATE SKIP
+LOCKED``, so no transaction here can deadlock with a group-writer batch (which locks many
+target rows) or with another runner's claim. (``NO KEY``: the key is never changed, and the
+weaker lock lets the writer's foreign-key checks on a claimed row through without waiting.)
+The waits that remain are on one row each, never in a cycle: a claim on the pool's
+``run_pools`` row, a heartbeat on its own ``runners`` row, a registration on the run's
+advisory lock.
 
 None of this is on the hot path: each operation is one short transaction on a small pool of
 writable connections, opened on first use (a journal that never shares a run never opens it),
@@ -44,7 +46,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from fleet_reimage.journal import postgres_conn as pgconn
 from fleet_reimage.journal.model import Claim, JournalBusy, JournalError, LeaseLost, RunnerInfo
-from fleet_reimage.journal.postgres_schema import RUN_LOCK_CLASS, run_lock_key
+from fleet_reimage.journal.postgres_schema import OPEN, RUN_LOCK_CLASS, run_lock_key
 from fleet_reimage.journal.postgres_shared_claim import ClaimRequest, claim_in
 from fleet_reimage.journal.postgres_writer import Conn
 
@@ -53,8 +55,8 @@ WAIT_S = 30.0  # for a pooled connection: a server that stays away turns into an
 # Registrations expired this long ago are deleted by the next heartbeat of the run: their
 # runner, should it come back, is told LeaseLost instead of finding its old claims.
 FORGET_AFTER_S = 3600.0
-
-_OPEN = "('pending', 'in_flight', 'accepted')"
+GIVE_BACK_TRIES = 5  # leave/release: rows the writer holds are retried after this pause
+GIVE_BACK_PAUSE_S = 0.02
 
 
 class SharedStore:
@@ -165,27 +167,42 @@ class SharedStore:
 
     async def leave(self, run_id: str, runner_id: str) -> None:
         """Give back every target the runner owns that is not terminal; unregister it."""
+        await self._give_back(run_id, runner_id, None)
         async with self._transaction(f"runner {runner_id} leaving") as conn:
-            await conn.execute(
-                _locked_targets("SET owner = NULL, lease_until = NULL", "AND owner = %(me)s"),
-                {"run": run_id, "me": runner_id},
-            )
             await conn.execute(
                 "DELETE FROM runners WHERE run_id = %s AND runner_id = %s", (run_id, runner_id)
             )
 
     async def release(self, run_id: str, runner_id: str, target_ids: Sequence[int]) -> None:
         """Give back claimed targets (those the runner still owns and are not terminal)."""
-        if not target_ids:
-            return
-        async with self._transaction(f"runner {runner_id} releasing targets") as conn:
-            await conn.execute(
-                _locked_targets(
-                    "SET owner = NULL, lease_until = NULL",
-                    "AND owner = %(me)s AND target_id = ANY(%(ids)s::bigint[])",
-                ),
-                {"run": run_id, "me": runner_id, "ids": list(target_ids)},
-            )
+        if target_ids:
+            await self._give_back(run_id, runner_id, list(target_ids))
+
+    async def _give_back(self, run_id: str, runner_id: str, ids: list[int] | None) -> None:
+        """Clear the owner of the runner's targets (``ids``, or all) that are not terminal.
+
+        A row the group writer has locked at that instant is skipped (see ``_locked_targets``)
+        and tried again a moment later, when that batch has committed; one still locked after
+        that keeps its lease until it runs out, which only delays its next claim.
+        """
+        only = "" if ids is None else " AND target_id = ANY(%(ids)s::bigint[])"
+        params = {"run": run_id, "me": runner_id, "ids": ids}
+        for _ in range(GIVE_BACK_TRIES):
+            async with self._transaction(f"runner {runner_id} giving targets back") as conn:
+                await conn.execute(
+                    _locked_targets("SET owner = NULL, lease_until = NULL",
+                                    f"AND owner = %(me)s{only}"),
+                    params,
+                )  # fmt: skip
+                left = await _fetch(
+                    conn,
+                    f"SELECT EXISTS (SELECT 1 FROM targets WHERE run_id = %(run)s AND {OPEN}"
+                    f" AND owner = %(me)s{only})",
+                    params,
+                )
+            if not left[0][0]:
+                return
+            await anyio.sleep(GIVE_BACK_PAUSE_S)
 
     # --- pools and accounts ------------------------------------------------------------
 
@@ -224,12 +241,14 @@ def _locked_targets(assignments: str, condition: str) -> str:
     here can deadlock with a batch (a row skipped keeps its lease until that runs out)."""
     return (
         "WITH c AS MATERIALIZED (SELECT target_id FROM targets WHERE run_id = %(run)s"
-        f" AND state IN {_OPEN} {condition} FOR UPDATE SKIP LOCKED)"
+        f" AND {OPEN} {condition} FOR NO KEY UPDATE SKIP LOCKED)"
         f" UPDATE targets t {assignments} FROM c WHERE t.target_id = c.target_id"
     )
 
 
-async def _fetch(conn: Conn, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+async def _fetch(
+    conn: Conn, query: str, params: Sequence[Any] | dict[str, Any]
+) -> list[tuple[Any, ...]]:
     cursor = await conn.execute(query, params)
     return await cursor.fetchall()
 

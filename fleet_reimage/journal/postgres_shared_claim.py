@@ -9,9 +9,9 @@
    sees every claim committed before (each statement of a READ COMMITTED transaction takes a
    fresh snapshot). The stored baseline is used, as ``set_pool_baseline`` keeps it current.
 3. One query reads the pool's state: the current wave (the lowest wave with a target that is
-   not terminal; none: the pool is finished), when the lower waves' last target ended, the
-   active targets (in flight or accepted, by anyone, plus pending ones claimed under a live
-   lease) and the run's failures.
+   not terminal; none: the pool is finished), the active targets (in flight or accepted, by
+   anyone, plus pending ones claimed under a live lease) and the run's failures. When the
+   lower waves' last target ended is read once per wave and kept in the pool's row.
 4. Takeovers, whatever blocks new claims: the pool's in-flight and accepted targets that have
    no owner or whose owner's lease expired become this runner's.
 5. The gates, in this order: failure budget (failures minus forgiven above the budget),
@@ -22,7 +22,8 @@
 7. What blocks the next claim: ``unavailable`` when no room is left, else ``wave`` when the
    current wave has no free pending target left (the others hold or run the rest), else None.
 
-Target rows are only ever taken ``FOR UPDATE SKIP LOCKED``: a claim never waits on a row that
+Target rows are only ever taken ``FOR NO KEY UPDATE SKIP LOCKED`` (the key never changes; the
+weaker lock lets the writer's foreign-key checks through): a claim never waits on a row that
 the group writer (or another claim) has locked, so it can never deadlock with a batch.
 """
 
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fleet_reimage.journal.model import Claim, LeaseLost, TargetRecord
+from fleet_reimage.journal.postgres_schema import HELD, OPEN
 from fleet_reimage.journal.postgres_sql import TARGET_COLUMNS, target_records
 from fleet_reimage.journal.postgres_writer import Conn
 
@@ -62,13 +64,19 @@ class ClaimRequest:
 @dataclass(frozen=True, slots=True)
 class PoolState:
     wave: int | None  # the current wave; None: every target of the pool is terminal
-    last_end: float | None  # when the last target of the lower waves ended
     active: int
     failed: int  # in the whole run
+    last_end: float | None = None  # when the last target of the lower waves ended
+
+
+@dataclass(frozen=True, slots=True)
+class PoolRow:
+    baseline: int
+    wave: int | None  # the wave ``wave_after`` was read for
+    wave_after: float | None
 
 
 _POOL = "run_id = %(run)s AND account = %(account)s AND pool = %(pool)s"
-_OPEN = "state IN ('pending', 'in_flight', 'accepted')"
 # A target nobody holds: no owner, or its owner's lease has run out.
 _FREE = "(owner IS NULL OR lease_until IS NULL OR lease_until < %(now)s)"
 
@@ -76,24 +84,21 @@ _LIVE_RUNNER = (
     "SELECT 1 FROM runners WHERE run_id = %(run)s AND runner_id = %(me)s AND lease_until >= %(now)s"
 )
 
-_LOCK_POOL = (
-    "SELECT baseline FROM run_pools WHERE run_id = %(run)s AND account = %(account)s"
-    " AND pool = %(pool)s FOR UPDATE"
+_LOCK_POOL = f"SELECT baseline, wave, wave_after FROM run_pools WHERE {_POOL} FOR UPDATE"
+
+# Each sub-select has an index of its own: targets_open (its first entry), targets_held,
+# targets_failed; none reads the pool's finished targets.
+_STATE = (
+    f"SELECT (SELECT min(wave) FROM targets WHERE {_POOL} AND {OPEN}),"
+    f" (SELECT count(*) FROM targets WHERE {_POOL} AND {HELD}"
+    "   AND (state <> 'pending' OR lease_until >= %(now)s)),"
+    " (SELECT count(*) FROM targets WHERE run_id = %(run)s AND state = 'failed')"
 )
 
-_STATE = (
-    f"WITH cur AS (SELECT min(wave) AS wave FROM targets WHERE {_POOL} AND {_OPEN})"
-    " SELECT cur.wave,"
-    f" (SELECT max(finished_at) FROM targets WHERE {_POOL} AND wave < cur.wave),"
-    f" (SELECT count(*) FROM targets WHERE {_POOL} AND {_OPEN} AND (state <> 'pending'"
-    "   OR (owner IS NOT NULL AND lease_until >= %(now)s))),"
-    " (SELECT count(*) FROM targets WHERE run_id = %(run)s AND state = 'failed')"
-    " FROM cur"
-)
+_LAST_END = f"SELECT max(finished_at) FROM targets WHERE {_POOL} AND wave < %(wave)s"
 
 _TAKEOVERS = (
-    f"SELECT target_id FROM targets WHERE {_POOL} AND state IN ('in_flight', 'accepted')"
-    f" AND {_FREE}"
+    f"SELECT target_id FROM targets WHERE {_POOL} AND {HELD} AND state <> 'pending' AND {_FREE}"
 )
 
 _PENDING = (
@@ -111,7 +116,7 @@ def _take(select: str) -> str:
     """The statement that makes the rows ``select`` finds this runner's, returning them."""
     columns = ", ".join(f"t.{name}" for name in TARGET_COLUMNS)
     return (
-        f"WITH c AS MATERIALIZED ({select} FOR UPDATE SKIP LOCKED)"
+        f"WITH c AS MATERIALIZED ({select} FOR NO KEY UPDATE SKIP LOCKED)"
         " UPDATE targets t SET owner = %(me)s, lease_until = %(until)s FROM c"
         f" WHERE t.target_id = c.target_id RETURNING {columns}"
     )
@@ -129,8 +134,8 @@ async def claim_in(conn: Conn, request: ClaimRequest) -> Claim:
             f"runner {request.runner_id} has no live registration in run {request.run_id} "
             "(its lease expired, it left, or it never registered); it must not claim"
         )
-    baseline = await _lock_pool(conn, params)
-    state = await _pool_state(conn, params)
+    pool = await _lock_pool(conn, params)
+    state = await _pool_state(conn, params, pool)
     if state.wave is None:
         return Claim([], [], None, None, None, finished=True)
     params["wave"] = state.wave
@@ -138,7 +143,7 @@ async def claim_in(conn: Conn, request: ClaimRequest) -> Claim:
     blocked, retry_at = gate(request, state)
     if blocked is not None:
         return Claim([], takeovers, state.wave, blocked, retry_at, finished=False)
-    room = request.max_unavailable - baseline - state.active
+    room = request.max_unavailable - pool.baseline - state.active
     claimed: list[TargetRecord] = []
     if room > 0 and request.limit > 0:
         claimed = await _take_rows(conn, _TAKE_PENDING, {**params, "n": min(request.limit, room)})
@@ -163,8 +168,9 @@ def gate(request: ClaimRequest, state: PoolState) -> tuple[str | None, float | N
     return None, None
 
 
-async def _lock_pool(conn: Conn, params: dict[str, Any]) -> int:
-    """Create the pool's row if missing, lock it, and return the stored baseline."""
+async def _lock_pool(conn: Conn, params: dict[str, Any]) -> PoolRow:
+    """Create the pool's row if missing, lock it, and return what it holds."""
+    # Not INSERT ... ON CONFLICT DO UPDATE: that would write a new row version every claim.
     await conn.execute(
         "INSERT INTO run_pools (run_id, account, pool, baseline)"
         " VALUES (%(run)s, %(account)s, %(pool)s, %(baseline)s)"
@@ -173,21 +179,28 @@ async def _lock_pool(conn: Conn, params: dict[str, Any]) -> int:
     )
     cursor = await conn.execute(_LOCK_POOL, params)
     row = await cursor.fetchone()
-    return 0 if row is None else int(row[0])
+    if row is None:  # pragma: no cover - inserted just above, and never deleted
+        return PoolRow(0, None, None)
+    baseline, wave, wave_after = row
+    return PoolRow(int(baseline), wave, wave_after)
 
 
-async def _pool_state(conn: Conn, params: dict[str, Any]) -> PoolState:
+async def _pool_state(conn: Conn, params: dict[str, Any], pool: PoolRow) -> PoolState:
     cursor = await conn.execute(_STATE, params)
     row = await cursor.fetchone()
-    if row is None:  # pragma: no cover - an aggregate always returns one row
-        return PoolState(None, None, 0, 0)
-    wave, last_end, active, failed = row
-    return PoolState(
-        None if wave is None else int(wave),
-        None if last_end is None else float(last_end),
-        int(active),
-        int(failed),
-    )
+    if row is None or row[0] is None:  # no open target left: finished
+        return PoolState(None, 0, 0)
+    wave, active, failed = int(row[0]), int(row[1]), int(row[2])
+    last_end = pool.wave_after
+    if pool.wave != wave:  # a new current wave (or the first claim): read its pause anchor
+        cursor = await conn.execute(_LAST_END, {**params, "wave": wave})
+        found = await cursor.fetchone()
+        last_end = None if found is None or found[0] is None else float(found[0])
+        await conn.execute(
+            f"UPDATE run_pools SET wave = %(wave)s, wave_after = %(after)s WHERE {_POOL}",
+            {**params, "wave": wave, "after": last_end},
+        )
+    return PoolState(wave, active, failed, last_end)
 
 
 async def _take_rows(conn: Conn, query: str, params: dict[str, Any]) -> list[TargetRecord]:

@@ -83,6 +83,15 @@ def read_rollout(checker: Checker, at: Node | None) -> RolloutSpec | None:
         confirm = _read_confirm(checker, got["confirm_after_wave"], ladder, waves is not None)
     if checker.error_count > errors or health is None:
         return None
+    if not health.wait and got["max_unavailable"] is not None and not is_all(max_unavailable):
+        checker.warning(
+            got["max_unavailable"],
+            (
+                "with health.wait: false a node stops counting as unavailable once Batch accepted "
+                "the request, so max_unavailable only bounds requests in flight, not how much of "
+                "the pool is reimaging at once; keep wait: true to hold it"
+            ),
+        )
     return RolloutSpec(
         waves=ladder,
         max_unavailable=max_unavailable,
