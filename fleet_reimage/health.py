@@ -61,7 +61,8 @@ class HealthMonitor:
             return False
         if pool.blocked_since is None:
             pool.blocked_since = now
-        if now - pool.blocked_since > self.spec.timeout:
+        # In a shared run the blocking nodes may be other runners' own: never stop for them.
+        if self.executor.shared is None and now - pool.blocked_since > self.spec.timeout:
             self.executor.stop_pool(
                 pool,
                 (

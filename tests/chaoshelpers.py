@@ -70,7 +70,7 @@ def run_cli(
         text=True,
         timeout=timeout,
         check=False,
-        preexec_fn=preexec_fn,  # noqa: PLW1509 - only the disk-full test sets it (rlimits)
+        preexec_fn=preexec_fn,  # only the disk-full test sets one (rlimits)
     )
 
 

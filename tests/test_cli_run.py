@@ -9,7 +9,6 @@ import sqlite3
 import time
 from pathlib import Path
 
-import pytest
 from clihelpers import emulator_process, fleet_reimage, start_fleet_reimage
 from runhelpers import KEY, write_plan
 
@@ -100,7 +99,7 @@ def test_sigint_stops_gracefully_prints_resume_and_resume_finishes(tmp_path: Pat
         runner.send_signal(signal.SIGINT)
         out, err = runner.communicate(timeout=60)
         assert runner.returncode == 130, err
-        assert f"to continue: fleet-reimage resume " in out and str(journal) in out
+        assert "to continue: fleet-reimage resume " in out and str(journal) in out
         run_id = out.split("to continue: fleet-reimage resume ")[1].split()[0]
         resumed = fleet_reimage("resume", run_id, "--journal", str(journal), cwd=tmp_path)
         assert resumed.returncode == 0, resumed.stderr

@@ -56,8 +56,8 @@ def test_three_runners_one_killed_every_node_once_within_limits(
         time.sleep(2.0)
         second.kill()  # mid-run: its leased nodes must be taken over, none twice
         second.communicate(timeout=30)
-        out1, err1 = first.communicate(timeout=180)
-        out3, err3 = third.communicate(timeout=180)
+        _, err1 = first.communicate(timeout=180)
+        _, err3 = third.communicate(timeout=180)
         stats = emu.stats()
     assert first.returncode in (0, 3) and third.returncode in (0, 3), err1 + err3
     counts = {n["id"]: n["reimages"] for n in stats["nodes"]}

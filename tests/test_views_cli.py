@@ -177,7 +177,7 @@ def test_status_follow_shows_a_run_until_it_ends(tmp_path: Path) -> None:
     """`status --follow` keeps reporting a run driven by another process until it ends."""
     with emulator_process(
         tmp_path,
-        [{"id": "p", "nodes": 12, "configuration": "cloudServiceConfiguration"}],
+        [{"id": "p", "nodes": 30, "configuration": "cloudServiceConfiguration"}],
         timings={"reimaging": "300ms", "starting": "200ms"},
     ) as emu:
         plan = write_plan(

@@ -78,9 +78,10 @@ def default_location(environ: Mapping[str, str] | None = None) -> str:
 async def open_journal(location: str | Path | None = None, *, readonly: bool = False) -> Journal:
     """Open the journal at ``location`` (default: :func:`default_location`).
 
-    A missing journal is created, unless ``readonly``. For writing, the journal is locked for
-    this process until it is closed; read-only opens (``status``, ``report``) never lock and
-    may run beside a writer.
+    A missing journal is created, unless ``readonly``. A SQLite journal opened for writing is
+    locked for this process until it is closed; a PostgreSQL one is shared by its writers
+    (runs are claimed per run, see ``SharedRuns``). Read-only opens (``status``, ``report``)
+    never lock and may run beside writers.
     """
     text = default_location() if location is None else os.fspath(location)
     if is_postgres_url(text):

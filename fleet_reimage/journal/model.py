@@ -238,10 +238,11 @@ class Journal(Protocol):
         """Finish queued writes, release the writer lock; safe to call more than once."""
 
     async def lock_for_writing(self, owner: str) -> None:
-        """Become the only writer (raise JournalBusy naming the holder otherwise).
+        """Record ``owner`` ("host pid run") as this journal's writer, for messages.
 
-        ``owner`` is "host pid run", shown to the next would-be writer. A backend may already
-        hold the lock since it was opened for writing (SQLite does); then this records owner.
+        SQLite: the file has one writer; the lock is taken when it is opened for writing and a
+        second writer gets JournalBusy naming the first. PostgreSQL: writers share the journal;
+        who may drive a run is decided per run by ``SharedRuns.register_runner``.
         """
 
     async def create_run(
