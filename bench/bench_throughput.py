@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,11 @@ import common
 from common import Series
 
 CONTENDERS = ("fleet-reimage", "aiohttp", "sdk")
+# --diagnose: fleet-reimage as in production but for one thing, to see what that thing costs.
+DIAGNOSTICS = {
+    "fr-quiet-log": "log level warning (no per-node info line in the log file)",
+    "fr-tmpfs": "journal on /dev/shm (tmpfs: fsync costs nothing)",
+}
 
 
 def contender(name: str, url: str) -> list[str]:
@@ -36,30 +43,37 @@ def measure(name: str, folder: Path, nodes: int, pools: int, concurrency: int) -
     with common.emulator(folder / "emu", fleet) as emu:
         emu_cpu_before = common.proc_cpu_s(emu.process.pid)
         extra: dict[str, Any] = {}
-        if name == "fleet-reimage":
+        if name == "fleet-reimage" or name in DIAGNOSTICS:
             plan = folder / "plan.yaml"
             plan.write_text(
                 common.plan_text(emu.url, concurrency=concurrency, per_account=concurrency),
                 encoding="utf-8",
             )
-            journal = folder / "journal.db"
-            child = common.run(
-                common.fleet_reimage(
-                    "run",
-                    str(plan),
-                    "--yes",
-                    "--journal",
-                    str(journal),
-                    "--log-file",
-                    str(folder / "log.jsonl"),
-                ),
-                folder,
-                tag=name,
-            )
-            common.check(child, name)
-            phase = common.journal_phase(journal)
-            extra["dispatch_s"] = phase["dispatch_s"]
-            extra["journal_mb"] = journal.stat().st_size / 1e6
+            shm = Path(tempfile.mkdtemp(dir="/dev/shm")) if name == "fr-tmpfs" else None
+            journal = (shm or folder) / "journal.db"
+            quiet = ["--log-level", "warning"] if name == "fr-quiet-log" else []
+            try:
+                child = common.run(
+                    common.fleet_reimage(
+                        "run",
+                        str(plan),
+                        "--yes",
+                        "--journal",
+                        str(journal),
+                        "--log-file",
+                        str(folder / "log.jsonl"),
+                        *quiet,
+                    ),
+                    folder,
+                    tag=name,
+                )
+                common.check(child, name)
+                phase = common.journal_phase(journal)
+                extra["dispatch_s"] = phase["dispatch_s"]
+                extra["journal_mb"] = journal.stat().st_size / 1e6
+            finally:
+                if shm is not None:
+                    shutil.rmtree(shm, ignore_errors=True)
         else:
             child = common.run(
                 [*contender(name, emu.url), "--concurrency", str(concurrency)],
@@ -91,8 +105,14 @@ def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--nodes", type=int, default=20_000)
     parser.add_argument("--pools", type=int, default=4)
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--diagnose",
+        action="store_true",
+        help="also run fleet-reimage variants: " + "; ".join(DIAGNOSTICS.values()),
+    )
     args = parser.parse_args(argv)
+    names = CONTENDERS + (tuple(DIAGNOSTICS) if args.diagnose else ())
     print(
         f"throughput: {args.nodes:,} nodes in {args.pools} pools, concurrency "
         f"{args.concurrency}, {args.rounds} interleaved rounds (fresh emulator each time)"
@@ -102,10 +122,11 @@ def main(argv: list[str]) -> dict[str, Any]:
             k: Series()
             for k in ("rate", "wall_s", "dispatch_rate", "cpu_s", "emulator_cpu_s", "maxrss_mb")
         }
-        for name in CONTENDERS
+        for name in names
     }
     for round_no in range(args.rounds):
-        order = CONTENDERS[round_no % 3 :] + CONTENDERS[: round_no % 3]
+        shift = round_no % len(names)
+        order = names[shift:] + names[:shift]
         for name in order:
             with common.workdir(f"throughput-{name}") as folder:
                 figures = measure(name, folder, args.nodes, args.pools, args.concurrency)
@@ -168,6 +189,16 @@ def main(argv: list[str]) -> dict[str, Any]:
         f"({dispatch['fleet_reimage_vs_aiohttp']:.2f} dispatch only)   goal >= 0.6: "
         f"{'met' if ratios['fleet_reimage_vs_aiohttp'] >= 0.6 else 'NOT met'}"
     )
+    if args.diagnose:
+        base = series["fleet-reimage"]
+        print("\ndiagnostic variants of fleet-reimage (medians, against fleet-reimage as run):")
+        for name, what in DIAGNOSTICS.items():
+            d = series[name]
+            print(
+                f"  {name:<13} {what}: {d['rate'].median:,.0f}/s "
+                f"({d['rate'].median / base['rate'].median:.2f}x), client CPU "
+                f"{d['cpu_s'].median:.1f} s ({d['cpu_s'].median - base['cpu_s'].median:+.1f} s)"
+            )
     return {
         "parameters": vars(args),
         "contenders": {

@@ -112,11 +112,6 @@ def test_a_journal_from_a_newer_schema_is_refused(
         assert "schema 99" in message, message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: only PRAGMA user_version is checked; a meta.schema_version from a newer "
-    "tool (user_version still 1) is trusted and the run is resumed",
-)
 def test_a_meta_table_from_a_newer_schema_is_refused(stopped: Stopped, tmp_path: Path) -> None:
     journal = copy_of(stopped, tmp_path)
     set_schema_version(journal, user_version=None, meta=99)

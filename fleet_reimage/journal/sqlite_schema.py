@@ -203,11 +203,15 @@ def check_usable(info: SchemaInfo, location: str, *, readonly: bool) -> bool:
             f"{location} is a SQLite database but not a fleet-reimage journal. "
             "Choose another file with --journal; this one was left unchanged."
         )
-    if info.user_version > SCHEMA_VERSION:
+    # Either marker from the future refuses: a tool that records its schema in the meta table
+    # but not (yet) in user_version must not have its journal trusted and resumed by us.
+    recorded = info.meta.get("schema_version", "")
+    meta_version = int(recorded) if recorded.isdigit() else 0
+    if max(info.user_version, meta_version) > SCHEMA_VERSION:
         by = info.meta.get("tool_version")
         raise JournalError(
             f"the journal {location} was written by a newer fleet-reimage "
-            f"(schema {info.user_version}); upgrade fleet-reimage to use it "
+            f"(schema {max(info.user_version, meta_version)}); upgrade fleet-reimage to use it "
             f"(it was last written by {by or 'an unknown version'}; this is {tool_version()}, "
             f"which knows schema {SCHEMA_VERSION}). The journal was left unchanged."
         )
