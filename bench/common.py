@@ -388,12 +388,47 @@ def machine() -> dict[str, Any]:
     }
 
 
+def code_version() -> dict[str, Any]:
+    """Which code was measured: the commit, and a digest of the package's sources as they are
+    (the working tree may differ from the commit)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "fleet_reimage").rglob("*.py")):
+        digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "fleet_reimage"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout.strip()
+    except OSError:
+        commit, dirty = "", ""
+    return {
+        "commit": commit or None,
+        "package_changed_since_commit": bool(dirty),
+        "package_sources_sha256": digest.hexdigest()[:16],
+    }
+
+
 def save(name: str, result: dict[str, Any]) -> Path:
     OUT.mkdir(parents=True, exist_ok=True)
     result = {
         "benchmark": name,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine(),
+        "code": code_version(),
         **result,
     }
     path = OUT / f"{name}.json"

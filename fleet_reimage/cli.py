@@ -125,21 +125,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         code: int = _run_unwrapped(args)
-        return code
     except InputError as exc:
-        print(exc.render(), file=sys.stderr)
-        return 2
+        return _fail(exc.render(), 2)
     except (api.RefusedError, JournalError, ConfigurationError) as exc:
-        print(f"fleet-reimage: {exc}", file=sys.stderr)
-        return 2
+        return _fail(f"fleet-reimage: {exc}", 2)
     except BatchError as exc:
-        print(f"fleet-reimage: the Batch service answered: {exc}", file=sys.stderr)
-        return 3
+        return _fail(f"fleet-reimage: the Batch service answered: {exc}", 3)
     except KeyboardInterrupt:
-        print("fleet-reimage: interrupted", file=sys.stderr)
-        return 130
-    finally:
-        logs.flush()
+        return _fail("fleet-reimage: interrupted", 130)
+    logs.flush()
+    return code
+
+
+def _fail(message: str, code: int) -> int:
+    """Print why the command failed, as the last line (after any log line still queued)."""
+    logs.flush()
+    print(message, file=sys.stderr)
+    return code
 
 
 def _run_unwrapped(args: argparse.Namespace) -> int:

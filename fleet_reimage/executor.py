@@ -34,6 +34,7 @@ from .events import RunObserver
 from .health import HealthMonitor
 from .journal.model import (
     Journal,
+    JournalError,
     RunStatus,
     TargetRecord,
     TargetState,
@@ -108,6 +109,7 @@ class Executor(NodeWork):
         self.policy = RetryPolicy(
             max_attempts=retry.max_attempts,
             max_connect_failures=retry.max_attempts,
+            max_throttles=max(100, 10 * retry.max_attempts),
             initial_backoff=retry.initial_backoff,
             max_backoff=retry.max_backoff,
         )
@@ -322,6 +324,12 @@ class Executor(NodeWork):
                 await self._attempt(pool, target)
             else:
                 await self._reconcile(pool, target)
+        except JournalError as error:
+            # Nothing more can be recorded, so nothing more may be sent: stop at once.
+            # What was in flight stays "sent, no answer" and is reconciled on resume.
+            if self.stop_kind != "journal":  # reported once, in the run's result
+                self.request_stop("journal", f"the journal cannot be written: {error}")
+            self.abort()
         finally:
             self._jobs -= 1
             self.wake()
@@ -372,22 +380,10 @@ class Executor(NodeWork):
     async def _finish(self) -> RunResult:
         """Leave every target in a state resume understands, then record the run's end."""
         with anyio.CancelScope(shield=True):
-            for pool in self.pools:
-                for _, _, target_id, kind in pool.retry_heap:
-                    target = self.targets[target_id]
-                    if kind is JobKind.ACTION and target.phase is Phase.BACKOFF:
-                        await self._change(target, TargetState.PENDING, "stopped before its retry")
-            states = [t.record.state for t in self.targets.values()]
-            others_alive = False
-            if self.shared is not None:  # the run's truth is the journal's, not ours alone
-                others_alive = self.shared.live_runners > 1
-                await self.shared.leave()
-                states = [r.state for r in await self.journal.targets(self.run_id)]
-            result = self._result(states)
-            if result.status is RunStatus.FINISHED or not others_alive:
-                await self.journal.set_run_status(
-                    self.run_id, result.status, result.reason, time.time()
-                )
+            try:
+                result = await self._record_end()
+            except JournalError:  # the run ends whatever the journal can still take
+                result = self._result([t.record.state for t in self.targets.values()])
         self.observer.event(
             "run_finished" if result.status is RunStatus.FINISHED else "run_stopped",
             {
@@ -397,6 +393,25 @@ class Executor(NodeWork):
                 **result.counts,
             },
         )
+        return result
+
+    async def _record_end(self) -> RunResult:
+        for pool in self.pools:
+            for _, _, target_id, kind in pool.retry_heap:
+                target = self.targets[target_id]
+                if kind is JobKind.ACTION and target.phase is Phase.BACKOFF:
+                    await self._change(target, TargetState.PENDING, "stopped before its retry")
+        states = [t.record.state for t in self.targets.values()]
+        others_alive = False
+        if self.shared is not None:  # the run's truth is the journal's, not ours alone
+            others_alive = self.shared.live_runners > 1
+            await self.shared.leave()
+            states = [r.state for r in await self.journal.targets(self.run_id)]
+        result = self._result(states)
+        if result.status is RunStatus.FINISHED or not others_alive:
+            await self.journal.set_run_status(
+                self.run_id, result.status, result.reason, time.time()
+            )
         return result
 
     def _result(self, states: Sequence[TargetState]) -> RunResult:

@@ -9,6 +9,7 @@ inherits these methods.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -39,6 +40,7 @@ from .journal.model import (
     AttemptOutcome,
     AttemptStart,
     Journal,
+    JournalError,
     LeaseLost,
     RunEvent,
     TargetChange,
@@ -455,7 +457,13 @@ class NodeWork:
     ) -> None:
         event = RunEvent(self.run_id, time.time(), kind, account, pool, data)
         if hasattr(self, "_group"):
-            self._group.start_soon(self.journal.record_event, event)
+            self._group.start_soon(self._record_event, event)
+
+    async def _record_event(self, event: RunEvent) -> None:
+        """Events are for people: one that cannot be written must not stop anything (if the
+        journal itself is failing, the run stops and says so once)."""
+        with contextlib.suppress(JournalError):
+            await self.journal.record_event(event)
 
     def _node_fields(self, target: RunTarget, **extra: object) -> dict[str, object]:
         return {

@@ -163,3 +163,17 @@ def test_health_verdicts() -> None:
     failed = health_verdict(node("starttaskfailed", 101.0), sent_at=100.0, ready_states=ready)
     assert failed.state is TargetState.FAILED and "starttaskfailed" in failed.reason
     assert health_verdict(None, sent_at=100.0, ready_states=ready).state is TargetState.GONE
+
+
+def test_a_node_throttled_without_end_is_skipped_not_failed() -> None:
+    error = Throttled(429, code="TooManyRequests", retry_after=1.0)
+    policy = RetryPolicy(max_attempts=3, max_throttles=5)
+    counters = RetryCounters(throttles=5).after(error)
+    ctx = NodeRetryContext("reimage", counters, False, None, 600.0, policy)
+    step = after_action_error(error, ctx, 0.5)
+    assert isinstance(step, Settle) and step.state is TargetState.SKIPPED
+    assert "throttled after 6" in step.reason
+    ok = NodeRetryContext(
+        "reimage", RetryCounters(throttles=4).after(error), False, None, 600.0, policy
+    )
+    assert isinstance(after_action_error(error, ok, 0.5), RetryLater)

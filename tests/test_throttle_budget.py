@@ -15,23 +15,44 @@ def test_unthrottled_account_is_limited_only_by_concurrency() -> None:
     assert throttle.rate is None
 
 
-def test_throttle_pauses_everyone_for_retry_after_and_halves_concurrency() -> None:
+def test_a_stray_throttle_halves_concurrency_but_pauses_nobody_else() -> None:
     throttle = AdaptiveThrottle(32)
     for i in range(100):
         throttle.started(i * 0.001)
         throttle.on_success(i * 0.001)
     change = throttle.on_throttle(0.1, retry_after=2.0)
-    assert change is not None
-    assert throttle.concurrency == 16
-    assert throttle.wait_time(0, 0.5) == pytest.approx(1.6)  # everyone waits Retry-After
+    assert change is not None and throttle.concurrency == 16
+    assert throttle.wait_time(0, 0.5) == 0.0  # only the throttled request waits (its retry)
     assert throttle.rate is None  # one 429 among 100 answers is not a rate quota
+
+
+def test_real_throttling_pauses_everyone_for_retry_after() -> None:
+    throttle = AdaptiveThrottle(32)
+    for i in range(10):
+        throttle.on_throttle(1.0 + i * 0.001, retry_after=2.0)
+    assert throttle.wait_time(0, 1.5) == pytest.approx(1.509)  # the whole account waits
+    assert throttle.rate is not None
+
+
+def test_paused_time_does_not_count_as_a_slow_server() -> None:
+    throttle = AdaptiveThrottle(64)
+    now = 0.0
+    for _ in range(100):  # 200/s admitted for half a second
+        throttle.started(now)
+        throttle.on_success(now)
+        now += 0.005
+    throttle.pause_until(now + 0.4)  # then another runner's Retry-After pause
+    now += 0.4
+    for _ in range(40):
+        throttle.on_throttle(now, retry_after=0.01)
+    assert throttle.rate is not None and throttle.rate > 100  # not 100/s diluted by the pause
 
 
 def test_a_burst_of_throttles_counts_as_one_signal() -> None:
     throttle = AdaptiveThrottle(32)
     first = throttle.on_throttle(1.0, retry_after=0.5)
     others = [throttle.on_throttle(1.0 + i * 0.01, retry_after=0.5) for i in range(1, 9)]
-    assert first is not None and all(o is None for o in others)
+    assert first is not None and all(o is None for o in others)  # cut once; not real yet
     assert throttle.concurrency == 16
     assert throttle.throttles == 9
     assert throttle.rate is None  # too few answers yet to call it a rate quota
@@ -53,7 +74,7 @@ def test_rate_pacing_spaces_requests_and_recovers() -> None:
         throttle.started(now)
         throttle.on_success(now)
         now += 0.01
-    for _ in range(10):  # then a run of 429s: over the quota
+    for _ in range(20):  # then a run of 429s: over the quota
         throttle.on_throttle(now, retry_after=0.0)
         now += 0.001
     rate = throttle.rate

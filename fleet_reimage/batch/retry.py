@@ -87,6 +87,7 @@ def _clamp(seconds: float) -> float:
 class RetryPolicy:
     max_attempts: int = 8  # answered failures + in-doubt, per node
     max_connect_failures: int = 8  # never-sent failures, counted apart
+    max_throttles: int = 100  # 429s are not failures, but a request throttled forever ends
     initial_backoff: float = 1.0
     max_backoff: float = 60.0
 
@@ -151,6 +152,8 @@ def decide_retry(
             counters.connect_failures, policy.initial_backoff, policy.max_backoff, jitter
         )
         return RetryAfter(delay, str(error), server_asked=False)
+    if isinstance(error, Throttled) and counters.throttles > policy.max_throttles:
+        return GiveUp(f"still throttled after {counters.throttles} tries: {error}")
     if not isinstance(error, Throttled) and counters.failures >= policy.max_attempts:
         return GiveUp(f"gave up after {counters.failures} attempts: {error}")
     server_delay = getattr(error, "retry_after", None)

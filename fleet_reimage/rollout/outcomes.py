@@ -121,7 +121,9 @@ def after_action_error(error: BatchError, ctx: NodeRetryContext, jitter: float) 
         return _busy_step(error, ctx, jitter)
     decision = decide_retry(error, ctx.counters, ctx.policy, jitter)
     if isinstance(decision, GiveUp):
-        return Settle(TargetState.FAILED, decision.reason)
+        # Throttling is the service's doing, never the node's failure.
+        state = TargetState.SKIPPED if isinstance(error, Throttled) else TargetState.FAILED
+        return Settle(state, decision.reason)
     if isinstance(decision, Reconcile):  # pragma: no cover - in doubt handled above
         return ReconcileLater(0.0, decision.reason)
     throttled = isinstance(error, Throttled) or (

@@ -1,21 +1,27 @@
 """Adaptive throttling for one Batch account, shared by all its pools (pure: time is passed in).
 
-Everyone waits: any 429/503 pauses *all* new requests of the account until the server's
-Retry-After has passed, so one throttle never becomes a thundering herd of retries. Then two
-AIMD loops, in the spirit of TCP congestion control:
+Two kinds of 429/503 look alike on the wire and need different answers:
 
-- **Concurrency** (429 and 503): the account's requests in flight start at the plan's
-  ``per_account_concurrency``; a throttle halves it, at most once per cooldown (a burst of
-  throttled answers to requests already in flight is one signal); each success adds
+- a **stray** throttle (a busy front end, a blip): only the throttled request waits its
+  Retry-After (the executor schedules its retry); everything else goes on;
+- **real throttling** (at least ``RATE_BURST`` 429s, making up ``RATE_CUT_SHARE`` of the
+  latest ``SHARE_ANSWERS`` answers): the whole
+  account pauses until the server's Retry-After has passed, so one throttle never becomes a
+  thundering herd of retries, and requests are then paced.
+
+On top of that, two AIMD loops in the spirit of TCP congestion control:
+
+- **Concurrency** (any 429/503): the account's requests in flight start at the plan's
+  ``per_account_concurrency``; a throttle halves it, at most once per ``CUT_COOLDOWN`` (a burst
+  of throttled answers to requests already in flight is one signal); each success adds
   ``1/limit`` (about +1 per round trip of the whole window).
-- **Rate** (429 only, the service's per-account request-rate quota): unpaced until 429s
-  make up a real share of the answers (``RATE_CUT_SHARE`` of at least ``RATE_MIN_ANSWERS``
-  answers in the last second, so a stray 429 does not slow a healthy run; once paced, any
-  429 cuts the pace again, at most once per cooldown). Then requests
-  are paced by a token bucket at 0.9 x the success rate the server allowed over the last
-  second, growing back additively (5% of the cut rate per second). One request in flight
-  can exceed a rate quota when the service answers fast, which is why concurrency alone is
-  not enough.
+- **Rate** (real 429 throttling only, the service's per-account request-rate quota):
+  requests are paced by a token bucket at ``rate_decrease`` x the success rate the server
+  admitted over the latest ``RATE_SUCCESSES`` successes (time spent paused is not counted),
+  growing back
+  additively by ``rate_recovery`` of the cut rate per second. One request in flight can
+  exceed a rate quota when the service answers fast, which is why concurrency alone is not
+  enough.
 """
 
 from __future__ import annotations
@@ -24,11 +30,13 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-RATE_WINDOW = 1.0  # seconds of answers used to estimate what the server admits
+RATE_SUCCESSES = 200  # the admitted rate is measured over this many latest successes
 MIN_RATE_WINDOW = 0.1
 MIN_RATE = 1.0  # requests per second: never pace slower than this
-RATE_CUT_SHARE = 0.1  # share of 429s among recent answers that means "over the quota"
-RATE_MIN_ANSWERS = 20  # answers in the window before the share means anything
+RATE_CUT_SHARE = 0.25  # share of 429s among the latest answers that means "over the quota"
+RATE_BURST = 10  # at least this many 429s among them: enough to tell a quota from a blip
+SHARE_ANSWERS = 100  # the share of 429s is judged over this many latest answers ...
+SHARE_MAX_AGE = 10.0  # ... no older than this (seconds); successes and pauses likewise
 CUT_COOLDOWN = 1.0  # seconds: at most one cut per this (or per Retry-After, if longer)
 
 
@@ -48,7 +56,7 @@ class AdaptiveThrottle:
         max_concurrency: int,
         *,
         decrease: float = 0.5,
-        rate_decrease: float = 0.7,
+        rate_decrease: float = 0.9,
         rate_recovery: float = 0.05,
         default_pause: float = 1.0,
     ) -> None:
@@ -65,10 +73,13 @@ class AdaptiveThrottle:
         self._rate_time = 0.0
         self._tokens = 0.0
         self.paused_until = -math.inf
+        self._pauses: deque[tuple[float, float]] = deque()  # recent (start, end) pauses
         self._last_cut = -math.inf
         self._last_rate_cut = -math.inf
-        self._successes: deque[float] = deque()
-        self._rate_limited: deque[float] = deque()
+        self._successes: deque[float] = deque(maxlen=RATE_SUCCESSES)  # for the admitted rate
+        # The last answers (time, was it a 429), by count rather than by time: during a pause
+        # no answer arrives, and a time window would then hold only the 429s that caused it.
+        self._answers: deque[tuple[float, bool]] = deque(maxlen=SHARE_ANSWERS)
         self._first_start: float | None = None
         self.throttles = 0
 
@@ -84,7 +95,9 @@ class AdaptiveThrottle:
     def pause_until(self, until: float) -> None:
         """Wait until ``until`` (monotonic) before any new request, e.g. another runner's
         Retry-After."""
-        self.paused_until = max(self.paused_until, until)
+        if until > self.paused_until:
+            self._pauses.append((max(self.paused_until, until - 3600.0), until))
+            self.paused_until = until
 
     def wait_time(self, in_flight: int, now: float) -> float | None:
         """0 if a request may start now; seconds to wait; None if at the concurrency limit
@@ -110,6 +123,7 @@ class AdaptiveThrottle:
     def on_success(self, now: float) -> None:
         self._limit = min(float(self.max_concurrency), self._limit + 1.0 / self._limit)
         self._successes.append(now)
+        self._answers.append((now, False))
         self._trim(now)
 
     def on_throttle(
@@ -118,53 +132,60 @@ class AdaptiveThrottle:
         """A 429 (``rate_limited``) or 503 arrived. Returns the change when limits were cut."""
         self.throttles += 1
         pause = retry_after if retry_after is not None else self._default_pause
-        self.paused_until = max(self.paused_until, now + pause)
         if rate_limited:
-            self._rate_limited.append(now)
+            self._answers.append((now, True))
         self._trim(now)
-        cooldown = max(pause, CUT_COOLDOWN)
+        real = rate_limited and self._throttling_is_real()
         changed = False
+        if real and now + pause > self.paused_until:
+            self._pauses.append((max(now, self.paused_until), now + pause))
+            self.paused_until = now + pause
+            changed = True
+        cooldown = max(pause, CUT_COOLDOWN)
         if now - self._last_cut >= cooldown:
             self._last_cut, changed = now, True
             self._limit = max(1.0, self._limit * self._decrease)
-        # Once paced, any 429 means the pace is too fast; before, only a real share of them.
-        over_quota = self.rate is not None or self._rate_limited_share() >= RATE_CUT_SHARE
-        if rate_limited and now - self._last_rate_cut >= cooldown and over_quota:
+        if real and now - self._last_rate_cut >= cooldown:
             self._last_rate_cut, changed = now, True
-            admitted = self._observed_rate(now)
-            if self.rate is not None:
-                self._refill(now)
-                admitted = min(admitted, self.rate)
-            new_rate = max(MIN_RATE, admitted * self._rate_decrease)
-            self.rate, self._rate_time, self._tokens = new_rate, now, 0.0
-            self._rate_step = max(1.0, new_rate * self._rate_recovery)
+            self._cut_rate(now)
         if not changed:
             return None
-        return ThrottleChange(
-            self.concurrency,
-            None if self.rate is None else round(self.rate, 1),
-            self.paused_until,
-            f"throttled; pausing {pause:.3g}s",
-        )
+        what = f"pausing {pause:.3g}s" if real else "this request waits its Retry-After"
+        rate = None if self.rate is None else round(self.rate, 1)
+        return ThrottleChange(self.concurrency, rate, self.paused_until, f"throttled; {what}")
 
-    def _rate_limited_share(self) -> float:
-        answers = len(self._successes) + len(self._rate_limited)
-        if len(self._rate_limited) >= RATE_MIN_ANSWERS // 2:
-            return 1.0  # a burst of 429s is a quota whatever else came back
-        return len(self._rate_limited) / answers if answers >= RATE_MIN_ANSWERS else 0.0
+    def _cut_rate(self, now: float) -> None:
+        admitted = self._observed_rate(now)
+        if self.rate is not None:
+            self._refill(now)
+            admitted = min(admitted, self.rate)
+        new_rate = max(MIN_RATE, admitted * self._rate_decrease)
+        self.rate, self._rate_time, self._tokens = new_rate, now, 0.0
+        self._rate_step = max(1.0, new_rate * self._rate_recovery)
+
+    def _throttling_is_real(self) -> bool:
+        """A real share of the latest answers are 429s, and enough of them to tell (a count
+        alone would not do: 5% of a fast account's answers is many 429s a second, and still
+        only a blip)."""
+        throttled = sum(1 for _, was_429 in self._answers if was_429)
+        return throttled >= RATE_BURST and throttled / len(self._answers) >= RATE_CUT_SHARE
 
     def _observed_rate(self, now: float) -> float:
+        """Successes per second over the latest successes, not counting time spent paused."""
         self._trim(now)
         if not self._successes:
             return MIN_RATE
-        start = self._first_start if self._first_start is not None else now
-        window = min(RATE_WINDOW, max(MIN_RATE_WINDOW, now - start))
-        return len(self._successes) / window
+        start = self._successes[0]
+        paused = sum(max(0.0, min(end, now) - max(begin, start)) for begin, end in self._pauses)
+        return len(self._successes) / max(MIN_RATE_WINDOW, now - start - paused)
 
     def _trim(self, now: float) -> None:
-        for times in (self._successes, self._rate_limited):
-            while times and times[0] < now - RATE_WINDOW:
-                times.popleft()
+        while self._successes and self._successes[0] < now - SHARE_MAX_AGE:
+            self._successes.popleft()
+        while self._answers and self._answers[0][0] < now - SHARE_MAX_AGE:
+            self._answers.popleft()
+        while self._pauses and self._pauses[0][1] < now - SHARE_MAX_AGE:
+            self._pauses.popleft()
 
     def _refill(self, now: float) -> None:
         assert self.rate is not None
