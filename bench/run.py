@@ -1,6 +1,6 @@
 """Run the benchmarks: ``python bench/run.py NAME [options]`` (or ``python3 dev.py bench NAME``).
 
-Names: throughput, latency, scale, rolling, faulty, crash, profile, or ``all`` (every one
+Names: throughput, latency, scale, rolling, faulty, crash, shared, profile, or ``all`` (every one
 but profile, in that order, with default options). Each prints a table and writes
 ``bench/out/NAME.json``. ``python bench/run.py NAME --help`` lists a benchmark's options.
 See bench/README.md for what each measures and how long it takes.
@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
 
-BENCHMARKS = ("throughput", "latency", "scale", "rolling", "faulty", "crash", "profile")
+BENCHMARKS = ("throughput", "latency", "scale", "rolling", "faulty", "crash", "shared", "profile")
 ALL = BENCHMARKS[:-1]
 
 

@@ -260,6 +260,8 @@ class Executor(NodeWork):
                 if account.unsent >= account.throttle.concurrency:
                     continue
                 job = self._next_job(pool, now)
+                if self.shared is not None:
+                    self.shared.running_low(pool)
                 if job is None:
                     due = pool.next_due()
                     start = pool.rollout.next_start_time(now)

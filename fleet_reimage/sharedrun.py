@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.lowlevel
 import structlog
 
 from .journal.model import Claim, JournalError, LeaseLost, RunnerInfo, SharedRuns, TargetState
@@ -37,6 +38,7 @@ log = structlog.get_logger("fleet_reimage.shared")
 
 DEFAULT_LEASE = 15.0  # seconds a runner's claims survive without a heartbeat
 CLAIM_INTERVAL = 0.2  # seconds between claim rounds when nothing wakes the claimer
+CLAIM_DEPTH = 4  # claim up to this many times the account's concurrency ahead, per pool
 
 
 def new_runner() -> RunnerInfo:
@@ -131,19 +133,38 @@ class SharedRunCoordinator:
 
     async def _claimer(self) -> None:
         while True:
+            got = 0
             for pool in self.executor.pools:
                 if not pool.rollout.done:
-                    await self._claim(pool)
-            with anyio.move_on_after(CLAIM_INTERVAL):
-                await self._wake.wait()
+                    got += await self._claim(pool)
+            if got:  # work is flowing: claim again as soon as the queues run low
+                await anyio.lowlevel.checkpoint()
+                if not self._wake.is_set():
+                    with anyio.move_on_after(CLAIM_INTERVAL):
+                        await self._wake.wait()
+            else:
+                with anyio.move_on_after(CLAIM_INTERVAL):
+                    await self._wake.wait()
             self._wake = anyio.Event()
 
-    async def _claim(self, pool: PoolRun) -> None:
+    def running_low(self, pool: PoolRun) -> None:
+        """The executor found a pool's claimed queue short: claim more now."""
+        rollout = pool.rollout
+        if (
+            isinstance(rollout, ClaimedPoolRollout)
+            and not rollout.finished
+            and rollout.queued <= pool.account.throttle.concurrency
+        ):
+            self._wake.set()
+
+    async def _claim(self, pool: PoolRun) -> int:
+        """Claim what the pool's queue needs; returns how many targets were claimed."""
         rollout = pool.rollout
         assert isinstance(rollout, ClaimedPoolRollout)
-        want = pool.account.throttle.concurrency * 2 - rollout.queued
+        # Enough for a few round trips of the account's window, so claims are not the limit.
+        want = pool.account.throttle.concurrency * CLAIM_DEPTH - rollout.queued
         if want <= 0 or rollout.stopped is not None:
-            return
+            return 0
         execution_plan = self.executor.plan
         try:
             claim = await self.store.claim(
@@ -162,8 +183,9 @@ class SharedRunCoordinator:
             )
         except JournalError as error:
             log.warning("claim failed", pool=pool.pool_id, error=str(error))
-            return
+            return 0
         self._apply_claim(pool, rollout, claim)
+        return len(claim.targets) + len(claim.takeovers)
 
     def _apply_claim(self, pool: PoolRun, rollout: ClaimedPoolRollout, claim: Claim) -> None:
         executor = self.executor
