@@ -32,7 +32,7 @@ from common import Series
 
 
 def amount(spec: str, n: int) -> int:
-    """The plan format's count-or-percent rule (docs/plan-format.md)."""
+    """The plan format's count-or-percent rule (README.md, "Plan format")."""
     if spec.endswith("%"):
         p = float(spec[:-1])
         return 0 if p == 0 or n == 0 else max(1, math.floor(n * p / 100))
