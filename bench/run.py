@@ -1,7 +1,7 @@
 """Run the benchmarks: ``python bench/run.py NAME [options]`` (or ``python3 dev.py bench NAME``).
 
 Names: throughput, latency, scale, rolling, faulty, crash, shared, profile, or ``all`` (every one
-but profile, in that order, with default options). Each prints a table and writes
+but shared (it needs PostgreSQL) and profile, with default options). Each prints a table and writes
 ``bench/out/NAME.json``. ``python bench/run.py NAME --help`` lists a benchmark's options.
 See bench/README.md for what each measures and how long it takes.
 """

@@ -304,7 +304,14 @@ async def test_an_older_exclusive_writer_and_this_one_keep_each_other_out(
                 assert await cursor.fetchone() == (False,)
         old = await admin(pg.url)
         async with old:
-            cursor = await old.execute("SELECT pg_try_advisory_lock(%s::int4, %s::int4)", key)
-            assert await cursor.fetchone() == (True,)
+            # The journal's lock connection is closed, but the server may take a moment to
+            # end that session and release its lock.
+            for _ in range(100):
+                cursor = await old.execute("SELECT pg_try_advisory_lock(%s::int4, %s::int4)", key)
+                if await cursor.fetchone() == (True,):
+                    break
+                await anyio.sleep(0.05)
+            else:
+                pytest.fail("the journal's shared lock was never released")
             with pytest.raises(JournalBusy, match="an older fleet-reimage that cannot share"):
                 await PostgresJournal.open(pg.url, schema=pg.name)

@@ -6,26 +6,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-NODE_STATES = frozenset(
-    {
-        "idle",
-        "rebooting",
-        "reimaging",
-        "running",
-        "unusable",
-        "creating",
-        "starting",
-        "waitingforstarttask",
-        "starttaskfailed",
-        "unknown",
-        "leavingpool",
-        "offline",
-        "preempted",
-        "upgradingos",
-        "deallocated",
-        "deallocating",
-    }
-)
+# The 16 values of a compute node's ``state`` in the Batch REST API, in the spec's order.
+NODE_STATE_ORDER: tuple[str, ...] = (
+    "idle", "rebooting", "reimaging", "running", "unusable", "creating", "starting",
+    "waitingforstarttask", "starttaskfailed", "unknown", "leavingpool", "offline",
+    "preempted", "upgradingos", "deallocated", "deallocating",
+)  # fmt: skip
+NODE_STATES = frozenset(NODE_STATE_ORDER)
 READY_STATES = frozenset({"idle", "running"})
 # States a node passes through after an accepted reimage/reboot, before it is ready again.
 RECOVERING_STATES = frozenset({"reimaging", "rebooting", "starting", "waitingforstarttask"})

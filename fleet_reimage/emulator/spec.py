@@ -9,24 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-NODE_STATES: tuple[str, ...] = (
-    "idle",
-    "rebooting",
-    "reimaging",
-    "running",
-    "unusable",
-    "creating",
-    "starting",
-    "waitingforstarttask",
-    "starttaskfailed",
-    "unknown",
-    "leavingpool",
-    "offline",
-    "preempted",
-    "upgradingos",
-    "deallocated",
-    "deallocating",
-)
+from ..batch.models import NODE_STATE_ORDER
+
+NODE_STATES: tuple[str, ...] = NODE_STATE_ORDER  # ordered: seeded draws depend on it
 CONFIGURATIONS: tuple[str, ...] = ("cloudServiceConfiguration", "virtualMachineConfiguration")
 OPERATIONS: tuple[str, ...] = (
     "list_pools",

@@ -210,6 +210,21 @@ class RunEvent:
     data: Mapping[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class WriterStats:
+    """What a backend's group-commit writer has done (for tests and benchmarks)."""
+
+    transactions: int  # committed transactions
+    units: int  # writes committed
+    largest_batch: int
+
+
+# Record fields as stored (text) back to their types, for every backend.
+STATES_BY_VALUE = {state.value: state for state in TargetState}
+OUTCOMES_BY_VALUE = {outcome.value: outcome for outcome in AttemptOutcome}
+ACCEPTED_STATES = (TargetState.ACCEPTED, TargetState.DONE_UNVERIFIED)
+
+
 class JournalError(Exception):
     """The journal cannot be used (damaged, newer schema, unreachable); message says what to do."""
 

@@ -58,12 +58,13 @@ from fleet_reimage.journal.model import (
     RunStatus,
     TargetChange,
     TargetRecord,
+    WriterStats,
 )
 from fleet_reimage.journal.postgres_conn import DEFAULT_SCHEMA
 from fleet_reimage.journal.postgres_lock import WriterLock, default_owner
 from fleet_reimage.journal.postgres_shared import SharedStore
 from fleet_reimage.journal.postgres_shared_claim import ClaimRequest
-from fleet_reimage.journal.postgres_writer import Conn, GroupWriter, Statement, Work, WriterStats
+from fleet_reimage.journal.postgres_writer import Conn, GroupWriter, Statement, Work
 
 T = TypeVar("T")
 

@@ -27,8 +27,10 @@ import psycopg
 
 from fleet_reimage.journal.codec import decode_mapping
 from fleet_reimage.journal.model import (
+    ACCEPTED_STATES,
+    OUTCOMES_BY_VALUE,
+    STATES_BY_VALUE,
     AttemptEnd,
-    AttemptOutcome,
     AttemptRecord,
     AttemptStart,
     Exclusion,
@@ -44,9 +46,9 @@ from fleet_reimage.journal.model import (
 )
 from fleet_reimage.journal.postgres_writer import Conn, Rejected, Statement, Work
 
-_STATES = {state.value: state for state in TargetState}
-_OUTCOMES = {outcome.value: outcome for outcome in AttemptOutcome}
-_ACCEPTED = (TargetState.ACCEPTED, TargetState.DONE_UNVERIFIED)
+_STATES = STATES_BY_VALUE
+_OUTCOMES = OUTCOMES_BY_VALUE
+_ACCEPTED = ACCEPTED_STATES
 
 # --- writes ------------------------------------------------------------------------------
 

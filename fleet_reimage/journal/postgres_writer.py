@@ -41,7 +41,7 @@ from typing import Any
 import psycopg
 import psycopg.errors
 
-from fleet_reimage.journal.model import JournalError
+from fleet_reimage.journal.model import JournalError, WriterStats
 
 Conn = psycopg.AsyncConnection[Any]
 Bulk = Callable[[Conn], Awaitable[None]]
@@ -74,13 +74,6 @@ class Statement:
 class Work:
     statements: tuple[Statement, ...] = ()
     bulk: Bulk | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class WriterStats:
-    transactions: int  # committed transactions
-    units: int  # units committed
-    largest_batch: int
 
 
 class _Unit:

@@ -53,8 +53,9 @@ from fleet_reimage.journal.model import (
     RunStatus,
     TargetChange,
     TargetRecord,
+    WriterStats,
 )
-from fleet_reimage.journal.sqlite_writer import GroupWriter, Work, WriterStats
+from fleet_reimage.journal.sqlite_writer import GroupWriter, Work
 
 T = TypeVar("T")
 

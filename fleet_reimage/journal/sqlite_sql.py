@@ -23,8 +23,10 @@ from typing import Any
 
 from fleet_reimage.journal.codec import decode_mapping
 from fleet_reimage.journal.model import (
+    ACCEPTED_STATES,
+    OUTCOMES_BY_VALUE,
+    STATES_BY_VALUE,
     AttemptEnd,
-    AttemptOutcome,
     AttemptRecord,
     AttemptStart,
     Exclusion,
@@ -39,9 +41,9 @@ from fleet_reimage.journal.model import (
 )
 from fleet_reimage.journal.sqlite_writer import Rejected
 
-_STATES = {state.value: state for state in TargetState}
-_OUTCOMES = {outcome.value: outcome for outcome in AttemptOutcome}
-_ACCEPTED = (TargetState.ACCEPTED, TargetState.DONE_UNVERIFIED)
+_STATES = STATES_BY_VALUE
+_OUTCOMES = OUTCOMES_BY_VALUE
+_ACCEPTED = ACCEPTED_STATES
 
 # --- writes ------------------------------------------------------------------------------
 

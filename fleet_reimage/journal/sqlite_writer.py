@@ -28,10 +28,9 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Final
 
-from fleet_reimage.journal.model import JournalError
+from fleet_reimage.journal.model import JournalError, WriterStats
 from fleet_reimage.journal.sqlite_schema import rollback
 
 Work = Callable[[sqlite3.Connection], Any]
@@ -48,13 +47,6 @@ _UNIT_ERRORS = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.Interf
 
 class Rejected(Exception):
     """Raised by a unit whose input does not fit the journal; only that unit fails."""
-
-
-@dataclass(frozen=True, slots=True)
-class WriterStats:
-    transactions: int  # committed transactions
-    units: int  # units committed
-    largest_batch: int
 
 
 class _Unit:

@@ -8,10 +8,10 @@ pool's waves. (``resolve`` applies a plan to what the service lists; it is not i
 
 from __future__ import annotations
 
+from ..batch.models import NODE_STATES
 from .load import load_plan, parse_plan, read_plan_text
 from .model import (
     DEFAULT_STATES,
-    NODE_STATES,
     AccountSpec,
     Action,
     AuthSpec,

@@ -17,10 +17,10 @@ from urllib.parse import urlsplit
 
 from fleet_reimage.yamlsafe import MarkedMap
 
+from ..batch.models import NODE_STATES
 from .auth import read_auth, read_file_path
 from .model import (
     DEFAULT_STATES,
-    NODE_STATES,
     AccountSpec,
     EntraAuth,
     NodeSelector,

@@ -2,7 +2,7 @@
 
 Every object is frozen: a ``Plan`` is built once by ``parse_plan`` and then only read.
 Durations are seconds (float); times are timezone-aware UTC ``datetime``; paths are absolute.
-Node states are the strings the Batch REST API uses (``NODE_STATES``).
+Node states are the strings the Batch REST API uses (``batch.models.NODE_STATES``).
 """
 
 from __future__ import annotations
@@ -15,13 +15,6 @@ from pathlib import Path
 
 from fleet_reimage.problems import Problem
 from fleet_reimage.units import Amount
-
-# The 16 values of a compute node's ``state`` in the Batch REST API.
-NODE_STATES: frozenset[str] = frozenset({
-    "idle", "rebooting", "reimaging", "running", "unusable", "creating", "starting",
-    "waitingforstarttask", "starttaskfailed", "unknown", "leavingpool", "offline",
-    "preempted", "upgradingos", "deallocated", "deallocating",
-})  # fmt: skip
 
 # Defaults, named so the docs, the loader and the tests agree.
 DEFAULT_STATES: frozenset[str] = frozenset({"idle", "running"})
