@@ -47,8 +47,12 @@ def ensure_env(extra: str = "") -> None:
     target = f".[{extra}]" if extra else "."
     print(f"installing fleet-reimage{f' with {extra} extras' if extra else ''} ...", flush=True)
     pip = [str(PYTHON), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    subprocess.run([*pip, "--upgrade", "pip"], check=True, cwd=ROOT)
-    subprocess.run([*pip, "-c", "constraints.txt", "-e", target], check=True, cwd=ROOT)
+    for step in (["--upgrade", "pip"], ["-c", "constraints.txt", "-e", target]):
+        # Quiet unless it fails: the build backend's notices are not the user's concern.
+        done = subprocess.run([*pip, *step], cwd=ROOT, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            sys.stderr.write(done.stdout + done.stderr)
+            sys.exit(f"dev.py: pip install {' '.join(step)} failed (exit {done.returncode})")
     stamp.write_text(wanted)
 
 
@@ -90,7 +94,7 @@ def demo(extra_args: list[str]) -> int:
     )
     print(f"  .venv/bin/fleet-reimage status --latest --journal {journal.relative_to(ROOT)}")
     print(
-        f"  .venv/bin/fleet-reimage report --journal {journal.relative_to(ROOT)} --format markdown"
+        f"  .venv/bin/fleet-reimage report --latest --journal {journal.relative_to(ROOT)} --format markdown"
     )
     return 0 if code in meaning else code
 
