@@ -93,9 +93,8 @@ def demo(extra_args: list[str]) -> int:
         "logs .demo/log.jsonl; try:"
     )
     print(f"  .venv/bin/fleet-reimage status --latest --journal {journal.relative_to(ROOT)}")
-    print(
-        f"  .venv/bin/fleet-reimage report --latest --journal {journal.relative_to(ROOT)} --format markdown"
-    )
+    shown = journal.relative_to(ROOT)
+    print(f"  .venv/bin/fleet-reimage report --latest --journal {shown} --format markdown")
     return 0 if code in meaning else code
 
 
