@@ -135,6 +135,8 @@ async def execute(
         limits = await _reconcile_on_resume(run, plan, journal, clients, records, limits)
     if resuming or shared is not None:
         options = dict(run.options)
+        if resuming:  # resuming is the operator's go-ahead past a checkpoint
+            options["checkpoint_confirmed"] = True
         if accept_failures:  # joined runners read it from the run, so all forgive the same
             options["forgiven_failures"] = sum(r.state is TargetState.FAILED for r in records)
         if failure_budget is not None:
@@ -242,6 +244,7 @@ def build_executor(
             shared,
             failure_budget=budget_limit,
             forgiven_failures=forgiven,
+            checkpoint_passed=bool(run.options.get("checkpoint_confirmed")),
         )
     return executor
 

@@ -20,7 +20,7 @@ import os
 import secrets
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -64,12 +64,16 @@ class SharedRunCoordinator:
         *,
         failure_budget: int,
         forgiven_failures: int,
+        checkpoint_passed: bool = False,
     ) -> None:
         self.executor = executor
         self.store = store
         self.settings = settings
         self.failure_budget = failure_budget
         self.forgiven = forgiven_failures
+        # confirm_after_wave: joined runners are not asked; the run stops there (resumable),
+        # and a resume is the operator's confirmation.
+        self.checkpoint_passed = checkpoint_passed
         self.live_runners = 1
         self._wake = anyio.Event()
 
@@ -194,6 +198,14 @@ class SharedRunCoordinator:
             rollout.next_wave_at = time.monotonic() + max(0.0, claim.retry_at - time.time())
         if claim.wave is not None and claim.wave != rollout.wave:
             rollout.wave = claim.wave
+        if self._at_checkpoint(claim):
+            self.executor.start_background(
+                self.store.release,
+                executor.run_id,
+                self.runner_id,
+                [record.target_id for record in claim.targets],
+            )
+            claim = replace(claim, targets=[])
         fresh = [self._adopt(pool, record) for record in claim.targets]
         rollout.add_claims([t for t in fresh if t is not None])
         for record in claim.takeovers:
@@ -206,6 +218,24 @@ class SharedRunCoordinator:
             )
         if claim.targets or claim.takeovers:
             executor.wake()
+
+    def _at_checkpoint(self, claim: Claim) -> bool:
+        """The claim reaches past the plan's checkpoint, which nobody confirmed yet."""
+        checkpoint = self.executor.plan.rollout.confirm_after_wave
+        if (
+            checkpoint is None
+            or self.checkpoint_passed
+            or claim.wave is None
+            or claim.wave < checkpoint
+        ):
+            return False
+        if self.executor.stop_kind is None:
+            self.executor.request_stop(
+                "checkpoint",
+                f"paused after wave {checkpoint} for the operator (a shared run "
+                "does not ask); resume to continue",
+            )
+        return True
 
     def _adopt(self, pool: PoolRun, record: Any) -> int | None:
         """Our in-memory copy of a claimed target, refreshed from the journal's record."""

@@ -96,3 +96,30 @@ def test_join_needs_a_shared_journal(tmp_path: Path) -> None:
         "run", str(plan), "--yes", "--join", "--journal", str(tmp_path / "j.db"), cwd=tmp_path
     )
     assert result.returncode == 2 and "postgresql://" in result.stderr
+
+
+def test_a_shared_run_stops_at_its_checkpoint_and_resume_goes_on(
+    tmp_path: Path, pg_url: str
+) -> None:
+    pools = [{"id": f"p{i}", "nodes": 10, "configuration": CS} for i in range(2)]
+    with emulator_process(
+        tmp_path, pools, timings={"reimaging": "100ms", "starting": "100ms"}
+    ) as emu:
+        plan = write_plan(
+            tmp_path,
+            emu.url,
+            rollout="""
+            waves: [1, "100%"]
+            max_unavailable: 5
+            health: {wait: true, poll_interval: 100ms, timeout: 30s}
+            confirm_after_wave: 1
+        """,
+            execution=EXECUTION,
+        )
+        first = fleet_reimage("run", str(plan), "--yes", "--journal", pg_url, cwd=tmp_path)
+        assert first.returncode == 3, first.stdout + first.stderr
+        assert "after wave 1" in first.stdout
+        assert sum(emu.reimages().values()) == 2  # one canary per pool, nothing past it
+        final = fleet_reimage("resume", "--journal", pg_url, cwd=tmp_path)
+        assert final.returncode == 0, final.stdout + final.stderr
+        assert set(emu.reimages().values()) == {1}
