@@ -249,6 +249,13 @@ def build_executor(
     return executor
 
 
+def _max_unavailable(plan: Plan, records: Sequence[TargetRecord], limit: PoolLimits | None) -> int:
+    """The pool's limit as resolved when the run was created (or from the plan, if missing)."""
+    if limit is not None:
+        return limit.max_unavailable
+    return max(1, plan.rollout.max_unavailable.of(len(records)))
+
+
 def _claimed_pool_run(
     plan: Plan,
     account: AccountRun,
@@ -257,9 +264,7 @@ def _claimed_pool_run(
     limit: PoolLimits | None,
 ) -> tuple[PoolRun, list[RunTarget]]:
     """A pool of a shared run: nothing is ours until the journal's claims say so."""
-    max_unavailable = (
-        limit.max_unavailable if limit else max(1, plan.rollout.max_unavailable.of(len(records)))
-    )
+    max_unavailable = _max_unavailable(plan, records, limit)
     rollout = ClaimedPoolRollout(
         len(plan.rollout.waves),
         max_unavailable=max_unavailable,
@@ -291,9 +296,7 @@ def _pool_run(
     active = [
         r.target_id for r in records if r.state in (TargetState.IN_FLIGHT, TargetState.ACCEPTED)
     ]
-    max_unavailable = (
-        limit.max_unavailable if limit else max(1, plan.rollout.max_unavailable.of(len(records)))
-    )
+    max_unavailable = _max_unavailable(plan, records, limit)
     checkpoint = plan.rollout.confirm_after_wave
     rollout = PoolRollout(
         waves,

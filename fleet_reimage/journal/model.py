@@ -18,10 +18,13 @@ Times are UTC epoch seconds (float). No record ever holds a key, token or passwo
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
+
+W = TypeVar("W")
 
 
 class TargetState(StrEnum):
@@ -217,6 +220,21 @@ class WriterStats:
     transactions: int  # committed transactions
     units: int  # writes committed
     largest_batch: int
+
+
+class QueuedWrite(Generic[W]):
+    """One write waiting for a backend's group-commit writer: the work, and who waits on it."""
+
+    __slots__ = ("at", "future", "run_id", "what", "work")
+
+    def __init__(
+        self, work: W, future: asyncio.Future[Any], what: str, run_id: str | None, at: float
+    ) -> None:
+        self.work = work
+        self.future = future
+        self.what = what  # for error messages: "start of attempt ..."
+        self.run_id = run_id
+        self.at = at  # the write's time, for the run's updated_at
 
 
 # Record fields as stored (text) back to their types, for every backend.

@@ -41,7 +41,7 @@ from typing import Any
 import psycopg
 import psycopg.errors
 
-from fleet_reimage.journal.model import JournalError, WriterStats
+from fleet_reimage.journal.model import JournalError, QueuedWrite, WriterStats
 
 Conn = psycopg.AsyncConnection[Any]
 Bulk = Callable[[Conn], Awaitable[None]]
@@ -76,17 +76,7 @@ class Work:
     bulk: Bulk | None = None
 
 
-class _Unit:
-    __slots__ = ("at", "future", "run_id", "what", "work")
-
-    def __init__(
-        self, work: Work, future: asyncio.Future[None], what: str, run_id: str | None, at: float
-    ) -> None:
-        self.work = work
-        self.future = future
-        self.what = what
-        self.run_id = run_id
-        self.at = at
+_Unit = QueuedWrite[Work]
 
 
 class _Retry(Exception):

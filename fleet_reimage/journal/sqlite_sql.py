@@ -89,50 +89,6 @@ def _refuse_duplicates(targets: Sequence[NewTarget]) -> None:
         seen.add(key)
 
 
-def attempt_started(conn: sqlite3.Connection, s: AttemptStart) -> None:
-    _update_target(
-        conn,
-        _START_TARGET_SQL,
-        (s.sent_at, s.sent_at, s.sent_at, s.target_id, s.run_id),
-        s.run_id,
-        s.target_id,
-    )
-    conn.execute(
-        _START_ATTEMPT_SQL,
-        (s.run_id, s.target_id, s.attempt_no, s.operation, s.client_request_id, s.sent_at),
-    )
-
-
-def attempt_finished(conn: sqlite3.Connection, e: AttemptEnd) -> None:
-    cursor = conn.execute(
-        _FINISH_ATTEMPT_SQL,
-        (
-            e.finished_at,
-            e.outcome.value,
-            e.status,
-            e.request_id,
-            e.error_code,
-            e.error_message,
-            e.latency_ms,
-            e.client_request_id,
-            e.run_id,
-            e.target_id,
-        ),
-    )
-    if cursor.rowcount != 1:
-        raise Rejected(
-            f"no attempt {e.client_request_id} for target {e.target_id} of run {e.run_id}"
-        )
-    code = e.error_code if e.error_code is not None else _status_text(e.status)
-    _update_target(
-        conn,
-        _MOVE_TARGET_SQL,
-        _move_params(e.run_id, e.target_id, e.target_state, e.finished_at, e.reason, code),
-        e.run_id,
-        e.target_id,
-    )
-
-
 _START_TARGET_SQL = (
     "UPDATE targets SET state = 'in_flight', reason = NULL, updated_at = ?,"
     " first_sent_at = COALESCE(first_sent_at, ?), last_sent_at = ?, finished_at = NULL,"
@@ -180,58 +136,51 @@ def _many(conn: sqlite3.Connection, sql: str, rows: list[tuple[object, ...]]) ->
         raise Rejected("a record in the batch does not match the journal")
 
 
+def _start_rows(s: AttemptStart) -> tuple[tuple[object, ...], tuple[object, ...]]:
+    """The target update and the attempt insert of one ``attempt_started``."""
+    return (
+        (s.sent_at, s.sent_at, s.sent_at, s.target_id, s.run_id),
+        (s.run_id, s.target_id, s.attempt_no, s.operation, s.client_request_id, s.sent_at),
+    )
+
+
+def _finish_rows(e: AttemptEnd) -> tuple[tuple[object, ...], tuple[object, ...]]:
+    """The attempt update and the target move of one ``attempt_finished``."""
+    code = e.error_code if e.error_code is not None else _status_text(e.status)
+    return (
+        (e.finished_at, e.outcome.value, e.status, e.request_id, e.error_code,
+         e.error_message, e.latency_ms, e.client_request_id, e.run_id, e.target_id),
+        _move_params(e.run_id, e.target_id, e.target_state, e.finished_at, e.reason, code),
+    )  # fmt: skip
+
+
+def attempt_started(conn: sqlite3.Connection, s: AttemptStart) -> None:
+    target_row, attempt_row = _start_rows(s)
+    _update_target(conn, _START_TARGET_SQL, target_row, s.run_id, s.target_id)
+    conn.execute(_START_ATTEMPT_SQL, attempt_row)
+
+
+def attempt_finished(conn: sqlite3.Connection, e: AttemptEnd) -> None:
+    attempt_row, target_row = _finish_rows(e)
+    if conn.execute(_FINISH_ATTEMPT_SQL, attempt_row).rowcount != 1:
+        raise Rejected(
+            f"no attempt {e.client_request_id} for target {e.target_id} of run {e.run_id}"
+        )
+    _update_target(conn, _MOVE_TARGET_SQL, target_row, e.run_id, e.target_id)
+
+
 def attempts_started(conn: sqlite3.Connection, starts: list[AttemptStart]) -> None:
     """Many ``attempt_started`` at once (the group writer's fast path)."""
-    _many(
-        conn,
-        _START_TARGET_SQL,
-        [(s.sent_at, s.sent_at, s.sent_at, s.target_id, s.run_id) for s in starts],
-    )
-    conn.executemany(
-        _START_ATTEMPT_SQL,
-        [
-            (s.run_id, s.target_id, s.attempt_no, s.operation, s.client_request_id, s.sent_at)
-            for s in starts
-        ],
-    )
+    rows = [_start_rows(s) for s in starts]
+    _many(conn, _START_TARGET_SQL, [target for target, _ in rows])
+    conn.executemany(_START_ATTEMPT_SQL, [attempt for _, attempt in rows])
 
 
 def attempts_finished(conn: sqlite3.Connection, ends: list[AttemptEnd]) -> None:
     """Many ``attempt_finished`` at once (the group writer's fast path)."""
-    _many(
-        conn,
-        _FINISH_ATTEMPT_SQL,
-        [
-            (
-                e.finished_at,
-                e.outcome.value,
-                e.status,
-                e.request_id,
-                e.error_code,
-                e.error_message,
-                e.latency_ms,
-                e.client_request_id,
-                e.run_id,
-                e.target_id,
-            )
-            for e in ends
-        ],
-    )
-    _many(
-        conn,
-        _MOVE_TARGET_SQL,
-        [
-            _move_params(
-                e.run_id,
-                e.target_id,
-                e.target_state,
-                e.finished_at,
-                e.reason,
-                e.error_code if e.error_code is not None else _status_text(e.status),
-            )
-            for e in ends
-        ],
-    )
+    rows = [_finish_rows(e) for e in ends]
+    _many(conn, _FINISH_ATTEMPT_SQL, [attempt for attempt, _ in rows])
+    _many(conn, _MOVE_TARGET_SQL, [target for _, target in rows])
 
 
 def targets_changed(conn: sqlite3.Connection, changes: list[TargetChange]) -> None:

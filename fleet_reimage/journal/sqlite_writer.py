@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-from fleet_reimage.journal.model import JournalError, WriterStats
+from fleet_reimage.journal.model import JournalError, QueuedWrite, WriterStats
 from fleet_reimage.journal.sqlite_schema import rollback
 
 Work = Callable[[sqlite3.Connection], Any]
@@ -49,17 +49,7 @@ class Rejected(Exception):
     """Raised by a unit whose input does not fit the journal; only that unit fails."""
 
 
-class _Unit:
-    __slots__ = ("at", "future", "run_id", "what", "work")
-
-    def __init__(
-        self, work: Work, future: asyncio.Future[Any], what: str, run_id: str | None, at: float
-    ) -> None:
-        self.work = work
-        self.future = future
-        self.what = what
-        self.run_id = run_id
-        self.at = at
+_Unit = QueuedWrite[Work]
 
 
 class _UnitFailed(Exception):
@@ -139,7 +129,7 @@ class GroupWriter:
 
     def _collect(self) -> tuple[list[_Unit], bool]:
         first = self._queue.get()
-        if not isinstance(first, _Unit):
+        if not isinstance(first, QueuedWrite):
             return [], True
         batch = [first]
         deadline = time.monotonic() + self._window
@@ -154,7 +144,7 @@ class GroupWriter:
                     item = self._queue.get(timeout=remaining)
                 except queue.Empty:
                     break
-            if not isinstance(item, _Unit):
+            if not isinstance(item, QueuedWrite):
                 return batch, True
             batch.append(item)
         return batch, False
