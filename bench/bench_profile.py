@@ -147,6 +147,13 @@ def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--pools", type=int, default=4)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    parser.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="emulator latency per reimage (the latency benchmark's scenario: 100, with "
+        "--concurrency 256)",
+    )
     parser.add_argument("--tool", choices=("py-spy", "pyinstrument"), default="py-spy")
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args(argv)
@@ -157,7 +164,8 @@ def main(argv: list[str]) -> dict[str, Any]:
         f"concurrency {args.concurrency}, under {args.tool}"
     )
     with common.workdir("profile") as folder:
-        fleet = common.fleet_text(common.pools_of(args.nodes, args.pools))
+        faults = {"reimage": {"latency": f"{args.latency_ms:g}ms"}} if args.latency_ms else None
+        fleet = common.fleet_text(common.pools_of(args.nodes, args.pools), faults=faults)
         with common.emulator(folder / "emu", fleet) as emu:
             plan = folder / "plan.yaml"
             plan.write_text(

@@ -131,10 +131,12 @@ async def run_plan(
                 raise RefusedError("the plan selects no node; nothing to do")
             if hooks.confirm_start is not None and not await hooks.confirm_start(resolution):
                 raise RefusedError("not confirmed; nothing was sent")
-            run = await create_run(
+            run, records = await create_run(
                 plan, resolution, store, options={**(options or {}), "deadline": settings.deadline}
             )
-            return await _execute(run, plan, store, connections, settings, hooks, shared=shared)
+            return await _execute(
+                run, plan, store, connections, settings, hooks, shared=shared, records=records
+            )
 
 
 async def resume_run(

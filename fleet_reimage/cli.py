@@ -8,6 +8,7 @@ deadline, checkpoint); 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import time
 from collections.abc import Sequence
@@ -106,6 +107,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     emulator.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
+
+
+def entry() -> int:
+    """The ``fleet-reimage`` command (and ``python -m fleet_reimage``): ``main``, then exit.
+
+    Before the interpreter exits, everything is frozen out of the cycle collector: its final
+    full collection would otherwise walk every object a run built (~50 ms with 20,000 nodes)
+    for nothing. Exit handlers and stream flushing still run as usual.
+    """
+    code = main()
+    gc.freeze()
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

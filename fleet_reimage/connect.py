@@ -1,6 +1,6 @@
 """From a plan's accounts to ready Batch clients (and in-process emulators).
 
-One aiohttp connection pool serves the whole run, sized to the plan's concurrency. An
+One connection pool (``batch/http11.py``) serves the whole run, sized to the plan's concurrency. An
 ``emulator:`` account starts the local Batch emulator in-process on a free loopback port and
 talks to it over real TCP, exactly as it would to the service. Keys are read from the
 environment or a file when the run starts, kept only in memory, and never logged.
@@ -25,7 +25,7 @@ from .batch.auth import (
     cloud_for_endpoint,
 )
 from .batch.client import BatchClient
-from .batch.transport import AiohttpTransport, Transport
+from .batch.transport import Transport, default_transport
 from .plan.model import AccountSpec, EntraAuth, Plan, SharedKeyAuth
 from .problems import InputError, Problem
 
@@ -110,7 +110,7 @@ async def connect(plan: Plan, *, transport: Transport | None = None) -> AsyncIte
     """Clients for every account of the plan; emulators started and stopped around them."""
     async with AsyncExitStack() as stack:
         if transport is None:
-            transport = AiohttpTransport(pool_size=plan.execution.concurrency)
+            transport = default_transport(plan.execution.concurrency)
             stack.push_async_callback(transport.close)
         connections = Connections(clients={})
         plan_file = str(plan.source.path)

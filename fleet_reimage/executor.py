@@ -29,6 +29,7 @@ import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from .batch.client import new_client_request_id
 from .batch.retry import RetryPolicy
 from .events import RunObserver
 from .health import HealthMonitor
@@ -187,7 +188,8 @@ class Executor(NodeWork):
                 )
             # Everything built so far lives as long as the run: keep the cycle collector off
             # it (with 100,000 targets a full collection would pause the loop for ~100 ms).
-            gc.collect()
+            # No collection first: it would cost as much once, before the first request, and
+            # the little cyclic garbage of start-up is only kept until the run ends.
             gc.freeze()
             thresholds = gc.get_threshold()
             gc.set_threshold(50_000, 20, 100)  # fewer young collections: requests churn objects
@@ -313,17 +315,19 @@ class Executor(NodeWork):
     async def _job(self, pool: PoolRun, target: RunTarget, kind: JobKind) -> None:
         # Every log event of this node's work carries these fields (all of them are set, so
         # nothing of the worker's previous job leaks into this one).
+        action = kind is JobKind.ACTION
+        client_request_id = new_client_request_id() if action else None
         structlog.contextvars.bind_contextvars(
             run=self.run_id,
             account=pool.account.name,
             pool=pool.pool_id,
             node=target.record.node_id,
-            client_request_id=None,
-            attempt=None,
+            client_request_id=client_request_id,
+            attempt=target.record.attempts + 1 if action else None,
         )
         try:
-            if kind is JobKind.ACTION:
-                await self._attempt(pool, target)
+            if client_request_id is not None:
+                await self._attempt(pool, target, client_request_id)
             else:
                 await self._reconcile(pool, target)
         except JournalError as error:

@@ -71,8 +71,10 @@ async def create_run(
     *,
     options: Mapping[str, Any],
     run_id: str | None = None,
-) -> RunRecord:
-    """Write a new run, its targets and exclusions; nothing has been sent yet."""
+) -> tuple[RunRecord, list[TargetRecord]]:
+    """Write a new run, its targets and exclusions; nothing has been sent yet.
+
+    Returns the run and its targets as recorded (hand them to ``execute``)."""
     run_id = run_id or new_run_id()
     now = time.time()
     targets: list[NewTarget] = []
@@ -103,10 +105,10 @@ async def create_run(
         host=socket.gethostname(),
         pid=os.getpid(),
     )
-    await journal.create_run(run, targets, exclusions)
+    records = await journal.create_run(run, targets, exclusions)
     record = await journal.get_run(run_id)
     assert record is not None
-    return record
+    return record, records
 
 
 def _limits_from_options(run: RunRecord) -> dict[str, PoolLimits]:
@@ -127,9 +129,15 @@ async def execute(
     resuming: bool = False,
     executor_ready: Any = None,
     shared: SharedSettings | None = None,
+    records: list[TargetRecord] | None = None,
 ) -> RunResult:
-    """Run (or resume, or join) ``run`` to its end or a stop; returns the result."""
-    records = await journal.targets(run.run_id)
+    """Run (or resume, or join) ``run`` to its end or a stop; returns the result.
+
+    ``records``: the run's targets as ``create_run`` just recorded them (read from the
+    journal when not given).
+    """
+    if records is None:
+        records = await journal.targets(run.run_id)
     limits = _limits_from_options(run)
     if resuming and shared is None:
         limits = await _reconcile_on_resume(run, plan, journal, clients, records, limits)

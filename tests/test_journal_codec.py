@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fleet_reimage.journal.codec import (
+    _SECRET_VALUE,
     check_mapping,
     decode_mapping,
     encode_mapping,
@@ -22,7 +23,11 @@ SCALARS = (
     | st.booleans()
     | st.integers(-(2**53), 2**53)
     | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(alphabet=st.characters(codec="utf-8"), max_size=20)
+    # Text that looks like a credential (``bearer ...``, ``sig=``) is refused by design:
+    # tested below, and kept out of the round trip here.
+    | st.text(alphabet=st.characters(codec="utf-8"), max_size=20).filter(
+        lambda text: _SECRET_VALUE.search(text) is None
+    )
 )
 VALUES = st.recursive(
     SCALARS,

@@ -99,10 +99,15 @@ async def test_targets_and_exclusions_round_trip_in_order(backend: Backend) -> N
     ]
     with anyio.fail_after(10):
         async with await backend.open() as journal:
-            await journal.create_run(new_run(), targets, exclusions)
+            recorded = await journal.create_run(new_run(), targets, exclusions)
             got = await journal.targets(RUN_ID)
+            assert recorded == got  # what create_run hands back is what was recorded
             assert await journal.exclusions(RUN_ID) == exclusions
             assert await journal.targets("other") == []
+            # A second run's targets follow the first's, and come back as recorded too.
+            second = await journal.create_run(new_run("run-2"), targets[:2], [])
+            assert second == await journal.targets("run-2")
+            assert min(t.target_id for t in second) > max(t.target_id for t in got)
     assert [g.target_id for g in got] == sorted(g.target_id for g in got)
     assert [(g.account, g.pool, g.node_id, g.wave, g.position) for g in got] == [
         (t.account, t.pool, t.node_id, t.wave, t.position) for t in targets

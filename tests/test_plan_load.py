@@ -8,10 +8,13 @@ import hashlib
 import shutil
 import time
 from datetime import UTC, datetime
+from fnmatch import fnmatchcase
 from fractions import Fraction
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fleet_reimage.plan import (
     Action,
@@ -22,6 +25,7 @@ from fleet_reimage.plan import (
     load_plan,
     parse_plan,
 )
+from fleet_reimage.plan.model import NodeSelector
 from fleet_reimage.problems import InputError
 from fleet_reimage.units import Amount
 from fleet_reimage.yamlsafe import MAX_DOCUMENT_BYTES
@@ -311,6 +315,21 @@ def test_selector_helpers(tmp_path: Path) -> None:
     assert nodes.skip_reason("abc", "idle", before) == "node id not selected by include/exclude"
     assert "state offline" in (nodes.skip_reason("tvm-1", "offline", before) or "")
     assert "booted at 2026-11-20" in (nodes.skip_reason("tvm-1", "idle", after) or "")
+
+
+GLOBS = st.lists(st.text(alphabet="tvm-1*?[]!", min_size=1, max_size=6), max_size=3)
+
+
+@given(include=GLOBS, exclude=GLOBS, node_id=st.text(alphabet="tvm-19", max_size=8))
+def test_node_id_matching_is_fnmatchcase(
+    include: list[str], exclude: list[str], node_id: str
+) -> None:
+    """The compiled matcher agrees with the definition: included by one glob, excluded by none."""
+    selector = NodeSelector(tuple(include), tuple(exclude), frozenset({"idle"}), None)
+    expected = any(fnmatchcase(node_id, g) for g in include) and not any(
+        fnmatchcase(node_id, g) for g in exclude
+    )
+    assert selector.matches_id(node_id) is expected
 
 
 def test_example_plans_validate(tmp_path: Path) -> None:

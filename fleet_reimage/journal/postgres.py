@@ -226,11 +226,12 @@ class PostgresJournal:
 
     async def create_run(
         self, run: NewRun, targets: Sequence[NewTarget], exclusions: Sequence[Exclusion]
-    ) -> None:
+    ) -> list[TargetRecord]:
         """Record a new run, its targets (target_id ascending in the given order), exclusions."""
         self._writable()
         work = sql.create_run(run, encode_mapping(run.options, "options"), targets, exclusions)
         await self._write(work, f"run {run.run_id}", run.run_id, run.created_at)
+        return await self.targets(run.run_id)
 
     async def attempt_started(self, start: AttemptStart) -> None:
         what = f"start of attempt {start.client_request_id}"

@@ -148,7 +148,7 @@ class GroupWriter:
         if self.failure is not None:
             future.set_exception(_copy(self.failure))
             return future
-        self._queue.append(_Unit(work, future, what, run_id, at))
+        self._queue.append(QueuedWrite(work, future, what, run_id, at))
         self._wake.set()
         return future
 

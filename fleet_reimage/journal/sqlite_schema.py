@@ -12,7 +12,6 @@ Every function here is blocking and runs on a worker or writer thread, never the
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,11 +118,14 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1}
 
 
 def tool_version() -> str:
-    """This fleet-reimage's version, as recorded in ``meta``."""
-    try:
-        return importlib.metadata.version("fleet-reimage")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
+    """This fleet-reimage's version, as recorded in ``meta``.
+
+    The package's own ``__version__`` (the one ``--version`` prints), not the installed
+    distribution's metadata: ``importlib.metadata`` alone adds ~17 ms to every start-up.
+    """
+    from fleet_reimage import __version__
+
+    return __version__
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,7 +54,10 @@ def insert_run(
     options_json: str,
     targets: Sequence[NewTarget],
     exclusions: Sequence[Exclusion],
-) -> None:
+) -> int | None:
+    """Insert the run; returns the first target_id when the run's ids are ``first, first + 1,
+    ...`` in the order given (they are: one writer appends them in one transaction), else
+    None (the caller then reads them back)."""
     _refuse_duplicates(targets)
     try:
         conn.execute(
@@ -78,6 +81,12 @@ def insert_run(
         "INSERT INTO exclusions (run_id, account, pool, node_id, reason) VALUES (?, ?, ?, ?, ?)",
         [(run_id, e.account, e.pool, e.node_id, e.reason) for e in exclusions],
     )
+    first, last, count = conn.execute(
+        "SELECT min(target_id), max(target_id), count(*) FROM targets WHERE run_id = ?", (run_id,)
+    ).fetchone()
+    if count != len(targets) or not targets or last - first + 1 != count:
+        return None
+    return int(first)
 
 
 def _refuse_duplicates(targets: Sequence[NewTarget]) -> None:

@@ -83,7 +83,8 @@ class GroupWriter:
         self._on_batch = on_batch
         self._window = window
         self._max_batch = max_batch
-        self._queue: queue.SimpleQueue[_Unit | object] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[_Unit] | object] = queue.SimpleQueue()
+        self._pending: list[_Unit] = []  # submitted during this loop iteration (loop thread)
         self.failure: JournalError | None = None
         self._transactions = 0
         self._units = 0
@@ -98,16 +99,31 @@ class GroupWriter:
     def submit(
         self, work: Work, what: str, run_id: str | None = None, at: float = 0.0
     ) -> asyncio.Future[Any]:
-        """Queue ``work`` (call on the loop thread); the future resolves once it is durable."""
+        """Queue ``work`` (call on the loop thread); the future resolves once it is durable.
+
+        Writes submitted during one event-loop iteration reach the thread together, in one
+        hand-over at the end of it: one wake-up of the writer thread per iteration instead
+        of one per write (each wake-up is a GIL hand-off, costly when writes trickle in).
+        """
         future: asyncio.Future[Any] = self._loop.create_future()
         if self.failure is not None:
             future.set_exception(_copy(self.failure))
-        else:
-            self._queue.put(_Unit(work, future, what, run_id, at))
+            return future
+        pending = self._pending
+        # The bare class: calling the subscripted alias costs ~1 µs more per write.
+        pending.append(QueuedWrite(work, future, what, run_id, at))
+        if len(pending) == 1:
+            self._loop.call_soon(self._hand_over)
         return future
+
+    def _hand_over(self) -> None:
+        batch, self._pending = self._pending, []
+        if batch:
+            self._queue.put(batch)
 
     def stop(self) -> None:
         """Ask the thread to finish what is queued, close the connection and exit."""
+        self._hand_over()
         self._queue.put(_STOP)
 
     def join(self) -> None:
@@ -129,9 +145,9 @@ class GroupWriter:
 
     def _collect(self) -> tuple[list[_Unit], bool]:
         first = self._queue.get()
-        if not isinstance(first, QueuedWrite):
+        if not isinstance(first, list):
             return [], True
-        batch = [first]
+        batch: list[_Unit] = first
         deadline = time.monotonic() + self._window
         while len(batch) < self._max_batch:
             try:
@@ -144,9 +160,9 @@ class GroupWriter:
                     item = self._queue.get(timeout=remaining)
                 except queue.Empty:
                     break
-            if not isinstance(item, QueuedWrite):
+            if not isinstance(item, list):
                 return batch, True
-            batch.append(item)
+            batch.extend(item)
         return batch, False
 
     def _process(self, batch: list[_Unit]) -> None:

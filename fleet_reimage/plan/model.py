@@ -7,10 +7,13 @@ Node states are the strings the Batch REST API uses (``batch.models.NODE_STATES`
 
 from __future__ import annotations
 
+import fnmatch
+import functools
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from fnmatch import fnmatchcase
 from pathlib import Path
 
 from fleet_reimage.problems import Problem
@@ -57,6 +60,18 @@ class EntraAuth:
 AuthSpec = SharedKeyAuth | EntraAuth
 
 
+@functools.cache
+def _matches_any(globs: tuple[str, ...]) -> Callable[[str], bool]:
+    """Does a text match any of ``globs`` (as ``fnmatchcase``)? One compiled pattern, made
+    once per glob list: resolution checks every node of the fleet against these."""
+    if "*" in globs:
+        return lambda _: True
+    if not globs:
+        return lambda _: False
+    match = re.compile("|".join(f"(?:{fnmatch.translate(glob)})" for glob in globs)).match
+    return lambda text: match(text) is not None
+
+
 @dataclass(frozen=True, slots=True)
 class NodeSelector:
     """Which nodes of a matched pool are eligible."""
@@ -68,9 +83,7 @@ class NodeSelector:
 
     def matches_id(self, node_id: str) -> bool:
         """The node id is included and not excluded (globs are case-sensitive)."""
-        return any(fnmatchcase(node_id, g) for g in self.include) and not any(
-            fnmatchcase(node_id, g) for g in self.exclude
-        )
+        return _matches_any(self.include)(node_id) and not _matches_any(self.exclude)(node_id)
 
     def skip_reason(self, node_id: str, state: str, last_boot_time: datetime | None) -> str | None:
         """Why this node is not selected, or None when it is.
@@ -99,7 +112,7 @@ class PoolSelector:
     line: int  # line of the entry in the plan, for "pattern matched nothing" warnings
 
     def matches(self, pool_id: str) -> bool:
-        return fnmatchcase(pool_id, self.match)
+        return fnmatch.fnmatchcase(pool_id, self.match)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import anyio
 
@@ -28,8 +29,8 @@ POOLS_LISTED_AT_ONCE = 8  # per account
 _STATE_ORDER = {"idle": 0, "running": 1}
 
 
-@dataclass(frozen=True, slots=True)
-class SelectedNode:
+# Immutable like a frozen dataclass, built in a third of the time: one is made per node.
+class SelectedNode(NamedTuple):
     id: str
     state: str
     last_boot_time: float | None
@@ -87,12 +88,13 @@ def select_nodes(
     selected: list[SelectedNode] = []
     excluded: list[tuple[str, str]] = []
     baseline = 0
+    by_boot_time = selector.nodes.booted_before is not None
     for node in nodes:
         if node.state not in READY_STATES:
             baseline += 1
         boot = (
             datetime.fromtimestamp(node.last_boot_time, UTC)
-            if node.last_boot_time is not None
+            if by_boot_time and node.last_boot_time is not None
             else None
         )
         reason = selector.nodes.skip_reason(node.id, node.state, boot)

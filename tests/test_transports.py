@@ -1,0 +1,565 @@
+"""The Transport contract (``batch/transport.py``), checked against both implementations over
+real TCP on 127.0.0.1, with a raw asyncio server that records the bytes it is sent and
+answers exactly the bytes a test scripts (malformed, cut short, withheld, ...)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import gzip
+import ipaddress
+import json
+import socket
+import ssl
+import struct
+import time
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import anyio
+import pytest
+from clienthelpers import closed_port
+
+from fleet_reimage.batch import aiohttp_transport, http11
+from fleet_reimage.batch.aiohttp_transport import AiohttpTransport
+from fleet_reimage.batch.errors import RequestInDoubt, RequestNotSent, UnexpectedResponse
+from fleet_reimage.batch.http11 import Http11Transport
+from fleet_reimage.batch.transport import HttpRequest, Transport
+
+pytestmark = pytest.mark.anyio
+
+# --- a raw HTTP/1.1 server ----------------------------------------------------------------
+
+
+@dataclass
+class Seen:
+    """One request as it arrived: request line parts, headers in order, body."""
+
+    method: str
+    target: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def values(self, name: str) -> list[str]:
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
+
+Reader, Writer = asyncio.StreamReader, asyncio.StreamWriter
+# A handler answers one request by writing to the stream; it returns whether to read another
+# request on the connection (False closes it).
+Handler = Callable[[Seen, Reader, Writer], Awaitable[bool]]
+
+
+@dataclass
+class RawServer:
+    url: str
+    seen: list[Seen] = field(default_factory=list)
+    accepted: int = 0
+    open_now: int = 0
+    max_open: int = 0
+    got_request: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def answer(status: int = 200, body: bytes = b"", headers: dict[str, str] | None = None) -> bytes:
+    """An answer with a Content-Length (unless ``headers`` already frames the body)."""
+    fields = dict(headers or {})
+    if "Transfer-Encoding" not in fields:
+        fields.setdefault("Content-Length", str(len(body)))
+    head = f"HTTP/1.1 {status} Whatever\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items())
+    return head.encode("latin-1") + b"\r\n" + body
+
+
+def replies(make: Callable[[Seen], bytes], keep: bool = True) -> Handler:
+    """A handler writing ``make(request)`` as the answer (then closing unless ``keep``)."""
+
+    async def handler(seen: Seen, reader: Reader, writer: Writer) -> bool:
+        writer.write(make(seen))
+        return keep
+
+    return handler
+
+
+ok = replies(lambda seen: answer(200, b"ok:" + seen.target.encode()))
+
+
+async def wait_for_eof(reader: Reader, limit: float = 3.0) -> None:
+    """Hold the connection until the client closes it (bounded, so the server always ends)."""
+    try:
+        async with asyncio.timeout(limit):
+            while await reader.read(65536):
+                pass
+    except (TimeoutError, ConnectionError):
+        pass
+
+
+@asynccontextmanager
+async def raw_server(
+    handler: Handler = ok, *, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[RawServer]:
+    tasks: set[asyncio.Task[None]] = set()
+    state = RawServer("")
+
+    async def serve(reader: Reader, writer: Writer) -> None:
+        state.accepted += 1
+        state.open_now += 1
+        state.max_open = max(state.max_open, state.open_now)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                request_line, *lines = head.decode("latin-1").split("\r\n")[:-2]
+                method, target, _ = request_line.split(" ")
+                headers = [(k, v.strip()) for k, _, v in (line.partition(":") for line in lines)]
+                seen = Seen(method, target, headers, b"")
+                length = seen.values("Content-Length")
+                seen.body = await reader.readexactly(int(length[0])) if length else b""
+                state.seen.append(seen)
+                state.got_request.set()
+                keep_going = await handler(seen, reader, writer)
+                await writer.drain()
+                if not keep_going:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            state.open_now -= 1
+            writer.close()
+
+    def track(reader: Reader, writer: Writer) -> None:
+        task = asyncio.ensure_future(serve(reader, writer))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    server = await asyncio.start_server(track, "127.0.0.1", 0, ssl=tls)
+    port = server.sockets[0].getsockname()[1]
+    state.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+    try:
+        yield state
+    finally:
+        server.close()
+        for task in list(tasks):
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await server.wait_closed()
+
+
+# --- the transports under test ------------------------------------------------------------
+
+MakeTransport = Callable[..., Transport]
+
+
+@pytest.fixture(params=[Http11Transport, AiohttpTransport], ids=["http11", "aiohttp"])
+def make_transport(request: pytest.FixtureRequest) -> MakeTransport:
+    factory: MakeTransport = request.param
+    return factory
+
+
+@asynccontextmanager
+async def opened(make: MakeTransport, **kwargs: object) -> AsyncIterator[Transport]:
+    transport = make(**{"pool_size": 4, **kwargs})
+    try:
+        yield transport
+    finally:
+        await transport.close()
+
+
+def get(url: str, timeout: float = 3.0) -> HttpRequest:
+    return HttpRequest("GET", url, {}, None, timeout)
+
+
+# --- answers that arrive whole ------------------------------------------------------------
+
+
+async def test_any_status_comes_back_with_body_and_case_insensitive_headers(
+    make_transport: MakeTransport,
+) -> None:
+    document = json.dumps({"id": "node-1", "state": "idle"}).encode()
+    answers = {
+        "/a": answer(202, headers={"Request-Id": "r-202", "DataServiceVersion": "3.0"}),
+        "/b": answer(200, document, {"Content-Type": "application/json", "Request-Id": "r-200"}),
+        "/c": answer(503, b"busy", {"Retry-After": "7", "request-id": "r-503"}),
+    }
+    with anyio.fail_after(4):
+        async with (
+            raw_server(replies(lambda seen: answers[seen.target])) as server,
+            opened(make_transport) as transport,
+        ):
+            accepted = await transport.send(HttpRequest("POST", server.url + "/a", {}))
+            document_answer = await transport.send(get(server.url + "/b"))
+            busy = await transport.send(get(server.url + "/c"))
+    assert (accepted.status, accepted.body) == (202, b"")
+    assert accepted.headers.get("dataserviceversion") == "3.0"
+    assert accepted.headers.get("Request-Id") == accepted.headers.get("request-id") == "r-202"
+    assert (document_answer.status, document_answer.body) == (200, document)
+    assert document_answer.headers.get("REQUEST-ID") == "r-200"
+    assert (busy.status, busy.body, busy.headers.get("Retry-After")) == (503, b"busy", "7")
+
+
+async def test_request_goes_on_the_wire_exactly_as_given(make_transport: MakeTransport) -> None:
+    signed = {
+        "Authorization": "SharedKey acct:c2lnbmF0dXJl+/==",
+        "ocp-date": "Tue, 05 May 2026 10:00:00 GMT",
+        "client-request-id": "0c7e-11",
+    }
+    target = "/pools/p%2F1/nodes/tvm-1%3A2/reimage?api-version=2024-07-01.20.0&timeout=30"
+    body = b'{"nodeReimageOption":"requeue"}'
+    content_type = "application/json; odata=minimalmetadata"
+    with anyio.fail_after(4):
+        async with raw_server() as server, opened(make_transport) as transport:
+            await transport.send(HttpRequest("POST", server.url + target, dict(signed)))
+            with_body = {**signed, "Content-Type": content_type}
+            await transport.send(HttpRequest("POST", server.url + target, with_body, body))
+            await transport.send(get(server.url + "/pools?$filter=id%20eq%20%27a%27"))
+    bare, full, listing = server.seen
+    host = server.url.removeprefix("http://")
+    for seen in (bare, full):
+        assert (seen.method, seen.target) == ("POST", target)
+        for name, value in signed.items():
+            assert seen.values(name) == [value]
+        assert seen.values("Host") == [host]
+    assert bare.values("Content-Type") == []  # never added behind the signature's back
+    assert bare.values("Content-Length") == ["0"] and bare.body == b""
+    assert full.values("Content-Type") == [content_type]
+    assert full.values("Content-Length") == [str(len(body))] and full.body == body
+    assert (listing.method, listing.target) == ("GET", "/pools?$filter=id%20eq%20%27a%27")
+    assert listing.values("Host") == [host] and listing.body == b""
+    assert "gzip" in ",".join(listing.values("Accept-Encoding"))
+
+
+# --- connections ----------------------------------------------------------------------------
+
+
+async def test_sequential_requests_share_one_keep_alive_connection(
+    make_transport: MakeTransport,
+) -> None:
+    with anyio.fail_after(4):
+        async with raw_server() as server, opened(make_transport) as transport:
+            answers = [await transport.send(get(f"{server.url}/n/{i}")) for i in range(20)]
+    assert [a.body for a in answers] == [f"ok:/n/{i}".encode() for i in range(20)]
+    assert server.accepted == 1
+
+
+async def test_concurrent_requests_stay_within_the_pool(make_transport: MakeTransport) -> None:
+    async def slow(seen: Seen, reader: Reader, writer: Writer) -> bool:
+        await asyncio.sleep(0.01)
+        return await ok(seen, reader, writer)
+
+    with anyio.fail_after(4):
+        async with raw_server(slow) as server, opened(make_transport, pool_size=4) as transport:
+            answers = await asyncio.gather(
+                *(transport.send(get(f"{server.url}/n/{i}")) for i in range(50))
+            )
+    assert [a.body for a in answers] == [f"ok:/n/{i}".encode() for i in range(50)]
+    assert server.max_open == 4 and server.accepted == 4
+
+
+@pytest.mark.parametrize("says_close", [True, False], ids=["connection-close", "silent-close"])
+async def test_a_connection_the_server_closed_is_not_reused(
+    make_transport: MakeTransport, says_close: bool
+) -> None:
+    """``Connection: close``, or a keep-alive answer followed by the server hanging up: either
+    way the next request goes on a new connection and succeeds (never in doubt)."""
+    headers = {"Connection": "close"} if says_close else {}
+    once = replies(lambda seen: answer(200, b"one", headers), keep=False)
+    with anyio.fail_after(4):
+        async with raw_server(once) as server, opened(make_transport) as transport:
+            first = await transport.send(get(server.url + "/1"))
+            await anyio.sleep(0.1)
+            second = await transport.send(get(server.url + "/2"))
+    assert first.body == second.body == b"one"
+    assert server.accepted == 2
+
+
+# --- bodies ----------------------------------------------------------------------------------
+
+
+async def test_chunked_body_is_reassembled(make_transport: MakeTransport) -> None:
+    pieces = [b'{"value": [', b'"a", ' * 3000, b'"z"]}']
+
+    async def chunked(seen: Seen, reader: Reader, w: Writer) -> bool:
+        w.write(answer(200, headers={"Transfer-Encoding": "chunked"}))
+        for piece in pieces:
+            w.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            await w.drain()
+            await asyncio.sleep(0.005)
+        w.write(b"0\r\n\r\n")
+        return True
+
+    with anyio.fail_after(4):
+        async with raw_server(chunked) as server, opened(make_transport) as transport:
+            first = await transport.send(get(server.url + "/1"))
+            second = await transport.send(get(server.url + "/2"))
+    assert first.body == second.body == b"".join(pieces)
+    assert len(json.loads(first.body)["value"]) == 3001
+    assert server.accepted == 1
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_compressed_body_is_decoded(make_transport: MakeTransport, encoding: str) -> None:
+    plain = json.dumps({"value": [{"id": f"tvm-{i}"} for i in range(2000)]}).encode()
+    packed = gzip.compress(plain) if encoding == "gzip" else zlib.compress(plain)
+    packs = replies(lambda seen: answer(200, packed, {"Content-Encoding": encoding}))
+    with anyio.fail_after(4):
+        async with raw_server(packs) as server, opened(make_transport) as transport:
+            got = await transport.send(get(server.url + "/pools"))
+    assert got.status == 200 and got.body == plain
+
+
+async def test_a_cut_short_compressed_body_is_in_doubt() -> None:
+    """http11 only: aiohttp hands back what it could inflate of a truncated gzip body."""
+    packed = gzip.compress(b"x" * 10_000)
+    packs = replies(lambda seen: answer(200, packed[:-12], {"Content-Encoding": "gzip"}))
+    with anyio.fail_after(4):
+        async with raw_server(packs) as server, opened(Http11Transport) as transport:
+            with pytest.raises(RequestInDoubt, match="cut short"):
+                await transport.send(get(server.url + "/pools"))
+
+
+async def test_close_delimited_body_is_read_to_the_end(make_transport: MakeTransport) -> None:
+    body = b"x" * 100_000 + b"end"
+
+    async def then_close(seen: Seen, reader: Reader, w: Writer) -> bool:
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n" + body[:10])
+        await w.drain()
+        await asyncio.sleep(0.01)
+        w.write(body[10:])
+        return False
+
+    with anyio.fail_after(4):
+        async with raw_server(then_close) as server, opened(make_transport) as transport:
+            # A request timeout longer than the deadline: waiting for it would fail the test.
+            got = await transport.send(get(server.url + "/", timeout=10))
+            after = await transport.send(get(server.url + "/", timeout=10))
+    assert got.status == 200 and got.body == body and after.body == body
+
+
+async def test_interim_1xx_answers_are_skipped(make_transport: MakeTransport) -> None:
+    """RFC 9110 15.2: a client must read past 1xx answers it did not ask for to the final one."""
+    interim = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+    final = replies(lambda seen: interim + answer(202, headers={"Request-Id": seen.target}))
+    with anyio.fail_after(4):
+        async with raw_server(final) as server, opened(make_transport) as transport:
+            got = [await transport.send(HttpRequest("POST", f"{server.url}/{i}", {})) for i in "ab"]
+    assert [(r.status, r.headers.get("request-id")) for r in got] == [(202, "/a"), (202, "/b")]
+    assert server.accepted == 1
+
+
+async def test_an_answer_nobody_asked_for_is_dropped_with_its_connection(
+    make_transport: MakeTransport,
+) -> None:
+    extra = answer(500, b"second!", {"Request-Id": "unasked"})
+    twice = replies(lambda seen: answer(200, b"first", {"Request-Id": seen.target}) + extra)
+    with anyio.fail_after(4):
+        async with raw_server(twice) as server, opened(make_transport) as transport:
+            got = [await transport.send(get(f"{server.url}/{i}")) for i in "ab"]
+    assert [(r.status, r.body) for r in got] == [(200, b"first"), (200, b"first")]
+    headers = [{k.lower(): v for k, v in r.headers.items()} for r in got]
+    assert headers == [  # nothing of the extra answer mixed in
+        {"request-id": "/a", "content-length": "5"},
+        {"request-id": "/b", "content-length": "5"},
+    ]
+    assert server.accepted == 2
+
+
+# --- no complete answer ------------------------------------------------------------------
+
+
+# What the server does instead of answering: the bytes it writes, then "close", "reset" or
+# "hold" (keep the connection open: the client must notice a malformed answer by itself).
+FAILURES: dict[str, tuple[bytes, str]] = {
+    "close-without-answer": (b"", "close"),
+    "reset-without-answer": (b"", "reset"),
+    "close-mid-headers": (b"HTTP/1.1 200 OK\r\nContent-Le", "close"),
+    "close-mid-body": (answer(200, b"x" * 100)[:-40], "close"),
+    "close-mid-chunk": (
+        answer(200, headers={"Transfer-Encoding": "chunked"}) + b"64\r\nxx",
+        "close",
+    ),
+    "malformed-not-http": (b"NOT HTTP\r\n\r\n", "hold"),
+    "malformed-status": (b"HTTP/1.1 abc Nope\r\n\r\n", "hold"),
+    "malformed-length": (b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", "hold"),
+}
+
+
+@pytest.mark.parametrize("failure", FAILURES)
+async def test_no_complete_answer_is_in_doubt(make_transport: MakeTransport, failure: str) -> None:
+    written, then = FAILURES[failure]
+
+    async def breaks(seen: Seen, reader: Reader, w: Writer) -> bool:
+        if seen.target != "/reimage":
+            return await ok(seen, reader, w)
+        w.write(written)
+        await w.drain()
+        if then == "reset":  # linger 0: the close sends an RST
+            linger = struct.pack("ii", 1, 0)
+            w.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+            w.transport.abort()
+        elif then == "hold":
+            await wait_for_eof(reader)
+        return False
+
+    with anyio.fail_after(4):
+        async with raw_server(breaks) as server, opened(make_transport) as transport:
+            with pytest.raises(RequestInDoubt):
+                await transport.send(HttpRequest("POST", server.url + "/reimage", {}, None, 10))
+            after = await transport.send(get(server.url + "/after"))
+    assert after.body == b"ok:/after"
+
+
+async def test_no_answer_within_the_request_timeout_is_in_doubt(
+    make_transport: MakeTransport,
+) -> None:
+    async def withholds(seen: Seen, reader: Reader, w: Writer) -> bool:
+        if seen.target != "/r":
+            return await ok(seen, reader, w)
+        await wait_for_eof(reader)
+        return False
+
+    with anyio.fail_after(3):
+        async with raw_server(withholds) as server, opened(make_transport) as transport:
+            started = time.monotonic()
+            with pytest.raises(RequestInDoubt):
+                await transport.send(HttpRequest("POST", server.url + "/r", {}, None, 0.5))
+            elapsed = time.monotonic() - started
+            after = await transport.send(get(server.url + "/after"))
+    assert 0.4 <= elapsed < 1.5 and after.body == b"ok:/after"
+
+
+SMALL_LIMIT = 64 * 1024
+BIG = b"y" * (3 * SMALL_LIMIT)
+OVERSIZED: dict[str, bytes] = {
+    "one-piece": answer(200, BIG),
+    "chunked": answer(200, headers={"Transfer-Encoding": "chunked"})
+    + b"".join(b"%x\r\n%s\r\n" % (4096, BIG[i : i + 4096]) for i in range(0, len(BIG), 4096))
+    + b"0\r\n\r\n",
+    "gzip-bomb": answer(200, gzip.compress(BIG), {"Content-Encoding": "gzip"}),
+}
+
+
+@pytest.mark.parametrize("shape", OVERSIZED)
+async def test_body_over_the_limit_is_refused_and_the_transport_recovers(
+    make_transport: MakeTransport, shape: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http11, "MAX_RESPONSE_BYTES", SMALL_LIMIT)
+    monkeypatch.setattr(aiohttp_transport, "MAX_RESPONSE_BYTES", SMALL_LIMIT)
+    small = answer(200, b"a" * SMALL_LIMIT)
+    huge = replies(lambda seen: OVERSIZED[shape] if seen.target == "/big" else small)
+    with anyio.fail_after(4):
+        async with raw_server(huge) as server, opened(make_transport) as transport:
+            with pytest.raises(UnexpectedResponse) as caught:
+                await transport.send(get(server.url + "/big"))
+            at_the_limit = await transport.send(get(server.url + "/small"))
+    assert caught.value.status == 200
+    assert at_the_limit.status == 200 and at_the_limit.body == b"a" * SMALL_LIMIT
+
+
+async def test_closed_port_is_not_sent(make_transport: MakeTransport) -> None:
+    url = f"http://127.0.0.1:{closed_port()}/pools/p/nodes/n/reimage"
+    with anyio.fail_after(4):
+        async with opened(make_transport) as transport:
+            with pytest.raises(RequestNotSent):
+                await transport.send(HttpRequest("POST", url, {}, None, 2))
+
+
+async def test_cancelled_request_drops_its_connection(make_transport: MakeTransport) -> None:
+    """Cancelled mid-answer, with a second request queued for the only pooled connection:
+    the connection is closed, not reused, and the pool slot comes back."""
+    closed_by_client = asyncio.Event()
+
+    async def holds(seen: Seen, reader: Reader, w: Writer) -> bool:
+        if seen.target != "/held":
+            return await ok(seen, reader, w)
+        await wait_for_eof(reader)
+        closed_by_client.set()
+        return False
+
+    with anyio.fail_after(4):
+        async with raw_server(holds) as server, opened(make_transport, pool_size=1) as transport:
+            async with anyio.create_task_group() as group:
+                group.start_soon(transport.send, get(server.url + "/held", timeout=10))
+                await server.got_request.wait()
+                group.start_soon(transport.send, get(server.url + "/queued", timeout=10))
+                await anyio.sleep(0.05)
+                group.cancel_scope.cancel()
+            with anyio.fail_after(1):
+                await closed_by_client.wait()
+            answers = [await transport.send(get(server.url + f"/{i}")) for i in range(3)]
+    assert [a.body for a in answers] == [b"ok:/0", b"ok:/1", b"ok:/2"]
+    assert [s.target for s in server.seen] == ["/held", "/0", "/1", "/2"]
+    assert server.accepted == 2
+
+
+# --- TLS -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server context, client context trusting it): a self-signed cert for 127.0.0.1."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    hosts = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    usage = x509.KeyUsage(True, False, False, False, False, True, False, False, False)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName(hosts), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .add_extension(usage, True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), False)
+        .sign(key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    folder = tmp_path_factory.mktemp("tls")
+    (folder / "cert.pem").write_bytes(cert.public_bytes(pem))
+    plain_key = serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    (folder / "key.pem").write_bytes(key.private_bytes(pem, *plain_key))
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(folder / "cert.pem", folder / "key.pem")
+    client = ssl.create_default_context(cadata=cert.public_bytes(pem).decode())
+    client.verify_flags |= ssl.VERIFY_X509_STRICT  # as Python 3.13's default context does
+    return server, client
+
+
+async def test_https_with_a_trusted_certificate(
+    make_transport: MakeTransport, tls_pair: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> None:
+    server_context, client_context = tls_pair
+    with anyio.fail_after(4):
+        async with raw_server(tls=server_context) as server:
+            async with opened(make_transport, ssl_context=client_context) as transport:
+                answers = [await transport.send(get(f"{server.url}/s/{i}")) for i in range(3)]
+            async with opened(make_transport) as untrusting:
+                with pytest.raises(RequestNotSent):
+                    await untrusting.send(HttpRequest("POST", server.url + "/s", {}, None, 2))
+    assert [a.body for a in answers] == [b"ok:/s/0", b"ok:/s/1", b"ok:/s/2"]
+    assert server.seen[0].values("Host") == [server.url.removeprefix("https://")]
+    assert len(server.seen) == 3  # the untrusted request never got past the handshake
+
+
+# --- refused before sending --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["a\r\nX-Injected: 1", "a\nb", "a\rb"])
+async def test_header_value_with_a_line_break_is_refused_before_sending(
+    make_transport: MakeTransport, value: str
+) -> None:
+    with anyio.fail_after(4):
+        async with raw_server() as server, opened(make_transport) as transport:
+            with pytest.raises(ValueError):
+                await transport.send(HttpRequest("POST", server.url + "/r", {"x-ms-a": value}))
+            after = await transport.send(get(server.url + "/after"))
+    assert after.body == b"ok:/after"
+    assert [s.target for s in server.seen] == ["/after"]  # nothing of the bad one went out
