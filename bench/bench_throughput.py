@@ -31,6 +31,7 @@ CONTENDERS = ("fleet-reimage", "aiohttp", "sdk")
 DIAGNOSTICS = {
     "fr-quiet-log": "log level warning (no per-node info line in the log file)",
     "fr-tmpfs": "journal on /dev/shm (tmpfs: fsync costs nothing)",
+    "fr-aiohttp": "FLEET_REIMAGE_TRANSPORT=aiohttp (aiohttp's client, not the built-in transport)",
 }
 
 
@@ -52,6 +53,7 @@ def measure(name: str, folder: Path, nodes: int, pools: int, concurrency: int) -
             shm = Path(tempfile.mkdtemp(dir="/dev/shm")) if name == "fr-tmpfs" else None
             journal = (shm or folder) / "journal.db"
             quiet = ["--log-level", "warning"] if name == "fr-quiet-log" else []
+            env = {"FLEET_REIMAGE_TRANSPORT": "aiohttp"} if name == "fr-aiohttp" else {}
             try:
                 child = common.run(
                     common.fleet_reimage(
@@ -66,6 +68,7 @@ def measure(name: str, folder: Path, nodes: int, pools: int, concurrency: int) -
                     ),
                     folder,
                     tag=name,
+                    **env,
                 )
                 common.check(child, name)
                 phase = common.journal_phase(journal)

@@ -136,6 +136,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_file=args.log_file,
         stream=cast(TextIO, CURRENT_STDERR),
     )
+    # These build an object for every node before the first request (listing, selection,
+    # the journal's records, the run's state): the cycle collector is paused meanwhile, as
+    # each full collection would walk them all again (~60 ms before the first request with
+    # 20,000 nodes). The executor turns it back on for the run itself.
+    paused = args.command in ("run", "resume", "plan") and gc.isenabled()
+    if paused:
+        gc.disable()
     try:
         code: int = _run_unwrapped(args)
     except InputError as exc:
@@ -146,6 +153,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"fleet-reimage: the Batch service answered: {exc}", 3)
     except KeyboardInterrupt:
         return _fail("fleet-reimage: interrupted", 130)
+    finally:
+        if paused:
+            gc.enable()
     logs.flush()
     return code
 

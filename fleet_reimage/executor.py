@@ -53,6 +53,7 @@ from .runstate import (
     snapshot_pool,
 )
 from .slots import SendSlots
+from .wakeup import Wakeup
 
 if TYPE_CHECKING:
     from .sharedrun import SharedRunCoordinator
@@ -120,7 +121,7 @@ class Executor(NodeWork):
         self._jobs = 0  # live job tasks
         self._unsent = 0  # jobs launched that have not been granted (or denied) a send slot
         self._seq = 0
-        self._wake = anyio.Event()
+        self._wake = Wakeup()
         self._random = random.Random()
         self.stop_kind: str | None = None
         self.stop_reason: str | None = None
@@ -191,8 +192,9 @@ class Executor(NodeWork):
             # No collection first: it would cost as much once, before the first request, and
             # the little cyclic garbage of start-up is only kept until the run ends.
             gc.freeze()
-            thresholds = gc.get_threshold()
+            thresholds, collecting = gc.get_threshold(), gc.isenabled()
             gc.set_threshold(50_000, 20, 100)  # fewer young collections: requests churn objects
+            gc.enable()  # the command line pauses it while the run's state is built
             if self.shared is not None:
                 await self.shared.start()
             send, receive = anyio.create_memory_object_stream[Job](math.inf)
@@ -211,6 +213,8 @@ class Executor(NodeWork):
             finally:
                 gc.set_threshold(*thresholds)
                 gc.unfreeze()
+                if not collecting:
+                    gc.disable()
         if scope.cancelled_caught and self.stop_kind is None:
             self.stop_kind, self.stop_reason = "interrupted", "stopped at once"
         return await self._finish()
@@ -241,7 +245,7 @@ class Executor(NodeWork):
                     await self._wake.wait()
             else:
                 await self._wake.wait()
-            self._wake = anyio.Event()
+            self._wake = Wakeup()
 
     def _start_ready(self, now: float) -> float:
         """Launch every job that may start now; returns when the next one could.

@@ -15,9 +15,8 @@ import math
 from collections import deque
 from collections.abc import Sequence
 
-import anyio
-
 from .runstate import AccountRun
+from .wakeup import Wakeup
 
 
 class Grant:
@@ -27,7 +26,7 @@ class Grant:
 
     def __init__(self, account: AccountRun) -> None:
         self.account = account
-        self.event = anyio.Event()
+        self.event = Wakeup()
         self.granted = False
 
 

@@ -426,6 +426,31 @@ async def test_no_answer_within_the_request_timeout_is_in_doubt(
     assert 0.4 <= elapsed < 1.5 and after.body == b"ok:/after"
 
 
+async def test_each_request_keeps_its_own_timeout(make_transport: MakeTransport) -> None:
+    """A later request with a shorter timeout gives up first; the longer one keeps waiting."""
+
+    async def withholds(seen: Seen, reader: Reader, w: Writer) -> bool:
+        await wait_for_eof(reader)
+        return False
+
+    given_up: dict[str, float] = {}
+
+    async def timed(name: str, transport: Transport, url: str, timeout: float) -> None:
+        with pytest.raises(RequestInDoubt, match=f"within {timeout:g}s"):
+            await transport.send(HttpRequest("POST", url, {}, None, timeout))
+        given_up[name] = time.monotonic() - started
+
+    with anyio.fail_after(4):
+        async with raw_server(withholds) as server, opened(make_transport) as transport:
+            started = time.monotonic()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(timed, "long", transport, server.url + "/long", 1.5)
+                await anyio.sleep(0.05)
+                tg.start_soon(timed, "short", transport, server.url + "/short", 0.3)
+    assert 0.3 <= given_up["short"] < 1.0
+    assert 1.5 <= given_up["long"] < 2.5
+
+
 SMALL_LIMIT = 64 * 1024
 BIG = b"y" * (3 * SMALL_LIMIT)
 OVERSIZED: dict[str, bytes] = {

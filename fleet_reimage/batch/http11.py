@@ -24,6 +24,7 @@ where list pages are large).
 from __future__ import annotations
 
 import asyncio
+import math
 import ssl
 import time
 import zlib
@@ -61,6 +62,45 @@ class _Origin:
     host_header: str  # as it goes in the Host header
 
 
+class _Deadlines:
+    """Request timeouts with one timer per transport, not one per request.
+
+    A timer per request costs a heap push and a cancel, and fills the loop's heap with
+    cancelled entries; the reimage POST is the hot path. Here a request only records its
+    deadline; one timer waits for the earliest, and requests with the same timeout join
+    in deadline order, so in a steady run the timer is re-armed about once per timeout.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._watched: set[_Connection] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._next = math.inf
+
+    def watch(self, connection: _Connection) -> None:
+        self._watched.add(connection)
+        if connection.deadline < self._next:
+            self._arm(connection.deadline)
+
+    def forget(self, connection: _Connection) -> None:
+        self._watched.discard(connection)
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._next = when
+        self._timer = self._loop.call_at(when, self._expire)
+
+    def _expire(self) -> None:
+        self._timer, self._next = None, math.inf
+        now = self._loop.time()
+        late = [c for c in self._watched if c.deadline <= now]
+        for connection in late:
+            connection.time_out()  # forgets itself
+        if self._watched:
+            self._arm(min(c.deadline for c in self._watched))
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection, one request at a time (no pipelining).
 
@@ -69,14 +109,18 @@ class _Connection(asyncio.Protocol):
     answer on the connection (llhttp resets itself after each message).
     """
 
-    def __init__(self, origin: _Origin, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, origin: _Origin, loop: asyncio.AbstractEventLoop, deadlines: _Deadlines
+    ) -> None:
         self.origin = origin
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = time.monotonic()
+        self.deadline = math.inf  # loop time by which the answer must be complete
+        self._timeout = 0.0
         self._loop = loop
+        self._deadlines = deadlines
         self._waiter: asyncio.Future[HttpResponse] | None = None
-        self._timer: asyncio.TimerHandle | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._start_answer()
 
@@ -94,7 +138,9 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None and self._waiter is None
         self._start_answer()
         waiter = self._waiter = self._loop.create_future()
-        self._timer = self._loop.call_later(timeout, self._time_out, timeout)
+        self._timeout = timeout
+        self.deadline = self._loop.time() + timeout
+        self._deadlines.watch(self)
         self.transport.write(payload)
         return waiter
 
@@ -108,10 +154,12 @@ class _Connection(asyncio.Protocol):
             and now - self.idle_since < IDLE_SECONDS
         )
 
+    def time_out(self) -> None:
+        self._fail(RequestInDoubt(f"no answer within {self._timeout:g}s"))
+
     def abort(self) -> None:
         self.closed = True
-        if self._timer is not None:
-            self._timer.cancel()
+        self._deadlines.forget(self)
         if self.transport is not None:
             self.transport.abort()
 
@@ -189,8 +237,7 @@ class _Connection(asyncio.Protocol):
             if len(body) > MAX_RESPONSE_BYTES:
                 self._fail(self._too_large())
                 return
-        if self._timer is not None:
-            self._timer.cancel()
+        self._deadlines.forget(self)
         if not self._keep_alive:
             self.abort()
         self._waiter = None
@@ -210,9 +257,6 @@ class _Connection(asyncio.Protocol):
             return
         reason = f": {type(exc).__name__}: {exc}" if exc else ""
         self._fail(RequestInDoubt(f"connection lost before the full answer{reason}"))
-
-    def _time_out(self, timeout: float) -> None:
-        self._fail(RequestInDoubt(f"no answer within {timeout:g}s"))
 
     def _fail(self, error: Exception) -> None:
         self.abort()
@@ -305,6 +349,7 @@ class Http11Transport:
         self._connect_timeout = connect_timeout
         self._ssl_context = ssl_context
         self._pools: dict[str, _Pool] = {}
+        self._deadlines: _Deadlines | None = None
 
     async def send(self, request: HttpRequest) -> HttpResponse:
         pool, target = self._route(request.url)
@@ -350,11 +395,14 @@ class Http11Transport:
 
     async def _connect(self, origin: _Origin, timeout: float) -> _Connection:
         loop = asyncio.get_running_loop()
+        if self._deadlines is None:
+            self._deadlines = _Deadlines(loop)
+        deadlines = self._deadlines
         context = self._tls_context() if origin.scheme == "https" else None
         try:
             async with asyncio.timeout(timeout):
                 _, protocol = await loop.create_connection(
-                    lambda: _Connection(origin, loop),
+                    lambda: _Connection(origin, loop, deadlines),
                     origin.host,
                     origin.port,
                     ssl=context,

@@ -1,10 +1,12 @@
 """Group commit: one thread, one connection, one durable transaction per batch of writes.
 
 Callers on the event loop :meth:`GroupWriter.submit` a unit of work (a function of the
-connection) and await the returned future. The writer thread takes the first queued unit,
-gathers whatever else arrives within ``window`` seconds (up to ``max_batch`` units), runs them
-all in one ``BEGIN IMMEDIATE ... COMMIT`` and only after the commit (``synchronous=FULL``: on
-disk) resolves every future of the batch with a single ``call_soon_threadsafe``. So a caller
+connection) and await the returned future. Units submitted within ``window`` seconds of the
+first are handed to the writer thread together, in one queue operation (waking a thread is a
+GIL hand-off: once per window, not once per write). The thread takes what is queued (up to
+``max_batch`` units), runs it all in one ``BEGIN IMMEDIATE ... COMMIT`` and only after the
+commit (``synchronous=FULL``: on disk) resolves every future of the batch with a single
+``call_soon_threadsafe``. So a caller
 learns "done" only for what is durable, and fsyncs are shared by everything in flight.
 
 Failures:
@@ -26,7 +28,6 @@ import contextlib
 import queue
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
@@ -99,12 +100,7 @@ class GroupWriter:
     def submit(
         self, work: Work, what: str, run_id: str | None = None, at: float = 0.0
     ) -> asyncio.Future[Any]:
-        """Queue ``work`` (call on the loop thread); the future resolves once it is durable.
-
-        Writes submitted during one event-loop iteration reach the thread together, in one
-        hand-over at the end of it: one wake-up of the writer thread per iteration instead
-        of one per write (each wake-up is a GIL hand-off, costly when writes trickle in).
-        """
+        """Queue ``work`` (call on the loop thread); the future resolves once it is durable."""
         future: asyncio.Future[Any] = self._loop.create_future()
         if self.failure is not None:
             future.set_exception(_copy(self.failure))
@@ -112,8 +108,11 @@ class GroupWriter:
         pending = self._pending
         # The bare class: calling the subscripted alias costs ~1 µs more per write.
         pending.append(QueuedWrite(work, future, what, run_id, at))
-        if len(pending) == 1:
-            self._loop.call_soon(self._hand_over)
+        if len(pending) == 1:  # the first of a window: hand them all over when it ends
+            if self._window > 0:
+                self._loop.call_later(self._window, self._hand_over)
+            else:
+                self._loop.call_soon(self._hand_over)
         return future
 
     def _hand_over(self) -> None:
@@ -148,18 +147,11 @@ class GroupWriter:
         if not isinstance(first, list):
             return [], True
         batch: list[_Unit] = first
-        deadline = time.monotonic() + self._window
-        while len(batch) < self._max_batch:
+        while len(batch) < self._max_batch:  # and whatever queued up during the last commit
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    item = self._queue.get(timeout=remaining)
-                except queue.Empty:
-                    break
+                break
             if not isinstance(item, list):
                 return batch, True
             batch.extend(item)
