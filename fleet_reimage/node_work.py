@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import structlog
 from anyio.abc import TaskGroup
 
+from .attempt_records import attempt_end, step_reason, target_state_for
 from .batch.client import Accepted as HttpAccepted
 from .batch.errors import (
     AuthFailed,
@@ -27,9 +28,6 @@ from .batch.errors import (
     NodeStateConflict,
     NotFound,
     PoolStateConflict,
-    RequestInDoubt,
-    RequestNotSent,
-    UnexpectedResponse,
 )
 from .batch.models import NODE_SELECT
 from .batch.retry import RetryPolicy
@@ -55,7 +53,6 @@ from .rollout.outcomes import (
     RetryLater,
     Settle,
     StopPool,
-    StopRun,
     after_action_error,
     after_reconcile,
 )
@@ -178,7 +175,7 @@ class NodeWork:
         )
         step = Accepted("202") if isinstance(answer, HttpAccepted) else self._decide(target, answer)
         await self.journal.attempt_finished(
-            _attempt_end(
+            attempt_end(
                 self.run_id,
                 target,
                 client_request_id,
@@ -288,13 +285,13 @@ class NodeWork:
                     target.last_client_request_id,
                     time.time(),
                     outcome,
-                    _target_state_for(step, self._accepted_state()),
-                    reason=_step_reason(step),
+                    target_state_for(step, self._accepted_state()),
+                    reason=step_reason(step),
                 )
             )
         elif not isinstance(step, ReconcileLater):
             await self._change(
-                target, _target_state_for(step, self._accepted_state()), _step_reason(step)
+                target, target_state_for(step, self._accepted_state()), step_reason(step)
             )
         self._apply(pool, target, step, None)
 
@@ -481,61 +478,3 @@ def _wall(monotonic_time: float | None) -> float | None:
     if monotonic_time is None or not math.isfinite(monotonic_time):
         return None
     return time.time() + (monotonic_time - time.monotonic())
-
-
-def _target_state_for(step: NodeStep, accepted: TargetState) -> TargetState:
-    if isinstance(step, Accepted):
-        return accepted
-    if isinstance(step, Settle):
-        return step.state
-    if isinstance(step, StopPool):
-        return TargetState.SKIPPED
-    if isinstance(step, StopRun):
-        return TargetState.PENDING
-    return TargetState.IN_FLIGHT
-
-
-def _step_reason(step: NodeStep) -> str | None:
-    return getattr(step, "reason", None)
-
-
-def _attempt_end(
-    run_id: str,
-    target: RunTarget,
-    client_request_id: str,
-    answer: HttpAccepted | BatchError,
-    step: NodeStep,
-    latency_ms: float,
-    accepted_state: TargetState,
-) -> AttemptEnd:
-    status = request_id = code = message = None
-    if isinstance(answer, HttpAccepted):
-        outcome, status, request_id = AttemptOutcome.ACCEPTED, answer.status, answer.request_id
-    elif isinstance(answer, RequestNotSent):
-        outcome, message = AttemptOutcome.NOT_SENT, str(answer)
-    elif isinstance(answer, RequestInDoubt):
-        outcome, message = AttemptOutcome.IN_DOUBT, str(answer)
-    else:
-        assert isinstance(answer, BatchHTTPError)
-        in_doubt = isinstance(answer, UnexpectedResponse) and 200 <= answer.status < 300
-        outcome = AttemptOutcome.IN_DOUBT if in_doubt else AttemptOutcome.REJECTED
-        status, request_id, code, message = (
-            answer.status,
-            answer.request_id,
-            answer.code,
-            answer.message,
-        )
-    return AttemptEnd(
-        run_id,
-        target.id,
-        client_request_id,
-        time.time(),
-        outcome,
-        _target_state_for(step, accepted_state),
-        status,
-        request_id,
-        code,
-        message,
-        round(latency_ms, 2),
-        _step_reason(step),
-    )
