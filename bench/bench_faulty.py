@@ -86,17 +86,8 @@ def one_run(
         bounded = ["--deadline", f"{deadline:g}s"] if faulty and deadline > 0 else []
         child = common.check(
             common.run(
-                common.fleet_reimage(
-                    "run",
-                    str(plan),
-                    "--yes",
-                    "--journal",
-                    str(journal),
-                    "--events",
-                    str(events),
-                    "--log-file",
-                    str(folder / "log.jsonl"),
-                    *bounded,
+                common.run_command(
+                    plan, journal, folder / "log.jsonl", "--events", str(events), *bounded
                 ),
                 folder,
                 tag="run",

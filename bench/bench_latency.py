@@ -64,15 +64,7 @@ def main(argv: list[str]) -> dict[str, Any]:
                     journal = folder / "journal.db"
                     child = common.check(
                         common.run(
-                            common.fleet_reimage(
-                                "run",
-                                str(plan),
-                                "--yes",
-                                "--journal",
-                                str(journal),
-                                "--log-file",
-                                str(folder / "log.jsonl"),
-                            ),
+                            common.run_command(plan, journal, folder / "log.jsonl"),
                             folder,
                             tag=name,
                         ),

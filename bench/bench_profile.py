@@ -174,15 +174,7 @@ def main(argv: list[str]) -> dict[str, Any]:
                 ),
                 encoding="utf-8",
             )
-            command = common.fleet_reimage(
-                "run",
-                str(plan),
-                "--yes",
-                "--journal",
-                str(folder / "journal.db"),
-                "--log-file",
-                str(folder / "log.jsonl"),
-            )
+            command = common.run_command(plan, folder / "journal.db", folder / "log.jsonl")
             if args.tool == "py-spy":
                 stacks = common.OUT / "profile-stacks.txt"
                 spy = shutil.which("py-spy", path=str(bindir)) or "py-spy"

@@ -140,15 +140,7 @@ def main(argv: list[str]) -> dict[str, Any]:
             journal = folder / "run.db"
             run = common.check(
                 common.run(
-                    common.fleet_reimage(
-                        "run",
-                        str(plan),
-                        "--yes",
-                        "--journal",
-                        str(journal),
-                        "--log-file",
-                        str(folder / "run.log"),
-                    ),
+                    common.run_command(plan, journal, folder / "run.log"),
                     folder,
                     tag="run",
                     timeout=1200,
@@ -188,17 +180,7 @@ def main(argv: list[str]) -> dict[str, Any]:
             journal2 = folder / "resume.db"
             events = folder / "events.jsonl"
             first_run = common.start(
-                common.fleet_reimage(
-                    "run",
-                    str(plan2),
-                    "--yes",
-                    "--journal",
-                    str(journal2),
-                    "--events",
-                    str(events),
-                    "--log-file",
-                    str(folder / "run2.log"),
-                ),
+                common.run_command(plan2, journal2, folder / "run2.log", "--events", str(events)),
                 folder,
                 tag="run2",
             )

@@ -52,15 +52,7 @@ def fresh_database(server: str) -> Iterator[str]:
 
 def run_runners(journal: str, plan: Path, folder: Path, runners: int) -> dict[str, Any]:
     first = common.start(
-        common.fleet_reimage(
-            "run",
-            str(plan),
-            "--yes",
-            "--journal",
-            journal,
-            "--log-file",
-            str(folder / "log0.jsonl"),
-        ),
+        common.run_command(plan, journal, folder / "log0.jsonl"),
         folder,
         tag="runner0",
     )
@@ -71,16 +63,7 @@ def run_runners(journal: str, plan: Path, folder: Path, runners: int) -> dict[st
         for index in range(1, runners):
             others.append(
                 common.start(
-                    common.fleet_reimage(
-                        "run",
-                        str(plan),
-                        "--yes",
-                        "--join",
-                        "--journal",
-                        journal,
-                        "--log-file",
-                        str(folder / f"log{index}.jsonl"),
-                    ),
+                    common.run_command(plan, journal, folder / f"log{index}.jsonl", "--join"),
                     folder,
                     tag=f"runner{index}",
                 )

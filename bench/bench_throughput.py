@@ -56,16 +56,7 @@ def measure(name: str, folder: Path, nodes: int, pools: int, concurrency: int) -
             env = {"FLEET_REIMAGE_TRANSPORT": "aiohttp"} if name == "fr-aiohttp" else {}
             try:
                 child = common.run(
-                    common.fleet_reimage(
-                        "run",
-                        str(plan),
-                        "--yes",
-                        "--journal",
-                        str(journal),
-                        "--log-file",
-                        str(folder / "log.jsonl"),
-                        *quiet,
-                    ),
+                    common.run_command(plan, journal, folder / "log.jsonl", *quiet),
                     folder,
                     tag=name,
                     **env,

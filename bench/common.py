@@ -287,6 +287,13 @@ def fleet_reimage(*args: str) -> list[str]:
     return [PYTHON, "-m", "fleet_reimage", *args]
 
 
+def run_command(plan: Path, journal: Path | str, log: Path, *extra: str) -> list[str]:
+    """``fleet-reimage run PLAN --yes --journal J --log-file L ...``, as an operator runs it."""
+    return fleet_reimage(
+        "run", str(plan), "--yes", "--journal", str(journal), "--log-file", str(log), *extra
+    )
+
+
 def check(child: Child, what: str, codes: Sequence[int] = (0,)) -> Child:
     if child.returncode not in codes:
         raise RuntimeError(

@@ -195,11 +195,11 @@ class Executor(NodeWork):
             thresholds, collecting = gc.get_threshold(), gc.isenabled()
             gc.set_threshold(50_000, 20, 100)  # fewer young collections: requests churn objects
             gc.enable()  # the command line pauses it while the run's state is built
-            if self.shared is not None:
-                await self.shared.start()
-            send, receive = anyio.create_memory_object_stream[Job](math.inf)
-            self._jobs_out = send
             try:
+                if self.shared is not None:
+                    await self.shared.start()
+                send, receive = anyio.create_memory_object_stream[Job](math.inf)
+                self._jobs_out = send
                 async with anyio.create_task_group() as group, send, receive:
                     self._group = group
                     group.start_soon(self.health.run)

@@ -24,8 +24,5 @@ class Wakeup:
         if not self._future.done():  # a waiter that was cancelled has cancelled it
             self._future.set_result(None)
 
-    def is_set(self) -> bool:
-        return self._future.done() and not self._future.cancelled()
-
     async def wait(self) -> None:
         await self._future

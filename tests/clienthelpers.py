@@ -17,7 +17,7 @@ from fleet_reimage.batch.auth import Credential, SharedKeyCredential
 from fleet_reimage.batch.client import BatchClient
 from fleet_reimage.batch.http11 import Http11Transport
 from fleet_reimage.batch.retry import RetryPolicy
-from fleet_reimage.batch.transport import HttpRequest, HttpResponse
+from fleet_reimage.batch.transport import HttpRequest, HttpResponse, Transport
 from fleet_reimage.emulator import FleetSpec, parse_fleet, running_emulator
 from fleet_reimage.emulator.server import RunningEmulator
 
@@ -76,7 +76,7 @@ def real_sleep_recorder() -> tuple[list[float], Callable[[float], Awaitable[None
 class RecordingTransport:
     """Wraps a real transport and keeps a copy of every request handed to it."""
 
-    def __init__(self, inner: Http11Transport) -> None:
+    def __init__(self, inner: Transport) -> None:
         self.inner = inner
         self.sent: list[HttpRequest] = []
 

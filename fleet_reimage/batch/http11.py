@@ -85,6 +85,11 @@ class _Deadlines:
     def forget(self, connection: _Connection) -> None:
         self._watched.discard(connection)
 
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._next = None, math.inf
+
     def _arm(self, when: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
@@ -369,6 +374,9 @@ class Http11Transport:
                 connection.abort()
             pool.idle.clear()
         self._pools.clear()
+        if self._deadlines is not None:
+            self._deadlines.close()
+            self._deadlines = None
 
     def _route(self, url: str) -> tuple[_Pool, str]:
         path_start = url.find("/", url.find("://") + 3)
