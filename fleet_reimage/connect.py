@@ -1,33 +1,42 @@
 """From a plan's accounts to ready Batch clients (and in-process emulators).
 
-One connection pool (``batch/http11.py``) serves the whole run, sized to the plan's concurrency. An
-``emulator:`` account starts the local Batch emulator in-process on a free loopback port and
-talks to it over real TCP, exactly as it would to the service. Keys are read from the
-environment or a file when the run starts, kept only in memory, and never logged.
+One connection pool (``batch/aiohttp_transport.py``) serves the whole run, sized to the
+plan's concurrency. An ``emulator:`` account starts the local Batch emulator in-process on a
+free loopback port and talks to it over real TCP, exactly as it would to the service. Keys
+are read from the environment or a file when the run starts, kept only in memory, and never
+logged. Token requests of Entra accounts take the Batch calls' route: the same proxy
+variables and the same CA bundle (``batch/network.py``).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
+import structlog
 
+from .batch.aiohttp_transport import AiohttpTransport
 from .batch.auth import (
     Credential,
     EntraCredential,
     SharedKeyCredential,
     azure_identity_source,
     cloud_for_endpoint,
+    identity_transport,
 )
 from .batch.client import BatchClient
-from .batch.transport import Transport, default_transport
+from .batch.network import proxy_for, tls_context
+from .batch.transport import Transport
 from .plan.model import AccountSpec, EntraAuth, Plan, SharedKeyAuth
 from .problems import InputError, Problem
+
+log = structlog.get_logger("fleet_reimage.connect")
 
 
 @dataclass(slots=True)
@@ -82,7 +91,11 @@ def key_loader(auth: SharedKeyAuth, plan_file: str) -> Callable[[], str]:
 
 
 async def _credential_for(
-    account: AccountSpec, endpoint: str, plan_file: str, emulator: Any | None
+    account: AccountSpec,
+    endpoint: str,
+    plan_file: str,
+    emulator: Any | None,
+    token_transport: Callable[[], Awaitable[Any]],
 ) -> Credential:
     auth = account.auth
     if auth is None:
@@ -100,17 +113,58 @@ async def _credential_for(
     assert isinstance(auth, EntraAuth)
     cloud = cloud_for_endpoint(endpoint, audience=auth.audience, authority_host=auth.authority)
     source = azure_identity_source(
-        auth.credential, cloud, client_id=auth.client_id, tenant_id=auth.tenant_id
+        auth.credential,
+        cloud,
+        client_id=auth.client_id,
+        tenant_id=auth.tenant_id,
+        transport=await token_transport(),
     )
     return EntraCredential(source, cloud)
+
+
+class _Network:
+    """The run's TLS context and token transport, each made once and only when needed."""
+
+    def __init__(self, stack: AsyncExitStack) -> None:
+        self._stack = stack
+        self._tls: ssl.SSLContext | None = None
+        self._tokens: Any = None
+
+    async def tls(self) -> ssl.SSLContext:
+        if self._tls is None:  # ~20 ms to load a CA bundle: not for runs on the emulator
+            self._tls = await anyio.to_thread.run_sync(tls_context)
+        return self._tls
+
+    async def token_transport(self) -> Any:
+        if self._tokens is None:
+            context = await self.tls()
+            self._tokens = await self._stack.enter_async_context(identity_transport(context))
+        return self._tokens
+
+
+async def _log_route(account: str, endpoint: str) -> None:
+    """Say which proxy an account's requests take (its URL without credentials)."""
+    proxy = await anyio.to_thread.run_sync(proxy_for, endpoint)
+    if proxy is not None:
+        log.info(
+            "requests go through a proxy",
+            account=account,
+            proxy=proxy.display,
+            proxy_from=f"${proxy.variable}",
+        )
 
 
 @asynccontextmanager
 async def connect(plan: Plan, *, transport: Transport | None = None) -> AsyncIterator[Connections]:
     """Clients for every account of the plan; emulators started and stopped around them."""
     async with AsyncExitStack() as stack:
+        network = _Network(stack)
         if transport is None:
-            transport = default_transport(plan.execution.concurrency)
+            needs_tls = any(a.endpoint and a.endpoint.startswith("https") for a in plan.accounts)
+            transport = AiohttpTransport(
+                pool_size=plan.execution.concurrency,
+                ssl_context=await network.tls() if needs_tls else None,
+            )
             stack.push_async_callback(transport.close)
         connections = Connections(clients={})
         plan_file = str(plan.source.path)
@@ -124,7 +178,10 @@ async def connect(plan: Plan, *, transport: Transport | None = None) -> AsyncIte
                 connections.emulators[account.name] = emulator
                 endpoint = emulator.url
             assert endpoint is not None
-            credential = await _credential_for(account, endpoint, plan_file, emulator)
+            await _log_route(account.name, endpoint)
+            credential = await _credential_for(
+                account, endpoint, plan_file, emulator, network.token_transport
+            )
             client = BatchClient(
                 endpoint, credential, transport, request_timeout=plan.execution.request_timeout
             )

@@ -13,9 +13,9 @@ from typing import Any
 import anyio
 from aiohttp import web
 
+from fleet_reimage.batch.aiohttp_transport import AiohttpTransport
 from fleet_reimage.batch.auth import Credential, SharedKeyCredential
 from fleet_reimage.batch.client import BatchClient
-from fleet_reimage.batch.http11 import Http11Transport
 from fleet_reimage.batch.retry import RetryPolicy
 from fleet_reimage.batch.transport import HttpRequest, HttpResponse, Transport
 from fleet_reimage.emulator import FleetSpec, parse_fleet, running_emulator
@@ -115,7 +115,7 @@ async def emulated(
     """A running emulator and a BatchClient talking to it over real TCP (127.0.0.1)."""
     with anyio.fail_after(limit):
         async with running_emulator(spec or fleet(), host="127.0.0.1", port=0) as emu:
-            transport = RecordingTransport(Http11Transport(pool_size=16))
+            transport = RecordingTransport(AiohttpTransport(pool_size=16))
             cred = credential or SharedKeyCredential(emu.account_name, key or emu.account_key)
             client = BatchClient(emu.url, cred, transport, **client_kwargs)
             try:
@@ -273,7 +273,7 @@ async def client_for(
 ) -> AsyncIterator[BatchClient]:
     """A BatchClient with a Shared Key credential and a real transport, for a fake server."""
     with anyio.fail_after(limit):
-        transport = Http11Transport(pool_size=4)
+        transport = AiohttpTransport(pool_size=4)
         client = BatchClient(
             url, SharedKeyCredential(ACCOUNT, TEST_KEY), transport, **client_kwargs
         )

@@ -83,8 +83,9 @@ class FakeBatch:
 
     async def list_nodes(self, request: web.Request) -> web.Response:
         body: dict[str, Any] = {"value": [self.node_json(n) for n in self.behaviours]}
-        if request.match_info["pool"] == "far":
-            body = {"value": body["value"][:2], "odata.nextLink": self.far_link}
+        if request.match_info["pool"] == "far" and self.far_link:
+            link = self.far_link.format(host=request.host)
+            body = {"value": body["value"][:2], "odata.nextLink": link}
         return web.json_response(body, headers=self.headers())
 
     async def get_node(self, request: web.Request) -> web.Response:
@@ -230,3 +231,19 @@ async def test_a_next_link_to_another_host_stops_the_plan_before_anything_is_sen
         assert "nextLink" in err and "another origin" in err, err
     assert not fake.posts, fake.posts  # nothing was reimaged
     assert elsewhere.seen == []  # and the signed request never left for the other host
+
+
+async def test_a_next_link_without_a_path_stops_the_plan_cleanly(tmp_path: Path) -> None:
+    """``http://HOST:PORT?$skiptoken=1`` (no path) made ``plan`` exit 1 with a traceback."""
+    fake = FakeBatch(BEHAVIOURS, far_link="http://{host}?$skiptoken=1")
+    async with serving(fake.app) as url:
+        plan = write_plan(tmp_path, url, rollout=ROLLOUT, execution=EXECUTION)
+        planned = await cli("plan", str(plan), cwd=tmp_path)
+        ran = await cli(
+            "run", str(plan), "--yes", "--journal", str(tmp_path / "j.db"), cwd=tmp_path
+        )
+    for code, out, err in (planned, ran):
+        assert TRACEBACK not in err, err[-3000:]
+        assert code == 3, out + err
+        assert "nextLink" in err and "without an absolute path" in err, err
+    assert not fake.posts, fake.posts

@@ -20,10 +20,10 @@ from clienthelpers import (
     requests_by_operation,
 )
 
+from fleet_reimage.batch.aiohttp_transport import AiohttpTransport
 from fleet_reimage.batch.auth import SharedKeyCredential
 from fleet_reimage.batch.client import BatchClient
 from fleet_reimage.batch.errors import RequestInDoubt, RequestNotSent
-from fleet_reimage.batch.http11 import Http11Transport
 from fleet_reimage.batch.models import RECOVERING_STATES
 
 pytestmark = pytest.mark.anyio
@@ -114,7 +114,7 @@ async def test_reads_in_doubt_are_sent_again() -> None:
 
 async def test_closed_port_is_not_sent() -> None:
     port = closed_port()
-    transport = Http11Transport(connect_timeout=2.0)
+    transport = AiohttpTransport(connect_timeout=2.0)
     delays, sleep = no_sleep_recorder()
     client = BatchClient(
         f"http://127.0.0.1:{port}",

@@ -20,7 +20,7 @@ from runhelpers import (
 )
 
 from fleet_reimage import api
-from fleet_reimage.batch.http11 import Http11Transport
+from fleet_reimage.batch.aiohttp_transport import AiohttpTransport
 from fleet_reimage.batch.transport import HttpRequest, HttpResponse
 from fleet_reimage.executor import Executor
 from fleet_reimage.journal import RunRecord, RunStatus, TargetState
@@ -87,7 +87,7 @@ async def test_interrupted_run_resumes_exactly_once(tmp_path: Path, how: str) ->
         assert isinstance(again, RunRecord) and again.status is RunStatus.FINISHED
 
 
-class ForgetfulTransport(Http11Transport):
+class ForgetfulTransport(AiohttpTransport):
     """Loses the credential after a number of reimage requests (a revoked key)."""
 
     def __init__(self, good_requests: int) -> None:

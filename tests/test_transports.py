@@ -1,65 +1,38 @@
-"""The Transport contract (``batch/transport.py``), checked against both implementations over
-real TCP on 127.0.0.1, with a raw asyncio server that records the bytes it is sent and
-answers exactly the bytes a test scripts (malformed, cut short, withheld, ...)."""
+"""The Transport contract (``batch/transport.py``), checked over real TCP on 127.0.0.1 with a
+raw asyncio server that records the bytes it is sent and answers exactly the bytes a test
+scripts (malformed, cut short, withheld, ...). The safety cases (floods, never sent versus
+in doubt, no re-send, redirects, answers for other requests, TLS names) are in
+``test_transport_safety.py``."""
 
 from __future__ import annotations
 
 import asyncio
-import datetime
 import gzip
-import ipaddress
 import json
 import socket
 import ssl
 import struct
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 
 import anyio
 import pytest
 from clienthelpers import closed_port
 from rawserver import Reader, Seen, Writer, answer, ok, raw_server, replies, wait_for_eof
+from tlscerts import new_authority
+from transporthelpers import get, opened
 
-from fleet_reimage.batch import aiohttp_transport, http11
-from fleet_reimage.batch.aiohttp_transport import AiohttpTransport
+from fleet_reimage.batch import aiohttp_transport
 from fleet_reimage.batch.errors import RequestInDoubt, RequestNotSent, UnexpectedResponse
-from fleet_reimage.batch.http11 import Http11Transport
 from fleet_reimage.batch.transport import HttpRequest, Transport
 
 pytestmark = pytest.mark.anyio
-
-# --- the transports under test ------------------------------------------------------------
-
-MakeTransport = Callable[..., Transport]
-
-
-@pytest.fixture(params=[Http11Transport, AiohttpTransport], ids=["http11", "aiohttp"])
-def make_transport(request: pytest.FixtureRequest) -> MakeTransport:
-    factory: MakeTransport = request.param
-    return factory
-
-
-@asynccontextmanager
-async def opened(make: MakeTransport, **kwargs: object) -> AsyncIterator[Transport]:
-    transport = make(**{"pool_size": 4, **kwargs})
-    try:
-        yield transport
-    finally:
-        await transport.close()
-
-
-def get(url: str, timeout: float = 3.0) -> HttpRequest:
-    return HttpRequest("GET", url, {}, None, timeout)
 
 
 # --- answers that arrive whole ------------------------------------------------------------
 
 
-async def test_any_status_comes_back_with_body_and_case_insensitive_headers(
-    make_transport: MakeTransport,
-) -> None:
+async def test_any_status_comes_back_with_body_and_case_insensitive_headers() -> None:
     document = json.dumps({"id": "node-1", "state": "idle"}).encode()
     answers = {
         "/a": answer(202, headers={"Request-Id": "r-202", "DataServiceVersion": "3.0"}),
@@ -69,7 +42,7 @@ async def test_any_status_comes_back_with_body_and_case_insensitive_headers(
     with anyio.fail_after(4):
         async with (
             raw_server(replies(lambda seen: answers[seen.target])) as server,
-            opened(make_transport) as transport,
+            opened() as transport,
         ):
             accepted = await transport.send(HttpRequest("POST", server.url + "/a", {}))
             document_answer = await transport.send(get(server.url + "/b"))
@@ -82,7 +55,7 @@ async def test_any_status_comes_back_with_body_and_case_insensitive_headers(
     assert (busy.status, busy.body, busy.headers.get("Retry-After")) == (503, b"busy", "7")
 
 
-async def test_request_goes_on_the_wire_exactly_as_given(make_transport: MakeTransport) -> None:
+async def test_request_goes_on_the_wire_exactly_as_given() -> None:
     signed = {
         "Authorization": "SharedKey acct:c2lnbmF0dXJl+/==",
         "ocp-date": "Tue, 05 May 2026 10:00:00 GMT",
@@ -92,7 +65,7 @@ async def test_request_goes_on_the_wire_exactly_as_given(make_transport: MakeTra
     body = b'{"nodeReimageOption":"requeue"}'
     content_type = "application/json; odata=minimalmetadata"
     with anyio.fail_after(4):
-        async with raw_server() as server, opened(make_transport) as transport:
+        async with raw_server() as server, opened() as transport:
             await transport.send(HttpRequest("POST", server.url + target, dict(signed)))
             with_body = {**signed, "Content-Type": content_type}
             await transport.send(HttpRequest("POST", server.url + target, with_body, body))
@@ -116,23 +89,21 @@ async def test_request_goes_on_the_wire_exactly_as_given(make_transport: MakeTra
 # --- connections ----------------------------------------------------------------------------
 
 
-async def test_sequential_requests_share_one_keep_alive_connection(
-    make_transport: MakeTransport,
-) -> None:
+async def test_sequential_requests_share_one_keep_alive_connection() -> None:
     with anyio.fail_after(4):
-        async with raw_server() as server, opened(make_transport) as transport:
+        async with raw_server() as server, opened() as transport:
             answers = [await transport.send(get(f"{server.url}/n/{i}")) for i in range(20)]
     assert [a.body for a in answers] == [f"ok:/n/{i}".encode() for i in range(20)]
     assert server.accepted == 1
 
 
-async def test_concurrent_requests_stay_within_the_pool(make_transport: MakeTransport) -> None:
+async def test_concurrent_requests_stay_within_the_pool() -> None:
     async def slow(seen: Seen, reader: Reader, writer: Writer) -> bool:
         await asyncio.sleep(0.01)
         return await ok(seen, reader, writer)
 
     with anyio.fail_after(4):
-        async with raw_server(slow) as server, opened(make_transport, pool_size=4) as transport:
+        async with raw_server(slow) as server, opened(pool_size=4) as transport:
             answers = await asyncio.gather(
                 *(transport.send(get(f"{server.url}/n/{i}")) for i in range(50))
             )
@@ -141,15 +112,13 @@ async def test_concurrent_requests_stay_within_the_pool(make_transport: MakeTran
 
 
 @pytest.mark.parametrize("says_close", [True, False], ids=["connection-close", "silent-close"])
-async def test_a_connection_the_server_closed_is_not_reused(
-    make_transport: MakeTransport, says_close: bool
-) -> None:
+async def test_a_connection_the_server_closed_is_not_reused(says_close: bool) -> None:
     """``Connection: close``, or a keep-alive answer followed by the server hanging up: either
     way the next request goes on a new connection and succeeds (never in doubt)."""
     headers = {"Connection": "close"} if says_close else {}
     once = replies(lambda seen: answer(200, b"one", headers), keep=False)
     with anyio.fail_after(4):
-        async with raw_server(once) as server, opened(make_transport) as transport:
+        async with raw_server(once) as server, opened() as transport:
             first = await transport.send(get(server.url + "/1"))
             await anyio.sleep(0.1)
             second = await transport.send(get(server.url + "/2"))
@@ -160,7 +129,7 @@ async def test_a_connection_the_server_closed_is_not_reused(
 # --- bodies ----------------------------------------------------------------------------------
 
 
-async def test_chunked_body_is_reassembled(make_transport: MakeTransport) -> None:
+async def test_chunked_body_is_reassembled() -> None:
     pieces = [b'{"value": [', b'"a", ' * 3000, b'"z"]}']
 
     async def chunked(seen: Seen, reader: Reader, w: Writer) -> bool:
@@ -173,7 +142,7 @@ async def test_chunked_body_is_reassembled(make_transport: MakeTransport) -> Non
         return True
 
     with anyio.fail_after(4):
-        async with raw_server(chunked) as server, opened(make_transport) as transport:
+        async with raw_server(chunked) as server, opened() as transport:
             first = await transport.send(get(server.url + "/1"))
             second = await transport.send(get(server.url + "/2"))
     assert first.body == second.body == b"".join(pieces)
@@ -182,27 +151,17 @@ async def test_chunked_body_is_reassembled(make_transport: MakeTransport) -> Non
 
 
 @pytest.mark.parametrize("encoding", ["gzip", "deflate"])
-async def test_compressed_body_is_decoded(make_transport: MakeTransport, encoding: str) -> None:
+async def test_compressed_body_is_decoded(encoding: str) -> None:
     plain = json.dumps({"value": [{"id": f"tvm-{i}"} for i in range(2000)]}).encode()
     packed = gzip.compress(plain) if encoding == "gzip" else zlib.compress(plain)
     packs = replies(lambda seen: answer(200, packed, {"Content-Encoding": encoding}))
     with anyio.fail_after(4):
-        async with raw_server(packs) as server, opened(make_transport) as transport:
+        async with raw_server(packs) as server, opened() as transport:
             got = await transport.send(get(server.url + "/pools"))
     assert got.status == 200 and got.body == plain
 
 
-async def test_a_cut_short_compressed_body_is_in_doubt() -> None:
-    """http11 only: aiohttp hands back what it could inflate of a truncated gzip body."""
-    packed = gzip.compress(b"x" * 10_000)
-    packs = replies(lambda seen: answer(200, packed[:-12], {"Content-Encoding": "gzip"}))
-    with anyio.fail_after(4):
-        async with raw_server(packs) as server, opened(Http11Transport) as transport:
-            with pytest.raises(RequestInDoubt, match="cut short"):
-                await transport.send(get(server.url + "/pools"))
-
-
-async def test_close_delimited_body_is_read_to_the_end(make_transport: MakeTransport) -> None:
+async def test_close_delimited_body_is_read_to_the_end() -> None:
     body = b"x" * 100_000 + b"end"
 
     async def then_close(seen: Seen, reader: Reader, w: Writer) -> bool:
@@ -213,31 +172,29 @@ async def test_close_delimited_body_is_read_to_the_end(make_transport: MakeTrans
         return False
 
     with anyio.fail_after(4):
-        async with raw_server(then_close) as server, opened(make_transport) as transport:
+        async with raw_server(then_close) as server, opened() as transport:
             # A request timeout longer than the deadline: waiting for it would fail the test.
             got = await transport.send(get(server.url + "/", timeout=10))
             after = await transport.send(get(server.url + "/", timeout=10))
     assert got.status == 200 and got.body == body and after.body == body
 
 
-async def test_interim_1xx_answers_are_skipped(make_transport: MakeTransport) -> None:
+async def test_interim_1xx_answers_are_skipped() -> None:
     """RFC 9110 15.2: a client must read past 1xx answers it did not ask for to the final one."""
     interim = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
     final = replies(lambda seen: interim + answer(202, headers={"Request-Id": seen.target}))
     with anyio.fail_after(4):
-        async with raw_server(final) as server, opened(make_transport) as transport:
+        async with raw_server(final) as server, opened() as transport:
             got = [await transport.send(HttpRequest("POST", f"{server.url}/{i}", {})) for i in "ab"]
     assert [(r.status, r.headers.get("request-id")) for r in got] == [(202, "/a"), (202, "/b")]
     assert server.accepted == 1
 
 
-async def test_an_answer_nobody_asked_for_is_dropped_with_its_connection(
-    make_transport: MakeTransport,
-) -> None:
+async def test_an_answer_nobody_asked_for_is_dropped_with_its_connection() -> None:
     extra = answer(500, b"second!", {"Request-Id": "unasked"})
     twice = replies(lambda seen: answer(200, b"first", {"Request-Id": seen.target}) + extra)
     with anyio.fail_after(4):
-        async with raw_server(twice) as server, opened(make_transport) as transport:
+        async with raw_server(twice) as server, opened() as transport:
             got = [await transport.send(get(f"{server.url}/{i}")) for i in "ab"]
     assert [(r.status, r.body) for r in got] == [(200, b"first"), (200, b"first")]
     headers = [{k.lower(): v for k, v in r.headers.items()} for r in got]
@@ -269,7 +226,7 @@ FAILURES: dict[str, tuple[bytes, str]] = {
 
 
 @pytest.mark.parametrize("failure", FAILURES)
-async def test_no_complete_answer_is_in_doubt(make_transport: MakeTransport, failure: str) -> None:
+async def test_no_complete_answer_is_in_doubt(failure: str) -> None:
     written, then = FAILURES[failure]
 
     async def breaks(seen: Seen, reader: Reader, w: Writer) -> bool:
@@ -286,16 +243,14 @@ async def test_no_complete_answer_is_in_doubt(make_transport: MakeTransport, fai
         return False
 
     with anyio.fail_after(4):
-        async with raw_server(breaks) as server, opened(make_transport) as transport:
+        async with raw_server(breaks) as server, opened() as transport:
             with pytest.raises(RequestInDoubt):
                 await transport.send(HttpRequest("POST", server.url + "/reimage", {}, None, 10))
             after = await transport.send(get(server.url + "/after"))
     assert after.body == b"ok:/after"
 
 
-async def test_no_answer_within_the_request_timeout_is_in_doubt(
-    make_transport: MakeTransport,
-) -> None:
+async def test_no_answer_within_the_request_timeout_is_in_doubt() -> None:
     async def withholds(seen: Seen, reader: Reader, w: Writer) -> bool:
         if seen.target != "/r":
             return await ok(seen, reader, w)
@@ -303,7 +258,7 @@ async def test_no_answer_within_the_request_timeout_is_in_doubt(
         return False
 
     with anyio.fail_after(3):
-        async with raw_server(withholds) as server, opened(make_transport) as transport:
+        async with raw_server(withholds) as server, opened() as transport:
             started = time.monotonic()
             with pytest.raises(RequestInDoubt):
                 await transport.send(HttpRequest("POST", server.url + "/r", {}, None, 0.5))
@@ -312,7 +267,7 @@ async def test_no_answer_within_the_request_timeout_is_in_doubt(
     assert 0.4 <= elapsed < 1.5 and after.body == b"ok:/after"
 
 
-async def test_each_request_keeps_its_own_timeout(make_transport: MakeTransport) -> None:
+async def test_each_request_keeps_its_own_timeout() -> None:
     """A later request with a shorter timeout gives up first; the longer one keeps waiting."""
 
     async def withholds(seen: Seen, reader: Reader, w: Writer) -> bool:
@@ -327,7 +282,7 @@ async def test_each_request_keeps_its_own_timeout(make_transport: MakeTransport)
         given_up[name] = time.monotonic() - started
 
     with anyio.fail_after(4):
-        async with raw_server(withholds) as server, opened(make_transport) as transport:
+        async with raw_server(withholds) as server, opened() as transport:
             started = time.monotonic()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(timed, "long", transport, server.url + "/long", 1.5)
@@ -350,14 +305,13 @@ OVERSIZED: dict[str, bytes] = {
 
 @pytest.mark.parametrize("shape", OVERSIZED)
 async def test_body_over_the_limit_is_refused_and_the_transport_recovers(
-    make_transport: MakeTransport, shape: str, monkeypatch: pytest.MonkeyPatch
+    shape: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(http11, "MAX_RESPONSE_BYTES", SMALL_LIMIT)
     monkeypatch.setattr(aiohttp_transport, "MAX_RESPONSE_BYTES", SMALL_LIMIT)
     small = answer(200, b"a" * SMALL_LIMIT)
     huge = replies(lambda seen: OVERSIZED[shape] if seen.target == "/big" else small)
     with anyio.fail_after(4):
-        async with raw_server(huge) as server, opened(make_transport) as transport:
+        async with raw_server(huge) as server, opened() as transport:
             with pytest.raises(UnexpectedResponse) as caught:
                 await transport.send(get(server.url + "/big"))
             at_the_limit = await transport.send(get(server.url + "/small"))
@@ -365,15 +319,15 @@ async def test_body_over_the_limit_is_refused_and_the_transport_recovers(
     assert at_the_limit.status == 200 and at_the_limit.body == b"a" * SMALL_LIMIT
 
 
-async def test_closed_port_is_not_sent(make_transport: MakeTransport) -> None:
+async def test_closed_port_is_not_sent() -> None:
     url = f"http://127.0.0.1:{closed_port()}/pools/p/nodes/n/reimage"
     with anyio.fail_after(4):
-        async with opened(make_transport) as transport:
+        async with opened() as transport:
             with pytest.raises(RequestNotSent):
                 await transport.send(HttpRequest("POST", url, {}, None, 2))
 
 
-async def test_cancelled_request_drops_its_connection(make_transport: MakeTransport) -> None:
+async def test_cancelled_request_drops_its_connection() -> None:
     """Cancelled mid-answer, with a second request queued for the only pooled connection:
     the connection is closed, not reused, and the pool slot comes back."""
     closed_by_client = asyncio.Event()
@@ -386,7 +340,7 @@ async def test_cancelled_request_drops_its_connection(make_transport: MakeTransp
         return False
 
     with anyio.fail_after(4):
-        async with raw_server(holds) as server, opened(make_transport, pool_size=1) as transport:
+        async with raw_server(holds) as server, opened(pool_size=1) as transport:
             async with anyio.create_task_group() as group:
                 group.start_soon(transport.send, get(server.url + "/held", timeout=10))
                 await server.got_request.wait()
@@ -406,53 +360,21 @@ async def test_cancelled_request_drops_its_connection(make_transport: MakeTransp
 
 @pytest.fixture(scope="module")
 def tls_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """(server context, client context trusting it): a self-signed cert for 127.0.0.1."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    hosts = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    usage = x509.KeyUsage(True, False, False, False, False, True, False, False, False)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName(hosts), False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .add_extension(usage, True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), False)
-        .sign(key, hashes.SHA256())
-    )
-    pem = serialization.Encoding.PEM
+    """(server context, client context trusting it): a test CA's certificate for 127.0.0.1."""
     folder = tmp_path_factory.mktemp("tls")
-    (folder / "cert.pem").write_bytes(cert.public_bytes(pem))
-    plain_key = serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    (folder / "key.pem").write_bytes(key.private_bytes(pem, *plain_key))
-    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server.load_cert_chain(folder / "cert.pem", folder / "key.pem")
-    client = ssl.create_default_context(cadata=cert.public_bytes(pem).decode())
-    client.verify_flags |= ssl.VERIFY_X509_STRICT  # as Python 3.13's default context does
-    return server, client
+    authority = new_authority(folder)
+    return authority.server_context(folder, "127.0.0.1"), authority.client_context()
 
 
 async def test_https_with_a_trusted_certificate(
-    make_transport: MakeTransport, tls_pair: tuple[ssl.SSLContext, ssl.SSLContext]
+    tls_pair: tuple[ssl.SSLContext, ssl.SSLContext],
 ) -> None:
     server_context, client_context = tls_pair
     with anyio.fail_after(4):
         async with raw_server(tls=server_context) as server:
-            async with opened(make_transport, ssl_context=client_context) as transport:
+            async with opened(ssl_context=client_context) as transport:
                 answers = [await transport.send(get(f"{server.url}/s/{i}")) for i in range(3)]
-            async with opened(make_transport) as untrusting:
+            async with opened() as untrusting:
                 with pytest.raises(RequestNotSent):
                     await untrusting.send(HttpRequest("POST", server.url + "/s", {}, None, 2))
     assert [a.body for a in answers] == [b"ok:/s/0", b"ok:/s/1", b"ok:/s/2"]
@@ -464,11 +386,9 @@ async def test_https_with_a_trusted_certificate(
 
 
 @pytest.mark.parametrize("value", ["a\r\nX-Injected: 1", "a\nb", "a\rb"])
-async def test_header_value_with_a_line_break_is_refused_before_sending(
-    make_transport: MakeTransport, value: str
-) -> None:
+async def test_header_value_with_a_line_break_is_refused_before_sending(value: str) -> None:
     with anyio.fail_after(4):
-        async with raw_server() as server, opened(make_transport) as transport:
+        async with raw_server() as server, opened() as transport:
             with pytest.raises(ValueError):
                 await transport.send(HttpRequest("POST", server.url + "/r", {"x-ms-a": value}))
             after = await transport.send(get(server.url + "/after"))

@@ -14,8 +14,10 @@ Sovereign clouds are inferred from the endpoint's host and can be overridden::
 
 from __future__ import annotations
 
+import ssl
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -23,6 +25,7 @@ from urllib.parse import urlsplit
 import anyio
 
 from .errors import AuthFailed
+from .network import redact_credentials
 from .sharedkey import SharedKeySigner, decode_key
 from .transport import HttpRequest
 
@@ -172,11 +175,12 @@ class EntraCredential:
                 return
             try:
                 token = await self._source.get_token(self.cloud.scope)
-            except Exception as exc:  # azure-identity raises many kinds; none carry secrets
+            except Exception as exc:  # azure-identity raises many kinds
+                # None carries a secret, but a network error may quote the proxy's URL.
                 raise AuthFailed(
                     401,
                     code="CredentialUnavailable",
-                    message=f"could not get an Entra ID token: {exc}",
+                    message=f"could not get an Entra ID token: {redact_credentials(str(exc))}",
                 ) from None
             self._token, self._expires_on = token.token, float(token.expires_on)
 
@@ -194,12 +198,22 @@ ENTRA_CREDENTIAL_KINDS = (
 
 
 def azure_identity_source(
-    kind: str, cloud: Cloud, *, client_id: str | None = None, tenant_id: str | None = None
+    kind: str,
+    cloud: Cloud,
+    *,
+    client_id: str | None = None,
+    tenant_id: str | None = None,
+    transport: Any = None,
 ) -> AsyncTokenSource:
-    """The azure-identity async credential an ``entra`` auth block names."""
+    """The azure-identity async credential an ``entra`` auth block names.
+
+    ``transport`` (an azure-core async transport, see ``identity_transport``) carries its
+    token requests; ``azure-cli`` runs ``az`` and makes none.
+    """
     from azure.identity import aio as identity  # imported late: slow, and only for Entra
 
     authority = {"authority": cloud.authority_host}
+    http = {} if transport is None else {"transport": transport}
     source: AsyncTokenSource
     if kind == "default":
         source = identity.DefaultAzureCredential(
@@ -207,19 +221,44 @@ def azure_identity_source(
             workload_identity_client_id=client_id,
             workload_identity_tenant_id=tenant_id,
             **authority,
+            **http,
         )
     elif kind == "azure-cli":
         source = identity.AzureCliCredential(tenant_id=tenant_id or "")
     elif kind == "managed-identity":
-        source = identity.ManagedIdentityCredential(client_id=client_id)
+        source = identity.ManagedIdentityCredential(client_id=client_id, **http)
     elif kind == "environment":
-        source = identity.EnvironmentCredential(**authority)
+        source = identity.EnvironmentCredential(**authority, **http)
     elif kind == "workload-identity":
         source = identity.WorkloadIdentityCredential(
-            client_id=client_id, tenant_id=tenant_id, **authority
+            client_id=client_id, tenant_id=tenant_id, **authority, **http
         )
     else:
         raise ValueError(
             f"unknown Entra credential {kind!r}; use one of {', '.join(ENTRA_CREDENTIAL_KINDS)}"
         )
     return source
+
+
+@asynccontextmanager
+async def identity_transport(ssl_context: ssl.SSLContext) -> AsyncIterator[Any]:
+    """An azure-core transport for token requests: the route and trust the Batch calls use.
+
+    azure-identity's own default (an aiohttp session with ``trust_env``, no cookies, no
+    decompression), on a connector with fleet-reimage's TLS context: the same CA bundle
+    (``$SSL_CERT_FILE`` / ``$REQUESTS_CA_BUNDLE``) and the same proxy variables as the
+    Batch transport (``network.py``).
+    """
+    import aiohttp
+    from azure.core.pipeline.transport import AioHttpTransport
+
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=ssl_context),
+        trust_env=True,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+    )
+    try:
+        yield AioHttpTransport(session=session, session_owner=False)
+    finally:
+        await session.close()

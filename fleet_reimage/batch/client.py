@@ -9,7 +9,6 @@ Reads (list/get) are idempotent and retried here with the same pure decisions.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import random
 import time
@@ -30,14 +29,19 @@ from .errors import (
     UnexpectedResponse,
 )
 from .models import NodeInfo, PoolInfo
+from .network import is_loopback_host
 from .responses import error_from_response, json_object
 from .retry import GiveUp, Reconcile, RetryCounters, RetryPolicy, decide_retry
-from .transport import HttpRequest, HttpResponse, Transport
+from .transport import HttpRequest, HttpResponse, Transport, foreign_answer
 
 API_VERSION = "2024-07-01.20.0"
 JSON_CONTENT_TYPE = "application/json; odata=minimalmetadata"
 MAX_SERVER_TIMEOUT = 30  # the service treats any larger `timeout` as 30 seconds
 NODE_OPTIONS = ("requeue", "terminate", "taskcompletion", "retaineddata")
+# A listing stops past this many pages. Batch pages hold up to 1000 items and a pool has at
+# most a few thousand pages even at its largest; a server handing out next links without end
+# (67,000 GETs in 20 s, found in review) must not be followed forever.
+MAX_PAGES = 10_000
 
 
 # Immutable like a frozen dataclass, built in a third of the time: one is made per node.
@@ -56,17 +60,6 @@ class Page:
     items: list[dict[str, Any]]
     request_id: str | None
     next_link: str | None
-
-
-def is_loopback_host(host: str | None) -> bool:
-    if not host:
-        return False
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def new_client_request_id() -> str:
@@ -224,6 +217,9 @@ class BatchClient:
             await self._credential.authorize(request)
             try:
                 response = await self._transport.send(request)
+                foreign = foreign_answer(request.headers, response.headers)
+                if foreign is not None:  # the transport dropped its connection (or is a fake)
+                    raise RequestInDoubt(foreign)
             except RequestInDoubt as exc:
                 exc.client_request_id = client_request_id
                 exc.sent_at = sent_at if sent_at is not None else time.time()
@@ -310,6 +306,7 @@ class BatchClient:
                 yield NodeInfo.from_json(item)
 
     async def _pages(self, url: str | None) -> AsyncIterator[Page]:
+        followed = {url} if url is not None else set()
         while url is not None:
             data, request_id = await self._get(url)
             items = data.get("value")
@@ -318,20 +315,52 @@ class BatchClient:
                     200, message="list answer without a 'value' array", request_id=request_id
                 )
             link = data.get("odata.nextLink")
-            url = self._follow(link) if link else None
+            url = self._follow(link, followed, request_id) if link else None
             yield Page([item for item in items if isinstance(item, dict)], request_id, url)
 
-    def _follow(self, link: object) -> str:
-        """The next page's URL: same origin as the endpoint, our api-version, else refused."""
-        if not isinstance(link, str):
-            raise UnexpectedResponse(200, message="odata.nextLink is not a string")
-        parts = urlsplit(link)
-        if (parts.scheme, parts.netloc.lower()) != self._origin:
+    def _follow(self, link: object, followed: set[str], request_id: str | None) -> str:
+        """The next page's URL: same origin as the endpoint, our api-version, else refused.
+
+        A link the listing already followed, or one past ``MAX_PAGES``, stops the listing:
+        a server handing out next links without end would otherwise be followed forever.
+        """
+        url = self._next_page_url(link, request_id)
+        if url in followed:
             raise UnexpectedResponse(
                 200,
-                message=f"refusing odata.nextLink to another origin "
-                f"({parts.scheme}://{parts.netloc}); it must stay on {self.endpoint}",
+                message=f"odata.nextLink repeats a page already listed ({url}); "
+                "the listing would never end",
+                request_id=request_id,
             )
+        if len(followed) >= MAX_PAGES:
+            raise UnexpectedResponse(
+                200,
+                message=f"more than {MAX_PAGES:,} pages in one listing; refusing to follow "
+                "odata.nextLink further",
+                request_id=request_id,
+            )
+        followed.add(url)
+        return url
+
+    def _next_page_url(self, link: object, request_id: str | None) -> str:
+        def refused(why: str) -> UnexpectedResponse:
+            return UnexpectedResponse(
+                200, message=f"refusing odata.nextLink {why}", request_id=request_id
+            )
+
+        if not isinstance(link, str):
+            raise refused("that is not a string")
+        try:
+            parts = urlsplit(link)
+        except ValueError as exc:
+            raise refused(f"that is not a URL ({exc}): {link[:200]!r}") from None
+        if (parts.scheme, parts.netloc.lower()) != self._origin:
+            raise refused(
+                f"to another origin ({parts.scheme}://{parts.netloc}); it must stay on "
+                f"{self.endpoint}"
+            )
+        if not parts.path.startswith("/"):
+            raise refused(f"without an absolute path: {link[:200]!r}")
         params = dict(parse_qsl(parts.query, keep_blank_values=True))
         params["api-version"] = self.api_version
         return f"{self.endpoint}{parts.path}?{_encode_query(params)}"

@@ -1,31 +1,29 @@
 """The one-method seam between the Batch client and the network.
 
-``Transport.send(request) -> response`` is all the client needs. Two real ones:
-
-- ``http11.Http11Transport``, the default: pooled keep-alive HTTP/1.1 on asyncio with the
-  ``httptools`` parser; lean, because the reimage POST is the hot path.
-- ``aiohttp_transport.AiohttpTransport``: the same contract on an aiohttp ClientSession,
-  kept as a fallback (``FLEET_REIMAGE_TRANSPORT=aiohttp``).
-
-Tests may pass any object with those two methods.
+``Transport.send(request) -> response`` is all the client needs. The real one is
+``aiohttp_transport.AiohttpTransport`` (aiohttp's client, proxies and CA bundle from the
+environment); tests may pass any object with ``send`` and ``close``.
 
 A transport answers with a response for *any* HTTP status and raises only when no answer
 came back, sorting the failure into the two kinds that matter for a non-idempotent POST:
 
-- ``RequestNotSent``: the connection was never made (DNS, refused, connect timeout, TLS).
-- ``RequestInDoubt``: the request may have reached the server (timeout after connecting,
-  connection reset or closed before the full answer). When unsure, we say "in doubt": the
-  caller then reads the node before sending again, which is always safe.
+- ``RequestNotSent``: no byte of the request left (DNS, refused, connect timeout, a TLS
+  handshake or proxy tunnel that failed or stalled, no pooled connection in time).
+- ``RequestInDoubt``: the request may have reached the server (timeout after writing began,
+  connection reset or closed before the full answer, an answer that cannot be read, or an
+  answer echoing another request's ``client-request-id``). When unsure, we say "in doubt":
+  the caller then reads the node before sending again, which is always safe.
+
+A transport never re-sends a request by itself, never follows a redirect, and refuses a body
+over ``MAX_RESPONSE_BYTES`` (``UnexpectedResponse``). A URL it cannot parse is a
+``ConfigurationError``.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
-
-from .errors import ConfigurationError
 
 MAX_RESPONSE_BYTES = 32 * 1024 * 1024  # a list page of 1000 full nodes is ~1.5 MB
 
@@ -52,24 +50,23 @@ class Transport(Protocol):
     async def close(self) -> None: ...
 
 
-TRANSPORT_ENV = "FLEET_REIMAGE_TRANSPORT"
-TRANSPORTS = ("http11", "aiohttp")
+ECHO_HEADER = "client-request-id"
 
 
-def default_transport(pool_size: int) -> Transport:
-    """The transport a run uses: ``http11`` unless ``$FLEET_REIMAGE_TRANSPORT`` says otherwise.
+def foreign_answer(sent: Mapping[str, str], answer: Mapping[str, str]) -> str | None:
+    """Why an answer belongs to another request, or None if it may be ours.
 
-    Imported on demand: aiohttp's client costs ~0.15 s of start-up that a run does not need.
+    Batch echoes the ``client-request-id`` it was sent (``return-client-request-id: true``).
+    An answer echoing a different one is another request's: a late answer left on a
+    keep-alive connection, read as the answer to the next request. An answer that echoes
+    nothing (a proxy's error page, say) is not refused for it.
     """
-    choice = os.environ.get(TRANSPORT_ENV, "http11").strip().lower() or "http11"
-    if choice not in TRANSPORTS:
-        raise ConfigurationError(
-            f"${TRANSPORT_ENV}={choice!r} is not a transport; use one of {', '.join(TRANSPORTS)}"
-        )
-    if choice == "aiohttp":
-        from .aiohttp_transport import AiohttpTransport
+    ours = sent.get(ECHO_HEADER)
+    echoed = answer.get(ECHO_HEADER)
+    if ours is None or echoed is None or echoed == ours or echoed.lower() == ours.lower():
+        return None  # (GUIDs compare without regard to case)
+    return (
+        f"the answer echoed client-request-id {echoed!r}, not ours ({ours!r}): it belongs "
+        "to another request, so whether ours was applied is unknown"
+    )
 
-        return AiohttpTransport(pool_size=pool_size)
-    from .http11 import Http11Transport
-
-    return Http11Transport(pool_size=pool_size)
