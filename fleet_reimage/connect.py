@@ -21,7 +21,6 @@ from typing import Any
 import anyio
 import structlog
 
-from .batch.aiohttp_transport import AiohttpTransport
 from .batch.auth import (
     Credential,
     EntraCredential,
@@ -160,6 +159,10 @@ async def connect(plan: Plan, *, transport: Transport | None = None) -> AsyncIte
     async with AsyncExitStack() as stack:
         network = _Network(stack)
         if transport is None:
+            # Imported here: aiohttp's client costs ~0.1 s of start-up that commands which
+            # never reach the service (status, report, a refused resume) do not need.
+            from .batch.aiohttp_transport import AiohttpTransport
+
             needs_tls = any(a.endpoint and a.endpoint.startswith("https") for a in plan.accounts)
             transport = AiohttpTransport(
                 pool_size=plan.execution.concurrency,

@@ -137,9 +137,61 @@ def flush() -> None:
     """Write every log line rendered so far (call before exiting)."""
     if _Current.writer is not None:
         _Current.writer.flush()
+    _stop_stdlib()
 
 
 atexit.register(flush)
+
+
+class _Stdlib:
+    listener: Any = None
+
+
+def _configure_stdlib(out: TextIO, pretty: bool, level: str) -> None:
+    """EXPERIMENT: structlog's standard-library pipeline with QueueHandler/QueueListener."""
+    import logging.handlers
+    import queue
+
+    if _Stdlib.listener is not None:
+        _Stdlib.listener.stop()
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer(colors=out.isatty())
+        if pretty
+        else structlog.processors.JSONRenderer()
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer]
+    )
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    to_queue = logging.handlers.QueueHandler(records)
+    to_queue.setFormatter(formatter)  # rendered on the caller's thread, written by the listener
+    writer = logging.StreamHandler(out)
+    writer.setFormatter(logging.Formatter("%(message)s"))
+    listener = logging.handlers.QueueListener(records, writer)
+    root = logging.getLogger("fleet_reimage")
+    root.handlers[:] = [to_queue]
+    root.setLevel(LEVELS.get(level, logging.INFO))
+    root.propagate = False
+    listener.start()
+    _Stdlib.listener = listener
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _redact,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        cache_logger_on_first_use=True,
+    )
+
+
+def _stop_stdlib() -> None:
+    if _Stdlib.listener is not None:  # stop() writes what is queued; then listen again
+        _Stdlib.listener.stop()
+        _Stdlib.listener.start()
 
 
 def configure(
@@ -156,6 +208,9 @@ def configure(
         out = os.fdopen(fd, "a", encoding="utf-8")
     pretty = log_format == "console" or (log_format == "auto" and not log_file and out.isatty())
     flush()
+    if os.environ.get("FLEET_REIMAGE_LOG_PIPELINE") == "stdlib":
+        _configure_stdlib(out, pretty, level)
+        return
     factory: Any
     renderer: Any = structlog.dev.ConsoleRenderer(colors=out.isatty()) if pretty else render_json
     writer = _Current.writer = BackgroundWriter(out)

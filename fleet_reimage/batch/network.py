@@ -24,11 +24,12 @@ import re
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.request import getproxies
-
-from yarl import URL
+from typing import TYPE_CHECKING
 
 from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from yarl import URL
 
 CA_BUNDLE_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
 # Up to the last "@" before the path: a password may hold a raw "@" in an environment variable.
@@ -102,7 +103,10 @@ def proxy_for(url: str) -> Proxy | None:
 
     Blocking (``~/.netrc`` may be read): call it off the event loop, once per endpoint.
     """
+    from urllib.request import getproxies  # imported here, as aiohttp: only runs need them
+
     from aiohttp.helpers import get_env_proxy_for_url
+    from yarl import URL
 
     target = URL(url)
     if is_loopback_host(target.host):

@@ -69,4 +69,3 @@ def foreign_answer(sent: Mapping[str, str], answer: Mapping[str, str]) -> str | 
         f"the answer echoed client-request-id {echoed!r}, not ours ({ours!r}): it belongs "
         "to another request, so whether ours was applied is unknown"
     )
-
