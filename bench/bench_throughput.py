@@ -31,7 +31,6 @@ CONTENDERS = ("fleet-reimage", "aiohttp", "sdk")
 DIAGNOSTICS = {
     "fr-quiet-log": "log level warning (no per-node info line in the log file)",
     "fr-tmpfs": "journal on /dev/shm (tmpfs: fsync costs nothing)",
-    "fr-stdlib-log": "EXPERIMENT structlog stdlib pipeline, QueueHandler/QueueListener",
 }
 
 
@@ -53,13 +52,11 @@ def measure(name: str, folder: Path, nodes: int, pools: int, concurrency: int) -
             shm = Path(tempfile.mkdtemp(dir="/dev/shm")) if name == "fr-tmpfs" else None
             journal = (shm or folder) / "journal.db"
             quiet = ["--log-level", "warning"] if name == "fr-quiet-log" else []
-            env = {"FLEET_REIMAGE_LOG_PIPELINE": "stdlib"} if name == "fr-stdlib-log" else {}
             try:
                 child = common.run(
                     common.run_command(plan, journal, folder / "log.jsonl", *quiet),
                     folder,
                     tag=name,
-                    **env,
                 )
                 common.check(child, name)
                 phase = common.journal_phase(journal)

@@ -8,6 +8,13 @@ Lines are rendered on the caller's thread but written by a background thread in 
 a run logs one summary line per node, and a write per line on the event loop would be
 blocking I/O on the hot path (and a terminal that stops reading would stall the run).
 ``flush()`` (also at exit) writes what is left.
+
+Why not structlog's standard-library pipeline (``ProcessorFormatter`` with the standard
+library's ``QueueHandler``/``QueueListener``)? It was measured against this one (issue 14):
+56 us of CPU per node (context bound, a debug line filtered, the summary line written)
+against 21 us here, because every line becomes a ``LogRecord`` and passes the standard
+library's handlers and a per-record write and flush; for a 20,000-node run that is about
+0.7 s of CPU, some 12% of the whole run's. See ``bench/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -137,61 +144,9 @@ def flush() -> None:
     """Write every log line rendered so far (call before exiting)."""
     if _Current.writer is not None:
         _Current.writer.flush()
-    _stop_stdlib()
 
 
 atexit.register(flush)
-
-
-class _Stdlib:
-    listener: Any = None
-
-
-def _configure_stdlib(out: TextIO, pretty: bool, level: str) -> None:
-    """EXPERIMENT: structlog's standard-library pipeline with QueueHandler/QueueListener."""
-    import logging.handlers
-    import queue
-
-    if _Stdlib.listener is not None:
-        _Stdlib.listener.stop()
-    renderer: Any = (
-        structlog.dev.ConsoleRenderer(colors=out.isatty())
-        if pretty
-        else structlog.processors.JSONRenderer()
-    )
-    formatter = structlog.stdlib.ProcessorFormatter(
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer]
-    )
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    to_queue = logging.handlers.QueueHandler(records)
-    to_queue.setFormatter(formatter)  # rendered on the caller's thread, written by the listener
-    writer = logging.StreamHandler(out)
-    writer.setFormatter(logging.Formatter("%(message)s"))
-    listener = logging.handlers.QueueListener(records, writer)
-    root = logging.getLogger("fleet_reimage")
-    root.handlers[:] = [to_queue]
-    root.setLevel(LEVELS.get(level, logging.INFO))
-    root.propagate = False
-    listener.start()
-    _Stdlib.listener = listener
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            _redact,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        cache_logger_on_first_use=True,
-    )
-
-
-def _stop_stdlib() -> None:
-    if _Stdlib.listener is not None:  # stop() writes what is queued; then listen again
-        _Stdlib.listener.stop()
-        _Stdlib.listener.start()
 
 
 def configure(
@@ -208,9 +163,6 @@ def configure(
         out = os.fdopen(fd, "a", encoding="utf-8")
     pretty = log_format == "console" or (log_format == "auto" and not log_file and out.isatty())
     flush()
-    if os.environ.get("FLEET_REIMAGE_LOG_PIPELINE") == "stdlib":
-        _configure_stdlib(out, pretty, level)
-        return
     factory: Any
     renderer: Any = structlog.dev.ConsoleRenderer(colors=out.isatty()) if pretty else render_json
     writer = _Current.writer = BackgroundWriter(out)
