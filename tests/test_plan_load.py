@@ -361,7 +361,7 @@ def test_demo_plan_validates(tmp_path: Path) -> None:
     plan = load_plan(demo)
     (account,) = plan.accounts
     assert account.name == "demo" and account.emulator == demo.parent / "fleets" / "demo.yaml"
-    assert [p.match for p in account.pools] == ["render-*", "etl", "sim-vm"]
+    assert [p.match for p in account.pools] == ["render-*", "etl", "sim"]
     assert plan.rollout.waves == (count(1), count(3), pct(50), pct(100))
     assert plan.rollout.max_unavailable == pct(25)
     assert plan.rollout.pause_between_waves == 1.0
