@@ -77,8 +77,7 @@ def _only(document: dict[str, Any], allowed: Sequence[str]) -> None:
     for name in document:
         if name not in allowed:
             raise syntax_error(
-                f"The property '{name}' is not part of this request; allowed: "
-                + ", ".join(allowed)
+                f"The property '{name}' is not part of this request; allowed: " + ", ".join(allowed)
             )
 
 
@@ -97,9 +96,7 @@ def node_option(body: bytes, name: str, allowed: Sequence[str] = NODE_OPTIONS) -
 def _option(document: dict[str, Any]) -> str:
     value = document.get("nodeDeallocationOption", "requeue")
     if value not in NODE_OPTIONS:
-        raise invalid_value(
-            "nodeDeallocationOption", value, "allowed: " + ", ".join(NODE_OPTIONS)
-        )
+        raise invalid_value("nodeDeallocationOption", value, "allowed: " + ", ".join(NODE_OPTIONS))
     return str(value)
 
 
@@ -150,7 +147,12 @@ def resize(body: bytes) -> Resize:
     document = json_object(body, required=True)
     _only(
         document,
-        ("targetDedicatedNodes", "targetLowPriorityNodes", "resizeTimeout", "nodeDeallocationOption"),
+        (
+            "targetDedicatedNodes",
+            "targetLowPriorityNodes",
+            "resizeTimeout",
+            "nodeDeallocationOption",
+        ),
     )
     targets: list[int | None] = []
     for name in ("targetDedicatedNodes", "targetLowPriorityNodes"):
@@ -186,6 +188,6 @@ def pool_patch(body: bytes) -> list[tuple[str, str]] | None:
             or not isinstance(item.get("value"), str)
             or not item["name"]
         ):
-            raise invalid_value("metadata", item, "each item is {\"name\": text, \"value\": text}")
+            raise invalid_value("metadata", item, 'each item is {"name": text, "value": text}')
         metadata.append((item["name"], item["value"]))
     return metadata

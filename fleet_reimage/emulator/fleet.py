@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from ..problems import InputError, Problem
-from ..yamlsafe import MarkedList, MarkedMap, load_marked_yaml
+from ..yamlsafe import MarkedMap, load_marked_yaml
 from .auth import account_key
 from .fleetcheck import Checker, join, type_name
 from .fleetpools import read_pool

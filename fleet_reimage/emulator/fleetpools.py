@@ -66,9 +66,7 @@ def read_pool(check: Checker, where: MarkedMap, path: str) -> PoolSpec | None:
     nodes = _nodes(check, where, path) if check.require(where, "nodes", path) else 0
     reimage = check.string(where, "reimage", path, "accepted")
     if reimage not in REIMAGE_POLICIES:
-        check.at_value(
-            where, "reimage", path, f"expected accepted or refused, got {reimage!r}"
-        )
+        check.at_value(where, "reimage", path, f"expected accepted or refused, got {reimage!r}")
     cores = check.integer(where, "cores_per_node", path, 2, minimum=1, maximum=1024)
     spec = PoolSpec(
         id=pool_id,

@@ -45,7 +45,9 @@ def known_path(path: str) -> bool:
         return True
     if len(parts) == 3:
         return parts[2] == "nodes" or parts[2] in _POOL_VERBS
-    return parts[2] == "nodes" and (len(parts) == 4 or (len(parts) == 5 and parts[4] in _NODE_VERBS))
+    return parts[2] == "nodes" and (
+        len(parts) == 4 or (len(parts) == 5 and parts[4] in _NODE_VERBS)
+    )
 
 
 def version_headers(modified_ticks: int) -> dict[str, str]:
@@ -137,7 +139,9 @@ class Operations:
 
         async def apply(request: web.Request, request_id: str, base: str) -> web.Response:
             body = await request.read()
-            option = bodies.node_option(body, action.option, action.options) if action.option else None
+            option = (
+                bodies.node_option(body, action.option, action.options) if action.option else None
+            )
             if action.option is None and body.strip():
                 bodies.json_object(body, required=False)  # an empty object is all it takes
             info = request.match_info
@@ -147,7 +151,9 @@ class Operations:
 
         async def handler(request: web.Request) -> web.Response:
             info = request.match_info
-            return await pipeline.serve(request, action.operation, apply, info["pool"], info["node"])
+            return await pipeline.serve(
+                request, action.operation, apply, info["pool"], info["node"]
+            )
 
         return handler
 
@@ -176,8 +182,7 @@ class Operations:
         latest = [pool.creation_ticks]
 
         def one(node: Node) -> dict[str, Any]:
-            if node.modified_ticks > latest[0]:
-                latest[0] = node.modified_ticks
+            latest[0] = max(latest[0], node.modified_ticks)
             return render(node, base)
 
         body = list_page(request, base, "nodes", pool.nodes, query, one)
@@ -231,9 +236,7 @@ class Operations:
             body = await request.read()
             pool_id = request.match_info["pool"]
             pool = self.state.pool(pool_id)
-            if rules.condition_failure(
-                request.headers, pool.etag, pool.modified_ticks, read=False
-            ):
+            if rules.condition_failure(request.headers, pool.etag, pool.modified_ticks, read=False):
                 raise _condition_not_met()
             pool = change(pool_id, body)
             headers = _action_headers(request, base, pool.modified_ticks)

@@ -127,8 +127,7 @@ class PoolOperations:
         pool.pending_errors = [
             (
                 "ResizeStopped",
-                "Desired number of nodes could not be allocated due to a stop resize "
-                "operation",
+                "Desired number of nodes could not be allocated due to a stop resize operation",
                 (),
             )
         ]
@@ -137,9 +136,7 @@ class PoolOperations:
         self.state.schedule(pool, at + self.state.timings.stopping, STOPPED)
         return pool
 
-    def remove_nodes(
-        self, pool_id: str, node_ids: list[str], timeout: float, option: str
-    ) -> Pool:
+    def remove_nodes(self, pool_id: str, node_ids: list[str], timeout: float, option: str) -> Pool:
         pool = self.state.pool(pool_id)
         if pool.allocation_state != "steady":
             raise _not_steady(pool)
@@ -223,7 +220,7 @@ class PoolOperations:
                     for node in staying
                 )
                 for candidate in order[:-missing]:
-                    self._remove(pool, by_index[candidate.index], option, at, ticks)
+                    self._remove(pool, by_index[candidate.position], option, at, ticks)
         pool.allocating = (new[0], new[1])
         if any(new):
             self.state.schedule(pool, at + self.state.timings.allocating, ALLOCATED)

@@ -127,7 +127,7 @@ def is_ready(state: str, scheduling_state: str, pending: str | None) -> bool:
 class ShrinkCandidate(NamedTuple):
     state: str
     running_tasks: int
-    index: int
+    position: int
 
 
 def shrink_order(candidates: Iterable[ShrinkCandidate]) -> list[ShrinkCandidate]:
@@ -135,7 +135,7 @@ def shrink_order(candidates: Iterable[ShrinkCandidate]) -> list[ShrinkCandidate]
     started, idle ones, others, running ones last (fewest tasks first); newest first."""
     return sorted(
         candidates,
-        key=lambda node: (_SHRINK_CLASS.get(node.state, 3), node.running_tasks, -node.index),
+        key=lambda node: (_SHRINK_CLASS.get(node.state, 3), node.running_tasks, -node.position),
     )
 
 

@@ -280,8 +280,7 @@ class EmulatorState:
             node.busy = True
             pool = node.pool
             pool.current_unavailable += 1
-            if pool.current_unavailable > pool.peak_unavailable:
-                pool.peak_unavailable = pool.current_unavailable
+            pool.peak_unavailable = max(pool.peak_unavailable, pool.current_unavailable)
 
     def _outcome(self, node: Node) -> str:
         """The state this boot ends in: a pure function of (seed, pool, node, n)."""
@@ -301,9 +300,7 @@ class EmulatorState:
         if target == "starting":
             node.last_boot_ticks = ticks  # the boot itself
             if timings.waitingforstarttask > 0:
-                self._schedule(
-                    node, at + timings.starting, "waitingforstarttask", node.generation
-                )
+                self._schedule(node, at + timings.starting, "waitingforstarttask", node.generation)
             else:
                 self._schedule(node, at + timings.starting, node.outcome, node.generation)
         elif target == "waitingforstarttask":
@@ -345,8 +342,7 @@ class EmulatorState:
                 pool.ready_count += 1
             else:
                 pool.ready_count -= 1
-                if pool.ready_count < pool.min_ready:
-                    pool.min_ready = pool.ready_count
+                pool.min_ready = min(pool.min_ready, pool.ready_count)
 
     # -- running tasks ----------------------------------------------------------------------
     def _task_ends(self, node: Node, at: float, ticks: int) -> None:
