@@ -77,7 +77,9 @@ class FakeBatch:
         if self.far_link:
             pools.append({"id": "far", "state": "active", "allocationState": "steady"})
         for pool in pools:
-            pool.update({"virtualMachineConfiguration": VM_CONFIGURATION, "vmSize": "standard_d2_v3"})
+            pool.update(
+                {"virtualMachineConfiguration": VM_CONFIGURATION, "vmSize": "standard_d2_v3"}
+            )
             pool["currentDedicatedNodes"] = len(self.behaviours)
         return web.json_response({"value": pools}, headers=self.headers())
 

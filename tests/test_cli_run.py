@@ -74,9 +74,7 @@ def test_run_needs_yes_without_a_terminal(tmp_path: Path) -> None:
 
 
 def test_sigint_stops_gracefully_prints_resume_and_resume_finishes(tmp_path: Path) -> None:
-    with emulator_process(
-        tmp_path, [{"id": "p", "nodes": 30}], timings=SLOW
-    ) as emu:
+    with emulator_process(tmp_path, [{"id": "p", "nodes": 30}], timings=SLOW) as emu:
         plan = write_plan(tmp_path, emu.url, rollout=ROLLOUT)
         journal, events = tmp_path / "j.db", tmp_path / "events.jsonl"
         runner = start_fleet_reimage(

@@ -10,7 +10,6 @@ from runhelpers import write_plan
 from fleet_reimage.dryrun import simulate_pool
 
 
-
 def test_waves_run_in_batches_of_free_slots_with_pauses_between() -> None:
     pool = simulate_pool("a/p", [1, 0, 4, 5], slots=2, per_node=60.0, pause=30.0)
     timeline = [(w.wave, w.nodes, w.start, w.end) for w in pool.waves]
