@@ -20,8 +20,8 @@ from fleet_reimage.emulator import (
     build_state,
 )
 from fleet_reimage.emulator.population import node_ids
-from fleet_reimage.emulator.spec import NODE_STATES
 from fleet_reimage.emulator.rules import VM_REIMAGE_REASON
+from fleet_reimage.emulator.spec import NODE_STATES
 from fleet_reimage.emulator.timefmt import TICKS_PER_SECOND
 
 ACCOUNT = AccountSpec("emu", TEST_KEY)
