@@ -360,12 +360,13 @@ class EmulatorState:
 
     def _tasks_done(self, node: Node, at: float, ticks: int) -> None:
         """No task runs any more: a waiting operation begins, or a running node is idle."""
-        if node.pending is not None:
-            if node.pending_option == "retaineddata" and self.timings.retention > 0:
-                self._schedule(node, at + self.timings.retention, BEGIN, node.generation)
-            else:
-                self._begin(node, node.pending, at, ticks)
-        elif node.state == "running":
+        waits = node.pending_option == "retaineddata" and self.timings.retention > 0
+        if node.pending is not None and not waits:
+            self._begin(node, node.pending, at, ticks)
+            return
+        if node.pending is not None:  # idle (not ready) until the task data expires
+            self._schedule(node, at + self.timings.retention, BEGIN, node.generation)
+        if node.state == "running":
             self._set_state(node, "idle", ticks)
         else:
             self.touch(node, ticks)
