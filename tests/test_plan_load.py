@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fleet_reimage.errors import InputError
 from fleet_reimage.plan import (
     Action,
     EntraAuth,
@@ -26,7 +27,6 @@ from fleet_reimage.plan import (
     parse_plan,
 )
 from fleet_reimage.plan.model import NodeSelector
-from fleet_reimage.problems import InputError
 from fleet_reimage.units import Amount
 from fleet_reimage.yamlsafe import MAX_DOCUMENT_BYTES
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from fleet_reimage.errors import InputError, Problem
+
 from ..batch.sharedkey import decode_key
-from ..problems import InputError, Problem
 from ..yamlsafe import MarkedList, MarkedMap, load_marked_yaml
 from .fleetcheck import Checker, join, type_name
 from .spec import (

@@ -16,7 +16,7 @@ from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 
-from fleet_reimage.problems import Problem
+from fleet_reimage.errors import Problem
 from fleet_reimage.units import Amount
 
 # Defaults, named so the docs, the loader and the tests agree.
