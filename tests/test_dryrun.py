@@ -7,7 +7,7 @@ from pathlib import Path
 from clihelpers import emulator_process, fleet_reimage
 from runhelpers import write_plan
 
-from fleet_reimage.dryrun import simulate_pool
+from fleet_reimage.views.dryrun import simulate_pool
 
 
 def test_waves_run_in_batches_of_free_slots_with_pauses_between() -> None:

@@ -20,7 +20,7 @@ from fleet_reimage.emulator import (
     load_fleet,
     parse_fleet,
 )
-from fleet_reimage.problems import InputError
+from fleet_reimage.errors import InputError
 
 REPO = Path(__file__).resolve().parent.parent
 

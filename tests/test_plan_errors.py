@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from fleet_reimage.errors import InputError, Problem
 from fleet_reimage.plan import parse_plan
-from fleet_reimage.problems import InputError, Problem
 
 KEY = "k" * 10 + "Q8Zx4/vT2mN+9pL1rS7yB3wE6uH0jD5fG8iK2oP4aC6eV1nM3qW7zX9bY0tR5sU8lJ2hF4gA+/Kk=="
 

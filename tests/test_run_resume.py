@@ -22,9 +22,9 @@ from runhelpers import (
 from fleet_reimage import api
 from fleet_reimage.batch.http11 import Http11Transport
 from fleet_reimage.batch.transport import HttpRequest, HttpResponse
-from fleet_reimage.executor import Executor
+from fleet_reimage.engine.executor import Executor
+from fleet_reimage.errors import InputError
 from fleet_reimage.journal import RunRecord, RunStatus, TargetState
-from fleet_reimage.problems import InputError
 
 pytestmark = pytest.mark.anyio
 POOLS = [

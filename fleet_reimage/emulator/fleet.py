@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..problems import InputError, Problem
+from fleet_reimage.errors import InputError, Problem
+
 from ..yamlsafe import MarkedMap, load_marked_yaml
 from .auth import account_key
 from .fleetcheck import Checker, join, type_name

@@ -27,7 +27,8 @@ from typing import Any
 import anyio
 from aiohttp import web
 
-from ..problems import InputError
+from fleet_reimage.errors import InputError
+
 from .app import Emulator, create_app, emulator_of
 from .clock import Clock
 from .fleet import load_fleet

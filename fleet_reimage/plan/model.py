@@ -17,7 +17,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from fleet_reimage.batch.versions import DEFAULT_API_VERSION
-from fleet_reimage.problems import Problem
+from fleet_reimage.errors import Problem
 from fleet_reimage.units import Amount
 
 # Defaults, named so the docs, the loader and the tests agree.

@@ -19,9 +19,10 @@ from typing import NamedTuple
 
 import anyio
 
+from fleet_reimage.errors import Problem
+
 from ..batch.client import BatchClient
 from ..batch.models import NODE_SELECT, POOL_SELECT, READY_STATES, NodeInfo
-from ..problems import Problem
 from .model import AccountSpec, Plan, PoolSelector
 from .waves import cumulative_targets
 

@@ -17,17 +17,17 @@ from typing import Any
 
 import anyio
 
-from .batch.auth import (
+from fleet_reimage.batch.auth import (
     Credential,
     EntraCredential,
     SharedKeyCredential,
     azure_identity_source,
     cloud_for_endpoint,
 )
-from .batch.client import BatchClient
-from .batch.transport import Transport, default_transport
-from .plan.model import AccountSpec, EntraAuth, Plan, SharedKeyAuth
-from .problems import InputError, Problem
+from fleet_reimage.batch.client import BatchClient
+from fleet_reimage.batch.transport import Transport, default_transport
+from fleet_reimage.errors import InputError, Problem
+from fleet_reimage.plan.model import AccountSpec, EntraAuth, Plan, SharedKeyAuth
 
 
 @dataclass(slots=True)
@@ -118,7 +118,7 @@ async def connect(plan: Plan, *, transport: Transport | None = None) -> AsyncIte
             emulator = None
             endpoint = account.endpoint
             if account.emulator is not None:
-                from .emulator.server import running_emulator
+                from fleet_reimage.emulator.server import running_emulator
 
                 emulator = await stack.enter_async_context(running_emulator(account.emulator))
                 connections.emulators[account.name] = emulator
