@@ -126,7 +126,7 @@ def _layer_of(top: str) -> int | None:
 PENDING = pytest.mark.xfail(
     strict=True,
     reason="pending: the engine's executor/health/node_work/sharedrun cycle (issue 15), the "
-    "transport cycle with http11 (issue 14), the emulator's use of the client's signer (issue 12)",
+    "transport cycle with http11 (issue 14)",
 )
 
 

@@ -16,8 +16,9 @@ from azure.batch import models as sdk_models
 from emulator_helpers import emulator_client, node_ids
 from specfixture import SPEC_NAME, derive, dump, load_fixture, spec_directory
 
-from fleet_reimage.batch.models import NODE_SELECT, POOL_SELECT
+from fleet_reimage.batch.models import NODE_SELECT, NODE_STATE_ORDER, POOL_SELECT
 from fleet_reimage.batch.versions import API_VERSIONS
+from fleet_reimage.emulator.spec import NODE_STATES
 
 
 def _spec_document() -> dict[str, Any]:
@@ -72,3 +73,9 @@ async def test_sdk_models_know_every_property_the_emulator_sends() -> None:
         "2025-06-01", "pool"
     )
     assert sent_node <= properties("2025-06-01", "node")
+
+
+def test_the_node_states_are_the_specs_in_its_order() -> None:
+    """The emulator and the client each keep the 16 states: both must be the spec's."""
+    states = load_fixture()["definitions"]["ComputeNode"]["properties"]["state"]["enum"]
+    assert list(NODE_STATES) == states == list(NODE_STATE_ORDER)

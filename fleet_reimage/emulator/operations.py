@@ -10,44 +10,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
 from . import bodies, rules
 from .listing import list_page, parse_list_query, select_names
 from .odata import NODE_FIELDS, POOL_FIELDS, select
+from .pipeline import Pipeline
 from .render import node_renderer, pool_json
 from .resources import BatchOperationError, Node, Pool
 from .state import EmulatorState
 from .timefmt import etag_of, http_date
 
-if TYPE_CHECKING:
-    from .app import Pipeline
-
 _CONDITION_NOT_MET = "The condition specified using HTTP conditional header(s) is not met."
-_NODE_VERBS = frozenset(
-    {"reimage", "reboot", "deallocate", "start", "disablescheduling", "enablescheduling"}
-)
-_POOL_VERBS = frozenset({"removenodes", "resize", "stopresize"})
-
-
-def base_url(request: web.Request) -> str:
-    return f"{request.scheme}://{request.host}"
-
-
-def known_path(path: str) -> bool:
-    """A path the service has (so a wrong verb is 405, not 404)."""
-    parts = path.strip("/").split("/")
-    if not parts or parts[0] != "pools":
-        return False
-    if len(parts) <= 2:
-        return True
-    if len(parts) == 3:
-        return parts[2] == "nodes" or parts[2] in _POOL_VERBS
-    return parts[2] == "nodes" and (
-        len(parts) == 4 or (len(parts) == 5 and parts[4] in _NODE_VERBS)
-    )
 
 
 def version_headers(modified_ticks: int) -> dict[str, str]:

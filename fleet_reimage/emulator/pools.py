@@ -11,15 +11,40 @@ emulator knows: every evaluation interval, restore fixed targets.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from . import rules
 from .ids import new_node
 from .resources import BatchOperationError, Node, Pool
+from .spec import Timings
 from .timefmt import iso_duration
 
-if TYPE_CHECKING:
-    from .state import EmulatorState, Handler
+Handler = Callable[[Any, float, int], None]  # (subject, monotonic due time, wall ticks)
+
+
+class Lifecycle(Protocol):
+    """What pool operations need of the node life cycle (``state.EmulatorState``)."""
+
+    seed: int
+    timings: Timings
+
+    def pool(self, pool_id: str) -> Pool: ...
+
+    def now(self) -> tuple[float, int]: ...
+
+    def now_ticks(self) -> int: ...
+
+    def schedule(
+        self, subject: Node | Pool, at: float, kind: str, *, always: bool = False
+    ) -> None: ...
+
+    def request_removal(self, node: Node, option: str, at: float, ticks: int) -> None: ...
+
+    def cancel_pending(self, node: Node, ticks: int) -> None: ...
+
+    def add_node(self, pool: Pool, node: Node, at: float, ticks: int) -> None: ...
+
 
 ALLOCATED = "@allocated"
 RESIZE_TIMEOUT = "@resize-timeout"
@@ -61,7 +86,7 @@ def auto_scale_results(pool: Pool) -> str:
 class PoolOperations:
     """The pool-level operations of one ``EmulatorState``, and their timed events."""
 
-    def __init__(self, state: EmulatorState) -> None:
+    def __init__(self, state: Lifecycle) -> None:
         self.state = state
 
     def handlers(self) -> dict[str, Handler]:

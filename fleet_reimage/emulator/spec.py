@@ -15,9 +15,14 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ..batch.models import NODE_STATE_ORDER
-
-NODE_STATES: tuple[str, ...] = NODE_STATE_ORDER  # ordered: seeded draws depend on it
+# The 16 values of a compute node's ``state``, in the spec's order (ComputeNodeState).
+# Ordered: seeded draws depend on it. The emulator keeps its own copy of what the service
+# is, apart from the client's (tests check both against the spec).
+NODE_STATES: tuple[str, ...] = (
+    "idle", "rebooting", "reimaging", "running", "unusable", "creating", "starting",
+    "waitingforstarttask", "starttaskfailed", "unknown", "leavingpool", "offline",
+    "preempted", "upgradingos", "deallocated", "deallocating",
+)  # fmt: skip
 REIMAGE_POLICIES: tuple[str, ...] = ("accepted", "refused")
 OPERATIONS: tuple[str, ...] = (
     "list_pools",

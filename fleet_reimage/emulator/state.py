@@ -15,13 +15,13 @@ Node operations live here; pool operations (resize, remove nodes, auto-scale) in
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from . import rules
 from .clock import Clock
-from .pools import PoolOperations
+from .pools import Handler, PoolOperations
 from .resources import BatchOperationError, Node, Pool
 from .seeded import uniform
 from .spec import NODE_STATES, Outcomes, Timings
@@ -36,7 +36,6 @@ GONE = "@gone"  # a leaving node is out of the pool
 _STATE_KINDS = frozenset(NODE_STATES)
 # Operation name -> (state it enters, Timings attribute of how long that lasts).
 _BOOTING = {"reimage": ("reimaging", "reimaging"), "reboot": ("rebooting", "rebooting")}
-Handler = Callable[[Any, float, int], None]
 
 
 @dataclass(frozen=True, slots=True)
