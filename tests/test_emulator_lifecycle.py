@@ -297,6 +297,26 @@ operations = st.lists(
 )
 
 
+def apply(state: EmulatorState, name: str, node_id: str, option: str, which: int) -> None:
+    scheduling_option = "requeue" if option == "retaineddata" else option
+    if name == "reimage":
+        state.reimage("p", node_id, option)
+    elif name == "reboot":
+        state.reboot("p", node_id, option)
+    elif name == "deallocate":
+        state.deallocate("p", node_id, option)
+    elif name == "start":
+        state.start("p", node_id)
+    elif name == "disable":
+        state.disable_scheduling("p", node_id, scheduling_option)
+    elif name == "enable":
+        state.enable_scheduling("p", node_id)
+    elif name == "remove":
+        state.pool_ops.remove_nodes("p", [node_id], 300, option)
+    else:
+        state.pool_ops.resize("p", which, None, 300, option)
+
+
 @settings(max_examples=60, deadline=None)
 @given(operations, st.integers(0, 3))
 def test_counters_agree_with_the_nodes_whatever_happens(
@@ -313,20 +333,8 @@ def test_counters_agree_with_the_nodes_whatever_happens(
     for name, which, option, wait in steps:
         nodes = pool.nodes
         node_id = nodes[which % len(nodes)].id if nodes else "none"
-        calls = {
-            "reimage": lambda: state.reimage("p", node_id, option),
-            "reboot": lambda: state.reboot("p", node_id, option),
-            "deallocate": lambda: state.deallocate("p", node_id, option),
-            "start": lambda: state.start("p", node_id),
-            "disable": lambda: state.disable_scheduling(
-                "p", node_id, "requeue" if option == "retaineddata" else option
-            ),
-            "enable": lambda: state.enable_scheduling("p", node_id),
-            "remove": lambda: state.pool_ops.remove_nodes("p", [node_id], 300, option),
-            "resize": lambda: state.pool_ops.resize("p", which, None, 300, option),
-        }
         try:
-            calls[name]()
+            apply(state, name, node_id, option, which)
         except BatchOperationError as error:
             assert error.status in (404, 409)
         check_counters(pool)

@@ -204,3 +204,4 @@ async def test_update_pool_metadata_with_an_etag(version: str | None) -> None:
             )
         assert stale.value.status_code == 412
         assert (await client.get_pool("vm")).etag == after.etag
+        assert emu.stats(include_nodes=False)["requests"]["by_operation"]["patch_pool"] == 2

@@ -25,7 +25,8 @@ DATE = "Tue, 29 Jul 2014 21:49:13 GMT"
 
 
 class Tokens:
-    accepted_tokens: set[str] = set()
+    def __init__(self) -> None:
+        self.accepted_tokens: set[str] = set()
 
 
 def test_the_documented_example_string_to_sign() -> None:
