@@ -5,6 +5,7 @@ open-ended)."""
 from __future__ import annotations
 
 import pytest
+from emulator_helpers import BUSY_CODES
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -18,15 +19,6 @@ from fleet_reimage.emulator.timefmt import (
     parse_iso_duration,
 )
 
-BUSY = {
-    "reimaging": "NodeBeingReimaged",
-    "rebooting": "NodeBeingRebooted",
-    "creating": "NodeBeingCreated",
-    "starting": "NodeBeingStarted",
-    "waitingforstarttask": "NodeBeingStarted",
-    "unusable": "NodeStateUnusable",
-}
-
 
 @pytest.mark.parametrize("state", NODE_STATES)
 def test_reimage_reboot_deallocate_only_from_idle_or_running(state: str) -> None:
@@ -35,7 +27,7 @@ def test_reimage_reboot_deallocate_only_from_idle_or_running(state: str) -> None
         assert error is None
     else:
         assert error is not None and error.status == 409
-        assert error.code == BUSY.get(state, "OperationInvalidForCurrentState")
+        assert error.code == BUSY_CODES.get(state, "OperationInvalidForCurrentState")
 
 
 def test_a_node_waiting_for_its_tasks_answers_for_what_it_waits() -> None:

@@ -6,7 +6,7 @@ import random
 import re
 
 import pytest
-from emulator_helpers import TEST_KEY
+from emulator_helpers import BUSY_CODES, TEST_KEY
 
 from fleet_reimage.emulator import (
     AccountSpec,
@@ -116,20 +116,12 @@ def test_every_conflict_code() -> None:
     state, _ = make(PoolSpec("p", len(NODE_STATES), states=dict.fromkeys(NODE_STATES, share)))
     by_state = {node.state: node.id for node in state.pools["p"].nodes}
     assert set(by_state) == set(NODE_STATES)
-    expected = {
-        "reimaging": "NodeBeingReimaged",
-        "rebooting": "NodeBeingRebooted",
-        "creating": "NodeBeingCreated",
-        "starting": "NodeBeingStarted",
-        "waitingforstarttask": "NodeBeingStarted",
-        "unusable": "NodeStateUnusable",
-    }
     for node_state, node_id in by_state.items():
         if node_state in ("idle", "running"):
             continue
         for action in (state.reimage, state.reboot):
             error = refused(action, "p", node_id)
-            code = expected.get(node_state, "OperationInvalidForCurrentState")
+            code = BUSY_CODES.get(node_state, "OperationInvalidForCurrentState")
             assert (error.status, error.code) == (409, code), node_state
     state.reimage("p", by_state["idle"])
     state.reboot("p", by_state["running"])

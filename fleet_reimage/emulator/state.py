@@ -156,32 +156,30 @@ class EmulatorState:
     # -- node operations ------------------------------------------------------------------
     def reimage(self, pool_id: str, node_id: str, option: str = "requeue") -> Node:
         """Start a reimage (or wait for the tasks first), or raise the service's error."""
+        return self._act(pool_id, node_id, "reimage", option)
+
+    def reboot(self, pool_id: str, node_id: str, option: str = "requeue") -> Node:
+        return self._act(pool_id, node_id, "reboot", option)
+
+    def deallocate(self, pool_id: str, node_id: str, option: str = "requeue") -> Node:
+        return self._act(pool_id, node_id, "deallocate", option)
+
+    def _act(self, pool_id: str, node_id: str, operation: str, option: str) -> Node:
+        """Reimage, reboot or deallocate: the state checks first, then (reimage) the pool's
+        policy; counted once accepted."""
         node = self.node(pool_id, node_id)
         error = rules.action_conflict(node.state, node.pending)
-        if error is None and node.pool.reimage_refused:
+        if error is None and operation == "reimage" and node.pool.reimage_refused:
             error = rules.reimage_refused()
         if error is not None:
             raise error
-        node.reimages += 1
-        self._request(node, "reimage", option)
-        return node
-
-    def reboot(self, pool_id: str, node_id: str, option: str = "requeue") -> Node:
-        node = self.node(pool_id, node_id)
-        error = rules.action_conflict(node.state, node.pending)
-        if error is not None:
-            raise error
-        node.reboots += 1
-        self._request(node, "reboot", option)
-        return node
-
-    def deallocate(self, pool_id: str, node_id: str, option: str = "requeue") -> Node:
-        node = self.node(pool_id, node_id)
-        error = rules.action_conflict(node.state, node.pending)
-        if error is not None:
-            raise error
-        node.deallocations += 1
-        self._request(node, "deallocate", option)
+        if operation == "reimage":
+            node.reimages += 1
+        elif operation == "reboot":
+            node.reboots += 1
+        else:
+            node.deallocations += 1
+        self._request(node, operation, option)
         return node
 
     def start(self, pool_id: str, node_id: str) -> Node:

@@ -29,22 +29,10 @@ from __future__ import annotations
 from typing import Any
 
 from .resources import BatchOperationError, Node, Pool
+from .spec import OPERATIONS
 from .state import EmulatorState
 
-MUTATING_OPERATIONS = frozenset(
-    {
-        "reimage",
-        "reboot",
-        "deallocate",
-        "start",
-        "disable_scheduling",
-        "enable_scheduling",
-        "remove_nodes",
-        "resize",
-        "stop_resize",
-        "patch_pool",
-    }
-)
+MUTATING_OPERATIONS = frozenset(OPERATIONS) - {"list_pools", "get_pool", "list_nodes", "get_node"}
 
 
 class RequestCounters:
