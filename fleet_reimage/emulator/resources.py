@@ -145,6 +145,7 @@ class Pool:
         self.spec = spec or PoolSpec(pool_id, 0, vm_size=vm_size)
         self.nodes: list[Node] = []
         self.by_id: dict[str, Node] = {}
+        self.dedicated = 0  # how many of the nodes are dedicated (the others low-priority)
         self.state_counts: dict[str, int] = {}
         self.current_unavailable = 0
         self.peak_unavailable = 0
@@ -188,6 +189,7 @@ class Pool:
         node.index = len(self.nodes)
         self.nodes.append(node)
         self.by_id[node.id] = node
+        self.dedicated += node.is_dedicated
         self.state_counts[node.state] = self.state_counts.get(node.state, 0) + 1
 
     def discard(self, node: Node) -> None:
@@ -195,6 +197,7 @@ class Pool:
         self.state_counts[node.state] -= 1
         del self.by_id[node.id]
         self.nodes.remove(node)
+        self.dedicated -= node.is_dedicated
         for index, other in enumerate(self.nodes[node.index :], node.index):
             other.index = index
         node.removed = True
@@ -202,8 +205,7 @@ class Pool:
 
     def counts(self) -> tuple[int, int]:
         """(dedicated, low-priority) nodes in the pool now, leaving ones included."""
-        dedicated = sum(1 for node in self.nodes if node.is_dedicated)
-        return dedicated, len(self.nodes) - dedicated
+        return self.dedicated, len(self.nodes) - self.dedicated
 
     def touch(self, ticks: int) -> None:
         """Pool-level data changed: lastModified (and so the ETag) moves strictly forward."""
