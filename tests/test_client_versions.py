@@ -13,6 +13,7 @@ import pytest
 from clienthelpers import emulated, node_ids
 from runhelpers import KEY, KEY_ENV, emulator, journal_targets, run, write_plan
 
+from fleet_reimage import api
 from fleet_reimage.batch.client import USER_AGENT
 from fleet_reimage.batch.versions import API_VERSIONS
 
@@ -77,3 +78,28 @@ async def test_a_plan_picks_the_api_version(
     assert {target.state.value for target in await journal_targets(tmp_path / "j.db")} == {
         "healthy"
     }
+
+
+async def test_no_pool_type_is_assumed_at_resolve_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every pool is a virtual-machine pool: none is warned about in advance; a pool that
+    refuses reimage is found out by its first answer (and stopped then)."""
+    monkeypatch.setenv(KEY_ENV, KEY)
+    async with emulator(
+        [{"id": "ok", "nodes": 4}, {"id": "no", "nodes": 4, "reimage": "refused"}]
+    ) as emu:
+        rollout = """
+            waves: [1, "100%"]
+            max_unavailable: "100%"
+            health: {wait: true, poll_interval: 100ms, timeout: 20s}
+            failure_budget: "100%"
+        """
+        plan = api.load_plan(write_plan(tmp_path, emu.url, rollout=rollout))
+        resolution = await api.resolve_plan(plan)
+        result = await run(plan.source.path, tmp_path / "j.db")
+        requests = emu.stats(include_nodes=False)["requests"]["by_status"]
+    assert [(pool.pool_id, pool.warnings) for pool in resolution.pools] == [("no", []), ("ok", [])]
+    assert [pool.configuration for pool in resolution.pools] == ["virtualMachineConfiguration"] * 2
+    assert result.exit_code == 3 and list(result.stopped_pools) == ["emu/no"]
+    assert requests.get("409") == 1  # one canary answer, then the pool stopped
