@@ -22,9 +22,10 @@ from fleet_reimage.emulator import (
     Timings,
     build_state,
 )
+from fleet_reimage.emulator.odata import POOL_FIELDS, compile_filter
 from fleet_reimage.emulator.resources import Pool
 from fleet_reimage.emulator.rules import is_ready
-from fleet_reimage.emulator.timefmt import TICKS_PER_SECOND
+from fleet_reimage.emulator.timefmt import TICKS_PER_SECOND, iso
 
 TIMINGS = Timings(
     reimaging=2, rebooting=1, starting=1, creating=1, allocating=1, leavingpool=1,
@@ -345,3 +346,14 @@ def test_counters_agree_with_the_nodes_whatever_happens(
             check_counters(pool)
             lowest = min(lowest, pool.ready_count)
     assert pool.min_ready <= lowest
+
+
+def test_pool_filters_see_the_allocation_state_and_last_modified() -> None:
+    state, _ = make(PoolSpec("p", 3), PoolSpec("q", 3))
+    resizing = compile_filter("allocationState eq 'resizing'", POOL_FIELDS)
+    before = state.pools["q"].modified_ticks
+    state.pool_ops.remove_nodes("p", [state.pools["p"].nodes[0].id], 900, "requeue")
+    assert [pool.id for pool in state.pools.values() if resizing(pool)] == ["p"]
+    state.pool_ops.patch_metadata("q", [("k", "v")])
+    changed = compile_filter(f"lastModified gt datetime'{iso(before)}'", POOL_FIELDS)
+    assert [pool.id for pool in state.pools.values() if changed(pool)] == ["p", "q"]
