@@ -2,6 +2,6 @@
 
 import sys
 
-from .cli import entry
+from fleet_reimage.cli.main import entry
 
 sys.exit(entry())

@@ -22,10 +22,14 @@ from typing import Any
 
 import anyio
 
+from fleet_reimage.engine.connect import Connections, connect
+from fleet_reimage.engine.events import NullObserver, RunObserver
+from fleet_reimage.engine.executor import Executor, RunResult, RunSettings
+from fleet_reimage.engine.runner import create_run, execute, owner_label
+from fleet_reimage.engine.sharedrun import DEFAULT_LEASE, SharedSettings, new_runner
+from fleet_reimage.errors import FleetReimageError, InputError, Problem, RefusedError
+
 from .batch.transport import Transport
-from .connect import Connections, connect
-from .events import NullObserver, RunObserver
-from .executor import Executor, RunResult, RunSettings
 from .journal import (
     Journal,
     JournalError,
@@ -38,9 +42,6 @@ from .plan.load import load_plan as _load_plan
 from .plan.load import parse_plan
 from .plan.model import Plan
 from .plan.resolve import Resolution, resolve
-from .problems import InputError, Problem
-from .runner import create_run, execute, owner_label
-from .sharedrun import DEFAULT_LEASE, SharedSettings, new_runner
 
 DEFAULT_JOURNAL = "fleet-reimage.db"
 
@@ -54,10 +55,6 @@ async def resolve_plan(plan: Plan, *, transport: Transport | None = None) -> Res
     """List what the plan selects (read-only; starts in-process emulators as needed)."""
     async with connect(plan, transport=transport) as connections:
         return await resolve(plan, connections.clients)
-
-
-class RefusedError(Exception):
-    """The operation was refused for a reason the operator can act on (exit code 2)."""
 
 
 @dataclass(slots=True)
@@ -292,6 +289,7 @@ async def _unfinished_run_of(store: Journal, plan: Plan) -> RunRecord | None:
 
 __all__ = [
     "DEFAULT_JOURNAL",
+    "FleetReimageError",
     "InputError",
     "JournalError",
     "RefusedError",

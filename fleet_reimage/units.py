@@ -20,6 +20,8 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
+from fleet_reimage.errors import FleetReimageError
+
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {
     "ms": Fraction(1, 1000),
@@ -31,7 +33,7 @@ _UNIT_SECONDS = {
 _PERCENT = re.compile(r"(\d+(?:\.\d+)?)\s*%")
 
 
-class UnitError(ValueError):
+class UnitError(FleetReimageError, ValueError):
     """A duration, count or percent that cannot be read; the message says what is allowed."""
 
 

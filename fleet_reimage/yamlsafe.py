@@ -18,7 +18,7 @@ import yaml
 from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, Node, SequenceNode
 
-from .problems import InputError, Problem
+from fleet_reimage.errors import InputError, Problem
 
 MAX_DOCUMENT_BYTES = 4 * 1024 * 1024
 MAX_EXPANDED_NODES = 200_000

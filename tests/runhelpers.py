@@ -14,7 +14,7 @@ import yaml
 from fleet_reimage import api
 from fleet_reimage.emulator.fleet import parse_fleet
 from fleet_reimage.emulator.server import RunningEmulator, running_emulator
-from fleet_reimage.executor import RunResult, RunSettings
+from fleet_reimage.engine.executor import RunResult, RunSettings
 from fleet_reimage.journal import TargetRecord, open_journal
 
 KEY = base64.b64encode(bytes(range(64))).decode()

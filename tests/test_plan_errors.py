@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from fleet_reimage.errors import InputError, Problem
 from fleet_reimage.plan import parse_plan
-from fleet_reimage.problems import InputError, Problem
 
 KEY = "k" * 10 + "Q8Zx4/vT2mN+9pL1rS7yB3wE6uH0jD5fG8iK2oP4aC6eV1nM3qW7zX9bY0tR5sU8lJ2hF4gA+/Kk=="
 
@@ -480,6 +480,24 @@ CASES: list[tuple[str, str, str, str]] = [
         GOOD + "execution:\n  request_timeout: 1h  #<\n",
         "execution.request_timeout",
         "must be from 0s to 10m",
+    ),
+    (
+        "api-version-unknown",
+        GOOD + "execution:\n  api_version: 2024-02-01.19.0  #<\n",
+        "execution.api_version",
+        "Allowed: 2024-07-01.20.0, 2025-06-01",
+    ),
+    (
+        "api-version-typo",
+        GOOD + "execution:\n  api_version: '2025-6-01'  #<\n",
+        "execution.api_version",
+        "Did you mean '2025-06-01'?",
+    ),
+    (
+        "api-version-number",
+        GOOD + "execution:\n  api_version: 2025  #<\n",
+        "execution.api_version",
+        "one of 2024-07-01.20.0, 2025-06-01",
     ),
     (
         "retry-attempts",

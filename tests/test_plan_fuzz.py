@@ -14,9 +14,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fleet_reimage.errors import InputError
 from fleet_reimage.plan import NODE_STATES, Plan, parse_plan
 from fleet_reimage.plan.waves import is_all
-from fleet_reimage.problems import InputError
 
 ENVIRON = {"BATCH_KEY": "x"}
 FUZZ = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])

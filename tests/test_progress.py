@@ -10,8 +10,10 @@ import anyio
 import pytest
 from rich.console import Console
 
-from fleet_reimage import progress
-from fleet_reimage.progress import (
+from fleet_reimage.engine.runstate import PoolSnapshot
+from fleet_reimage.rollout.pool import PoolRollout
+from fleet_reimage.views import progress
+from fleet_reimage.views.progress import (
     RateMeter,
     Tracker,
     log_fields,
@@ -19,8 +21,6 @@ from fleet_reimage.progress import (
     start_progress,
     suspended,
 )
-from fleet_reimage.rollout.pool import PoolRollout
-from fleet_reimage.runstate import PoolSnapshot
 
 
 def test_rate_is_over_a_recent_window_and_waits_for_enough_history() -> None:

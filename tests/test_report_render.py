@@ -11,7 +11,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from fleet_reimage import report as report_module
 from fleet_reimage.journal.model import (
     AttemptOutcome,
     AttemptRecord,
@@ -22,8 +21,9 @@ from fleet_reimage.journal.model import (
     TargetRecord,
     TargetState,
 )
-from fleet_reimage.report import CSV_COLUMNS, write_report
-from fleet_reimage.runview import (
+from fleet_reimage.views import report as report_module
+from fleet_reimage.views.report import CSV_COLUMNS, write_report
+from fleet_reimage.views.runview import (
     RunData,
     attempts_by_target,
     failure_groups,
@@ -31,7 +31,7 @@ from fleet_reimage.runview import (
     span,
     timeline,
 )
-from fleet_reimage.status import RunSummary, run_status_json, run_text, runs_text
+from fleet_reimage.views.status import RunSummary, run_status_json, run_text, runs_text
 
 T0 = 1_795_730_000.0  # 2026-11-25T20:33:20Z
 RUN = "r20261125-203320-abcdef"

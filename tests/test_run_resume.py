@@ -22,15 +22,14 @@ from runhelpers import (
 from fleet_reimage import api
 from fleet_reimage.batch.aiohttp_transport import AiohttpTransport
 from fleet_reimage.batch.transport import HttpRequest, HttpResponse
-from fleet_reimage.executor import Executor
+from fleet_reimage.engine.executor import Executor
+from fleet_reimage.errors import InputError
 from fleet_reimage.journal import RunRecord, RunStatus, TargetState
-from fleet_reimage.problems import InputError
 
 pytestmark = pytest.mark.anyio
-CS = "cloudServiceConfiguration"
 POOLS = [
-    {"id": "a", "nodes": 40, "configuration": CS},
-    {"id": "b", "nodes": 20, "configuration": CS},
+    {"id": "a", "nodes": 40},
+    {"id": "b", "nodes": 20},
 ]
 SLOW = {"reimaging": "300ms", "starting": "100ms"}
 

@@ -31,8 +31,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import ClassVar
 
+from fleet_reimage.errors import FleetReimageError
 
-class BatchError(Exception):
+
+class BatchError(FleetReimageError):
     """Base of everything the Batch client raises."""
 
     client_request_id: str | None = None

@@ -11,7 +11,8 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from ..problems import Problem
+from fleet_reimage.errors import Problem
+
 from ..units import UnitError, parse_duration
 from ..yamlsafe import MarkedList, MarkedMap, Position
 

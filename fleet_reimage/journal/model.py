@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
+from fleet_reimage.errors import FleetReimageError
+
 W = TypeVar("W")
 
 
@@ -243,7 +245,7 @@ OUTCOMES_BY_VALUE = {outcome.value: outcome for outcome in AttemptOutcome}
 ACCEPTED_STATES = (TargetState.ACCEPTED, TargetState.DONE_UNVERIFIED)
 
 
-class JournalError(Exception):
+class JournalError(FleetReimageError):
     """The journal cannot be used (damaged, newer schema, unreachable); message says what to do."""
 
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TypeVar
 
-from fleet_reimage.problems import InputError, Problem
+from fleet_reimage.errors import InputError, Problem
 from fleet_reimage.yamlsafe import MAX_DOCUMENT_BYTES, load_marked_yaml
 
 from .accounts import read_accounts, read_name

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
-from fleet_reimage.problems import Problem, Severity
+from fleet_reimage.errors import Problem, Severity
 from fleet_reimage.units import Amount, UnitError, format_duration, parse_amount, parse_duration
 from fleet_reimage.yamlsafe import MarkedList, MarkedMap
 

@@ -1,4 +1,18 @@
-"""Problems found in a user's input (plan, fleet file, command line), reported all at once.
+"""The public errors of fleet-reimage, as one tree, and the problems found in a user's input.
+
+::
+
+    FleetReimageError           anything fleet-reimage raises on purpose
+    ├── InputError              bad input (plan, fleet file, options): every Problem found,
+    │                           each with file, line, column and key path (exit 2)
+    ├── UnitError               a duration, count or percent that cannot be read (also a
+    │                           ValueError; ``units``)
+    ├── RefusedError            refused for a reason the operator can act on: an unfinished
+    │                           run of the plan, nothing selected, not confirmed (exit 2)
+    ├── JournalError            the journal cannot be used or a write was not recorded
+    │   ├── JournalBusy         another runner holds the journal or the run (``journal``)
+    │   └── LeaseLost           a shared run's work is no longer this runner's
+    └── BatchError              what the Batch client raises (tree in ``batch/errors.py``)
 
 A ``Problem`` knows where it is (file, line, column, key path) and says what is wrong and
 what is allowed. ``InputError`` carries every problem found; the CLI prints them and exits 2.
@@ -32,7 +46,15 @@ class Problem:
         return f"{where}: {self.severity}: {subject}{self.message}"
 
 
-class InputError(Exception):
+class FleetReimageError(Exception):
+    """The root of every error fleet-reimage raises on purpose (see the module docstring)."""
+
+
+class RefusedError(FleetReimageError):
+    """The operation was refused for a reason the operator can act on (exit code 2)."""
+
+
+class InputError(FleetReimageError):
     """Bad input: every problem found, in file order. Never carries a secret."""
 
     def __init__(self, problems: Iterable[Problem]) -> None:

@@ -20,12 +20,14 @@ from typing import Any, cast
 
 import anyio
 
-from .batch.client import BatchClient
-from .batch.errors import NotFound
-from .batch.models import NODE_SELECT, READY_STATES, NodeInfo
-from .events import RunObserver
-from .executor import Executor, RunResult, RunSettings
-from .journal.model import (
+from fleet_reimage.batch.client import BatchClient
+from fleet_reimage.batch.errors import NotFound
+from fleet_reimage.batch.models import NODE_SELECT, READY_STATES, NodeInfo
+from fleet_reimage.engine.events import RunObserver
+from fleet_reimage.engine.executor import Executor, RunResult, RunSettings
+from fleet_reimage.engine.runstate import AccountRun, JobKind, Phase, PoolKey, PoolRun, RunTarget
+from fleet_reimage.engine.sharedrun import SharedRunCoordinator, SharedSettings
+from fleet_reimage.journal.model import (
     Exclusion,
     Journal,
     NewRun,
@@ -38,15 +40,13 @@ from .journal.model import (
     TargetRecord,
     TargetState,
 )
-from .plan.model import Plan
-from .plan.resolve import Resolution
-from .rollout.budget import FailureBudget
-from .rollout.claimed import ClaimedPoolRollout
-from .rollout.outcomes import Accepted, Settle, after_reconcile
-from .rollout.pool import PoolRollout
-from .rollout.throttle import AdaptiveThrottle
-from .runstate import AccountRun, JobKind, Phase, PoolKey, PoolRun, RunTarget
-from .sharedrun import SharedRunCoordinator, SharedSettings
+from fleet_reimage.plan.model import Plan
+from fleet_reimage.plan.resolve import Resolution
+from fleet_reimage.rollout.budget import FailureBudget
+from fleet_reimage.rollout.claimed import ClaimedPoolRollout
+from fleet_reimage.rollout.outcomes import Accepted, Settle, after_reconcile
+from fleet_reimage.rollout.pool import PoolRollout
+from fleet_reimage.rollout.throttle import AdaptiveThrottle
 
 
 def new_run_id(now: float | None = None) -> str:

@@ -24,14 +24,14 @@ from typing import TYPE_CHECKING
 import anyio
 import structlog
 
-from .batch.errors import AuthFailed, BatchError, NotFound
-from .batch.models import NodeInfo
-from .journal.model import TargetChange, TargetState
-from .rollout.outcomes import health_verdict
-from .runstate import Phase, PoolRun, RunTarget
+from fleet_reimage.batch.errors import AuthFailed, BatchError, NotFound
+from fleet_reimage.batch.models import NodeInfo
+from fleet_reimage.engine.runstate import Phase, PoolRun, RunTarget
+from fleet_reimage.journal.model import TargetChange, TargetState
+from fleet_reimage.rollout.outcomes import health_verdict
 
 if TYPE_CHECKING:
-    from .executor import Executor
+    from fleet_reimage.engine.executor import Executor
 
 log = structlog.get_logger("fleet_reimage.health")
 

@@ -29,21 +29,12 @@ import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from .batch.client import new_client_request_id
-from .batch.retry import RetryPolicy
-from .events import RunObserver
-from .health import HealthMonitor
-from .journal.model import (
-    Journal,
-    JournalError,
-    RunStatus,
-    TargetRecord,
-    TargetState,
-)
-from .node_work import NodeWork
-from .plan.model import Plan
-from .rollout.budget import FailureBudget
-from .runstate import (
+from fleet_reimage.batch.client import new_client_request_id
+from fleet_reimage.batch.retry import RetryPolicy
+from fleet_reimage.engine.events import RunObserver
+from fleet_reimage.engine.health import HealthMonitor
+from fleet_reimage.engine.node_work import NodeWork
+from fleet_reimage.engine.runstate import (
     AccountRun,
     JobKind,
     Phase,
@@ -52,11 +43,20 @@ from .runstate import (
     RunTarget,
     snapshot_pool,
 )
-from .slots import SendSlots
-from .wakeup import Wakeup
+from fleet_reimage.engine.slots import SendSlots
+from fleet_reimage.engine.wakeup import Wakeup
+from fleet_reimage.journal.model import (
+    Journal,
+    JournalError,
+    RunStatus,
+    TargetRecord,
+    TargetState,
+)
+from fleet_reimage.plan.model import Plan
+from fleet_reimage.rollout.budget import FailureBudget
 
 if TYPE_CHECKING:
-    from .sharedrun import SharedRunCoordinator
+    from fleet_reimage.engine.sharedrun import SharedRunCoordinator
 
 log = structlog.get_logger("fleet_reimage.run")
 

@@ -12,12 +12,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from enum import Enum
 
-from .batch.client import BatchClient
-from .batch.retry import RetryCounters
-from .journal.model import TargetRecord, TargetState
-from .rollout.claimed import ClaimedPoolRollout
-from .rollout.pool import PoolRollout
-from .rollout.throttle import AdaptiveThrottle
+from fleet_reimage.batch.client import BatchClient
+from fleet_reimage.batch.retry import RetryCounters
+from fleet_reimage.journal.model import TargetRecord, TargetState
+from fleet_reimage.rollout.claimed import ClaimedPoolRollout
+from fleet_reimage.rollout.pool import PoolRollout
+from fleet_reimage.rollout.throttle import AdaptiveThrottle
 
 PoolKey = tuple[str, str]  # (account, pool id)
 

@@ -27,12 +27,19 @@ import anyio
 import anyio.lowlevel
 import structlog
 
-from .journal.model import Claim, JournalError, LeaseLost, RunnerInfo, SharedRuns, TargetState
-from .rollout.claimed import ClaimedPoolRollout
-from .runstate import JobKind, Phase, PoolRun
+from fleet_reimage.engine.runstate import JobKind, Phase, PoolRun
+from fleet_reimage.journal.model import (
+    Claim,
+    JournalError,
+    LeaseLost,
+    RunnerInfo,
+    SharedRuns,
+    TargetState,
+)
+from fleet_reimage.rollout.claimed import ClaimedPoolRollout
 
 if TYPE_CHECKING:
-    from .executor import Executor
+    from fleet_reimage.engine.executor import Executor
 
 log = structlog.get_logger("fleet_reimage.shared")
 

@@ -10,21 +10,19 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
-import time
 from collections.abc import Sequence
-from datetime import datetime
 from typing import TextIO, cast
 
 import anyio
 
-from . import __version__, api, logs
-from .batch.errors import BatchError, ConfigurationError
-from .commands import add_run_commands
-from .journal import DEFAULT_JOURNAL_FILE, JOURNAL_ENV, JournalError, default_location
-from .problems import InputError
-from .termstream import CURRENT_STDERR
-from .units import UnitError, parse_duration
-from .views import add_view_commands
+from fleet_reimage import __version__, api, logs
+from fleet_reimage.batch.errors import BatchError, ConfigurationError
+from fleet_reimage.cli.options import logging_options
+from fleet_reimage.cli.run_commands import add_run_commands
+from fleet_reimage.cli.view_commands import add_view_commands
+from fleet_reimage.errors import InputError
+from fleet_reimage.journal import JournalError
+from fleet_reimage.views.termstream import CURRENT_STDERR
 
 EXAMPLES = """\
 examples:
@@ -42,49 +40,6 @@ exit codes: 0 all done, 1 some nodes failed or skipped, 2 bad input,
             3 run stopped (budget, auth, unsupported pool, deadline, checkpoint),
             130 interrupted
 """
-
-
-def parse_deadline(text: str) -> float:
-    """An ISO 8601 time with a timezone, or a duration from now (``2h``, ``90m``)."""
-    try:
-        return time.time() + parse_duration(text)
-    except UnitError:
-        pass
-    try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is neither a duration (2h, 90m) nor an ISO time with a timezone "
-            "(2026-11-26T06:00:00Z)"
-        ) from None
-    if when.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"{text!r} has no timezone; add Z or +HH:MM")
-    return when.timestamp()
-
-
-def logging_options() -> argparse.ArgumentParser:
-    """Options every command shares, defined once."""
-    parent = argparse.ArgumentParser(add_help=False)
-    group = parent.add_argument_group("logging")
-    group.add_argument(
-        "--log-format",
-        choices=("auto", "console", "json"),
-        default="auto",
-        help="console on a terminal, JSON lines otherwise (default: auto)",
-    )
-    group.add_argument("--log-level", choices=tuple(logs.LEVELS), default="info")
-    group.add_argument("--log-file", metavar="PATH", help="write logs to this file instead")
-    return parent
-
-
-def journal_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--journal",
-        metavar="PATH_OR_URL",
-        default=default_location(),
-        help=f"the journal: a SQLite file, or a postgresql:// URL for a journal shared between "
-        f"machines (default: ${JOURNAL_ENV} if set, else ./{DEFAULT_JOURNAL_FILE})",
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,7 +61,26 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve the local Azure Batch emulator (see `fleet-reimage emulator -h`).",
     )
     emulator.add_argument("rest", nargs=argparse.REMAINDER)
+    completion = commands.add_parser(
+        "completion",
+        help="print a shell completion script (bash or zsh)",
+        description="Print a completion script for bash or zsh.",
+        epilog="examples:\n"
+        "  fleet-reimage completion bash > ~/.local/share/bash-completion/completions/"
+        "fleet-reimage\n"
+        "  fleet-reimage completion zsh > ~/.zfunc/_fleet-reimage   # with fpath+=(~/.zfunc)\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    completion.add_argument("shell", choices=("bash", "zsh"))
     return parser
+
+
+def completion_script(shell: str) -> str:
+    """The completion script for ``shell``, generated from the parser itself (shtab)."""
+    import shtab  # only this command needs it
+
+    script: str = shtab.complete(build_parser(), shell=shell)
+    return script
 
 
 def entry() -> int:
@@ -124,11 +98,14 @@ def entry() -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["emulator"]:
-        from .emulator.server import emulator_main
+        from fleet_reimage.emulator.server import emulator_main
 
         return emulator_main(args_list[1:])
     parser = build_parser()
     args = parser.parse_args(args_list)
+    if args.command == "completion":
+        sys.stdout.write(completion_script(args.shell))
+        return 0
     # Through CURRENT_STDERR: the live progress display can then print log lines above itself.
     logs.configure(
         log_format=args.log_format,

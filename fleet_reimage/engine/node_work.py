@@ -19,9 +19,8 @@ from typing import TYPE_CHECKING
 import structlog
 from anyio.abc import TaskGroup
 
-from .attempt_records import attempt_end, step_reason, target_state_for
-from .batch.client import Accepted as HttpAccepted
-from .batch.errors import (
+from fleet_reimage.batch.client import Accepted as HttpAccepted
+from fleet_reimage.batch.errors import (
     AuthFailed,
     BatchError,
     BatchHTTPError,
@@ -29,10 +28,13 @@ from .batch.errors import (
     NotFound,
     PoolStateConflict,
 )
-from .batch.models import NODE_SELECT
-from .batch.retry import RetryPolicy
-from .events import RunObserver
-from .journal.model import (
+from fleet_reimage.batch.models import NODE_SELECT
+from fleet_reimage.batch.retry import RetryPolicy
+from fleet_reimage.engine.attempt_records import attempt_end, step_reason, target_state_for
+from fleet_reimage.engine.events import RunObserver
+from fleet_reimage.engine.runstate import JobKind, Phase, PoolRun, RunTarget
+from fleet_reimage.engine.slots import SendSlots
+from fleet_reimage.journal.model import (
     AttemptEnd,
     AttemptOutcome,
     AttemptStart,
@@ -43,9 +45,9 @@ from .journal.model import (
     TargetChange,
     TargetState,
 )
-from .plan.model import Plan
-from .rollout.budget import FailureBudget
-from .rollout.outcomes import (
+from fleet_reimage.plan.model import Plan
+from fleet_reimage.rollout.budget import FailureBudget
+from fleet_reimage.rollout.outcomes import (
     Accepted,
     NodeRetryContext,
     NodeStep,
@@ -56,12 +58,10 @@ from .rollout.outcomes import (
     after_action_error,
     after_reconcile,
 )
-from .rollout.pool import WaveCompleted
-from .runstate import JobKind, Phase, PoolRun, RunTarget
-from .slots import SendSlots
+from fleet_reimage.rollout.pool import WaveCompleted
 
 if TYPE_CHECKING:
-    from .sharedrun import SharedRunCoordinator
+    from fleet_reimage.engine.sharedrun import SharedRunCoordinator
 
 log = structlog.get_logger("fleet_reimage.run")
 

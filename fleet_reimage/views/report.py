@@ -23,8 +23,8 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, TextIO
 
-from .journal.model import AttemptRecord, TargetRecord, TargetState
-from .runview import (
+from fleet_reimage.journal.model import AttemptRecord, TargetRecord, TargetState
+from fleet_reimage.views.runview import (
     STATE_LABELS,
     STATES,
     FailureGroup,
@@ -47,7 +47,7 @@ from .runview import (
     total_counts,
     when,
 )
-from .textgrid import grid, md_cell, md_table
+from fleet_reimage.views.textgrid import grid, md_cell, md_table
 
 FORMATS = ("table", "json", "csv", "markdown")
 MARKDOWN_NODE_LIMIT = 500

@@ -21,7 +21,7 @@ from typing import Any
 import anyio
 import structlog
 
-from .batch.auth import (
+from fleet_reimage.batch.auth import (
     Credential,
     EntraCredential,
     SharedKeyCredential,
@@ -29,11 +29,11 @@ from .batch.auth import (
     cloud_for_endpoint,
     identity_transport,
 )
-from .batch.client import BatchClient
-from .batch.network import proxy_for, tls_context
-from .batch.transport import Transport
-from .plan.model import AccountSpec, EntraAuth, Plan, SharedKeyAuth
-from .problems import InputError, Problem
+from fleet_reimage.batch.client import BatchClient
+from fleet_reimage.batch.network import proxy_for, tls_context
+from fleet_reimage.batch.transport import Transport
+from fleet_reimage.errors import InputError, Problem
+from fleet_reimage.plan.model import AccountSpec, EntraAuth, Plan, SharedKeyAuth
 
 log = structlog.get_logger("fleet_reimage.connect")
 
@@ -161,7 +161,7 @@ async def connect(plan: Plan, *, transport: Transport | None = None) -> AsyncIte
         if transport is None:
             # Imported here: aiohttp's client costs ~0.1 s of start-up that commands which
             # never reach the service (status, report, a refused resume) do not need.
-            from .batch.aiohttp_transport import AiohttpTransport
+            from fleet_reimage.batch.aiohttp_transport import AiohttpTransport
 
             needs_tls = any(a.endpoint and a.endpoint.startswith("https") for a in plan.accounts)
             transport = AiohttpTransport(
@@ -175,7 +175,7 @@ async def connect(plan: Plan, *, transport: Transport | None = None) -> AsyncIte
             emulator = None
             endpoint = account.endpoint
             if account.emulator is not None:
-                from .emulator.server import running_emulator
+                from fleet_reimage.emulator.server import running_emulator
 
                 emulator = await stack.enter_async_context(running_emulator(account.emulator))
                 connections.emulators[account.name] = emulator
@@ -186,7 +186,11 @@ async def connect(plan: Plan, *, transport: Transport | None = None) -> AsyncIte
                 account, endpoint, plan_file, emulator, network.token_transport
             )
             client = BatchClient(
-                endpoint, credential, transport, request_timeout=plan.execution.request_timeout
+                endpoint,
+                credential,
+                transport,
+                api_version=plan.execution.api_version,
+                request_timeout=plan.execution.request_timeout,
             )
             stack.push_async_callback(client.close)
             connections.clients[account.name] = client

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import time
 
-from .batch.client import Accepted as HttpAccepted
-from .batch.errors import (
+from fleet_reimage.batch.client import Accepted as HttpAccepted
+from fleet_reimage.batch.errors import (
     BatchError,
     BatchHTTPError,
     RequestInDoubt,
     RequestNotSent,
     UnexpectedResponse,
 )
-from .journal.model import AttemptEnd, AttemptOutcome, TargetState
-from .rollout.outcomes import Accepted, NodeStep, Settle, StopPool, StopRun
-from .runstate import RunTarget
+from fleet_reimage.engine.runstate import RunTarget
+from fleet_reimage.journal.model import AttemptEnd, AttemptOutcome, TargetState
+from fleet_reimage.rollout.outcomes import Accepted, NodeStep, Settle, StopPool, StopRun
 
 
 def target_state_for(step: NodeStep, accepted: TargetState) -> TargetState:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from .journal.model import (
+from fleet_reimage.journal.model import (
     AttemptOutcome,
     AttemptRecord,
     Exclusion,
@@ -27,7 +27,7 @@ from .journal.model import (
     TargetRecord,
     TargetState,
 )
-from .plan.schedule import reason_group
+from fleet_reimage.plan.schedule import reason_group
 
 # Outcome columns in the order an operator reads them: what is left, what moves, what ended.
 STATES: tuple[TargetState, ...] = (

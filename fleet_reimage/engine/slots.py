@@ -15,8 +15,8 @@ import math
 from collections import deque
 from collections.abc import Sequence
 
-from .runstate import AccountRun
-from .wakeup import Wakeup
+from fleet_reimage.engine.runstate import AccountRun
+from fleet_reimage.engine.wakeup import Wakeup
 
 
 class Grant:

@@ -21,14 +21,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import anyio
-
-from . import api
-from .plan.model import Plan
-from .plan.resolve import PoolResolution, Resolution
-from .plan.schedule import render_schedule
-from .runview import span, when
-from .units import format_duration
+from fleet_reimage.plan.model import Plan
+from fleet_reimage.plan.resolve import PoolResolution, Resolution
+from fleet_reimage.units import format_duration
+from fleet_reimage.views.runview import span, when
 
 DEFAULT_RECOVERY = 600.0  # without a health timeout to go by
 REQUEST_TIME = 1.0  # a reimage/reboot request, when nothing waits for the node
@@ -199,22 +195,3 @@ def _deadline_line(overall: float, deadline: float, now: float) -> str:
         "LATE; nothing new starts after the deadline, so the run would stop unfinished "
         "(resume it in the next window)"
     )
-
-
-async def dry_run(
-    plan: Plan, *, assume_recovery: float | None = None, deadline: float | None = None
-) -> int:
-    resolution = await api.resolve_plan(plan)
-    assumed = assumption(plan, assume_recovery)
-    pools = simulate(resolution, assumed)
-    if deadline is None and plan.rollout.deadline is not None:
-        deadline = plan.rollout.deadline.timestamp()
-    text = "\n".join(
-        (
-            render_schedule(resolution),
-            render_simulation(resolution, pools, assumed, deadline),
-            "dry run: no reimage or reboot request was sent, and no journal was written",
-        )
-    )
-    await anyio.to_thread.run_sync(print, text)  # a terminal write may block: not on the loop
-    return 0

@@ -31,14 +31,14 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup
 
-from .runstate import PoolRun, PoolSnapshot
-from .runview import span
+from fleet_reimage.engine.runstate import PoolRun, PoolSnapshot
+from fleet_reimage.views.runview import span
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
     from rich.live import Live
 
-    from .executor import Executor
+    from fleet_reimage.engine.executor import Executor
 
 REFRESH_PER_SECOND = 4
 LOG_INTERVAL = 5.0

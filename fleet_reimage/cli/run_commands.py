@@ -5,53 +5,28 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import textwrap
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from . import api
-from .events import EventsFile, Observers, RunObserver
-from .executor import Executor, RunResult, RunSettings
-from .journal import RunRecord
-from .plan.model import Plan
-from .plan.resolve import Resolution
-from .plan.schedule import render_schedule, resolution_json
-from .progress import start_progress, suspended
-from .sharedrun import DEFAULT_LEASE
-from .units import UnitError, parse_duration
-
-Handler = Callable[[argparse.Namespace], Awaitable[int]]
-
-
-def _parser(
-    commands: Any,
-    name: str,
-    common: argparse.ArgumentParser,
-    handler: Handler,
-    help_text: str,
-    description: str,
-    examples: str,
-) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = commands.add_parser(
-        name,
-        parents=[common],
-        help=help_text,
-        # Raw formatting keeps the examples' lines; the prose is wrapped here instead.
-        description=textwrap.fill(description, width=90, break_on_hyphens=False),
-        epilog="examples:\n" + examples,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.set_defaults(handler=handler)
-    return parser
+from fleet_reimage import api
+from fleet_reimage.cli.options import command_parser, journal_option, parse_deadline
+from fleet_reimage.engine.events import EventsFile, Observers, RunObserver
+from fleet_reimage.engine.executor import Executor, RunResult, RunSettings
+from fleet_reimage.engine.sharedrun import DEFAULT_LEASE
+from fleet_reimage.journal import RunRecord
+from fleet_reimage.plan.model import Plan
+from fleet_reimage.plan.resolve import Resolution
+from fleet_reimage.plan.schedule import render_schedule, resolution_json
+from fleet_reimage.units import UnitError, parse_duration
+from fleet_reimage.views.dryrun import assumption, render_simulation, simulate
+from fleet_reimage.views.progress import start_progress, suspended
 
 
 def add_run_commands(commands: Any, common: argparse.ArgumentParser) -> None:
-    from .cli import journal_option, parse_deadline
-
-    p = _parser(
+    p = command_parser(
         commands,
         "validate",
         common,
@@ -62,7 +37,7 @@ def add_run_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("plan", type=Path, help="the plan file (YAML)")
 
-    p = _parser(
+    p = command_parser(
         commands,
         "plan",
         common,
@@ -76,7 +51,7 @@ def add_run_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("plan", type=Path, help="the plan file (YAML)")
     p.add_argument("--output", choices=("text", "json"), default="text")
 
-    p = _parser(
+    p = command_parser(
         commands,
         "run",
         common,
@@ -118,7 +93,7 @@ def add_run_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         "(default: half the plan's health timeout)",
     )
 
-    p = _parser(
+    p = command_parser(
         commands,
         "resume",
         common,
@@ -290,8 +265,6 @@ async def cmd_run(args: argparse.Namespace) -> int:
     if args.assume_recovery is not None and not args.dry_run:
         raise api.RefusedError("--assume-recovery only applies to a --dry-run")
     if args.dry_run:
-        from .dryrun import dry_run
-
         deadline = _settings(args, plan).deadline
         return await dry_run(plan, assume_recovery=args.assume_recovery, deadline=deadline)
     if not args.yes and not _interactive():
@@ -355,3 +328,22 @@ def _print_result(result: RunResult, journal: str) -> int:
         print(f"  to continue: fleet-reimage resume {result.run_id} --journal {journal}")
     print(f"  details: fleet-reimage report {result.run_id} --journal {journal}")
     return result.exit_code
+
+
+async def dry_run(
+    plan: Plan, *, assume_recovery: float | None = None, deadline: float | None = None
+) -> int:
+    resolution = await api.resolve_plan(plan)
+    assumed = assumption(plan, assume_recovery)
+    pools = simulate(resolution, assumed)
+    if deadline is None and plan.rollout.deadline is not None:
+        deadline = plan.rollout.deadline.timestamp()
+    text = "\n".join(
+        (
+            render_schedule(resolution),
+            render_simulation(resolution, pools, assumed, deadline),
+            "dry run: no reimage or reboot request was sent, and no journal was written",
+        )
+    )
+    await anyio.to_thread.run_sync(print, text)  # a terminal write may block: not on the loop
+    return 0

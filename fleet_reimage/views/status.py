@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .journal.model import RunRecord, RunStatus, TargetRecord, TargetState
-from .report import failure_lines, timeline_lines, totals_lines
-from .runview import (
+from fleet_reimage.journal.model import RunRecord, RunStatus, TargetRecord, TargetState
+from fleet_reimage.views.report import failure_lines, timeline_lines, totals_lines
+from fleet_reimage.views.runview import (
     RunData,
     attempts_by_target,
     clock,
@@ -34,7 +34,7 @@ from .runview import (
     total_counts,
     when,
 )
-from .textgrid import grid
+from fleet_reimage.views.textgrid import grid
 
 IN_FLIGHT_SHOWN = 10
 

@@ -23,8 +23,9 @@ from typing import Any, TextIO
 
 import anyio
 
-from . import api
-from .journal import (
+from fleet_reimage import api
+from fleet_reimage.cli.options import command_parser, journal_option
+from fleet_reimage.journal import (
     DEFAULT_JOURNAL_FILE,
     JOURNAL_ENV,
     Journal,
@@ -33,9 +34,9 @@ from .journal import (
     is_postgres_url,
     open_journal,
 )
-from .report import FORMATS, write_report
-from .runview import RunData
-from .status import RunSummary, run_status_json, run_text, runs_json, runs_text
+from fleet_reimage.views.report import FORMATS, write_report
+from fleet_reimage.views.runview import RunData
+from fleet_reimage.views.status import RunSummary, run_status_json, run_text, runs_json, runs_text
 
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
 DEFAULT_LIMIT = 20
@@ -47,10 +48,7 @@ def add_view_commands(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _add_status(commands: Any, common: argparse.ArgumentParser) -> None:
-    from .cli import journal_option
-    from .commands import _parser
-
-    p = _parser(
+    p = command_parser(
         commands,
         "status",
         common,
@@ -93,10 +91,7 @@ def _add_status(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _add_report(commands: Any, common: argparse.ArgumentParser) -> None:
-    from .cli import journal_option
-    from .commands import _parser
-
-    p = _parser(
+    p = command_parser(
         commands,
         "report",
         common,
