@@ -115,3 +115,15 @@ def test_redaction_leaves_urls_without_credentials_alone() -> None:
     text = "Cannot connect to host proxy.example:3128 ssl:default; url='http://h:1/p?a=b@c'"
     assert redact_credentials(text) == text
     assert redact_credentials("http://u:p@ss@h/x") == "http://***@h/x"
+
+
+@pytest.mark.parametrize(
+    "value", ["op:hunter2@proxy.corp.example:3128", "http://op:hunter2@[proxy.corp.example:3128"]
+)
+def test_a_proxy_variable_that_is_not_a_url_is_refused(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", value)
+    with pytest.raises(ConfigurationError, match=r"^\$HTTPS_PROXY=") as caught:
+        proxy_for("https://acct.westeurope.batch.azure.com/pools")
+    assert "hunter2" not in str(caught.value)

@@ -38,7 +38,6 @@ from fleet_reimage.batch.network import tls_context
 
 pytestmark = pytest.mark.anyio
 
-CS = "cloudServiceConfiguration"
 BATCH = "acct.westeurope.batch.test"
 LOGIN = "login.fleet.test"
 USER, PASSWORD = "operator", "pr0xy-s3cret-Pa55"
@@ -89,7 +88,7 @@ async def test_a_run_reaches_the_service_only_through_the_proxy(
     """``fleet-reimage run`` against ``https://acct...batch.test`` with $HTTPS_PROXY (with
     credentials) and $REQUESTS_CA_BUNDLE: every request arrives through the proxy, and
     the proxy's password is in no output, log line, journal or report."""
-    pools = [{"id": "p1", "nodes": 12, "configuration": CS}, {"id": "p2", "nodes": 8}]
+    pools = [{"id": "p1", "nodes": 12}, {"id": "p2", "nodes": 8}]
     folder = tmp_path / "run"
     folder.mkdir()
     async with emulator(pools) as emu:
@@ -157,7 +156,7 @@ async def test_an_entra_token_takes_the_batch_route(
     monkeypatch.setenv("AZURE_TENANT_ID", "tenant-1")
     monkeypatch.setenv("AZURE_CLIENT_ID", "client-1")
     monkeypatch.setenv("AZURE_CLIENT_SECRET", "client-secret-1")
-    pools = [{"id": "p1", "nodes": 2, "configuration": CS}]
+    pools = [{"id": "p1", "nodes": 2}]
     route = "/tenant-1/oauth2/v2.0/token"
     async with (
         emulator(pools, account={"name": "emu", "key": KEY, "bearer_tokens": ["tok1"]}) as emu,

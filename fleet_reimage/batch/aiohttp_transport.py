@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -75,8 +75,8 @@ class _Route:
     """How requests reach one origin (scheme://host:port)."""
 
     proxy: URL | None
-    proxy_headers: dict[str, str] | None
-    ssl: ssl.SSLContext | bool
+    proxy_headers: dict[str, str] | None = field(repr=False)  # Proxy-Authorization
+    ssl: ssl.SSLContext | bool = True
 
 
 class AiohttpTransport:

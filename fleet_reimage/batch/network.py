@@ -113,16 +113,35 @@ def proxy_for(url: str) -> Proxy | None:
         return None
     variable = f"{target.scheme.upper()}_PROXY"
     configured = getproxies().get(target.scheme)
-    if configured and URL(configured).scheme.lower() not in ("http", ""):
+    if not configured:
+        return None
+    if "://" not in configured:
+        raise _bad_proxy(variable, configured, "no scheme; write http://[user:password@]host:port")
+    try:
+        scheme = URL(configured).scheme.lower()
+    except ValueError:
+        raise _bad_proxy(variable, configured, "not a URL") from None
+    if scheme not in ("http", ""):
         # aiohttp would ignore it with a warning and connect directly: never silently.
-        raise ConfigurationError(
-            f"${variable} names a {URL(configured).scheme}:// proxy "
-            f"({redact_credentials(configured)}); only http:// proxies are supported "
-            "(the tunnel to the endpoint is TLS either way)"
+        raise _bad_proxy(
+            variable,
+            configured,
+            f"a {scheme}:// proxy; only http:// proxies are supported (the tunnel to the "
+            "endpoint is TLS either way)",
         )
     try:
         proxy_url, auth = get_env_proxy_for_url(target)
-    except LookupError:  # no proxy for this scheme, or $NO_PROXY names the host
+    except LookupError:  # $NO_PROXY names the host
         return None
+    except ValueError:
+        raise _bad_proxy(variable, configured, "not a URL") from None
     headers = None if auth is None else {"Proxy-Authorization": auth.encode()}
     return Proxy(proxy_url.with_user(None), headers, variable)
+
+
+def _bad_proxy(variable: str, value: str, why: str) -> ConfigurationError:
+    """The error for a proxy variable: its value shown without user and password."""
+    scheme, sep, rest = value.rpartition("://")
+    if "@" in rest.split("/", 1)[0]:
+        rest = "***@" + rest.split("@")[-1]
+    return ConfigurationError(f"${variable}={scheme}{sep}{rest}: {why}")
