@@ -12,11 +12,16 @@ whole command in its own process, timed from start to exit:
 Rounds are interleaved (the order rotates each round) and every figure is the median of the
 rounds with its [min..max]. After each measurement the emulator's stats must show every node
 reimaged exactly once, or the benchmark fails.
+
+``--baseline DIR`` adds a contender ``baseline``: the same command run with the package of
+another checkout (``PYTHONPATH=DIR``, its bytecode compiled first), with any
+``--baseline-env NAME=VALUE``, so old and new code are measured side by side in one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import shutil
 import tempfile
@@ -38,12 +43,19 @@ def contender(name: str, url: str) -> list[str]:
     return [common.PYTHON, str(common.BENCH / "contenders.py"), name, url]
 
 
-def measure(name: str, folder: Path, nodes: int, pools: int, concurrency: int) -> dict[str, Any]:
+def measure(
+    name: str,
+    folder: Path,
+    nodes: int,
+    pools: int,
+    concurrency: int,
+    baseline_env: dict[str, str] | None = None,
+) -> dict[str, Any]:
     fleet = common.fleet_text(common.pools_of(nodes, pools))
     with common.emulator(folder / "emu", fleet) as emu:
         emu_cpu_before = common.proc_cpu_s(emu.process.pid)
         extra: dict[str, Any] = {}
-        if name == "fleet-reimage" or name in DIAGNOSTICS:
+        if name in ("fleet-reimage", "baseline") or name in DIAGNOSTICS:
             plan = folder / "plan.yaml"
             plan.write_text(
                 common.plan_text(emu.url, concurrency=concurrency, per_account=concurrency),
@@ -57,6 +69,7 @@ def measure(name: str, folder: Path, nodes: int, pools: int, concurrency: int) -
                     common.run_command(plan, journal, folder / "log.jsonl", *quiet),
                     folder,
                     tag=name,
+                    **(baseline_env if name == "baseline" and baseline_env else {}),
                 )
                 common.check(child, name)
                 phase = common.journal_phase(journal)
@@ -102,8 +115,27 @@ def main(argv: list[str]) -> dict[str, Any]:
         action="store_true",
         help="also run fleet-reimage variants: " + "; ".join(DIAGNOSTICS.values()),
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout whose package runs as the contender 'baseline'",
+    )
+    parser.add_argument(
+        "--baseline-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable for the baseline's runs (repeatable)",
+    )
     args = parser.parse_args(argv)
     names = CONTENDERS + (tuple(DIAGNOSTICS) if args.diagnose else ())
+    baseline_env: dict[str, str] = {}
+    if args.baseline is not None:
+        root = args.baseline.resolve()
+        compileall.compile_dir(str(root / "fleet_reimage"), quiet=1)
+        baseline_env = dict(item.split("=", 1) for item in args.baseline_env)
+        baseline_env["PYTHONPATH"] = str(root)
+        names += ("baseline",)
     print(
         f"throughput: {args.nodes:,} nodes in {args.pools} pools, concurrency "
         f"{args.concurrency}, {args.rounds} interleaved rounds (fresh emulator each time)"
@@ -120,7 +152,9 @@ def main(argv: list[str]) -> dict[str, Any]:
         order = names[shift:] + names[:shift]
         for name in order:
             with common.workdir(f"throughput-{name}") as folder:
-                figures = measure(name, folder, args.nodes, args.pools, args.concurrency)
+                figures = measure(
+                    name, folder, args.nodes, args.pools, args.concurrency, baseline_env
+                )
             for key, s in series[name].items():
                 s.add(figures[key])
             print(
@@ -190,8 +224,15 @@ def main(argv: list[str]) -> dict[str, Any]:
                 f"({d['rate'].median / base['rate'].median:.2f}x), client CPU "
                 f"{d['cpu_s'].median:.1f} s ({d['cpu_s'].median - base['cpu_s'].median:+.1f} s)"
             )
+    if args.baseline is not None:
+        b = series["baseline"]
+        print(
+            f"\nbaseline ({args.baseline}, {' '.join(args.baseline_env) or 'no extra env'}): "
+            f"{b['rate'].median:,.0f}/s, client CPU {b['cpu_s'].median:.1f} s; fleet-reimage / "
+            f"baseline = {fr / b['rate'].median:.2f}x"
+        )
     return {
-        "parameters": vars(args),
+        "parameters": {**vars(args), "baseline": str(args.baseline or "")},
         "contenders": {
             name: {key: s.as_dict() for key, s in by.items()} for name, by in series.items()
         },
