@@ -11,8 +11,8 @@ header fields, a header line or field over 8 KiB. On top of it, this module adds
   plain ``TimeoutError``.
 - **No re-send.** aiohttp re-sends an idempotent request once when a pooled connection turns
   out to be closed; that is switched off: only the caller's retry policy sends again.
-- **No redirects** (a 3xx comes back as it is), **no cookies**, no ``Content-Type`` or
-  ``User-Agent`` added behind the signature's back.
+- **No redirects** (a 3xx comes back as it is), **no cookies**, and no ``Content-Type``
+  added behind the signature's back (the Shared Key signature covers it).
 - **Bodies capped** at ``MAX_RESPONSE_BYTES`` (decoded size; the connection is dropped).
 - **An answer for another request is refused**: one that echoes a ``client-request-id``
   other than the one sent (a late answer left on a keep-alive connection) is in doubt, and
