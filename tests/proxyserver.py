@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 
+from rawserver import stream_server
+
 Reader, Writer = asyncio.StreamReader, asyncio.StreamWriter
 
 
@@ -53,7 +55,6 @@ async def connect_proxy(
     if credentials is not None:
         token = base64.b64encode(f"{credentials[0]}:{credentials[1]}".encode()).decode()
         expected = f"Basic {token}"
-    tasks: set[asyncio.Task[None]] = set()
     state = Proxy("")
 
     async def serve(reader: Reader, writer: Writer) -> None:
@@ -82,21 +83,9 @@ async def connect_proxy(
         finally:
             writer.close()
 
-    def track(reader: Reader, writer: Writer) -> None:
-        task = asyncio.ensure_future(serve(reader, writer))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-
-    server = await asyncio.start_server(track, "127.0.0.1", 0)
-    state.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    try:
+    async with stream_server(serve) as port:
+        state.url = f"http://127.0.0.1:{port}"
         yield state
-    finally:
-        server.close()
-        for task in list(tasks):
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await server.wait_closed()
 
 
 def _decide(

@@ -75,7 +75,6 @@ async def wait_for_eof(reader: Reader, limit: float = 3.0) -> None:
 async def raw_server(
     handler: Handler = ok, *, tls: ssl.SSLContext | None = None
 ) -> AsyncIterator[RawServer]:
-    tasks: set[asyncio.Task[None]] = set()
     state = RawServer("")
 
     async def serve(reader: Reader, writer: Writer) -> None:
@@ -103,16 +102,27 @@ async def raw_server(
             state.open_now -= 1
             writer.close()
 
+    async with stream_server(serve, tls=tls) as port:
+        state.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+        yield state
+
+
+@asynccontextmanager
+async def stream_server(
+    serve: Callable[[Reader, Writer], Awaitable[None]], *, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[int]:
+    """An asyncio stream server on 127.0.0.1 (its port), each connection served by a task;
+    at exit the server closes and every task still serving is cancelled."""
+    tasks: set[asyncio.Task[None]] = set()
+
     def track(reader: Reader, writer: Writer) -> None:
         task = asyncio.ensure_future(serve(reader, writer))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
     server = await asyncio.start_server(track, "127.0.0.1", 0, ssl=tls)
-    port = server.sockets[0].getsockname()[1]
-    state.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     try:
-        yield state
+        yield server.sockets[0].getsockname()[1]
     finally:
         server.close()
         for task in list(tasks):
