@@ -20,6 +20,7 @@ library's handlers and a per-record write and flush; for a 20,000-node run that 
 from __future__ import annotations
 
 import atexit
+import contextvars
 import json
 import logging
 import os
@@ -28,7 +29,6 @@ import threading
 import time
 from collections.abc import MutableMapping
 from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Any, TextIO
 
 import structlog
@@ -43,7 +43,6 @@ _SECRET_WORDS = ("key", "token", "password", "secret", "authorization", "signatu
 FLUSH_INTERVAL = 0.1
 
 
-@lru_cache(maxsize=1024)
 def _is_secret_name(name: str) -> bool:
     lowered = name.lower()
     return any(word in lowered for word in _SECRET_WORDS) and not lowered.endswith(
@@ -51,11 +50,37 @@ def _is_secret_name(name: str) -> bool:
     )
 
 
+# Field names seen so far -> secret? Names come from the code, so the map stays small; it is
+# bounded all the same. (A plain dict: every logged event looks up each of its fields.)
+_SECRET_NAMES: dict[str, bool] = {}
+
+
 def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Last line of defence: never print a field whose name says it is a secret."""
-    for name in list(event):
-        if _is_secret_name(name):
+    known = _SECRET_NAMES
+    for name in event:  # values are replaced, keys never added or removed
+        secret = known.get(name)
+        if secret is None:
+            secret = _is_secret_name(name)
+            if len(known) < 4096:
+                known[name] = secret
+        if secret:
             event[name] = "<redacted>"
+    return event
+
+
+_CONTEXT_PREFIX = structlog.contextvars.STRUCTLOG_KEY_PREFIX
+_CONTEXT_PREFIX_LENGTH = len(_CONTEXT_PREFIX)
+
+
+def merge_context(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog's ``merge_contextvars``, in one pass over the context's items.
+
+    (structlog's looks every variable up twice; this runs for every logged event.)
+    """
+    for variable, value in contextvars.copy_context().items():
+        if value is not Ellipsis and variable.name.startswith(_CONTEXT_PREFIX):
+            event.setdefault(variable.name[_CONTEXT_PREFIX_LENGTH:], value)
     return event
 
 
@@ -169,7 +194,7 @@ def configure(
     factory = lambda *_: _LineLogger(writer)  # noqa: E731
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
+            merge_context,
             structlog.processors.add_log_level,
             UtcTimestamp(),
             _redact,
