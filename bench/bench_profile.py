@@ -65,7 +65,7 @@ def area(path: str) -> str:
 _PLUMBING = (
     "<frozen runpy>",
     "fleet_reimage/__main__.py",
-    "fleet_reimage/cli.py",
+    "fleet_reimage/cli/main.py",
     "anyio/_core/_eventloop.py",
     "anyio/_backends/_asyncio.py",
     "asyncio/runners.py",
