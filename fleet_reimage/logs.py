@@ -10,11 +10,11 @@ blocking I/O on the hot path (and a terminal that stops reading would stall the 
 ``flush()`` (also at exit) writes what is left.
 
 Why not structlog's standard-library pipeline (``ProcessorFormatter`` with the standard
-library's ``QueueHandler``/``QueueListener``)? It was measured against this one (issue 14):
-56 us of CPU per node (context bound, a debug line filtered, the summary line written)
-against 21 us here, because every line becomes a ``LogRecord`` and passes the standard
-library's handlers and a per-record write and flush; for a 20,000-node run that is about
-0.7 s of CPU, some 12% of the whole run's. See ``bench/RESULTS.md``.
+library's ``QueueHandler``/``QueueListener``)? It was measured against this one (issue 14,
+``bench/run.py logging``): 59 us of CPU per node (context bound, a debug line filtered, the
+summary line written) against 20 us here, because every line becomes a ``LogRecord`` and
+passes the standard library's handlers and a per-record write and flush; for a 20,000-node
+run that is about 0.8 s of CPU, some 8% of the run's. See ``bench/RESULTS.md``.
 """
 
 from __future__ import annotations
