@@ -17,6 +17,7 @@ import anyio
 
 from fleet_reimage import __version__, api, logs
 from fleet_reimage.batch.errors import BatchError, ConfigurationError
+from fleet_reimage.cli.collector import collector_for
 from fleet_reimage.cli.options import logging_options
 from fleet_reimage.cli.run_commands import add_run_commands
 from fleet_reimage.cli.view_commands import add_view_commands
@@ -91,15 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_file=args.log_file,
         stream=cast(TextIO, CURRENT_STDERR),
     )
-    # These build an object for every node before the first request (listing, selection,
-    # the journal's records, the run's state): the cycle collector is paused meanwhile, as
-    # each full collection would walk them all again (~60 ms before the first request with
-    # 20,000 nodes). The executor turns it back on for the run itself.
-    paused = args.command in ("run", "resume", "plan") and gc.isenabled()
-    if paused:
-        gc.disable()
     try:
-        code: int = _run_unwrapped(args)
+        with collector_for(args.command):  # see cli/collector.py
+            code: int = _run_unwrapped(args)
     except InputError as exc:
         return _fail(exc.render(), 2)
     except (api.RefusedError, JournalError, ConfigurationError) as exc:
@@ -108,9 +103,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"fleet-reimage: the Batch service answered: {exc}", 3)
     except KeyboardInterrupt:
         return _fail("fleet-reimage: interrupted", 130)
-    finally:
-        if paused:
-            gc.enable()
     logs.flush()
     return code
 

@@ -12,6 +12,7 @@ from typing import Any
 import anyio
 
 from fleet_reimage import api
+from fleet_reimage.cli.collector import tune_for_run
 from fleet_reimage.cli.options import command_parser, journal_option, parse_deadline
 from fleet_reimage.engine.events import EventsFile, Observers, RunObserver
 from fleet_reimage.engine.executor import Executor, RunResult, RunSettings
@@ -246,7 +247,12 @@ async def _run_with_views(
     if events:
         observers.append(events)
     executors: list[Executor] = []
-    hooks = api.RunHooks(observer=Observers(observers), on_executor=executors.append)
+
+    def ready(executor: Executor) -> None:
+        executors.append(executor)
+        tune_for_run()  # the run's state is built (see cli/collector.py)
+
+    hooks = api.RunHooks(observer=Observers(observers), on_executor=ready)
     async with anyio.create_task_group() as group:
         if events:
             group.start_soon(events.run)

@@ -47,13 +47,11 @@ from fleet_reimage.journal.model import (
     AttemptEnd,
     AttemptRecord,
     AttemptStart,
-    Claim,
     Exclusion,
     JournalError,
     NewRun,
     NewTarget,
     RunEvent,
-    RunnerInfo,
     RunRecord,
     RunStatus,
     TargetChange,
@@ -65,6 +63,7 @@ from fleet_reimage.journal.postgres_lock import WriterLock, default_owner
 from fleet_reimage.journal.postgres_shared import SharedStore
 from fleet_reimage.journal.postgres_shared_claim import ClaimRequest
 from fleet_reimage.journal.postgres_writer import Conn, GroupWriter, Statement, Work
+from fleet_reimage.journal.shared import A, Claim, ClaimPolicy, RunnerInfo
 
 T = TypeVar("T")
 
@@ -277,6 +276,11 @@ class PostgresJournal:
             raise JournalError(f"the journal {self.location} cannot share runs")
         return self._shared
 
+    @property
+    def shared_store(self) -> SharedStore:
+        """The shared-run operations themselves (tests call a claim with a clock of theirs)."""
+        return self._sharing()
+
     async def register_runner(
         self, run_id: str, runner: RunnerInfo, *, lease: float, exclusive: bool
     ) -> list[RunnerInfo]:
@@ -289,6 +293,10 @@ class PostgresJournal:
         """Renew the runner's lease and its targets'; LeaseLost once its lease ran out."""
         return await self._sharing().heartbeat(run_id, runner_id, lease=lease)
 
+    async def server_time(self) -> float:
+        """The database's clock (epoch seconds): what every lease and pause is measured by."""
+        return await self._sharing().server_time()
+
     async def claim(
         self,
         run_id: str,
@@ -297,20 +305,15 @@ class PostgresJournal:
         pool: str,
         *,
         limit: int,
-        max_unavailable: int,
         baseline: int,
-        pause: float,
-        failure_budget: int,
-        forgiven_failures: int,
         lease: float,
-        now: float,
-    ) -> Claim:
-        """Claim pending targets of the pool's current wave as room allows; take over the
-        in-flight/accepted ones whose owner's lease expired (see ``postgres_shared_claim``)."""
-        request = ClaimRequest(run_id, runner_id, account, pool, limit, max_unavailable,
-                               baseline, pause, failure_budget, forgiven_failures, lease,
-                               now)  # fmt: skip
-        return await self._sharing().claim(request)
+        policy: ClaimPolicy[A],
+    ) -> Claim[A]:
+        """Take over the pool's in-flight/accepted targets whose owner's lease expired, and
+        claim as many pending ones as ``policy`` admits, up to ``limit`` (see
+        ``postgres_shared_claim``)."""
+        request = ClaimRequest(run_id, runner_id, account, pool, limit, baseline, lease)
+        return await self._sharing().claim(request, policy)
 
     async def release(self, run_id: str, runner_id: str, target_ids: Sequence[int]) -> None:
         """Give back claimed targets that were never sent (owner cleared)."""
@@ -320,9 +323,13 @@ class PostgresJournal:
         """Record the pool's nodes unavailable for other reasons (from a health poll)."""
         await self._sharing().set_pool_baseline(run_id, account, pool, baseline)
 
-    async def share_pause(self, run_id: str, account: str, paused_until: float) -> float:
-        """Raise the account's shared pause to ``paused_until`` if later; the shared value."""
-        return await self._sharing().share_pause(run_id, account, paused_until)
+    async def share_pause(self, run_id: str, account: str, pause_for: float) -> float:
+        """Make the account's shared pause last ``pause_for`` s more at least; its rest (s)."""
+        return await self._sharing().share_pause(run_id, account, pause_for)
+
+    async def resume_pools(self, run_id: str) -> None:
+        """Release every pool's checkpoint and pause (a resume is the operator's go-ahead)."""
+        await self._sharing().resume_pools(run_id)
 
     async def leave(self, run_id: str, runner_id: str) -> None:
         """Release every target this runner owns that is not terminal, and unregister."""

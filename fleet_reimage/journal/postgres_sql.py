@@ -109,16 +109,18 @@ def _refuse_duplicates(targets: Sequence[NewTarget]) -> None:
 
 
 # The fence: with a runner given (a shared run), only while that runner owns the target and
-# its lease holds at sent_at; otherwise the row count is zero and the unit is refused as
-# LeaseLost. The row lock the UPDATE takes until COMMIT keeps a concurrent claim (FOR UPDATE
-# SKIP LOCKED) from taking the target over between this check and the commit.
+# its lease holds now, by the database's clock (never the runner's); otherwise the row count
+# is zero and the unit is refused as LeaseLost. The row lock the UPDATE takes until COMMIT
+# keeps a concurrent claim (FOR UPDATE SKIP LOCKED) from taking the target over between this
+# check and the commit.
 _ATTEMPT_STARTED = (
     "WITH t AS ("
     " UPDATE targets SET state = 'in_flight', reason = NULL, updated_at = %(at)s,"
     "  first_sent_at = COALESCE(first_sent_at, %(at)s), last_sent_at = %(at)s,"
     "  finished_at = NULL, attempts = attempts + 1"
     " WHERE target_id = %(target)s AND run_id = %(run)s"
-    "  AND (%(runner)s::text IS NULL OR (owner = %(runner)s AND lease_until >= %(at)s))"
+    "  AND (%(runner)s::text IS NULL OR (owner = %(runner)s"
+    "   AND lease_until >= extract(epoch FROM clock_timestamp())))"
     " RETURNING target_id)"
     " INSERT INTO attempts (run_id, target_id, attempt_no, operation, client_request_id, sent_at)"
     " SELECT %(run)s, t.target_id, %(no)s, %(op)s, %(crid)s, %(at)s FROM t"
