@@ -268,7 +268,7 @@ class Executor:
             return None
         target = self.targets[target_id]
         target.started = now
-        self.ledger.wave_started(pool)
+        self.ledger.wave_started(pool, now)
         return target, JobKind.ACTION
 
     def _launch(self, pool: PoolRun, target: RunTarget, kind: JobKind) -> None:

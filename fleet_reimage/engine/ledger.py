@@ -163,8 +163,9 @@ class RunLedger:
 
     # --- the policies' events ---
 
-    def wave_started(self, pool: PoolRun) -> None:
-        """A target of the pool's current wave started: announce the wave, once per runner."""
+    def wave_started(self, pool: PoolRun, now: float) -> None:
+        """A target of the pool's current wave started at ``now`` (monotonic): announce the
+        wave, once per runner."""
         rollout = pool.rollout
         if rollout.wave == pool.started_wave:
             return
@@ -173,7 +174,9 @@ class RunLedger:
         self.observer.event(
             "wave_started", {"account": pool.account.name, "pool": pool.pool_id, **data}
         )
-        self.record_event("wave_started", account=pool.account.name, pool=pool.pool_id, data=data)
+        self.record_event(
+            "wave_started", account=pool.account.name, pool=pool.pool_id, data=data, at=_wall(now)
+        )
 
     def wave_completed(self, pool: PoolRun, wave: WaveCompleted) -> None:
         """The policy saw a wave of the pool complete (times on the monotonic clock)."""
@@ -186,6 +189,7 @@ class RunLedger:
             account=pool.account.name,
             pool=pool.pool_id,
             data={**data, "next_wave_at": _wall(wave.next_wave_at)},
+            at=_wall(wave.at),  # when the policy saw it complete: its pause counts from there
         )
 
     def failures_seen(self, failures: int) -> None:
@@ -214,9 +218,11 @@ class RunLedger:
         account: str | None = None,
         pool: str | None = None,
         data: Mapping[str, object],
+        at: float | None = None,
     ) -> None:
-        """Add an event to the journal's log, in the background."""
-        event = RunEvent(self.run_id, time.time(), kind, account, pool, data)
+        """Add an event to the journal's log, in the background (``at``: when it happened,
+        wall clock; now by default)."""
+        event = RunEvent(self.run_id, time.time() if at is None else at, kind, account, pool, data)
         self.control.start_background(self._write_event, event)
 
     async def _write_event(self, event: RunEvent) -> None:

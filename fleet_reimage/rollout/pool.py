@@ -85,6 +85,11 @@ class PoolRollout:
     def active(self) -> int:
         return len(self._active)
 
+    @property
+    def queued(self) -> int:
+        """Targets of the open wave not started yet."""
+        return len(self._queue)
+
     def active_targets(self) -> frozenset[int]:
         return frozenset(self._active)
 
