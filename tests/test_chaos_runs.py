@@ -16,7 +16,7 @@ from pathlib import Path
 
 from chaoshelpers import CS, TRACEBACK, journal_rows, run_cli
 from clihelpers import cli_env, emulator_process
-from runhelpers import KEY, KEY_ENV, write_plan
+from runhelpers import KEY, KEY_ENV, named_nodes, write_plan
 
 # --- disk full -----------------------------------------------------------------------------
 
@@ -30,8 +30,8 @@ def _small_disk() -> None:
 
 
 def test_a_full_disk_stops_the_run_and_nothing_was_sent_unjournaled(tmp_path: Path) -> None:
-    nodes = 1500
-    with emulator_process(tmp_path, [{"id": "p", "nodes": nodes, "configuration": CS}]) as emu:
+    fleet = named_nodes("p", 1500)
+    with emulator_process(tmp_path, [{"id": "p", "nodes": fleet, "configuration": CS}]) as emu:
         plan = write_plan(
             tmp_path,
             emu.url,
@@ -63,7 +63,7 @@ def test_a_full_disk_stops_the_run_and_nothing_was_sent_unjournaled(tmp_path: Pa
         message = [line for line in output.splitlines() if "writing to the journal" in line]
         assert len(message) == 1, tail
         assert str(journal) in message[0] and "free disk space" in message[0], message
-        assert 0 < len(sent) < nodes, "the limit must be hit in the middle of the run"
+        assert 0 < len(sent) < len(fleet), "the limit must be hit in the middle of the run"
         assert max(counts.values()) == 1
         # Write-ahead: every node the service saw has its attempt in the journal.
         journaled = {
@@ -79,7 +79,7 @@ def test_a_full_disk_stops_the_run_and_nothing_was_sent_unjournaled(tmp_path: Pa
         resumed = run_cli("resume", "--journal", str(journal), cwd=tmp_path, timeout=120)
         assert resumed.returncode == 0, resumed.stdout + resumed.stderr
         counts = emu.reimages()
-    assert len(counts) == nodes and set(counts.values()) == {1}
+    assert counts == dict.fromkeys(fleet, 1)
 
 
 # --- two runners on one journal --------------------------------------------------------------
@@ -88,10 +88,10 @@ def test_a_full_disk_stops_the_run_and_nothing_was_sent_unjournaled(tmp_path: Pa
 def test_a_second_runner_on_the_same_journal_refuses_and_names_the_holder(
     tmp_path: Path,
 ) -> None:
-    nodes = 40
+    fleet = named_nodes("p", 40)
     with emulator_process(
         tmp_path,
-        [{"id": "p", "nodes": nodes, "configuration": CS}],
+        [{"id": "p", "nodes": fleet, "configuration": CS}],
         timings={"reimaging": "300ms", "starting": "200ms"},
     ) as emu:
         plan = write_plan(
@@ -123,20 +123,24 @@ def test_a_second_runner_on_the_same_journal_refuses_and_names_the_holder(
                     break
                 time.sleep(0.02)
             assert first.poll() is None, "the first run ended before the others could try"
+            # Frozen while the others try: it holds the journal however long they take.
+            first.send_signal(signal.SIGSTOP)
             contenders = [
                 ("run", str(plan), "--yes"),
                 ("run", str(other), "--yes"),
                 ("resume",),
                 ("resume", "--force-plan"),
             ]
-            for args in contenders:
-                second = run_cli(*args, "--journal", str(journal), cwd=tmp_path)
-                assert second.returncode == 2, (args, second.stdout, second.stderr)
-                assert TRACEBACK not in second.stderr
-                assert "in use by" in second.stderr and str(first.pid) in second.stderr, (
-                    second.stderr
-                )
-            assert first.poll() is None, "the contenders ended before the first run did"
+            try:
+                for args in contenders:
+                    second = run_cli(*args, "--journal", str(journal), cwd=tmp_path)
+                    assert second.returncode == 2, (args, second.stdout, second.stderr)
+                    assert TRACEBACK not in second.stderr
+                    assert "in use by" in second.stderr and str(first.pid) in second.stderr, (
+                        second.stderr
+                    )
+            finally:
+                first.send_signal(signal.SIGCONT)
             out, err = first.communicate(timeout=60)
         finally:
             if first.poll() is None:
@@ -144,7 +148,7 @@ def test_a_second_runner_on_the_same_journal_refuses_and_names_the_holder(
                 first.communicate(timeout=10)
         assert first.returncode == 0, out + err
         counts = emu.reimages()
-    assert len(counts) == nodes and set(counts.values()) == {1}
+    assert counts == dict.fromkeys(fleet, 1)
 
 
 # --- secrets ---------------------------------------------------------------------------------

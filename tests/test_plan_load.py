@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import shutil
-import time
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from fractions import Fraction
@@ -415,11 +414,10 @@ def test_byte_order_mark_is_accepted(tmp_path: Path) -> None:
     assert load_plan(path).name == "minimal"
 
 
-def test_billion_laughs_is_refused_quickly() -> None:
-    path = TEST_PLANS / "billion-laughs.yaml"
-    started = time.perf_counter()
-    rendered = load_error(path)
-    assert time.perf_counter() - started < 2.0
+def test_billion_laughs_is_refused() -> None:
+    # Refused by counting the values the aliases would expand to, before expanding them
+    # (how long that takes is bench/bench_bigrun.py's business).
+    rendered = load_error(TEST_PLANS / "billion-laughs.yaml")
     assert "billion-laughs" in rendered and "too many values" in rendered
 
 

@@ -152,7 +152,7 @@ def decide_retry(
             counters.connect_failures, policy.initial_backoff, policy.max_backoff, jitter
         )
         return RetryAfter(delay, str(error), server_asked=False)
-    if isinstance(error, Throttled) and counters.throttles > policy.max_throttles:
+    if isinstance(error, Throttled) and counters.throttles >= policy.max_throttles:
         return GiveUp(f"still throttled after {counters.throttles} tries: {error}")
     if not isinstance(error, Throttled) and counters.failures >= policy.max_attempts:
         return GiveUp(f"gave up after {counters.failures} attempts: {error}")
