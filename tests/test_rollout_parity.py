@@ -21,12 +21,11 @@ from fleet_reimage.journal import open_journal
 from fleet_reimage.views.runview import timeline
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
-CS = "cloudServiceConfiguration"
 PAUSE = 0.3
 # Two pools; in the second, 2 of 14 nodes are down for reasons of their own (the baseline).
 POOLS = [
-    {"id": "p", "nodes": 14, "configuration": CS},
-    {"id": "q", "nodes": 14, "configuration": CS, "states": {"idle": 0.86, "offline": 0.14}},
+    {"id": "p", "nodes": 14},
+    {"id": "q", "nodes": 14, "states": {"idle": 0.86, "offline": 0.14}},
 ]
 ROLLOUT = f"""
     waves: [1, 3, "100%"]
