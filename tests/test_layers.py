@@ -125,8 +125,7 @@ def _layer_of(top: str) -> int | None:
 
 PENDING = pytest.mark.xfail(
     strict=True,
-    reason="pending: the engine's executor/health/node_work/sharedrun cycle (issue 15), the "
-    "transport cycle with http11 (issue 14)",
+    reason="pending: the transport cycle with http11 (issue 14)",
 )
 
 
