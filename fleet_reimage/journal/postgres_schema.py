@@ -27,8 +27,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from fleet_reimage.journal.base import newer_journal, older_journal, tool_version
 from fleet_reimage.journal.model import JournalError
-from fleet_reimage.journal.sqlite_schema import tool_version
 
 SCHEMA_VERSION = 3
 
@@ -251,20 +251,10 @@ def check_usable(state: SchemaState, location: str, schema: str, *, readonly: bo
             "choose another database or schema for the journal. Nothing was changed."
         )
     if version > SCHEMA_VERSION:
-        by = state.meta.get("tool_version")
-        raise JournalError(
-            f"the journal {where} was written by a newer fleet-reimage (schema {version}); "
-            f"upgrade fleet-reimage to use it (it was last written by "
-            f"{by or 'an unknown version'}; this is {tool_version()}, which knows schema "
-            f"{SCHEMA_VERSION}). The journal was left unchanged."
-        )
+        raise newer_journal(where, version, SCHEMA_VERSION, state.meta.get("tool_version"))
     if version < SCHEMA_VERSION:
         if readonly:
-            raise JournalError(
-                f"the journal {where} uses schema {version}, older than this fleet-reimage's "
-                f"{SCHEMA_VERSION}; open it for writing once (resume a run) to upgrade it, "
-                "then try again"
-            )
+            raise older_journal(where, version, SCHEMA_VERSION)
         return True
     return False
 

@@ -25,10 +25,21 @@ from typing import Any
 
 import psycopg
 
-from fleet_reimage.journal.codec import decode_mapping
+from fleet_reimage.journal.base import (
+    ATTEMPTS_QUERY,
+    EVENTS_QUERY,
+    EXCLUSIONS_QUERY,
+    RUN_COLUMNS,
+    Rejected,
+    attempt_records,
+    event_records,
+    exclusion_records,
+    refuse_duplicates,
+    run_record,
+    status_text,
+)
 from fleet_reimage.journal.model import (
     ACCEPTED_STATES,
-    OUTCOMES_BY_VALUE,
     STATES_BY_VALUE,
     AttemptEnd,
     AttemptRecord,
@@ -44,10 +55,9 @@ from fleet_reimage.journal.model import (
     TargetRecord,
     TargetState,
 )
-from fleet_reimage.journal.postgres_writer import Conn, Rejected, Statement, Work
+from fleet_reimage.journal.postgres_writer import Conn, Statement, Work
 
 _STATES = STATES_BY_VALUE
-_OUTCOMES = OUTCOMES_BY_VALUE
 _ACCEPTED = ACCEPTED_STATES
 
 # --- writes ------------------------------------------------------------------------------
@@ -57,7 +67,7 @@ def create_run(
     run: NewRun, options_json: str, targets: Sequence[NewTarget], exclusions: Sequence[Exclusion]
 ) -> Work:
     """The run, its targets and exclusions (``ValueError`` now if a node is listed twice)."""
-    _refuse_duplicates(targets)
+    refuse_duplicates(targets)
     targets, exclusions = list(targets), list(exclusions)
 
     async def bulk(conn: Conn) -> None:
@@ -97,15 +107,6 @@ async def _copy_rows(
         ) as copy:
             for e in exclusions:
                 await copy.write_row((run_id, e.account, e.pool, e.node_id, e.reason))
-
-
-def _refuse_duplicates(targets: Sequence[NewTarget]) -> None:
-    seen: set[tuple[str, str, str]] = set()
-    for t in targets:
-        key = (t.account, t.pool, t.node_id)
-        if key in seen:
-            raise ValueError(f"node {t.node_id} of pool {t.pool} ({t.account}) is listed twice")
-        seen.add(key)
 
 
 # The fence: with a runner given (a shared run), only while that runner owns the target and
@@ -173,7 +174,7 @@ def _move(
 
 
 def attempt_finished(e: AttemptEnd) -> Work:
-    code = e.error_code if e.error_code is not None else _status_text(e.status)
+    code = e.error_code if e.error_code is not None else status_text(e.status)
     params = _move(e.run_id, e.target_id, e.target_state, e.finished_at, e.reason, code)
     params.update(outcome=e.outcome.value, status=e.status, request_id=e.request_id,
                   error_code=e.error_code, error_message=e.error_message, latency=e.latency_ms,
@@ -186,10 +187,6 @@ def attempt_finished(e: AttemptEnd) -> Work:
 def target_changed(c: TargetChange) -> Work:
     params = _move(c.run_id, c.target_id, c.state, c.at, c.reason, None)
     return Work((Statement(_TARGET_CHANGED, params, f"no target {c.target_id} in run {c.run_id}"),))
-
-
-def _status_text(status: int | None) -> str | None:
-    return None if status is None else str(status)
 
 
 def insert_event(ev: RunEvent, data_json: str) -> Work:
@@ -247,20 +244,6 @@ def touch_runs(latest: dict[str, float]) -> list[Statement]:
 
 # --- reads -------------------------------------------------------------------------------
 
-_RUN_COLUMNS = (
-    "run_id, name, action, plan_path, plan_text, plan_sha256, options, created_at, updated_at,"
-    " ended_at, status, reason, host, pid"
-)
-
-
-def _run_record(row: tuple[Any, ...]) -> RunRecord:
-    (run_id, name, action, plan_path, plan_text, plan_sha256, options, created_at, updated_at,
-     ended_at, status, reason, host, pid) = row  # fmt: skip
-    return RunRecord(
-        run_id, name, action, plan_path, plan_text, plan_sha256, decode_mapping(options),
-        created_at, updated_at, ended_at, RunStatus(status), reason, host, pid,
-    )  # fmt: skip
-
 
 async def _rows(conn: Conn, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     # Binary results: no text parsing of the many floats and ints in a big run.
@@ -270,14 +253,14 @@ async def _rows(conn: Conn, query: str, params: tuple[Any, ...] = ()) -> list[tu
 
 
 async def read_runs(conn: Conn) -> list[RunRecord]:
-    query = f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY created_at DESC, run_seq DESC"
+    query = f"SELECT {RUN_COLUMNS} FROM runs ORDER BY created_at DESC, run_seq DESC"
     rows = await _rows(conn, query)
-    return [_run_record(row) for row in rows]
+    return [run_record(row) for row in rows]
 
 
 async def read_run(conn: Conn, run_id: str) -> RunRecord | None:
-    rows = await _rows(conn, f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = %s", (run_id,))
-    return _run_record(rows[0]) if rows else None
+    rows = await _rows(conn, f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = %s", (run_id,))
+    return run_record(rows[0]) if rows else None
 
 
 TARGET_COLUMNS = (
@@ -303,38 +286,12 @@ async def read_targets(conn: Conn, run_id: str) -> list[TargetRecord]:
 
 
 async def read_exclusions(conn: Conn, run_id: str) -> list[Exclusion]:
-    rows = await _rows(
-        conn,
-        "SELECT account, pool, node_id, reason FROM exclusions WHERE run_id = %s"
-        " ORDER BY exclusion_id",
-        (run_id,),
-    )
-    return [Exclusion(*row) for row in rows]
+    return exclusion_records(await _rows(conn, EXCLUSIONS_QUERY.format(p="%s"), (run_id,)))
 
 
 async def read_attempts(conn: Conn, run_id: str) -> list[AttemptRecord]:
-    rows = await _rows(
-        conn,
-        "SELECT run_id, target_id, attempt_no, operation, client_request_id, sent_at,"
-        " finished_at, outcome, status, request_id, error_code, error_message, latency_ms"
-        " FROM attempts WHERE run_id = %s ORDER BY sent_at, attempt_pk",
-        (run_id,),
-    )
-    outcomes = _OUTCOMES
-    return [
-        AttemptRecord(a, b, c, d, e, f, g, None if h is None else outcomes[h], i, j, k, m, n)
-        for (a, b, c, d, e, f, g, h, i, j, k, m, n) in rows
-    ]
+    return attempt_records(await _rows(conn, ATTEMPTS_QUERY.format(p="%s"), (run_id,)))
 
 
 async def read_events(conn: Conn, run_id: str) -> list[RunEvent]:
-    rows = await _rows(
-        conn,
-        "SELECT run_id, at, kind, account, pool, data FROM events WHERE run_id = %s"
-        " ORDER BY at, event_id",
-        (run_id,),
-    )
-    return [
-        RunEvent(run_id=r, at=at, kind=kind, account=acct, pool=pool, data=decode_mapping(data))
-        for (r, at, kind, acct, pool, data) in rows
-    ]
+    return event_records(await _rows(conn, EVENTS_QUERY.format(p="%s"), (run_id,)))

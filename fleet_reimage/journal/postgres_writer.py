@@ -41,23 +41,13 @@ from typing import Any
 import psycopg
 import psycopg.errors
 
+from fleet_reimage.journal.base import Rejected, copy_error
 from fleet_reimage.journal.model import JournalError, QueuedWrite, WriterStats
 
 Conn = psycopg.AsyncConnection[Any]
 Bulk = Callable[[Conn], Awaitable[None]]
 # Called at the end of each batch with {run_id: latest time}; statements to add to it.
 BatchHook = Callable[[dict[str, float]], Sequence["Statement"]]
-
-
-class Rejected(Exception):
-    """Raised by a unit whose input does not fit the journal; only that unit fails.
-
-    ``kind`` is the error its caller gets (``LeaseLost`` for a fenced write refused).
-    """
-
-    def __init__(self, message: str, kind: type[JournalError] = JournalError) -> None:
-        super().__init__(message)
-        self.kind = kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +136,7 @@ class GroupWriter:
         """Queue ``work``; the future resolves once it is durable (or fails)."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.failure is not None:
-            future.set_exception(_copy(self.failure))
+            future.set_exception(copy_error(self.failure))
             return future
         self._queue.append(QueuedWrite(work, future, what, run_id, at))
         self._wake.set()
@@ -331,7 +321,7 @@ class GroupWriter:
             if error is None:
                 future.set_result(None)
             else:
-                future.set_exception(_copy(error))
+                future.set_exception(copy_error(error))
 
 
 def _latest(units: Sequence[_Unit]) -> dict[str, float]:
@@ -340,12 +330,3 @@ def _latest(units: Sequence[_Unit]) -> dict[str, float]:
         if unit.run_id is not None and unit.at > latest.get(unit.run_id, float("-inf")):
             latest[unit.run_id] = unit.at
     return latest
-
-
-def _copy(error: BaseException) -> BaseException:
-    # One exception object raised in many tasks would collect all their tracebacks.
-    if isinstance(error, JournalError):
-        copy = type(error)(str(error))
-        copy.__cause__ = error.__cause__
-        return copy
-    return error

@@ -31,6 +31,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
+from fleet_reimage.journal.base import Rejected, copy_error
 from fleet_reimage.journal.model import JournalError, QueuedWrite, WriterStats
 from fleet_reimage.journal.sqlite_schema import rollback
 
@@ -44,10 +45,6 @@ BatchHook = Callable[[sqlite3.Connection, dict[str, float]], None]
 _STOP: Final = object()
 # Errors that say "this unit is wrong", not "the journal is broken".
 _UNIT_ERRORS = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError)
-
-
-class Rejected(Exception):
-    """Raised by a unit whose input does not fit the journal; only that unit fails."""
 
 
 _Unit = QueuedWrite[Work]
@@ -103,7 +100,7 @@ class GroupWriter:
         """Queue ``work`` (call on the loop thread); the future resolves once it is durable."""
         future: asyncio.Future[Any] = self._loop.create_future()
         if self.failure is not None:
-            future.set_exception(_copy(self.failure))
+            future.set_exception(copy_error(self.failure))
             return future
         pending = self._pending
         # The bare class: calling the subscripted alias costs ~1 µs more per write.
@@ -286,13 +283,4 @@ def _resolve(outcomes: list[Outcome]) -> None:
         if error is None:
             future.set_result(result)
         else:
-            future.set_exception(_copy(error))
-
-
-def _copy(error: BaseException) -> BaseException:
-    # One exception object raised in many tasks would collect all their tracebacks.
-    if isinstance(error, JournalError):
-        copy = type(error)(str(error))
-        copy.__cause__ = error.__cause__
-        return copy
-    return error
+            future.set_exception(copy_error(error))
