@@ -26,6 +26,7 @@ import functools
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 import pgserver
@@ -38,8 +39,9 @@ from test_journal_support import new_run
 from fleet_reimage.journal import TargetChange, TargetState
 from fleet_reimage.journal.postgres import PostgresJournal
 from fleet_reimage.journal.postgres_shared_claim import ClaimRequest
+from fleet_reimage.journal.shared import Claim
 from fleet_reimage.rollout.budget import FailureBudget
-from fleet_reimage.rollout.policy import RolloutRules, WaveCompleted, decide
+from fleet_reimage.rollout.policy import Decision, RolloutRules, WaveCompleted, decide
 from fleet_reimage.rollout.pool import PoolRollout
 
 pytestmark = pytest.mark.postgres
@@ -80,6 +82,7 @@ class Seen:
 
 
 # Events: ("take", n), ("settle", index, failed), ("wait", seconds), ("baseline", n).
+Event = tuple[Any, ...]
 EVENT = st.one_of(
     st.tuples(st.just("take"), st.integers(1, 4)),
     st.tuples(st.just("settle"), st.integers(0, 20), st.booleans()),
@@ -163,13 +166,13 @@ class Shared:
     async def set_baseline(self, baseline: int) -> None:
         await self.journal.set_pool_baseline(self.run_id, "acct", "p", baseline)
 
-    async def _claim(self, limit: int, now: float):  # type: ignore[no-untyped-def]
+    async def _claim(self, limit: int, now: float) -> Claim[Decision]:
         request = ClaimRequest(self.run_id, ME.runner_id, "acct", "p", limit, self.baseline,
                                LEASE, now)  # fmt: skip
         return await self.journal.shared_store.claim(request, self.policy)
 
 
-async def both_paths(pg: pgserver.PgSchema, scenario: Scenario, events: list[tuple]) -> None:  # type: ignore[type-arg]
+async def both_paths(pg: pgserver.PgSchema, scenario: Scenario, events: list[Event]) -> None:
     run_id = f"diff-{next(_runs)}"
     async with await PostgresJournal.open(pg.url, schema=pg.name) as journal:
         await journal.create_run(new_run(run_id), pool_targets("p", scenario.waves), [])
@@ -186,7 +189,7 @@ async def both_paths(pg: pgserver.PgSchema, scenario: Scenario, events: list[tup
 
 
 async def one_event(
-    event: tuple,  # type: ignore[type-arg]
+    event: Event,
     local: Local,
     shared: Shared,
     active: list[int],
@@ -216,7 +219,7 @@ async def one_event(
 def test_the_local_and_the_shared_path_decide_alike(
     pg: pgserver.PgSchema,
     scenario: Scenario,
-    events: list[tuple],  # type: ignore[type-arg]
+    events: list[Event],
 ) -> None:
     async def main() -> None:
         with anyio.fail_after(60):

@@ -6,7 +6,7 @@ patches ``time`` globally)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import anyio
 import pgserver
@@ -43,7 +43,8 @@ def pg(pg_server: pgserver.PgServer) -> Iterator[pgserver.PgSchema]:
     yield from pgserver.schema_for_test(pg_server)
 
 
-def ahead(seconds: float):  # type: ignore[no-untyped-def]
+def ahead(seconds: float) -> Callable[[], float]:
+    """A runner's clock, ``seconds`` ahead of this machine's (behind when negative)."""
     return lambda: time.time() + seconds
 
 
