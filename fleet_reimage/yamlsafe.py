@@ -69,19 +69,18 @@ class _MarkedLoader(yaml.SafeLoader):
         self.nodes = 0  # composed so far, each alias counted as the nodes it expands to
         self._anchored_sizes: dict[int, int] = {}  # id(anchored node) -> its expanded size
 
-    def compose_node(self, parent: Node | None, index: Any) -> Node:
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
         """As PyYAML's, counting nodes against the budget as they are built."""
-        if self.check_event(AliasEvent):
-            mark = self.peek_event().start_mark
-            node: Node = super().compose_node(parent, index)
-            # A node still being built (a recursive alias) has no size yet: count it once.
-            self._count(self._anchored_sizes.get(id(node), 1), mark, alias=True)
-            return node
-        event = self.peek_event()
+        event: Any = self.peek_event()  # type: ignore[no-untyped-call]
+        alias = isinstance(event, AliasEvent)
         before = self.nodes
-        self._count(1, event.start_mark, alias=False)
+        if not alias:
+            self._count(1, event.start_mark, alias=False)
         node = super().compose_node(parent, index)
-        if event.anchor is not None:
+        if alias:
+            # A node still being built (a recursive alias) has no size yet: count it once.
+            self._count(self._anchored_sizes.get(id(node), 1), event.start_mark, alias=True)
+        elif event.anchor is not None:
             self._anchored_sizes[id(node)] = self.nodes - before
         return node
 
