@@ -31,6 +31,7 @@ from fleet_reimage.journal.model import (
     TargetChange,
     TargetRecord,
     TargetState,
+    UnfinishedRun,
 )
 from fleet_reimage.journal.sqlite import SqliteJournal
 
@@ -54,6 +55,7 @@ __all__ = [
     "TargetChange",
     "TargetRecord",
     "TargetState",
+    "UnfinishedRun",
     "default_location",
     "is_postgres_url",
     "open_journal",

@@ -200,9 +200,16 @@ class SqliteJournal:
         return await self._writable().submit(work, what, run_id, at)
 
     async def create_run(
-        self, run: NewRun, targets: Sequence[NewTarget], exclusions: Sequence[Exclusion]
+        self,
+        run: NewRun,
+        targets: Sequence[NewTarget],
+        exclusions: Sequence[Exclusion],
+        *,
+        unless_unfinished_of: str | None = None,
     ) -> list[TargetRecord]:
-        """Record a new run, its targets (target_id ascending in the given order), exclusions.
+        """Record a new run, its targets (target_id ascending in the given order), exclusions;
+        with ``unless_unfinished_of``, refuse (``UnfinishedRun``) when that plan has a run that
+        is not finished, in the same transaction (see ``sqlite_sql.insert_run``).
 
         The targets as recorded are built here rather than read back: for 20,000 targets
         that is ~50 ms less before the first request.
@@ -214,6 +221,7 @@ class SqliteJournal:
             options_json=options_json,
             targets=list(targets),
             exclusions=list(exclusions),
+            unless_unfinished_of=unless_unfinished_of,
         )
         first = await self._write(work, f"run {run.run_id}", run.run_id, run.created_at)
         if first is None:
