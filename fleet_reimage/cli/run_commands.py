@@ -242,7 +242,7 @@ async def _run_with_views(
 ) -> RunResult | RunRecord:
     """Run ``start`` with the events file and live progress attached."""
     observers: list[RunObserver] = []
-    events = EventsFile(args.events) if args.events else None
+    events = await _open_events(args.events) if args.events else None
     if events:
         observers.append(events)
     executors: list[Executor] = []
@@ -257,6 +257,13 @@ async def _run_with_views(
             progress.close()
             group.cancel_scope.cancel()
     return result
+
+
+async def _open_events(path: Path) -> EventsFile:
+    try:
+        return await EventsFile.open(path)  # UnsafeFile (a link, a FIFO, ...) is exit 2 too
+    except OSError as exc:
+        raise api.RefusedError(f"cannot open the events file {path}: {exc.strerror}") from exc
 
 
 async def cmd_run(args: argparse.Namespace) -> int:
