@@ -18,16 +18,15 @@ from __future__ import annotations
 import json
 import multiprocessing
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pexpect
-import pgserver
 import psycopg
 import pytest
 from clihelpers import PYTHON, cli_env, emulator_process, fleet_reimage
 from runhelpers import KEY, KEY_ENV, write_plan
+from test_shared_runs import pg_server, pg_url  # noqa: F401 - the fixtures
 
 CS = "cloudServiceConfiguration"
 NODES = 20
@@ -39,17 +38,6 @@ ROLLOUT = """
 """
 QUESTION = rf"Reimage {NODES} nodes in 1 pools\? \[yes/no\] "
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
-
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[pgserver.PgServer]:
-    yield from pgserver.session_server()
-
-
-@pytest.fixture
-def pg_url(pg_server: pgserver.PgServer) -> Iterator[str]:
-    with pgserver.fresh_database(pg_server) as url:
-        yield url
 
 
 def operator(folder: Path, *args: str) -> pexpect.spawn:
@@ -94,7 +82,10 @@ def runs_in(url: str) -> list[tuple[str, str]]:
 
 
 @pytest.mark.postgres
-def test_two_operators_confirming_at_once_make_one_run(tmp_path: Path, pg_url: str) -> None:
+def test_two_operators_confirming_at_once_make_one_run(
+    tmp_path: Path,
+    pg_url: str,  # noqa: F811 - the fixture
+) -> None:
     pools = [{"id": "p", "nodes": NODES, "configuration": CS}]
     with emulator_process(tmp_path, pools, timings=TIMINGS) as emu:
         plan = write_plan(tmp_path, emu.url, rollout=ROLLOUT)
@@ -110,7 +101,10 @@ def test_two_operators_confirming_at_once_make_one_run(tmp_path: Path, pg_url: s
 
 
 @pytest.mark.postgres
-def test_two_operators_joining_at_once_share_one_run(tmp_path: Path, pg_url: str) -> None:
+def test_two_operators_joining_at_once_share_one_run(
+    tmp_path: Path,
+    pg_url: str,  # noqa: F811 - the fixture
+) -> None:
     pools = [{"id": "p", "nodes": NODES, "configuration": CS}]
     with emulator_process(tmp_path, pools, timings=TIMINGS) as emu:
         plan = write_plan(tmp_path, emu.url, rollout=ROLLOUT)
