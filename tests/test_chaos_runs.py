@@ -20,7 +20,7 @@ from pathlib import Path
 import pgserver
 import psycopg
 import pytest
-from chaoshelpers import CHECKPOINT_ROLLOUT, CS, TRACEBACK, journal_rows, run_cli
+from chaoshelpers import CHECKPOINT_ROLLOUT, TRACEBACK, journal_rows, run_cli
 from clihelpers import cli_env, emulator_process
 from fakeauthority import FakeAuthority, fake_authority
 from psycopg import sql
@@ -39,7 +39,7 @@ def _small_disk() -> None:
 
 def test_a_full_disk_stops_the_run_and_nothing_was_sent_unjournaled(tmp_path: Path) -> None:
     nodes = 1500
-    with emulator_process(tmp_path, [{"id": "p", "nodes": nodes, "configuration": CS}]) as emu:
+    with emulator_process(tmp_path, [{"id": "p", "nodes": nodes}]) as emu:
         plan = write_plan(
             tmp_path,
             emu.url,
@@ -99,7 +99,7 @@ def test_a_second_runner_on_the_same_journal_refuses_and_names_the_holder(
     nodes = 40
     with emulator_process(
         tmp_path,
-        [{"id": "p", "nodes": nodes, "configuration": CS}],
+        [{"id": "p", "nodes": nodes}],
         timings={"reimaging": "300ms", "starting": "200ms"},
     ) as emu:
         plan = write_plan(
@@ -217,7 +217,7 @@ def test_no_form_of_any_secret_in_any_artefact(tmp_path: Path) -> None:
         fake_authority(tmp_path.parent / f"{tmp_path.name}-authority", TOKEN) as authority,
         emulator_process(
             tmp_path,
-            [{"id": "p", "nodes": 24, "configuration": CS}],
+            [{"id": "p", "nodes": 24}],
             account={"name": "emu", "key": KEY, "bearer_tokens": [TOKEN]},
             faults={
                 "seed": 9,
@@ -320,7 +320,7 @@ def test_no_database_password_in_any_artefact(tmp_path: Path, pg_server: pgserve
     status, the refusals and the journal's own rows never hold it."""
     with (
         pgserver.fresh_database(pg_server) as database,
-        emulator_process(tmp_path, [{"id": "p", "nodes": 12, "configuration": CS}]) as emu,
+        emulator_process(tmp_path, [{"id": "p", "nodes": 12}]) as emu,
     ):
         url = pgserver.with_password(database, DB_PASSWORD)  # trust auth: ignored
         env = cli_env(FLEET_REIMAGE_JOURNAL=url)

@@ -28,7 +28,6 @@ from clihelpers import PYTHON, cli_env, emulator_process, fleet_reimage
 from runhelpers import KEY, KEY_ENV, write_plan
 from test_shared_runs import pg_server, pg_url  # noqa: F401 - the fixtures
 
-CS = "cloudServiceConfiguration"
 NODES = 20
 TIMINGS = {"reimaging": "100ms", "starting": "100ms"}
 ROLLOUT = """
@@ -86,7 +85,7 @@ def test_two_operators_confirming_at_once_make_one_run(
     tmp_path: Path,
     pg_url: str,  # noqa: F811 - the fixture
 ) -> None:
-    pools = [{"id": "p", "nodes": NODES, "configuration": CS}]
+    pools = [{"id": "p", "nodes": NODES}]
     with emulator_process(tmp_path, pools, timings=TIMINGS) as emu:
         plan = write_plan(tmp_path, emu.url, rollout=ROLLOUT)
         outcomes = both_confirm_at_once(tmp_path, str(plan), "--journal", pg_url)
@@ -105,7 +104,7 @@ def test_two_operators_joining_at_once_share_one_run(
     tmp_path: Path,
     pg_url: str,  # noqa: F811 - the fixture
 ) -> None:
-    pools = [{"id": "p", "nodes": NODES, "configuration": CS}]
+    pools = [{"id": "p", "nodes": NODES}]
     with emulator_process(tmp_path, pools, timings=TIMINGS) as emu:
         plan = write_plan(tmp_path, emu.url, rollout=ROLLOUT)
         outcomes = both_confirm_at_once(tmp_path, str(plan), "--journal", pg_url, "--join")
@@ -153,7 +152,7 @@ def _run_after_barrier(
 def test_two_processes_released_together_on_one_sqlite_journal_make_one_run(
     tmp_path: Path,
 ) -> None:
-    pools = [{"id": "p", "nodes": NODES, "configuration": CS}]
+    pools = [{"id": "p", "nodes": NODES}]
     journal = tmp_path / "j.db"
     with emulator_process(tmp_path, pools, timings=TIMINGS) as emu:
         plan = write_plan(tmp_path, emu.url, rollout=ROLLOUT)

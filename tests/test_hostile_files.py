@@ -23,7 +23,6 @@ from chaoshelpers import TRACEBACK
 from clihelpers import EmulatorProcess, cli_env, emulator_process
 from runhelpers import write_plan
 
-CS = "cloudServiceConfiguration"
 OTHER_UID = 65534  # nobody
 PRECIOUS = b"root's precious file\n"
 as_root = pytest.mark.skipif(
@@ -34,7 +33,7 @@ as_root = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def emu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorProcess]:
     folder = tmp_path_factory.mktemp("hostile-emulator")
-    with emulator_process(folder, [{"id": "p", "nodes": 6, "configuration": CS}]) as running:
+    with emulator_process(folder, [{"id": "p", "nodes": 6}]) as running:
         yield running
 
 

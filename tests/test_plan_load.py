@@ -81,6 +81,7 @@ def test_minimal_plan_takes_every_default(tmp_path: Path) -> None:
     execution = plan.execution
     assert (execution.concurrency, execution.per_account_concurrency) == (64, 32)
     assert execution.request_timeout == 30.0
+    assert execution.api_version == "2024-07-01.20.0"
     retry = execution.retry
     assert (retry.max_attempts, retry.initial_backoff, retry.max_backoff, retry.busy_timeout) == (
         8, 1.0, 60.0, 600.0,
@@ -121,6 +122,8 @@ def test_per_account_concurrency_default_is_capped_at_concurrency(tmp_path: Path
         ('["12.5%"]', (Amount(Fraction(25, 2), percent=True), pct(100))),
         ('[10, "5%"]', (count(10), pct(5), pct(100))),  # mixed kinds: ordered at run time
         ("[3]", (count(3), pct(100))),
+        ("[1, 25%, 100%]", (count(1), pct(25), pct(100))),  # quotes are optional (README)
+        ("[12.5%]", (Amount(Fraction(25, 2), percent=True), pct(100))),
     ],
 )
 def test_wave_ladder_is_normalised(waves: str, ladder: tuple[Amount, ...], tmp_path: Path) -> None:
@@ -149,6 +152,16 @@ def test_durations_amounts_and_times_are_read(tmp_path: Path) -> None:
     assert rollout.deadline == datetime(2026, 11, 26, 6, 0, tzinfo=UTC)
     assert rollout.deadline.tzinfo is UTC
     assert rollout.confirm_after_wave == 1
+
+
+def test_percents_read_the_same_with_or_without_quotes(tmp_path: Path) -> None:
+    quoted = parse(
+        MINIMAL + 'rollout: {max_unavailable: "10%", failure_budget: "2.5%"}\n', tmp_path
+    )
+    bare = parse(MINIMAL + "rollout:\n  max_unavailable: 10%\n  failure_budget: 2.5%\n", tmp_path)
+    assert bare.rollout.max_unavailable == quoted.rollout.max_unavailable == pct(10)
+    assert bare.rollout.failure_budget == quoted.rollout.failure_budget
+    assert bare.rollout.failure_budget == Amount(Fraction(5, 2), percent=True)
 
 
 @pytest.mark.parametrize(
@@ -363,7 +376,7 @@ def test_demo_plan_validates(tmp_path: Path) -> None:
     plan = load_plan(demo)
     (account,) = plan.accounts
     assert account.name == "demo" and account.emulator == demo.parent / "fleets" / "demo.yaml"
-    assert [p.match for p in account.pools] == ["render-*", "etl", "sim-vm"]
+    assert [p.match for p in account.pools] == ["render-*", "etl", "sim"]
     assert plan.rollout.waves == (count(1), count(3), pct(50), pct(100))
     assert plan.rollout.max_unavailable == pct(25)
     assert plan.rollout.pause_between_waves == 1.0
@@ -431,3 +444,10 @@ def test_python_object_tag_is_refused(tmp_path: Path) -> None:
     rendered = load_error(TEST_PLANS / "python-object.yaml")
     assert ":4:" in rendered and "python/object/apply:os.system" in rendered
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("written", ["2025-06-01", "'2025-06-01'", "2024-07-01.20.0"])
+def test_api_version_is_read_as_written(written: str, tmp_path: Path) -> None:
+    # Unquoted, 2025-06-01 is a YAML date: it is still the version the user meant.
+    plan = parse(MINIMAL + f"execution:\n  api_version: {written}\n", tmp_path)
+    assert plan.execution.api_version == written.strip("'")

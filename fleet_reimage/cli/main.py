@@ -61,7 +61,26 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve the local Azure Batch emulator (see `fleet-reimage emulator -h`).",
     )
     emulator.add_argument("rest", nargs=argparse.REMAINDER)
+    completion = commands.add_parser(
+        "completion",
+        help="print a shell completion script (bash or zsh)",
+        description="Print a completion script for bash or zsh.",
+        epilog="examples:\n"
+        "  fleet-reimage completion bash > ~/.local/share/bash-completion/completions/"
+        "fleet-reimage\n"
+        "  fleet-reimage completion zsh > ~/.zfunc/_fleet-reimage   # with fpath+=(~/.zfunc)\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    completion.add_argument("shell", choices=("bash", "zsh"))
     return parser
+
+
+def completion_script(shell: str) -> str:
+    """The completion script for ``shell``, generated from the parser itself (shtab)."""
+    import shtab  # only this command needs it
+
+    script: str = shtab.complete(build_parser(), shell=shell)
+    return script
 
 
 def entry() -> int:
@@ -84,6 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return emulator_main(args_list[1:])
     parser = build_parser()
     args = parser.parse_args(args_list)
+    if args.command == "completion":
+        sys.stdout.write(completion_script(args.shell))
+        return 0
     # Through CURRENT_STDERR: the live progress display can then print log lines above itself.
     try:
         logs.configure(
