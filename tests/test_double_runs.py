@@ -52,7 +52,10 @@ def operator(folder: Path, *args: str) -> pexpect.spawn:
     )
 
 
-def both_confirm_at_once(folder: Path, *args: str) -> list[tuple[int, str]]:
+Outcome = tuple[int, str]  # exit status, what the terminal showed after the answer
+
+
+def both_confirm_at_once(folder: Path, *args: str) -> list[Outcome]:
     """Two operators run the same thing; both wait at the question; both answer together.
 
     Returns each one's (exit status, what its terminal showed after the answer)."""
@@ -80,19 +83,27 @@ def runs_in(url: str) -> list[tuple[str, str]]:
     return [(str(run_id), str(status)) for run_id, status in rows]
 
 
+def two_operators_at_once(folder: Path, journal: str, *extra: str) -> tuple[str, list[Outcome]]:
+    """Both operators confirm the same plan at once; every node must be reimaged once, and
+    the journal hold one finished run (returned with each operator's outcome)."""
+    with emulator_process(folder, [{"id": "p", "nodes": NODES}], timings=TIMINGS) as emu:
+        plan = write_plan(folder, emu.url, rollout=ROLLOUT)
+        outcomes = both_confirm_at_once(folder, str(plan), "--journal", journal, *extra)
+        reimages = emu.reimages()
+        peak = emu.stats()["pools"]["p"]["peak_unavailable"]
+    assert len(reimages) == NODES and set(reimages.values()) == {1}, reimages
+    assert peak <= 5  # max_unavailable held across both runners
+    ((run_id, status),) = runs_in(journal)
+    assert status == "finished"
+    return run_id, outcomes
+
+
 @pytest.mark.postgres
 def test_two_operators_confirming_at_once_make_one_run(
     tmp_path: Path,
     pg_url: str,  # noqa: F811 - the fixture
 ) -> None:
-    pools = [{"id": "p", "nodes": NODES}]
-    with emulator_process(tmp_path, pools, timings=TIMINGS) as emu:
-        plan = write_plan(tmp_path, emu.url, rollout=ROLLOUT)
-        outcomes = both_confirm_at_once(tmp_path, str(plan), "--journal", pg_url)
-        reimages = emu.reimages()
-    assert len(reimages) == NODES and set(reimages.values()) == {1}, reimages
-    ((run_id, status),) = runs_in(pg_url)
-    assert status == "finished"
+    run_id, outcomes = two_operators_at_once(tmp_path, pg_url)
     assert sorted(code for code, _ in outcomes) == [0, 2], outcomes
     (refused,) = [text for code, text in outcomes if code == 2]
     assert f"run {run_id} of this plan is unfinished" in refused, refused
@@ -104,19 +115,10 @@ def test_two_operators_joining_at_once_share_one_run(
     tmp_path: Path,
     pg_url: str,  # noqa: F811 - the fixture
 ) -> None:
-    pools = [{"id": "p", "nodes": NODES}]
-    with emulator_process(tmp_path, pools, timings=TIMINGS) as emu:
-        plan = write_plan(tmp_path, emu.url, rollout=ROLLOUT)
-        outcomes = both_confirm_at_once(tmp_path, str(plan), "--journal", pg_url, "--join")
-        reimages = emu.reimages()
-        peak = emu.stats()["pools"]["p"]["peak_unavailable"]
-    ((run_id, status),) = runs_in(pg_url)
-    assert status == "finished"
+    run_id, outcomes = two_operators_at_once(tmp_path, pg_url, "--join")
     assert [code for code, _ in outcomes] == [0, 0], outcomes
     for _, text in outcomes:  # both ran the one run: the creator, and the one that joined it
         assert f"run {run_id}: finished" in text, text
-    assert len(reimages) == NODES and set(reimages.values()) == {1}, reimages
-    assert peak <= 5  # max_unavailable held across both runners
 
 
 # --- SQLite: two processes calling the API, released by a barrier ---------------------------
