@@ -35,6 +35,7 @@ from .journal import (
     JournalError,
     RunRecord,
     RunStatus,
+    UnfinishedRun,
     is_postgres_url,
     open_journal,
 )
@@ -109,31 +110,49 @@ async def run_plan(
     settings = settings or RunSettings()
     shared = _shared(journal, join=join, lease=lease)
     async with _writable_journal(journal, owner_label("new")) as store:
+        # Early, so that an operator is not asked to confirm what will be refused; the
+        # atomic check is create_run's (another operator may be confirming right now).
         existing = await _unfinished_run_of(store, plan)
-        if existing is not None and join:
-            async with connect(plan, transport=transport) as connections:
+        if existing is not None and not join:
+            raise _refuse_second_run(existing, store, shared)
+        async with connect(plan, transport=transport) as connections:
+            if existing is not None:
                 return await _execute(
                     existing, plan, store, connections, settings, hooks, shared=shared
                 )
-        if existing is not None:
-            raise RefusedError(
-                f"run {existing.run_id} of this plan is unfinished ({existing.status.value}, "
-                f"last run by {existing.host} pid {existing.pid}): resume it with "
-                f"`fleet-reimage resume {existing.run_id} --journal {store.location}`"
-                + (" or take a share of it with --join" if shared is not None else "")
-            )
-        async with connect(plan, transport=transport) as connections:
             resolution = await resolve(plan, connections.clients)
             if resolution.total_selected == 0:
                 raise RefusedError("the plan selects no node; nothing to do")
             if hooks.confirm_start is not None and not await hooks.confirm_start(resolution):
                 raise RefusedError("not confirmed; nothing was sent")
-            run, records = await create_run(
-                plan, resolution, store, options={**(options or {}), "deadline": settings.deadline}
-            )
+            options = {**(options or {}), "deadline": settings.deadline}
+            try:
+                run, records = await create_run(
+                    plan, resolution, store, options=options, unless_unfinished=True
+                )
+            except UnfinishedRun as exc:  # created meanwhile by another runner
+                existing = await store.get_run(exc.run_id)
+                if existing is None:  # pragma: no cover - a run is never deleted
+                    raise RefusedError(str(exc)) from exc
+                if not join:
+                    raise _refuse_second_run(existing, store, shared) from exc
+                return await _execute(
+                    existing, plan, store, connections, settings, hooks, shared=shared
+                )
             return await _execute(
                 run, plan, store, connections, settings, hooks, shared=shared, records=records
             )
+
+
+def _refuse_second_run(
+    existing: RunRecord, store: Journal, shared: SharedSettings | None
+) -> RefusedError:
+    return RefusedError(
+        f"run {existing.run_id} of this plan is unfinished ({existing.status.value}, "
+        f"last run by {existing.host} pid {existing.pid}): resume it with "
+        f"`fleet-reimage resume {existing.run_id} --journal {store.location}`"
+        + (" or take a share of it with --join" if shared is not None else "")
+    )
 
 
 async def resume_run(

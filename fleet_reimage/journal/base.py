@@ -67,6 +67,7 @@ def copy_error(error: BaseException) -> BaseException:
     all their tracebacks."""
     if isinstance(error, JournalError):
         copy = type(error)(str(error))
+        copy.__dict__.update(error.__dict__)  # e.g. UnfinishedRun.run_id
         copy.__cause__ = error.__cause__
         return copy
     return error
