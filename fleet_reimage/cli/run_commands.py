@@ -19,10 +19,10 @@ from fleet_reimage.engine.sharedrun import DEFAULT_LEASE
 from fleet_reimage.journal import RunRecord
 from fleet_reimage.plan.model import Plan
 from fleet_reimage.plan.resolve import Resolution
-from fleet_reimage.plan.schedule import render_schedule, resolution_json
-from fleet_reimage.units import UnitError, parse_duration
+from fleet_reimage.units import UnitError, count, parse_duration
 from fleet_reimage.views.dryrun import assumption, render_simulation, simulate
 from fleet_reimage.views.progress import start_progress, suspended
+from fleet_reimage.views.schedule import render_schedule, resolution_json
 
 
 def add_run_commands(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -183,10 +183,9 @@ def _print_warnings(plan: Plan) -> None:
 async def cmd_validate(args: argparse.Namespace) -> int:
     plan = await _load(args.plan)
     _print_warnings(plan)
-    accounts = len(plan.accounts)
     print(
-        f"{args.plan}: valid: plan {plan.name!r}, {plan.action.value}, {accounts} "
-        f"account{'s' if accounts != 1 else ''}"
+        f"{args.plan}: valid: plan {plan.name}, {plan.action.value}, "
+        f"{count(len(plan.accounts), 'account')}"
     )
     return 0
 
@@ -221,8 +220,8 @@ async def _confirm_start(resolution: Resolution) -> bool:
     print(render_schedule(resolution))
     plan = resolution.plan
     return await _ask(
-        f"{plan.action.value.capitalize()} {resolution.total_selected} nodes "
-        f"in {len(resolution.pools)} pools?"
+        f"{plan.action.value.capitalize()} {count(resolution.total_selected, 'node')} "
+        f"in {count(len(resolution.pools), 'pool')}?"
     )
 
 

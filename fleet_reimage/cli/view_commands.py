@@ -34,6 +34,7 @@ from fleet_reimage.journal import (
     is_postgres_url,
     open_journal,
 )
+from fleet_reimage.units import count
 from fleet_reimage.views.report import FORMATS, write_report
 from fleet_reimage.views.runview import RunData
 from fleet_reimage.views.status import RunSummary, run_status_json, run_text, runs_json, runs_text
@@ -186,7 +187,8 @@ async def cmd_report(args: argparse.Namespace) -> int:
         await anyio.to_thread.run_sync(_to_stdout, write)
         return 0
     await anyio.to_thread.run_sync(_to_file, write, args.output)
-    print(f"wrote {args.output} ({len(data.targets)} nodes, {args.format})", file=sys.stderr)
+    nodes = count(len(data.targets), "node")
+    print(f"wrote {args.output} ({nodes}, {args.format})", file=sys.stderr)
     return 0
 
 

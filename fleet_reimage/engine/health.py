@@ -29,6 +29,7 @@ from fleet_reimage.batch.models import NodeInfo
 from fleet_reimage.engine.runstate import Phase, PoolRun, RunTarget
 from fleet_reimage.journal.model import TargetChange, TargetState
 from fleet_reimage.rollout.outcomes import health_verdict
+from fleet_reimage.units import count, plural
 
 if TYPE_CHECKING:
     from fleet_reimage.engine.executor import Executor
@@ -66,8 +67,9 @@ class HealthMonitor:
             self.executor.stop_pool(
                 pool,
                 (
-                    f"blocked for {self.spec.timeout:g}s: {pool.rollout.baseline} nodes are "
-                    f"unavailable for other reasons, max_unavailable is "
+                    f"blocked for {self.spec.timeout:g}s: {count(pool.rollout.baseline, 'node')} "
+                    f"{plural('is', pool.rollout.baseline)} unavailable for other reasons, "
+                    "max_unavailable is "
                     f"{pool.rollout.max_unavailable}"
                 ),
             )

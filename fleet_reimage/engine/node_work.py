@@ -59,6 +59,7 @@ from fleet_reimage.rollout.outcomes import (
     after_reconcile,
 )
 from fleet_reimage.rollout.pool import WaveCompleted
+from fleet_reimage.units import count
 
 if TYPE_CHECKING:
     from fleet_reimage.engine.sharedrun import SharedRunCoordinator
@@ -270,7 +271,8 @@ class NodeWork:
         if isinstance(step, RetryLater) and target.counters.failures >= self.policy.max_attempts:
             step = Settle(
                 TargetState.FAILED,
-                f"no answer after {target.counters.failures} attempts, and none took effect",
+                f"no answer after {count(target.counters.failures, 'attempt')}, "
+                "and none took effect",
             )
         if not isinstance(step, ReconcileLater) and target.last_client_request_id:
             outcome = (

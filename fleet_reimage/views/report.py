@@ -20,34 +20,36 @@ import csv
 import functools
 import itertools
 import json
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, TextIO
 
 from fleet_reimage.journal.model import AttemptRecord, TargetRecord, TargetState
+from fleet_reimage.units import count
 from fleet_reimage.views.runview import (
     STATE_LABELS,
     STATES,
     FailureGroup,
     PoolCounts,
     RunData,
-    Timeline,
     attempts_by_target,
     clock,
     counts_json,
+    doubt_counts,
     exclusion_counts,
     failure_groups,
     iso,
-    last_error,
+    node_error,
     pool_counts,
     resume_command,
     run_json,
     span,
     status_phrase,
-    timeline,
     total_counts,
     when,
 )
 from fleet_reimage.views.textgrid import grid, md_cell, md_table
+from fleet_reimage.views.timeline import Timeline, timeline, timeline_lines
 
 FORMATS = ("table", "json", "csv", "markdown")
 MARKDOWN_NODE_LIMIT = 500
@@ -94,7 +96,8 @@ class Report:
         self.pools = pool_counts(data.targets)
         self.totals = total_counts(self.pools)
         self.failures = failure_groups(data.targets, self.by_target)
-        self.timeline = timeline(data.events, data.targets)
+        self.timeline = timeline(data.events, data.targets, data.attempts)
+        self.doubts = doubt_counts(data.targets, self.by_target)
 
     def attempts_of(self, target: TargetRecord) -> Sequence[AttemptRecord]:
         return self.by_target.get(target.target_id, ())
@@ -114,13 +117,26 @@ def write_report(data: RunData, fmt: str, out: TextIO) -> None:
 # --- csv --------------------------------------------------------------------------------
 
 
+_LINE_BREAKS = re.compile(r"\s*[\r\n]+\s*")
+
+
+def one_line(text: str) -> str:
+    """Text with its line breaks folded into spaces: a CSV row or a table cell is one line.
+
+    Batch error messages carry "RequestId:..." and "Time:..." on lines of their own; a
+    quoted newline is valid CSV, but every line-based tool (``wc -l``, ``grep``, a
+    spreadsheet import with the wrong option) would then count one node as three.
+    """
+    return _LINE_BREAKS.sub(" ", text).strip() if text else text
+
+
 def write_csv(data: RunData, out: TextIO) -> None:
     by_target = attempts_by_target(data.attempts)
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for target in data.targets:
         attempts = by_target.get(target.target_id, ())
-        error = last_error(attempts)
+        error = node_error(target, attempts)
         writer.writerow(
             (
                 target.account,
@@ -128,13 +144,13 @@ def write_csv(data: RunData, out: TextIO) -> None:
                 target.node_id,
                 target.wave + 1,
                 target.state.value,
-                target.reason or "",
+                one_line(target.reason or ""),
                 target.attempts,
                 iso(target.first_sent_at) or "",
                 iso(target.finished_at) or "",
                 _duration(target) if target.finished_at else "",
                 _code(error) or "",
-                (error.error_message or "") if error else "",
+                one_line(error.error_message or "") if error else "",
                 ";".join(a.client_request_id for a in attempts),
                 ";".join(a.request_id or "-" for a in attempts),
             )
@@ -170,6 +186,7 @@ def report_header_json(report: Report) -> dict[str, Any]:
         "totals": counts_json(report.totals),
         "pools": [pool.as_json() for pool in report.pools],
         "failures": [group.as_json() for group in report.failures],
+        "reconciled": report.doubts.as_json(),
         "timeline": report.timeline.as_json(),
         "excluded": [
             {"account": e.account, "pool": e.pool, "node": e.node_id, "reason": e.reason}
@@ -183,7 +200,7 @@ def _resume(report: Report) -> str | None:
 
 
 def node_json(target: TargetRecord, attempts: Sequence[AttemptRecord]) -> dict[str, Any]:
-    error = last_error(attempts)
+    error = node_error(target, attempts)
     return {
         "account": target.account,
         "pool": target.pool,
@@ -237,14 +254,17 @@ def write_table(report: Report, out: TextIO) -> None:
         f"Report of run {run.run_id}: plan {run.name!r} ({run.plan_path}), {run.action}",
         f"  status   {status_phrase(run)}",
         f"  started  {when(run.created_at)}   ended {when(run.ended_at)}   "
-        f"took {span((run.ended_at or run.updated_at) - run.created_at)}",
+        f"took {run_duration(report)}",
     ]
     if run.reason:
-        lines.append(f"  reason   {run.reason}")
+        lines.append(f"  reason   {one_line(run.reason)}")
     resume = _resume(report)
     if resume:
         lines.append(f"  resume   {resume}")
     lines += ["", "Totals", *("  " + line for line in totals_lines(report.pools))]
+    doubts = report.doubts.phrase()
+    if doubts:
+        lines += ["", doubts]
     lines += ["", "Not done (by error code, else reason)"]
     lines += ["  " + line for line in failure_lines(report.failures)] or ["  none"]
     lines += ["", "Timeline (UTC)"]
@@ -257,6 +277,17 @@ def write_table(report: Report, out: TextIO) -> None:
     rows = functools.partial(_node_rows, report, report.data.targets)  # called twice
     for line in grid(NODE_HEADERS, rows, right=_RIGHT):
         out.write(line + "\n")
+
+
+def run_duration(report: Report) -> str:
+    """How long the run took, and how much of that nothing was running (crashes, stops)."""
+    run = report.run
+    took = span((run.ended_at or run.updated_at) - run.created_at)
+    down = report.timeline.down
+    if not report.timeline.restarts:
+        return took
+    starts = count(len(report.timeline.restarts) + 1, "start")
+    return f"{took} ({starts}; not running for {span(down)} of it)"
 
 
 def totals_lines(pools: Sequence[PoolCounts]) -> list[str]:
@@ -281,30 +312,6 @@ def failure_lines(groups: Sequence[FailureGroup]) -> list[str]:
     return lines
 
 
-def timeline_lines(line: Timeline, day_of: float) -> list[str]:
-    out: list[str] = []
-    rows = [
-        (
-            w.label,
-            f"{w.wave}/{w.of}",
-            str(w.nodes),
-            clock(w.started_at, day_of),
-            clock(w.completed_at, day_of) if w.completed_at else "running",
-            span(w.took),
-            span(w.pause_before) if w.pause_before is not None else "",
-            "held for checkpoint" if w.held else "",
-        )
-        for w in line.waves
-    ]
-    headers = ("pool", "wave", "nodes", "started", "completed", "took", "pause before", "")
-    if rows:
-        out.extend(grid(headers, lambda: rows, right={2, 5, 6}))
-    for milestone in line.milestones:
-        where = f"{milestone.pool}: " if milestone.pool else ""
-        out.append(f"{clock(milestone.at, day_of)}  {where}{milestone.text}")
-    return out or ["no wave has started"]
-
-
 def _excluded_phrase(counts: dict[str, int]) -> str:
     return ", ".join(f"{count} {group}" for group, count in sorted(counts.items()))
 
@@ -315,7 +322,7 @@ def _node_rows(report: Report, targets: Iterable[TargetRecord]) -> Iterator[tupl
     for target in targets:
         attempts = report.attempts_of(target)
         last = attempts[-1] if attempts else None
-        error = last_error(attempts)
+        error = node_error(target, attempts)
         yield (
             f"{target.account}/{target.pool}",
             target.node_id,
@@ -347,17 +354,18 @@ def _attempt_row(attempt: AttemptRecord, day: float) -> tuple[str, ...]:
         attempt.client_request_id,
         attempt.request_id or "",
         _code(attempt) or "",
-        attempt.error_message or "",
+        one_line(attempt.error_message or ""),
     )
 
 
 def _reason_and_error(target: TargetRecord, error: AttemptRecord | None) -> str:
-    reason = target.reason or ""
-    if target.state is TargetState.HEALTHY or error is None or not error.error_message:
+    reason = one_line(target.reason or "")
+    if error is None or not error.error_message:
         return reason
-    if error.error_message in reason:
+    message = one_line(error.error_message)
+    if message in reason:
         return reason
-    return f"{reason} (last error: {error.error_message})" if reason else error.error_message
+    return f"{reason} (last error: {message})" if reason else message
 
 
 # --- markdown ---------------------------------------------------------------------------
@@ -375,7 +383,7 @@ def write_markdown(report: Report, out: TextIO) -> None:
         ("Status", md_cell(status_phrase(run))),
         ("Started", when(run.created_at)),
         ("Ended", when(run.ended_at)),
-        ("Duration", span((run.ended_at or run.updated_at) - run.created_at)),
+        ("Duration", md_cell(run_duration(report))),
     ]
     if run.reason:
         facts.append(("Reason", md_cell(run.reason)))
@@ -391,6 +399,9 @@ def write_markdown(report: Report, out: TextIO) -> None:
         "",
         *_md_totals(report.pools),
     ]
+    doubts = report.doubts.phrase()
+    if doubts:
+        parts += ["", md_cell(doubts) + "."]
     excluded = exclusion_counts(report.data.exclusions)
     if excluded:
         parts += ["", f"Excluded by the plan's selection: {_excluded_phrase(excluded)}."]
@@ -460,7 +471,7 @@ def _md_nodes(report: Report, out: TextIO) -> None:
         healthy = (t for t in targets if t.state is TargetState.HEALTHY)
         shown = list(itertools.islice(itertools.chain(unhealthy, healthy), MARKDOWN_NODE_LIMIT))
         out.write(
-            f"{len(targets)} nodes: the first {MARKDOWN_NODE_LIMIT} are listed, the "
+            f"{count(len(targets), 'node')}: the first {MARKDOWN_NODE_LIMIT} are listed, the "
             f"{len(unhealthy)} that did not end healthy first. Every node is in "
             f"`fleet-reimage report {report.run.run_id} --journal {report.data.location} "
             "--format csv`.\n\n"
