@@ -21,6 +21,7 @@ from fleet_reimage.plan.model import Plan
 from fleet_reimage.plan.resolve import Resolution
 from fleet_reimage.units import UnitError, count, parse_duration
 from fleet_reimage.views.dryrun import assumption, render_simulation, simulate
+from fleet_reimage.views.eta import RecoveryMeter
 from fleet_reimage.views.progress import start_progress, suspended
 from fleet_reimage.views.schedule import render_schedule, resolution_json
 
@@ -240,7 +241,8 @@ async def _run_with_views(
     args: argparse.Namespace, start: Callable[[api.RunHooks], Awaitable[RunResult | RunRecord]]
 ) -> RunResult | RunRecord:
     """Run ``start`` with the events file and live progress attached."""
-    observers: list[RunObserver] = []
+    recoveries = RecoveryMeter()  # how long nodes take: the live ETA follows it
+    observers: list[RunObserver] = [recoveries]
     events = EventsFile(args.events) if args.events else None
     if events:
         observers.append(events)
@@ -249,7 +251,7 @@ async def _run_with_views(
     async with anyio.create_task_group() as group:
         if events:
             group.start_soon(events.run)
-        progress = start_progress(group, executors)
+        progress = start_progress(group, executors, recoveries=recoveries)
         try:
             result = await start(hooks)
         finally:
