@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from .plan.load import load_plan as _load_plan
 from .plan.load import parse_plan
 from .plan.model import Plan
 from .plan.resolve import Resolution, resolve
+from .views.hints import Hint, continue_hint, run_hint
 
 DEFAULT_JOURNAL = "fleet-reimage.db"
 
@@ -108,7 +110,7 @@ async def run_plan(
     hooks = hooks or RunHooks()
     settings = settings or RunSettings()
     shared = _shared(journal, join=join, lease=lease)
-    async with _writable_journal(journal, owner_label("new")) as store:
+    async with _writable_journal(journal, owner_label(None)) as store:
         existing = await _unfinished_run_of(store, plan)
         if existing is not None and join:
             async with connect(plan, transport=transport) as connections:
@@ -116,11 +118,13 @@ async def run_plan(
                     existing, plan, store, connections, settings, hooks, shared=shared
                 )
         if existing is not None:
+            hint = await _hint(store, existing)
             raise RefusedError(
                 f"run {existing.run_id} of this plan is unfinished ({existing.status.value}, "
                 f"last run by {existing.host} pid {existing.pid}): resume it with "
-                f"`fleet-reimage resume {existing.run_id} --journal {store.location}`"
+                f"`{hint.command}`"
                 + (" or take a share of it with --join" if shared is not None else "")
+                + "".join(f"\n  ({line})" for line in hint.why)
             )
         async with connect(plan, transport=transport) as connections:
             resolution = await resolve(plan, connections.clients)
@@ -157,7 +161,7 @@ async def resume_run(
     hooks = hooks or RunHooks()
     settings = settings or RunSettings()
     shared = _shared(journal, join=join, lease=lease)
-    async with _writable_journal(journal, owner_label(run_id or "resume")) as store:
+    async with _writable_journal(journal, owner_label(run_id, "resuming a run")) as store:
         run = await _find_run(store, run_id)
         if run.status is RunStatus.FINISHED:
             return run
@@ -189,6 +193,7 @@ async def _execute(
     **kwargs: Any,
 ) -> RunResult:
     executors: list[Executor] = []
+    await store.lock_for_writing(owner_label(run.run_id))  # a contender is told which run
 
     def ready(executor: Executor) -> None:
         executors.append(executor)
@@ -254,6 +259,7 @@ async def _plan_for_resume(store: Journal, run: RunRecord, force_plan: bool) -> 
     if text == run.plan_text:
         return parse_plan(text, path)
     if not force_plan:
+        hint = await _hint(store, run, force_plan=True)
         diff = "".join(
             difflib.unified_diff(
                 run.plan_text.splitlines(keepends=True),
@@ -269,14 +275,23 @@ async def _plan_for_resume(store: Journal, run: RunRecord, force_plan: bool) -> 
                     None,
                     None,
                     "",
-                    "the plan changed since the run started; resume with "
-                    "--force-plan to accept the change:\n" + diff,
+                    "the plan changed since the run started; to accept the change, resume "
+                    f"with --force-plan: {hint.command}\n" + diff,
                 )
             ]
         )
     plan = parse_plan(text, path)
     await store.replace_plan(run.run_id, text, plan.source.sha256)
     return plan
+
+
+async def _hint(store: Journal, run: RunRecord, *, force_plan: bool = False) -> Hint:
+    """The command that continues ``run`` (not one that would be refused again)."""
+    hint = run_hint(run, store.location, await store.events(run.run_id), time.time())
+    hint = hint or continue_hint(run.run_id, store.location)
+    if force_plan:
+        hint = Hint(hint.command.replace(" --journal ", " --force-plan --journal ", 1), hint.why)
+    return hint
 
 
 async def _unfinished_run_of(store: Journal, plan: Plan) -> RunRecord | None:

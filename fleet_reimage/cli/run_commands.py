@@ -22,6 +22,7 @@ from fleet_reimage.plan.resolve import Resolution
 from fleet_reimage.units import UnitError, count, parse_duration
 from fleet_reimage.views.dryrun import assumption, render_simulation, simulate
 from fleet_reimage.views.eta import RecoveryMeter
+from fleet_reimage.views.hints import continue_hint
 from fleet_reimage.views.progress import start_progress, suspended
 from fleet_reimage.views.schedule import render_schedule, resolution_json
 
@@ -318,7 +319,7 @@ async def cmd_resume(args: argparse.Namespace) -> int:
 
 def _print_result(result: RunResult, journal: str) -> int:
     counts = ", ".join(
-        f"{count} {state.replace('_', ' ')}" for state, count in result.counts.items() if count
+        f"{number} {state.replace('_', ' ')}" for state, number in result.counts.items() if number
     )
     print(f"run {result.run_id}: {result.status.value} (exit {result.exit_code}): {counts}")
     for pool, reason in result.stopped_pools.items():
@@ -326,7 +327,15 @@ def _print_result(result: RunResult, journal: str) -> int:
     if result.reason and not result.stopped_pools:
         print(f"  reason: {result.reason}")
     if result.status.resumable:
-        print(f"  to continue: fleet-reimage resume {result.run_id} --journal {journal}")
+        hint = continue_hint(
+            result.run_id,
+            journal,
+            budget_spent=result.stop_kind == "budget",
+            deadline_passed=result.stop_kind == "deadline",
+        )
+        print(f"  to continue: {hint.command}")
+        for line in hint.why:
+            print(f"    ({line})")
     print(f"  details: fleet-reimage report {result.run_id} --journal {journal}")
     return result.exit_code
 

@@ -182,7 +182,7 @@ async def cmd_report(args: argparse.Namespace) -> int:
         )
     async with _reading(args.journal) as store:
         data = await _run_data(store, args)
-    write = functools.partial(write_report, data, args.format)
+    write = functools.partial(write_report, data, args.format, now=time.time())
     if args.output is None:
         await anyio.to_thread.run_sync(_to_stdout, write)
         return 0

@@ -74,6 +74,7 @@ class RunResult:
     reason: str | None
     counts: dict[str, int]
     stopped_pools: dict[str, str] = field(default_factory=dict)
+    stop_kind: str | None = None  # why it stopped: budget, deadline, auth, interrupted, ...
 
 
 @dataclass(slots=True)
@@ -443,4 +444,4 @@ class Executor(NodeWork):
             bad = counts["failed"] + counts["skipped"]
             code = 3 if (stopped or self.stop_kind) else (1 if bad else 0)
         reason = self.stop_reason or ("; ".join(f"{k}: {v}" for k, v in stopped.items()) or None)
-        return RunResult(self.run_id, status, code, reason, counts, stopped)
+        return RunResult(self.run_id, status, code, reason, counts, stopped, self.stop_kind)

@@ -54,8 +54,10 @@ def new_run_id(now: float | None = None) -> str:
     return f"r{stamp}-{secrets.token_hex(3)}"
 
 
-def owner_label(run_id: str) -> str:
-    return f"{socket.gethostname()} pid {os.getpid()} run {run_id}"
+def owner_label(run_id: str | None, doing: str = "starting a new run") -> str:
+    """Who holds a journal, for a contender's message: "HOST pid N, run RUN_ID"."""
+    what = f"run {run_id}" if run_id else doing
+    return f"{socket.gethostname()} pid {os.getpid()}, {what}"
 
 
 @dataclass(frozen=True, slots=True)

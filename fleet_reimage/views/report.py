@@ -26,6 +26,7 @@ from typing import Any, TextIO
 
 from fleet_reimage.journal.model import AttemptRecord, TargetRecord, TargetState
 from fleet_reimage.units import count
+from fleet_reimage.views.hints import run_hint
 from fleet_reimage.views.runview import (
     STATE_LABELS,
     STATES,
@@ -41,7 +42,6 @@ from fleet_reimage.views.runview import (
     iso,
     node_error,
     pool_counts,
-    resume_command,
     run_json,
     span,
     status_phrase,
@@ -89,8 +89,9 @@ _RIGHT = {2, 4, 7}
 class Report:
     """The derived views of one run, computed once and shared by every format."""
 
-    def __init__(self, data: RunData) -> None:
+    def __init__(self, data: RunData, now: float | None = None) -> None:
         self.data = data
+        self.now = now  # when the report is made (judges a deadline for the resume command)
         self.run = data.run
         self.by_target = attempts_by_target(data.attempts)
         self.pools = pool_counts(data.targets)
@@ -103,13 +104,16 @@ class Report:
         return self.by_target.get(target.target_id, ())
 
 
-def write_report(data: RunData, fmt: str, out: TextIO) -> None:
-    """Write the report of ``data`` in ``fmt`` (one of ``FORMATS``) to ``out``."""
+def write_report(data: RunData, fmt: str, out: TextIO, now: float | None = None) -> None:
+    """Write the report of ``data`` in ``fmt`` (one of ``FORMATS``) to ``out``.
+
+    ``now``: when the report is made (default: as of the run's last write).
+    """
     if fmt == "csv":
         # CSV needs no totals or timeline: skip computing them for a big run.
         write_csv(data, out)
         return
-    report = Report(data)
+    report = Report(data, now)
     writers = {"table": write_table, "json": write_json, "markdown": write_markdown}
     writers[fmt](report, out)
 
@@ -196,7 +200,8 @@ def report_header_json(report: Report) -> dict[str, Any]:
 
 
 def _resume(report: Report) -> str | None:
-    return resume_command(report.run, report.data.location)
+    hint = run_hint(report.run, report.data.location, report.data.events, report.now)
+    return hint.command if hint else None
 
 
 def node_json(target: TargetRecord, attempts: Sequence[AttemptRecord]) -> dict[str, Any]:

@@ -361,13 +361,6 @@ def _round(value: float | None) -> float | None:
 # --- the run as a whole -----------------------------------------------------------------
 
 
-def resume_command(run: RunRecord, location: str) -> str | None:
-    """The exact command that continues the run, when it can be continued."""
-    if not run.status.resumable:
-        return None
-    return f"fleet-reimage resume {run.run_id} --journal {location}"
-
-
 def runner_alive(run: RunRecord) -> bool | None:
     """Is the process recorded as running this run alive? None when it is on another host.
 

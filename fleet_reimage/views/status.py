@@ -15,6 +15,7 @@ from typing import Any
 
 from fleet_reimage.journal.model import RunRecord, RunStatus, TargetRecord, TargetState
 from fleet_reimage.units import count
+from fleet_reimage.views.hints import Hint, run_hint
 from fleet_reimage.views.report import failure_lines, one_line, totals_lines
 from fleet_reimage.views.runview import (
     RunData,
@@ -27,7 +28,6 @@ from fleet_reimage.views.runview import (
     in_flight,
     iso,
     pool_counts,
-    resume_command,
     run_json,
     runner_alive,
     span,
@@ -128,7 +128,7 @@ def run_text(data: RunData, now: float) -> str:
     lines += ["  " + line for line in failure_lines(failures)] or ["  none"]
     lines += ["", "Waves and events (UTC)"]
     lines += ["  " + text for text in timeline_lines(line, run.created_at)]
-    lines += ["", *next_steps(run, data.location)]
+    lines += ["", *next_steps(run_hint(run, data.location, data.events, now), run, data.location)]
     return "\n".join(lines)
 
 
@@ -187,10 +187,11 @@ def _in_flight_lines(targets: Sequence[TargetRecord], run: RunRecord, now: float
     return lines
 
 
-def next_steps(run: RunRecord, location: str) -> list[str]:
-    """What to type next, given the run's status."""
+def next_steps(hint: Hint | None, run: RunRecord, location: str) -> list[str]:
+    """What to type next, given the run's status and the command that continues it."""
     report = f"fleet-reimage report {run.run_id} --journal {location}"
-    command = resume_command(run, location)
+    command = hint.command if hint else None
+    why = [f"  ({line})" for line in hint.why] if hint else []
     if run.status is RunStatus.RUNNING:
         alive = runner_alive(run)
         if alive:
@@ -199,11 +200,15 @@ def next_steps(run: RunRecord, location: str) -> list[str]:
                 f"fleet-reimage status {run.run_id} --journal {location} --follow"
             ]
         if alive is None:
-            return [f"If the process on {run.host} is gone, continue it with: {command}"]
-        return [f"To continue: {command}"]
+            return [f"If the process on {run.host} is gone, continue it with: {command}", *why]
+        return [f"To continue: {command}", *why]
     if command:
-        return [f"To continue: {command}", f"Details: {report}"]
+        return [f"To continue: {command}", *why, f"Details: {report}"]
     return [f"Details: {report} --format markdown"]
+
+
+def _command(hint: Hint | None) -> str | None:
+    return hint.command if hint else None
 
 
 def run_status_json(data: RunData, now: float) -> dict[str, Any]:
@@ -232,5 +237,5 @@ def run_status_json(data: RunData, now: float) -> dict[str, Any]:
         ],
         "failures": [g.as_json() for g in failure_groups(data.targets, by_target)],
         "timeline": timeline(data.events, data.targets, data.attempts).as_json(),
-        "resume": resume_command(run, data.location),
+        "resume": _command(run_hint(run, data.location, data.events, now)),
     }
