@@ -42,6 +42,7 @@ from .journal import (
 from .plan.load import load_plan as _load_plan
 from .plan.load import parse_plan
 from .plan.model import Plan
+from .plan.narrow import Narrowing, describe
 from .plan.resolve import Resolution, resolve
 from .views.hints import Hint, continue_hint, run_hint
 
@@ -53,10 +54,14 @@ def load_plan(path: str | Path) -> Plan:
     return _load_plan(Path(path))
 
 
-async def resolve_plan(plan: Plan, *, transport: Transport | None = None) -> Resolution:
-    """List what the plan selects (read-only; starts in-process emulators as needed)."""
+async def resolve_plan(
+    plan: Plan, *, transport: Transport | None = None, narrowing: Narrowing | None = None
+) -> Resolution:
+    """List what the plan selects (read-only; starts in-process emulators as needed).
+
+    ``narrowing`` (``--pool``, ``--nodes-from``) keeps part of the plan's selection."""
     async with connect(plan, transport=transport) as connections:
-        return await resolve(plan, connections.clients)
+        return await resolve(plan, connections.clients, narrowing=narrowing)
 
 
 @dataclass(slots=True)
@@ -101,12 +106,19 @@ async def run_plan(
     transport: Transport | None = None,
     join: bool = False,
     lease: float = DEFAULT_LEASE,
+    narrowing: Narrowing | None = None,
 ) -> RunResult:
     """Resolve the plan, record the run in the journal, and run it to its end or a stop.
 
     With ``join`` (PostgreSQL journals), take a share of the unfinished run of this plan if
-    there is one (started elsewhere), instead of refusing.
+    there is one (started elsewhere), instead of refusing. ``narrowing`` (``--pool``,
+    ``--nodes-from``) keeps part of the plan's selection; the run records it.
     """
+    if narrowing and join:
+        raise RefusedError(
+            "--pool and --nodes-from narrow a new run; --join takes a share of a run as it "
+            "was created"
+        )
     hooks = hooks or RunHooks()
     settings = settings or RunSettings()
     shared = _shared(journal, join=join, lease=lease)
@@ -127,14 +139,20 @@ async def run_plan(
                 + "".join(f"\n  ({line})" for line in hint.why)
             )
         async with connect(plan, transport=transport) as connections:
-            resolution = await resolve(plan, connections.clients)
+            resolution = await resolve(plan, connections.clients, narrowing=narrowing)
             if resolution.total_selected == 0:
-                raise RefusedError("the plan selects no node; nothing to do")
+                narrowed = describe(narrowing.as_options()) if narrowing else None
+                raise RefusedError(
+                    "the plan selects no node"
+                    + (f" once narrowed by {narrowed}" if narrowed else "")
+                    + "; nothing to do"
+                )
             if hooks.confirm_start is not None and not await hooks.confirm_start(resolution):
                 raise RefusedError("not confirmed; nothing was sent")
-            run, records = await create_run(
-                plan, resolution, store, options={**(options or {}), "deadline": settings.deadline}
-            )
+            recorded = {**(options or {}), "deadline": settings.deadline}
+            if narrowing:
+                recorded["narrowing"] = narrowing.as_options()
+            run, records = await create_run(plan, resolution, store, options=recorded)
             return await _execute(
                 run, plan, store, connections, settings, hooks, shared=shared, records=records
             )

@@ -30,8 +30,8 @@ from fleet_reimage.views.runview import (
     in_flight,
     span,
 )
-from fleet_reimage.views.timeline import timeline
 from fleet_reimage.views.status import RunSummary, run_status_json, run_text, runs_text
+from fleet_reimage.views.timeline import timeline
 
 T0 = 1_795_730_000.0  # 2026-11-25T20:33:20Z
 RUN = "r20261125-203320-abcdef"

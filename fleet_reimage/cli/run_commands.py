@@ -18,6 +18,7 @@ from fleet_reimage.engine.executor import Executor, RunResult, RunSettings
 from fleet_reimage.engine.sharedrun import DEFAULT_LEASE
 from fleet_reimage.journal import RunRecord
 from fleet_reimage.plan.model import Plan
+from fleet_reimage.plan.narrow import Narrowing, PoolGlob, read_node_list
 from fleet_reimage.plan.resolve import Resolution
 from fleet_reimage.units import UnitError, count, parse_duration
 from fleet_reimage.views.dryrun import assumption, render_simulation, simulate
@@ -52,6 +53,7 @@ def add_run_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("plan", type=Path, help="the plan file (YAML)")
     p.add_argument("--output", choices=("text", "json"), default="text")
+    _narrowing_options(p)
 
     p = command_parser(
         commands,
@@ -76,6 +78,7 @@ def add_run_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("plan", type=Path, help="the plan file (YAML)")
     journal_option(p)
     _execution_options(p, parse_deadline)
+    _narrowing_options(p)
     p.add_argument(
         "--yes",
         action="store_true",
@@ -136,6 +139,44 @@ def add_run_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     )
 
 
+def _narrowing_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "narrowing (only ever less than the plan selects; recorded in the run)"
+    )
+    group.add_argument(
+        "--pool",
+        dest="pools",
+        action="append",
+        type=_pool_glob,
+        default=[],
+        metavar="GLOB",
+        help="keep only the plan's pools whose id matches GLOB (or ACCOUNT/GLOB); repeatable",
+    )
+    group.add_argument(
+        "--nodes-from",
+        type=Path,
+        metavar="FILE",
+        help="keep only the selected nodes listed in FILE (one node id a line, # comments); "
+        "a listed node the plan does not select is reported, not added",
+    )
+
+
+def _pool_glob(text: str) -> PoolGlob:
+    try:
+        return PoolGlob.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+async def _narrowing(args: argparse.Namespace) -> Narrowing | None:
+    """The --pool and --nodes-from options (the file is read off the event loop)."""
+    nodes = None
+    if args.nodes_from is not None:
+        nodes = await anyio.to_thread.run_sync(read_node_list, args.nodes_from)
+    narrowing = Narrowing(tuple(args.pools), nodes)
+    return narrowing or None
+
+
 def _execution_options(parser: argparse.ArgumentParser, deadline: Any) -> None:
     group = parser.add_argument_group("execution")
     group.add_argument(
@@ -194,7 +235,7 @@ async def cmd_validate(args: argparse.Namespace) -> int:
 
 async def cmd_plan(args: argparse.Namespace) -> int:
     plan = await _load(args.plan)
-    resolution = await api.resolve_plan(plan)
+    resolution = await api.resolve_plan(plan, narrowing=await _narrowing(args))
     if args.output == "json":
         print(json.dumps(resolution_json(resolution), indent=2))
     else:
@@ -225,6 +266,14 @@ async def _confirm_start(resolution: Resolution) -> bool:
         f"{plan.action.value.capitalize()} {count(resolution.total_selected, 'node')} "
         f"in {count(len(resolution.pools), 'pool')}?"
     )
+
+
+async def _warn_and_go(resolution: Resolution) -> bool:
+    """With --yes nothing is asked, but what the service showed is still said (stderr)."""
+    for warning in resolution.warnings:
+        if warning not in resolution.plan.warnings:  # those were printed on loading
+            print(warning.render(), file=sys.stderr)
+    return True
 
 
 def _settings(args: argparse.Namespace, plan: Plan) -> RunSettings:
@@ -266,9 +315,12 @@ async def cmd_run(args: argparse.Namespace) -> int:
     _print_warnings(plan)
     if args.assume_recovery is not None and not args.dry_run:
         raise api.RefusedError("--assume-recovery only applies to a --dry-run")
+    narrowing = await _narrowing(args)
     if args.dry_run:
         deadline = _settings(args, plan).deadline
-        return await dry_run(plan, assume_recovery=args.assume_recovery, deadline=deadline)
+        return await dry_run(
+            plan, assume_recovery=args.assume_recovery, deadline=deadline, narrowing=narrowing
+        )
     if not args.yes and not _interactive():
         raise api.RefusedError(
             "not on a terminal: pass --yes to run without confirmation "
@@ -277,7 +329,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args, plan)
 
     async def start(hooks: api.RunHooks) -> RunResult:
-        hooks.confirm_start = None if args.yes else _confirm_start
+        hooks.confirm_start = _warn_and_go if args.yes else _confirm_start
         return await api.run_plan(
             plan,
             journal=args.journal,
@@ -285,6 +337,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
             hooks=hooks,
             join=args.join,
             lease=args.lease,
+            narrowing=narrowing,
         )
 
     result = await _run_with_views(args, start)
@@ -341,9 +394,13 @@ def _print_result(result: RunResult, journal: str) -> int:
 
 
 async def dry_run(
-    plan: Plan, *, assume_recovery: float | None = None, deadline: float | None = None
+    plan: Plan,
+    *,
+    assume_recovery: float | None = None,
+    deadline: float | None = None,
+    narrowing: Narrowing | None = None,
 ) -> int:
-    resolution = await api.resolve_plan(plan)
+    resolution = await api.resolve_plan(plan, narrowing=narrowing)
     assumed = assumption(plan, assume_recovery)
     pools = simulate(resolution, assumed)
     if deadline is None and plan.rollout.deadline is not None:

@@ -40,6 +40,7 @@ from fleet_reimage.views.runview import (
     exclusion_counts,
     failure_groups,
     iso,
+    narrowed,
     node_error,
     pool_counts,
     run_json,
@@ -263,6 +264,8 @@ def write_table(report: Report, out: TextIO) -> None:
     ]
     if run.reason:
         lines.append(f"  reason   {one_line(run.reason)}")
+    if narrowed(run):
+        lines.append(f"  narrowed {narrowed(run)}")
     resume = _resume(report)
     if resume:
         lines.append(f"  resume   {resume}")
@@ -392,6 +395,8 @@ def write_markdown(report: Report, out: TextIO) -> None:
     ]
     if run.reason:
         facts.append(("Reason", md_cell(run.reason)))
+    if narrowed(run):
+        facts.append(("Narrowed to", f"`{md_cell(narrowed(run))}`"))
     resume = _resume(report)
     if resume:
         facts.append(("To continue", f"`{resume}`"))

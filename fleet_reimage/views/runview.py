@@ -27,6 +27,7 @@ from fleet_reimage.journal.model import (
     TargetRecord,
     TargetState,
 )
+from fleet_reimage.plan.narrow import describe
 from fleet_reimage.plan.schedule import reason_group
 from fleet_reimage.units import count
 
@@ -407,7 +408,13 @@ def run_json(run: RunRecord) -> dict[str, Any]:
         "duration_s": _round((ended or run.updated_at) - run.created_at),
         "host": run.host,
         "pid": run.pid,
+        "narrowing": run.options.get("narrowing"),
     }
+
+
+def narrowed(run: RunRecord) -> str | None:
+    """How the command line narrowed the plan's selection for this run, in words."""
+    return describe(run.options.get("narrowing"))
 
 
 def exclusion_counts(exclusions: Iterable[Exclusion]) -> Counter[str]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fleet_reimage.plan.model import NodeOption
+from fleet_reimage.plan.narrow import describe
 from fleet_reimage.plan.resolve import PoolResolution, Resolution
 from fleet_reimage.plan.schedule import reason_group
 from fleet_reimage.units import count, format_duration
@@ -133,6 +134,7 @@ def resolution_json(resolution: Resolution) -> dict[str, Any]:
         "running_tasks": running_tasks,
         "tasks": _tasks_json(plan.option, running_tasks),
         "failure_budget": resolution.failure_budget(),
+        "narrowing": resolution.narrowing.as_options() if resolution.narrowing else None,
         "pools": pools,
         "warnings": [w.render() for w in resolution.warnings],
     }
@@ -157,6 +159,9 @@ def render_schedule(resolution: Resolution) -> str:
             else "no health gate"
         ),
     ]
+    if resolution.narrowing:
+        narrowed = describe(resolution.narrowing.as_options())
+        lines.append(f"  narrowed from the command line (never more than the plan): {narrowed}")
     running = [waves_of(pool) for pool in resolution.pools]
     tasks = sum(w.running_tasks for waves in running for w in waves)
     nodes = sum(w.running_nodes for waves in running for w in waves)

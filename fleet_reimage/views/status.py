@@ -27,6 +27,7 @@ from fleet_reimage.views.runview import (
     failure_groups,
     in_flight,
     iso,
+    narrowed,
     pool_counts,
     run_json,
     runner_alive,
@@ -111,6 +112,8 @@ def run_text(data: RunData, now: float) -> str:
     ]
     if run.reason:
         lines.append(f"  reason   {one_line(run.reason)}")
+    if narrowed(run):
+        lines.append(f"  narrowed {narrowed(run)}")
     ended = clock(run.ended_at, run.created_at) if run.ended_at else "-"
     lines.append(
         f"  started  {when(run.created_at)}   last write {clock(run.updated_at, run.created_at)} "
