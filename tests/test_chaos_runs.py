@@ -9,6 +9,7 @@ import base64
 import json
 import resource
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -123,6 +124,10 @@ def test_a_second_runner_on_the_same_journal_refuses_and_names_the_holder(
                     break
                 time.sleep(0.02)
             assert first.poll() is None, "the first run ended before the others could try"
+            shown = run_cli("status", "--latest", "--output", "json", "--journal", str(journal),
+                            cwd=tmp_path)  # fmt: skip
+            run_id = json.loads(shown.stdout)["run"]["run_id"]
+            holder = f"{socket.gethostname()} pid {first.pid}, run {run_id}"  # not "run new"
             contenders = [
                 ("run", str(plan), "--yes"),
                 ("run", str(other), "--yes"),
@@ -133,9 +138,7 @@ def test_a_second_runner_on_the_same_journal_refuses_and_names_the_holder(
                 second = run_cli(*args, "--journal", str(journal), cwd=tmp_path)
                 assert second.returncode == 2, (args, second.stdout, second.stderr)
                 assert TRACEBACK not in second.stderr
-                assert "in use by" in second.stderr and str(first.pid) in second.stderr, (
-                    second.stderr
-                )
+                assert f"in use by {holder} (lock " in second.stderr, second.stderr
             assert first.poll() is None, "the contenders ended before the first run did"
             out, err = first.communicate(timeout=60)
         finally:

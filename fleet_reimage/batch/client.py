@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import anyio
+import structlog
 
 from .auth import Credential
 from .errors import (
@@ -29,6 +30,7 @@ from .errors import (
     RequestInDoubt,
     UnexpectedResponse,
 )
+from .explain import retry_message
 from .models import NodeInfo, PoolInfo
 from .responses import error_from_response, json_object
 from .retry import GiveUp, Reconcile, RetryCounters, RetryPolicy, decide_retry
@@ -38,6 +40,7 @@ API_VERSION = "2024-07-01.20.0"
 JSON_CONTENT_TYPE = "application/json; odata=minimalmetadata"
 MAX_SERVER_TIMEOUT = 30  # the service treats any larger `timeout` as 30 seconds
 NODE_OPTIONS = ("requeue", "terminate", "taskcompletion", "retaineddata")
+log = structlog.get_logger("fleet_reimage.client")
 
 
 # Immutable like a frozen dataclass, built in a third of the time: one is made per node.
@@ -379,6 +382,13 @@ class BatchClient:
                     raise
                 if isinstance(decision, Reconcile):  # a GET in doubt is simply sent again
                     continue
+                attempt = counters.failures + counters.connect_failures + counters.throttles
+                log.warning(
+                    retry_message(self.endpoint, error, attempt, decision.delay),
+                    endpoint=self.endpoint,
+                    attempt=attempt,
+                    next_in_s=round(decision.delay, 3),
+                )
                 await self._sleep(decision.delay)
 
     async def close(self) -> None:

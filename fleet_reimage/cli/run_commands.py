@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from fleet_reimage.engine.events import EventsFile, Observers, RunObserver
 from fleet_reimage.engine.executor import Executor, RunResult, RunSettings
 from fleet_reimage.engine.sharedrun import DEFAULT_LEASE
 from fleet_reimage.journal import RunRecord
+from fleet_reimage.plan.environment import as_warnings, environment_problems
 from fleet_reimage.plan.model import Plan
 from fleet_reimage.plan.narrow import Narrowing, PoolGlob, read_node_list
 from fleet_reimage.plan.resolve import Resolution
@@ -226,6 +228,14 @@ def _print_warnings(plan: Plan) -> None:
 async def cmd_validate(args: argparse.Namespace) -> int:
     plan = await _load(args.plan)
     _print_warnings(plan)
+    # Offline, and perhaps not where the plan will run: an unset key variable is a warning.
+    missing = environment_problems(plan.source.text, args.plan, os.environ)
+    for problem in as_warnings(missing):
+        print(
+            f"{problem.render()} (validate only warns: the variable must be set where the "
+            "plan runs)",
+            file=sys.stderr,
+        )
     print(
         f"{args.plan}: valid: plan {plan.name}, {plan.action.value}, "
         f"{count(len(plan.accounts), 'account')}"

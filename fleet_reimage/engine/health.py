@@ -25,9 +25,11 @@ import anyio
 import structlog
 
 from fleet_reimage.batch.errors import AuthFailed, BatchError, NotFound
+from fleet_reimage.batch.explain import describe
 from fleet_reimage.batch.models import NodeInfo
 from fleet_reimage.engine.runstate import Phase, PoolRun, RunTarget
 from fleet_reimage.journal.model import TargetChange, TargetState
+from fleet_reimage.plan.where import locate_in_plan
 from fleet_reimage.rollout.outcomes import health_verdict
 from fleet_reimage.units import count, plural
 
@@ -98,7 +100,9 @@ class HealthMonitor:
         try:
             nodes = await self._list(pool)
         except AuthFailed as error:
-            self.executor.request_stop("auth", f"authentication failed: {error}")
+            plan, client = self.executor.plan, pool.account.client
+            where = locate_in_plan(error, plan, pool.account.name, client.endpoint)
+            self.executor.request_stop("auth", f"authentication failed: {describe(where)}")
             return
         except BatchError as error:
             log.warning("health poll failed", pool=pool.pool_id, error=str(error))

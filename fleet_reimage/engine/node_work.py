@@ -28,6 +28,7 @@ from fleet_reimage.batch.errors import (
     NotFound,
     PoolStateConflict,
 )
+from fleet_reimage.batch.explain import describe
 from fleet_reimage.batch.models import NODE_SELECT
 from fleet_reimage.batch.retry import RetryPolicy
 from fleet_reimage.engine.attempt_records import attempt_end, step_reason, target_state_for
@@ -46,6 +47,7 @@ from fleet_reimage.journal.model import (
     TargetState,
 )
 from fleet_reimage.plan.model import Plan
+from fleet_reimage.plan.where import locate_in_plan
 from fleet_reimage.rollout.budget import FailureBudget
 from fleet_reimage.rollout.outcomes import (
     Accepted,
@@ -204,12 +206,15 @@ class NodeWork:
     async def _call(self, pool: PoolRun, node_id: str, client_request_id: str) -> HttpAccepted:
         client = pool.account.client
         send = client.reimage_node if self.action == "reimage" else client.reboot_node
-        return await send(
-            pool.pool_id,
-            node_id,
-            option=self.plan.option.value,
-            client_request_id=client_request_id,
-        )
+        try:
+            return await send(
+                pool.pool_id,
+                node_id,
+                option=self.plan.option.value,
+                client_request_id=client_request_id,
+            )
+        except AuthFailed as error:  # a run-wide stop: its reason names the account
+            raise locate_in_plan(error, self.plan, pool.account.name, client.endpoint) from None
 
     async def _not_sent(self, pool: PoolRun, target: RunTarget, client_request_id: str) -> None:
         """The run stopped between the journal write and the send: record that it never left."""
@@ -256,7 +261,10 @@ class NodeWork:
             node = None
         except AuthFailed as error:  # the node stays in doubt; resume reads it again
             self.schedule(pool, target, JobKind.RECONCILE, 0.0)
-            self.request_stop("auth", f"authentication failed: {error}")
+            where = locate_in_plan(
+                error, self.plan, pool.account.name, pool.account.client.endpoint
+            )
+            self.request_stop("auth", f"authentication failed: {describe(where)}")
             return
         except BatchError as error:  # could not read it now: read again a little later
             self.schedule(pool, target, JobKind.RECONCILE, self.policy.initial_backoff)

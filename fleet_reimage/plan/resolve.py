@@ -22,10 +22,12 @@ import anyio
 from fleet_reimage.errors import InputError, Problem
 
 from ..batch.client import BatchClient
+from ..batch.errors import BatchError
 from ..batch.models import NODE_SELECT, POOL_SELECT, READY_STATES, VIRTUAL_MACHINE, NodeInfo
 from .model import AccountSpec, Action, Plan, PoolSelector
 from .narrow import NOT_IN_FILE, Narrowing, unmatched_pools, unselected_nodes
 from .waves import cumulative_targets
+from .where import locate_in
 
 POOLS_LISTED_AT_ONCE = 8  # per account
 _STATE_ORDER = {"idle": 0, "running": 1}
@@ -179,6 +181,21 @@ async def _resolve_pool(
 
 
 async def _resolve_account(
+    client: BatchClient,
+    account: AccountSpec,
+    plan: Plan,
+    out: list[PoolResolution],
+    warnings: list[Problem],
+    narrowing: Narrowing | None,
+    planned: list[tuple[str, str]],
+) -> None:
+    try:
+        await _list_account(client, account, plan, out, warnings, narrowing, planned)
+    except BatchError as error:  # say which account, at which endpoint
+        raise locate_in(error, account, client.endpoint) from None
+
+
+async def _list_account(
     client: BatchClient,
     account: AccountSpec,
     plan: Plan,
