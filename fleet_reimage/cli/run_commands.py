@@ -387,7 +387,7 @@ def _print_result(result: RunResult, journal: str) -> int:
     print(f"run {result.run_id}: {result.status.value} (exit {result.exit_code}): {counts}")
     for pool, reason in result.stopped_pools.items():
         print(f"  pool {pool} stopped: {reason}")
-    if result.reason and not result.stopped_pools:
+    if result.reason and (result.stop_kind or not result.stopped_pools):
         print(f"  reason: {result.reason}")
     if result.status.resumable:
         hint = continue_hint(

@@ -52,13 +52,13 @@ def continue_hint(
         command += " --accept-failures"
         why.append(
             "the failures exceed the failure budget: --accept-failures forgives the ones so "
-            "far (the budget applies to new ones); --failure-budget N sets a new budget instead"
+            "far and the budget applies to new ones; --failure-budget N sets a new budget instead"
         )
     if deadline_passed:
         command += f" --deadline {NEW_WINDOW}"
         why.append(
-            f"the deadline has passed: --deadline gives a new window ({NEW_WINDOW} from now "
-            "here; an ISO time such as 2026-11-27T06:00:00Z works too)"
+            f"the deadline has passed: --deadline gives a new window, {NEW_WINDOW} from now "
+            "here; an ISO time such as 2026-11-27T06:00:00Z works too"
         )
     return Hint(command, tuple(why))
 
