@@ -18,7 +18,7 @@ import anyio
 from fleet_reimage import __version__, api, logs
 from fleet_reimage.batch.errors import BatchError, ConfigurationError
 from fleet_reimage.batch.explain import describe
-from fleet_reimage.cli.options import logging_options
+from fleet_reimage.cli.options import logging_options, quiet_stdout
 from fleet_reimage.cli.run_commands import add_run_commands
 from fleet_reimage.cli.view_commands import add_view_commands
 from fleet_reimage.errors import InputError
@@ -131,6 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"fleet-reimage: {describe(exc)}", 3)
     except KeyboardInterrupt:
         return _fail("fleet-reimage: interrupted", 130)
+    except BrokenPipeError:  # `fleet-reimage plan ... | head`: the reader left, nothing wrong
+        quiet_stdout()
+        return 0
     finally:
         if paused:
             gc.enable()

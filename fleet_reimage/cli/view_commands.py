@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import sys
 import time
 from collections import Counter
@@ -24,7 +23,7 @@ from typing import Any, TextIO
 import anyio
 
 from fleet_reimage import api
-from fleet_reimage.cli.options import command_parser, journal_option
+from fleet_reimage.cli.options import command_parser, journal_option, quiet_stdout
 from fleet_reimage.journal import (
     DEFAULT_JOURNAL_FILE,
     JOURNAL_ENV,
@@ -256,11 +255,7 @@ def _to_stdout(write: Callable[[TextIO], object]) -> None:
         write(sys.stdout)
         sys.stdout.flush()
     except BrokenPipeError:
-        # `report ... | head`: the reader left. Point stdout at /dev/null so the
-        # interpreter's own flush at exit does not complain a second time.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        quiet_stdout()  # `report ... | head`: the reader left
 
 
 def _to_file(write: Callable[[TextIO], object], path: Path) -> None:
