@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fleet_reimage.errors import InputError, Problem
+from fleet_reimage.errors import InputError, Problem, Severity
 from fleet_reimage.units import count
 
 from .model import Plan
@@ -104,11 +104,7 @@ class Narrowing:
         """An ``ACCOUNT/`` that names no account of the plan is an error (exit 2)."""
         names = {a.name.lower() for a in plan.accounts}
         return [
-            Problem(
-                "--pool",
-                None,
-                None,
-                "",
+            _option_problem(
                 f"{pool}: the plan has no account {pool.account!r} "
                 f"(its accounts: {', '.join(a.name for a in plan.accounts)})",
             )
@@ -224,14 +220,14 @@ def unselected_nodes(
 def unmatched_pools(narrowing: Narrowing, kept: Sequence[tuple[str, str]]) -> list[Problem]:
     """A warning for each ``--pool`` that matches none of the pools the plan selects."""
     return [
-        Problem(
-            "--pool",
-            None,
-            None,
-            "",
-            f"{pool} matches none of the plan's pools; nothing is selected by it",
-            "warning",
+        _option_problem(
+            f"{pool} matches none of the plan's pools; nothing is selected by it", "warning"
         )
         for pool in narrowing.pools
         if not any(pool.matches(account, pool_id) for account, pool_id in kept)
     ]
+
+
+def _option_problem(message: str, severity: Severity = "error") -> Problem:
+    """A problem with ``--pool`` (it has no file or line: it was typed)."""
+    return Problem("--pool", None, None, "", message, severity)

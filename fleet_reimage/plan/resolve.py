@@ -12,7 +12,8 @@ node id. The ordered list is cut into waves by the cumulative ladder (``waves.py
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import NamedTuple
@@ -180,6 +181,15 @@ async def _resolve_pool(
     out.append(select_nodes(pool_id, nodes, selector, plan, account.name, configuration, narrowing))
 
 
+@contextmanager
+def _located(account: AccountSpec, client: BatchClient) -> Iterator[None]:
+    """A service error inside says which account it came from, at which endpoint."""
+    try:
+        yield
+    except BatchError as error:
+        raise locate_in(error, account, client.endpoint) from None
+
+
 async def _resolve_account(
     client: BatchClient,
     account: AccountSpec,
@@ -189,22 +199,8 @@ async def _resolve_account(
     narrowing: Narrowing | None,
     planned: list[tuple[str, str]],
 ) -> None:
-    try:
-        await _list_account(client, account, plan, out, warnings, narrowing, planned)
-    except BatchError as error:  # say which account, at which endpoint
-        raise locate_in(error, account, client.endpoint) from None
-
-
-async def _list_account(
-    client: BatchClient,
-    account: AccountSpec,
-    plan: Plan,
-    out: list[PoolResolution],
-    warnings: list[Problem],
-    narrowing: Narrowing | None,
-    planned: list[tuple[str, str]],
-) -> None:
-    pools = [pool async for pool in client.list_pools(select=POOL_SELECT)]
+    with _located(account, client):
+        pools = [pool async for pool in client.list_pools(select=POOL_SELECT)]
     matched = [pool for pool in pools if account.selector_for(pool.id) is not None]
     planned.extend((account.name, pool.id) for pool in matched)
     if narrowing is not None:
@@ -225,9 +221,10 @@ async def _list_account(
 
     async def one(pool_id: str, configuration: str | None, state: str) -> None:
         async with limiter:
-            await _resolve_pool(
-                client, account, pool_id, configuration, state, plan, out, narrowing
-            )
+            with _located(account, client):
+                await _resolve_pool(
+                    client, account, pool_id, configuration, state, plan, out, narrowing
+                )
 
     async with anyio.create_task_group() as group:
         for pool in matched:

@@ -50,7 +50,7 @@ from fleet_reimage.views.runview import (
     when,
 )
 from fleet_reimage.views.textgrid import grid, md_cell, md_table
-from fleet_reimage.views.timeline import Timeline, timeline, timeline_lines
+from fleet_reimage.views.timeline import Timeline, timeline, timeline_lines, wave_times
 
 FORMATS = ("table", "json", "csv", "markdown")
 MARKDOWN_NODE_LIMIT = 500
@@ -448,18 +448,7 @@ def _md_failures(groups: Sequence[FailureGroup]) -> list[str]:
 def _md_timeline(line: Timeline, day: float) -> list[str]:
     if not line.waves and not line.milestones:
         return ["No wave has started."]
-    rows = [
-        (
-            md_cell(w.label),
-            f"{w.wave} of {w.of}",
-            str(w.nodes),
-            clock(w.started_at, day),
-            clock(w.completed_at, day) if w.completed_at else "running",
-            span(w.took),
-            span(w.pause_before) if w.pause_before is not None else "",
-        )
-        for w in line.waves
-    ]
+    rows = [(md_cell(w.label), f"{w.wave} of {w.of}", *wave_times(w, day)) for w in line.waves]
     headers = ("Pool", "Wave", "Nodes", "Started", "Completed", "Took", "Pause before")
     parts = md_table(headers, rows) if rows else []
     if line.milestones:

@@ -324,6 +324,17 @@ def _milestone(event: RunEvent) -> Milestone:
     return Milestone(event.at, kind, pool, text)
 
 
+def wave_times(wave: WaveSpan, day_of: float) -> tuple[str, str, str, str, str]:
+    """A wave's nodes, start, completion, duration and the pause before it, as cells."""
+    return (
+        str(wave.nodes),
+        clock(wave.started_at, day_of),
+        clock(wave.completed_at, day_of) if wave.completed_at else "running",
+        span(wave.took),
+        span(wave.pause_before) if wave.pause_before is not None else "",
+    )
+
+
 def timeline_lines(line: Timeline, day_of: float) -> list[str]:
     """The timeline as aligned text: the wave table, then one line per milestone."""
     out: list[str] = []
@@ -331,11 +342,7 @@ def timeline_lines(line: Timeline, day_of: float) -> list[str]:
         (
             w.label,
             f"{w.wave}/{w.of}",
-            str(w.nodes),
-            clock(w.started_at, day_of),
-            clock(w.completed_at, day_of) if w.completed_at else "running",
-            span(w.took),
-            span(w.pause_before) if w.pause_before is not None else "",
+            *wave_times(w, day_of),
             "held for checkpoint" if w.held else "",
         )
         for w in line.waves
