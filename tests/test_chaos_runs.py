@@ -124,9 +124,12 @@ def test_a_second_runner_on_the_same_journal_refuses_and_names_the_holder(
                     break
                 time.sleep(0.02)
             assert first.poll() is None, "the first run ended before the others could try"
-            shown = run_cli("status", "--latest", "--output", "json", "--journal", str(journal),
-                            cwd=tmp_path)  # fmt: skip
-            run_id = json.loads(shown.stdout)["run"]["run_id"]
+            started = next(
+                json.loads(line)
+                for line in events.read_text().splitlines()
+                if "run_started" in line
+            )
+            run_id = started["run_id"]
             holder = f"{socket.gethostname()} pid {first.pid}, run {run_id}"  # not "run new"
             contenders = [
                 ("run", str(plan), "--yes"),
