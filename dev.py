@@ -83,8 +83,10 @@ def demo(extra_args: list[str]) -> int:
         0: "every selected node was reimaged and came back healthy",
         1: "the run finished; some nodes failed (the demo fleet makes a few come back "
         "starttaskfailed on purpose)",
-        3: "the run finished but stopped something on purpose: the demo's sim-vm pool "
-        "cannot be reimaged, so it was stopped after its first answer, as intended",
+        3: "the run finished but stopped a pool on purpose: the demo's pool 'sim' plays "
+        "a service that refuses reimage (409 OperationNotValidOnNode), so the tool stopped "
+        "it after its canary's answer, as intended; the other pools accept reimage and "
+        "were rolled",
     }
     print()
     print(f"demo: fleet-reimage exited {code}: {meaning.get(code, 'see the output above')}")

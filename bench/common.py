@@ -72,7 +72,6 @@ def pools_of(total: int, count: int, prefix: str = "pool") -> list[dict[str, Any
         {
             "id": f"{prefix}-{i:03d}",
             "nodes": base + (1 if i < extra else 0),
-            "configuration": "cloudServiceConfiguration",
             "states": {"idle": 1.0},
         }
         for i in range(count)

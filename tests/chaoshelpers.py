@@ -19,7 +19,10 @@ from typing import Any
 from clihelpers import EmulatorProcess, cli_env
 from runhelpers import write_plan
 
-CS = "cloudServiceConfiguration"
+VM_CONFIGURATION = {
+    "imageReference": {"publisher": "Canonical", "offer": "ubuntu", "sku": "20_04-lts"},
+    "nodeAgentSKUId": "batch.node.ubuntu 20.04",
+}
 TRACEBACK = "Traceback (most recent call last)"
 # A run that stops at its checkpoint after the first wave: a resumable journal whose
 # remaining nodes are pending (what a silent restart would send again).

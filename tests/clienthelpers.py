@@ -38,7 +38,7 @@ pools:
     running_tasks: 2
   - id: vm
     nodes: 4
-    configuration: virtualMachineConfiguration
+    reimage: refused
   - id: odd
     nodes: 3
     states: {{creating: 0.3333333333, unusable: 0.3333333333, starting: 0.3333333334}}

@@ -22,6 +22,16 @@ from fleet_reimage.emulator.server import RunningEmulator
 # An emulator test key (base64 of 32 fixed bytes), not a secret.
 TEST_KEY = "ZmxlZXQtcmVpbWFnZSBlbXVsYXRvciB0ZXN0IGtleSE="
 API_VERSION = "2024-07-01.20.0"
+# The 409 code a node answers a reimage or reboot with, by its state (the service's table;
+# any other state not idle/running: OperationInvalidForCurrentState).
+BUSY_CODES = {
+    "reimaging": "NodeBeingReimaged",
+    "rebooting": "NodeBeingRebooted",
+    "creating": "NodeBeingCreated",
+    "starting": "NodeBeingStarted",
+    "waitingforstarttask": "NodeBeingStarted",
+    "unusable": "NodeStateUnusable",
+}
 
 BASE_FLEET = f"""
 account: {{name: emu, key: "{TEST_KEY}", bearer_tokens: [tok1]}}
@@ -33,7 +43,7 @@ pools:
     running_tasks: 2
   - id: vm
     nodes: 5
-    configuration: virtualMachineConfiguration
+    reimage: refused
   - id: odd
     nodes: 3
     states: {{creating: 0.3333333333, unusable: 0.3333333333, starting: 0.3333333334}}

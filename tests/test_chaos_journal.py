@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 from chaoshelpers import (
-    CS,
     assert_clear_refusal,
     checkpointed_journal,
     corrupt_middle,
@@ -39,7 +38,7 @@ class Stopped:
 @pytest.fixture(scope="module")
 def stopped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stopped]:
     folder = tmp_path_factory.mktemp("chaos-journal")
-    with emulator_process(folder, [{"id": "p", "nodes": NODES, "configuration": CS}]) as emu:
+    with emulator_process(folder, [{"id": "p", "nodes": NODES}]) as emu:
         plan, journal, run_id = checkpointed_journal(folder, emu)
         pending = journal_rows(journal, "SELECT count(*) FROM targets WHERE state = 'pending'")
         assert pending[0][0] == NODES - 2  # only the first wave went out

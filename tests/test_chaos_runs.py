@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from chaoshelpers import CS, TRACEBACK, journal_rows, run_cli
+from chaoshelpers import TRACEBACK, journal_rows, run_cli
 from clihelpers import cli_env, emulator_process
 from runhelpers import KEY, KEY_ENV, write_plan
 
@@ -32,7 +32,7 @@ def _small_disk() -> None:
 
 def test_a_full_disk_stops_the_run_and_nothing_was_sent_unjournaled(tmp_path: Path) -> None:
     nodes = 1500
-    with emulator_process(tmp_path, [{"id": "p", "nodes": nodes, "configuration": CS}]) as emu:
+    with emulator_process(tmp_path, [{"id": "p", "nodes": nodes}]) as emu:
         plan = write_plan(
             tmp_path,
             emu.url,
@@ -92,7 +92,7 @@ def test_a_second_runner_on_the_same_journal_refuses_and_names_the_holder(
     nodes = 40
     with emulator_process(
         tmp_path,
-        [{"id": "p", "nodes": nodes, "configuration": CS}],
+        [{"id": "p", "nodes": nodes}],
         timings={"reimaging": "300ms", "starting": "200ms"},
     ) as emu:
         plan = write_plan(
@@ -178,7 +178,7 @@ def _leaks(blob: bytes, keys: list[str]) -> list[str]:
 def test_no_form_of_the_key_in_any_artefact(tmp_path: Path) -> None:
     with emulator_process(
         tmp_path,
-        [{"id": "p", "nodes": 24, "configuration": CS}],
+        [{"id": "p", "nodes": 24}],
         faults={
             "seed": 9,
             "reimage": {

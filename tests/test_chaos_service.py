@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 import pytest
 from aiohttp import web
-from chaoshelpers import CS, TRACEBACK, report_nodes
+from chaoshelpers import TRACEBACK, VM_CONFIGURATION, report_nodes
 from clihelpers import cli_env
 from runhelpers import write_plan
 
@@ -77,7 +77,9 @@ class FakeBatch:
         if self.far_link:
             pools.append({"id": "far", "state": "active", "allocationState": "steady"})
         for pool in pools:
-            pool.update({CS: {"osFamily": "6"}, "vmSize": "standard_d2_v3"})
+            pool.update(
+                {"virtualMachineConfiguration": VM_CONFIGURATION, "vmSize": "standard_d2_v3"}
+            )
             pool["currentDedicatedNodes"] = len(self.behaviours)
         return web.json_response({"value": pools}, headers=self.headers())
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from chaoshelpers import CS, TRACEBACK, journal_rows, run_cli
+from chaoshelpers import TRACEBACK, journal_rows, run_cli
 from clihelpers import emulator_process
 from runhelpers import write_plan
 
@@ -21,7 +21,7 @@ NODES = 300
 def run_with_random_throttles(tmp_path: Path) -> tuple[int, int, dict[str, int]]:
     with emulator_process(
         tmp_path,
-        [{"id": "p", "nodes": NODES, "configuration": CS}],
+        [{"id": "p", "nodes": NODES}],
         faults={"seed": 4, "reimage": {"throttle": 0.05, "retry_after": "100ms"}},
     ) as emu:
         plan = write_plan(

@@ -12,7 +12,6 @@ from pathlib import Path
 from clihelpers import emulator_process, fleet_reimage, start_fleet_reimage
 from runhelpers import KEY, write_plan
 
-CS = "cloudServiceConfiguration"
 SLOW = {"reimaging": "400ms", "starting": "200ms"}
 ROLLOUT = """
     waves: [2, "100%"]
@@ -49,7 +48,6 @@ def test_plan_is_read_only_and_json_is_machine_readable(tmp_path: Path) -> None:
             {
                 "id": "p",
                 "nodes": 30,
-                "configuration": CS,
                 "states": {"idle": 0.5, "running": 0.4, "offline": 0.1},
             }
         ],
@@ -69,7 +67,7 @@ def test_plan_is_read_only_and_json_is_machine_readable(tmp_path: Path) -> None:
 
 
 def test_run_needs_yes_without_a_terminal(tmp_path: Path) -> None:
-    with emulator_process(tmp_path, [{"id": "p", "nodes": 3, "configuration": CS}]) as emu:
+    with emulator_process(tmp_path, [{"id": "p", "nodes": 3}]) as emu:
         plan = write_plan(tmp_path, emu.url)
         result = fleet_reimage("run", str(plan), "--journal", str(tmp_path / "j.db"), cwd=tmp_path)
         assert emu.stats()["requests"]["mutating"] == 0
@@ -77,9 +75,7 @@ def test_run_needs_yes_without_a_terminal(tmp_path: Path) -> None:
 
 
 def test_sigint_stops_gracefully_prints_resume_and_resume_finishes(tmp_path: Path) -> None:
-    with emulator_process(
-        tmp_path, [{"id": "p", "nodes": 30, "configuration": CS}], timings=SLOW
-    ) as emu:
+    with emulator_process(tmp_path, [{"id": "p", "nodes": 30}], timings=SLOW) as emu:
         plan = write_plan(tmp_path, emu.url, rollout=ROLLOUT)
         journal, events = tmp_path / "j.db", tmp_path / "events.jsonl"
         runner = start_fleet_reimage(
@@ -116,8 +112,8 @@ def test_sigkill_at_random_moments_every_node_exactly_once(tmp_path: Path) -> No
     with emulator_process(
         tmp_path,
         [
-            {"id": "a", "nodes": 150, "configuration": CS},
-            {"id": "b", "nodes": 100, "configuration": CS},
+            {"id": "a", "nodes": 150},
+            {"id": "b", "nodes": 100},
         ],
         timings={"reimaging": "100ms", "starting": "50ms"},
         faults={"seed": 3, "reimage": {"latency": "5ms", "jitter": "5ms"}},
@@ -153,7 +149,7 @@ def test_sigkill_at_random_moments_every_node_exactly_once(tmp_path: Path) -> No
 
 
 def test_no_secret_in_any_artefact(tmp_path: Path) -> None:
-    with emulator_process(tmp_path, [{"id": "p", "nodes": 10, "configuration": CS}]) as emu:
+    with emulator_process(tmp_path, [{"id": "p", "nodes": 10}]) as emu:
         plan = write_plan(tmp_path, emu.url)
         journal = tmp_path / "j.db"
         result = fleet_reimage(

@@ -36,7 +36,7 @@ from fleet_reimage.batch.errors import (
     Throttled,
     TransientServerError,
 )
-from fleet_reimage.batch.models import CLOUD_SERVICE, VIRTUAL_MACHINE
+from fleet_reimage.batch.models import VIRTUAL_MACHINE
 from fleet_reimage.batch.transport import HttpRequest
 
 pytestmark = pytest.mark.anyio
@@ -61,7 +61,7 @@ async def test_list_pools() -> None:
         pools = [pool async for pool in env.client.list_pools()]
     assert [pool.id for pool in pools] == ["cs", "vm", "odd"]
     by_id = {pool.id: pool for pool in pools}
-    assert by_id["cs"].configuration == CLOUD_SERVICE and by_id["cs"].current_nodes == 30
+    assert by_id["cs"].configuration == VIRTUAL_MACHINE and by_id["cs"].current_nodes == 30
     assert by_id["vm"].configuration == VIRTUAL_MACHINE and by_id["vm"].current_nodes == 4
     assert all(pool.state == "active" and pool.allocation_state == "steady" for pool in pools)
 

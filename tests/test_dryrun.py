@@ -9,8 +9,6 @@ from runhelpers import write_plan
 
 from fleet_reimage.views.dryrun import simulate_pool
 
-CS = "cloudServiceConfiguration"
-
 
 def test_waves_run_in_batches_of_free_slots_with_pauses_between() -> None:
     pool = simulate_pool("a/p", [1, 0, 4, 5], slots=2, per_node=60.0, pause=30.0)
@@ -25,9 +23,9 @@ def test_waves_run_in_batches_of_free_slots_with_pauses_between() -> None:
 
 def test_dry_run_sends_nothing_and_prints_the_expected_timeline(tmp_path: Path) -> None:
     pools = [
-        {"id": "big", "nodes": 40, "configuration": CS},
+        {"id": "big", "nodes": 40},
         # 6 of 10 nodes are down already and at most 2 may be: this pool cannot start.
-        {"id": "sick", "nodes": 10, "configuration": CS, "states": {"idle": 0.4, "offline": 0.6}},
+        {"id": "sick", "nodes": 10, "states": {"idle": 0.4, "offline": 0.6}},
     ]
     with emulator_process(tmp_path, pools) as emu:
         plan = write_plan(

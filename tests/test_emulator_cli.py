@@ -13,6 +13,7 @@ import pytest
 from emulator_helpers import BASE_FLEET
 
 from fleet_reimage.emulator import emulator_main
+from fleet_reimage.emulator.server import exposure_warning
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -93,3 +94,42 @@ def test_bad_fleet_file_from_a_subprocess_has_no_traceback(tmp_path: Path) -> No
     assert "bad.yaml:1:10: error: account: expected a mapping, got a list" in done.stderr
     assert "bad.yaml:2:8: error: pools: expected a list, got a number" in done.stderr
     assert "Traceback" not in done.stderr and done.stdout == ""
+
+
+def test_a_fleet_file_with_cloud_service_pools_exits_2_with_what_to_write(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fleet_path = tmp_path / "old.yaml"
+    fleet_path.write_text(
+        BASE_FLEET.replace("    reimage: refused", "    configuration: cloudServiceConfiguration"),
+        encoding="utf-8",
+    )
+    assert emulator_main(["--fleet", str(fleet_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{fleet_path}:11:20: error: pools[1].configuration: cloud-service pools" in err
+    assert "remove this key" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("host", "warned"),
+    [
+        ("127.0.0.1", False),
+        ("::1", False),
+        ("localhost", False),
+        ("0.0.0.0", True),
+        ("::", True),
+        ("10.1.2.3", True),
+        ("batch-rehearsal.example.com", True),
+    ],
+)
+def test_a_host_other_than_loopback_is_warned_about(host: str, warned: bool) -> None:
+    assert (exposure_warning(host) is not None) == warned
+
+
+def test_the_warning_reaches_stderr_before_anything_binds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A missing fleet file stops the command before it listens: nothing is exposed here.
+    assert emulator_main(["--fleet", str(tmp_path / "none.yaml"), "--host", "0.0.0.0"]) == 2
+    err = capsys.readouterr().err
+    assert "warning: listening on 0.0.0.0 makes the emulator reachable from the network" in err

@@ -8,10 +8,13 @@ import pytest
 from emulator_helpers import TEST_KEY
 
 from fleet_reimage.emulator import (
+    AutoScaleSpec,
+    CoreQuota,
     FaultSpec,
     ManualClock,
     Outcomes,
     RateLimitSpec,
+    TaskDuration,
     Timings,
     build_state,
     load_fleet,
@@ -27,15 +30,23 @@ seed: 1
 pools:
   - id: render-a
     nodes: 200
-    configuration: cloudServiceConfiguration
     vm_size: standard_d2_v3
     states: {{idle: 0.7, running: 0.3}}
     running_tasks: 2
+    task_duration: {{min: 1m, max: 10m}}
     recently_booted: 0.1
+    core_quota: {{dedicated: 800}}
+    cores_per_node: 4
+    metadata: {{owner: render}}
   - id: explicit
     nodes: [a, b, c]
-    configuration: virtualMachineConfiguration
-timings: {{reimaging: 2s, rebooting: 1s, starting: 1s, waitingforstarttask: 0s}}
+    reimage: refused
+    task_duration: 90s
+  - id: scaled
+    nodes: 2
+    auto_scale: {{target_dedicated: 3, interval: 30s}}
+    task_duration: {{mean: 5m}}
+timings: {{reimaging: 2s, rebooting: 1s, starting: 1s, waitingforstarttask: 0s, leavingpool: 3s}}
 outcomes: {{starttaskfailed: 0.02, unusable: 0.0}}
 faults:
   seed: 7
@@ -60,7 +71,7 @@ def test_full_fleet_file() -> None:
         ("tok1", "tok2"),
         1,
     )
-    render, explicit = spec.pools
+    render, explicit, scaled = spec.pools
     assert (render.id, render.nodes, render.states, render.running_tasks) == (
         "render-a",
         200,
@@ -68,7 +79,14 @@ def test_full_fleet_file() -> None:
         2,
     )
     assert render.recently_booted == 0.1 and explicit.nodes == ("a", "b", "c")
-    assert spec.timings == Timings(2, 1, 1, 0)
+    assert (render.reimage, explicit.reimage) == ("accepted", "refused")
+    assert render.task_duration == TaskDuration("uniform", 60, 600)
+    assert explicit.task_duration == TaskDuration("fixed", 90, 90)
+    assert scaled.task_duration == TaskDuration("exponential", 300, 300)
+    assert (render.core_quota, render.cores_per_node) == (CoreQuota(800, None), 4)
+    assert render.metadata == (("owner", "render"),)
+    assert (render.auto_scale, scaled.auto_scale) == (None, AutoScaleSpec(3, 0, 30))
+    assert spec.timings == Timings(2, 1, 1, 0, leavingpool=3)
     assert spec.outcomes == Outcomes(0.02, 0.0)
     assert spec.faults.seed == 7
     assert spec.faults.operations["reimage"] == FaultSpec(
@@ -95,12 +113,13 @@ def test_full_fleet_file() -> None:
 def test_defaults() -> None:
     spec = parse_fleet(f"account: {{name: emu, key: '{TEST_KEY}'}}\npools: [{{id: p, nodes: 2}}]")
     pool = spec.pools[0]
-    assert (pool.configuration, pool.vm_size, pool.states, pool.recently_booted) == (
-        "cloudServiceConfiguration",
+    assert (pool.reimage, pool.vm_size, pool.states, pool.recently_booted) == (
+        "accepted",
         "standard_d2_v3",
         {"idle": 1.0},
         0.0,
     )
+    assert (pool.auto_scale, pool.core_quota, pool.metadata) == (None, CoreQuota(), ())
     assert spec.seed == 0 and spec.rate_limit is None and spec.faults.operations == {}
     burst = parse_fleet(
         f"account: {{name: emu, key: '{TEST_KEY}'}}\npools: [{{id: p, nodes: 2}}]\n"
@@ -167,8 +186,23 @@ faults:
         ),
         (
             f"account: {{name: emu, key: '{TEST_KEY}'}}\npools: [{{id: p, nodes: 1, "
-            "configuration: vmConfiguration}]",
-            "expected one of cloudServiceConfiguration",
+            "reimage: maybe}]",
+            "pools[0].reimage: expected accepted or refused, got 'maybe'",
+        ),
+        (
+            f"account: {{name: emu, key: '{TEST_KEY}'}}\npools: [{{id: p, nodes: 1, "
+            "task_duration: {min: 5m, max: 1m}}]",
+            "pools[0].task_duration.max: max must be at least min",
+        ),
+        (
+            f"account: {{name: emu, key: '{TEST_KEY}'}}\npools: [{{id: p, nodes: 1, "
+            "auto_scale: {interval: 5m}}]",
+            "pools[0].auto_scale.target_dedicated: missing required key",
+        ),
+        (
+            f"account: {{name: emu, key: '{TEST_KEY}'}}\npools: [{{id: p, nodes: 1, "
+            "core_quota: {dedicted: 4}}]",
+            "pools[0].core_quota.dedicted: unknown key 'dedicted'; did you mean 'dedicated'?",
         ),
         (
             f"account: {{name: emu, key: '{TEST_KEY}'}}\npools: [{{id: p, nodes: 1, states: "
@@ -212,14 +246,35 @@ def test_load_fleet_reads_files_and_reports_unreadable_ones(tmp_path: Path) -> N
 def test_demo_fleet() -> None:
     spec = load_fleet(REPO / "plans" / "fleets" / "demo.yaml")
     assert spec.account.name == "demo"
-    assert [(pool.id, pool.node_count, pool.configuration) for pool in spec.pools] == [
-        ("render-a", 24, "cloudServiceConfiguration"),
-        ("render-b", 16, "cloudServiceConfiguration"),
-        ("sim-vm", 8, "virtualMachineConfiguration"),
-        ("etl", 12, "cloudServiceConfiguration"),
+    assert [(pool.id, pool.node_count, pool.reimage) for pool in spec.pools] == [
+        ("render-a", 24, "accepted"),
+        ("render-b", 16, "accepted"),
+        ("sim", 8, "refused"),
+        ("etl", 12, "accepted"),
     ]
     state = build_state(spec, ManualClock())
     assert state.summary("render-b").states == {"idle": 15, "unusable": 1}
     assert state.summary("render-a").states == {"idle": 18, "running": 6}
     assert spec.timings.reimaging == 1.5 and spec.outcomes.starttaskfailed == 0.05
     assert spec.faults.operations["reimage"].retry_after == 0.5
+
+
+def test_cloud_service_pools_are_refused_with_what_to_write_instead() -> None:
+    found = problems(f"""\
+account: {{name: emu, key: "{TEST_KEY}"}}
+pools:
+  - id: old-cs
+    nodes: 2
+    configuration: cloudServiceConfiguration
+  - id: old-vm
+    nodes: 2
+    configuration: virtualMachineConfiguration
+""")
+    assert len(found) == 2
+    assert found[0].startswith(
+        "f.yaml:5:20: error: pools[0].configuration: cloud-service pools do not exist in "
+        "api-version 2024-07-01.20.0"
+    )
+    assert "remove this key" in found[0] and "reimage: refused" in found[0]
+    assert found[1].startswith("f.yaml:8:20: error: pools[1].configuration: remove this key")
+    assert "write 'reimage: refused'" in found[1]

@@ -48,6 +48,7 @@ NODE_KEYS = [
     "startTask",
     "startTaskInfo",
     "nodeAgentInfo",
+    "virtualMachineInfo",
 ]
 
 
@@ -181,14 +182,13 @@ async def test_get_node_and_pool_shapes() -> None:
         }
         pool = (await client.get("/pools/cs")).json()
         assert pool["odata.metadata"] == f"{emu.url}/$metadata#pools/@Element"
-        assert pool["cloudServiceConfiguration"] == {"osFamily": "6", "osVersion": "*"}
+        assert pool["virtualMachineConfiguration"]["nodeAgentSKUId"] == "batch.node.ubuntu 20.04"
+        assert "cloudServiceConfiguration" not in pool  # not in this api-version's schema
         assert (pool["currentDedicatedNodes"], pool["state"], pool["vmSize"]) == (
             30,
             "active",
             "standard_d2_v3",
         )
-        vm = (await client.get("/pools/vm")).json()
-        assert "virtualMachineConfiguration" in vm and "cloudServiceConfiguration" not in vm
         pools = (await client.get("/pools")).json()
         assert pools["odata.metadata"] == f"{emu.url}/$metadata#pools"
         assert [p["id"] for p in pools["value"]] == ["cs", "vm", "odd"]
@@ -269,7 +269,11 @@ async def test_api_version_required_and_checked() -> None:
         assert values == {"QueryParameterName": "api-version"}
         reply = await client.send("GET", client.url("/pools", api_version="2019-01-01.8.0"))
         assert_batch_error(reply, 400, "UnsupportedRequestVersion")
-        for version in ("2023-05-01.17.0", "2024-02-01.19.0", "2024-07-01.20.0", "2025-06-01"):
+        for version in ("2023-05-01.17.0", "2024-02-01.19.0", "2025-01-01", "2025-06-01.20.0"):
+            reply = await client.send("GET", client.url("/pools", api_version=version))
+            values = assert_batch_error(reply, 400, "UnsupportedRequestVersion")
+            assert values["QueryParameterValue"] == version
+        for version in ("2024-07-01.20.0", "2025-06-01"):
             assert (
                 await client.send("GET", client.url("/pools", api_version=version))
             ).status == 200
@@ -352,24 +356,23 @@ async def test_stats_endpoint() -> None:
             uuid.UUID(response.headers["request-id"])
             stats = await response.json()
         assert stats == emu.stats()
-        assert stats["pools"]["cs"] == {
-            "peak_unavailable": 1,
-            "current_unavailable": 1,
-            "nodes": 30,
-            "states": {"idle": 23, "running": 6, "reimaging": 1},
-        }
-        assert {
-            "pool": "cs",
-            "id": node_id,
-            "state": "reimaging",
-            "reimages": 1,
-            "reboots": 0,
-        } in stats["nodes"]
+        pool = stats["pools"]["cs"]
+        assert (pool["peak_unavailable"], pool["current_unavailable"], pool["nodes"]) == (1, 1, 30)
+        assert pool["states"] == {"idle": 23, "running": 6, "reimaging": 1}
+        assert (pool["ready"], pool["min_ready"], pool["allocation_state"]) == (29, 29, "steady")
+        entry = next(item for item in stats["nodes"] if item["id"] == node_id)
+        assert (entry["pool"], entry["state"], entry["reimages"], entry["reboots"]) == (
+            "cs",
+            "reimaging",
+            1,
+            0,
+        )
         assert len(stats["nodes"]) == 38
         assert stats["requests"] == {
             "total": 3,
             "by_operation": {"reimage": 2, "list_pools": 1},
             "by_status": {"202": 1, "409": 1, "400": 1},
+            "by_api_version": {"2024-07-01.20.0": 2},
             "faults": {},
             "rate_limited": 0,
             "mutating": 2,

@@ -23,7 +23,7 @@ account: {{name: emu, key: "{TEST_KEY}"}}
 seed: 4
 pools:
   - {{id: cs, nodes: 25, states: {{idle: 0.6, running: 0.4}}}}
-  - {{id: vm, nodes: 3, configuration: virtualMachineConfiguration}}
+  - {{id: vm, nodes: 3, reimage: refused}}
 timings: {{reimaging: 300ms, rebooting: 300ms, starting: 100ms}}
 """)
 

@@ -6,7 +6,7 @@ import random
 import re
 
 import pytest
-from emulator_helpers import TEST_KEY
+from emulator_helpers import BUSY_CODES, TEST_KEY
 
 from fleet_reimage.emulator import (
     AccountSpec,
@@ -20,8 +20,8 @@ from fleet_reimage.emulator import (
     build_state,
 )
 from fleet_reimage.emulator.population import node_ids
+from fleet_reimage.emulator.rules import VM_REIMAGE_REASON
 from fleet_reimage.emulator.spec import NODE_STATES
-from fleet_reimage.emulator.state import VM_REIMAGE_REASON
 from fleet_reimage.emulator.timefmt import TICKS_PER_SECOND
 
 ACCOUNT = AccountSpec("emu", TEST_KEY)
@@ -116,20 +116,12 @@ def test_every_conflict_code() -> None:
     state, _ = make(PoolSpec("p", len(NODE_STATES), states=dict.fromkeys(NODE_STATES, share)))
     by_state = {node.state: node.id for node in state.pools["p"].nodes}
     assert set(by_state) == set(NODE_STATES)
-    expected = {
-        "reimaging": "NodeBeingReimaged",
-        "rebooting": "NodeBeingRebooted",
-        "creating": "NodeBeingCreated",
-        "starting": "NodeBeingStarted",
-        "waitingforstarttask": "NodeBeingStarted",
-        "unusable": "NodeStateUnusable",
-    }
     for node_state, node_id in by_state.items():
         if node_state in ("idle", "running"):
             continue
         for action in (state.reimage, state.reboot):
             error = refused(action, "p", node_id)
-            code = expected.get(node_state, "OperationInvalidForCurrentState")
+            code = BUSY_CODES.get(node_state, "OperationInvalidForCurrentState")
             assert (error.status, error.code) == (409, code), node_state
     state.reimage("p", by_state["idle"])
     state.reboot("p", by_state["running"])
@@ -137,8 +129,8 @@ def test_every_conflict_code() -> None:
     assert refused(state.reimage, "p", by_state["running"]).code == "NodeBeingRebooted"
 
 
-def test_reimage_refused_on_virtual_machine_pools_but_reboot_works() -> None:
-    state, _ = make(PoolSpec("vm", 2, configuration="virtualMachineConfiguration"))
+def test_reimage_refused_on_a_refusing_pool_but_reboot_works() -> None:
+    state, _ = make(PoolSpec("vm", 2, reimage="refused"))
     node_id = state.pools["vm"].nodes[0].id
     error = refused(state.reimage, "vm", node_id)
     assert (error.status, error.code) == (409, "OperationNotValidOnNode")
@@ -264,16 +256,12 @@ def test_idle_fleet_costs_nothing_and_transitions_are_lazy() -> None:
 
 
 def test_node_ids_look_like_batch_and_follow_the_seed() -> None:
-    cloud = PoolSpec("p", 12)
-    vm = PoolSpec("v", 3, configuration="virtualMachineConfiguration")
-    cloud_ids = node_ids(1, cloud)
-    assert all(re.fullmatch(r"tvm-\d{10}_\d+-\d{8}t\d{6}z", node_id) for node_id in cloud_ids)
-    assert [node_id.split("_")[1].split("-")[0] for node_id in cloud_ids] == [
-        str(n) for n in range(1, 13)
-    ]
-    assert all(re.fullmatch(r"tvmps_[0-9a-f]{64}_d", node_id) for node_id in node_ids(1, vm))
-    assert node_ids(1, cloud) == cloud_ids and node_ids(2, cloud) != cloud_ids
-    assert node_ids(1, vm) == node_ids(1, vm) != node_ids(2, vm)
+    vm = PoolSpec("v", 12)
+    ids = node_ids(1, vm)
+    assert all(re.fullmatch(r"tvmps_[0-9a-f]{64}_d", node_id) for node_id in ids)
+    assert len(set(ids)) == 12
+    assert node_ids(1, vm) == ids != node_ids(2, vm)
+    assert node_ids(1, PoolSpec("w", 12)) != ids  # keyed by pool too
     assert node_ids(1, PoolSpec("x", ("a", "b"))) == ["a", "b"]
 
 

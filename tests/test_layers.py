@@ -126,7 +126,7 @@ def _layer_of(top: str) -> int | None:
 PENDING = pytest.mark.xfail(
     strict=True,
     reason="pending: the engine's executor/health/node_work/sharedrun cycle (issue 15), the "
-    "transport cycle with http11 (issue 14), the emulator's use of the client's signer (issue 12)",
+    "transport cycle with http11 (issue 14)",
 )
 
 
@@ -135,7 +135,6 @@ def test_the_import_graph_has_no_cycle() -> None:
     assert _cycles(_graph()) == []
 
 
-@PENDING
 def test_lower_layers_never_import_upper_ones() -> None:
     wrong = []
     for module, targets in _graph().items():

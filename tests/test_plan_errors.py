@@ -482,6 +482,24 @@ CASES: list[tuple[str, str, str, str]] = [
         "must be from 0s to 10m",
     ),
     (
+        "api-version-unknown",
+        GOOD + "execution:\n  api_version: 2024-02-01.19.0  #<\n",
+        "execution.api_version",
+        "Allowed: 2024-07-01.20.0, 2025-06-01",
+    ),
+    (
+        "api-version-typo",
+        GOOD + "execution:\n  api_version: '2025-6-01'  #<\n",
+        "execution.api_version",
+        "Did you mean '2025-06-01'?",
+    ),
+    (
+        "api-version-number",
+        GOOD + "execution:\n  api_version: 2025  #<\n",
+        "execution.api_version",
+        "one of 2024-07-01.20.0, 2025-06-01",
+    ),
+    (
         "retry-attempts",
         GOOD + "execution:\n  retry: {max_attempts: 0}  #<\n",
         "execution.retry.max_attempts",

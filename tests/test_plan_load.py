@@ -81,6 +81,7 @@ def test_minimal_plan_takes_every_default(tmp_path: Path) -> None:
     execution = plan.execution
     assert (execution.concurrency, execution.per_account_concurrency) == (64, 32)
     assert execution.request_timeout == 30.0
+    assert execution.api_version == "2024-07-01.20.0"
     retry = execution.retry
     assert (retry.max_attempts, retry.initial_backoff, retry.max_backoff, retry.busy_timeout) == (
         8, 1.0, 60.0, 600.0,
@@ -373,7 +374,7 @@ def test_demo_plan_validates(tmp_path: Path) -> None:
     plan = load_plan(demo)
     (account,) = plan.accounts
     assert account.name == "demo" and account.emulator == demo.parent / "fleets" / "demo.yaml"
-    assert [p.match for p in account.pools] == ["render-*", "etl", "sim-vm"]
+    assert [p.match for p in account.pools] == ["render-*", "etl", "sim"]
     assert plan.rollout.waves == (count(1), count(3), pct(50), pct(100))
     assert plan.rollout.max_unavailable == pct(25)
     assert plan.rollout.pause_between_waves == 1.0
@@ -441,3 +442,10 @@ def test_python_object_tag_is_refused(tmp_path: Path) -> None:
     rendered = load_error(TEST_PLANS / "python-object.yaml")
     assert ":4:" in rendered and "python/object/apply:os.system" in rendered
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("written", ["2025-06-01", "'2025-06-01'", "2024-07-01.20.0"])
+def test_api_version_is_read_as_written(written: str, tmp_path: Path) -> None:
+    # Unquoted, 2025-06-01 is a YAML date: it is still the version the user meant.
+    plan = parse(MINIMAL + f"execution:\n  api_version: {written}\n", tmp_path)
+    assert plan.execution.api_version == written.strip("'")

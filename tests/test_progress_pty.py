@@ -9,7 +9,6 @@ import pexpect
 from clihelpers import PYTHON, cli_env, emulator_process
 from runhelpers import write_plan
 
-CS = "cloudServiceConfiguration"
 SLOW = {"reimaging": "400ms", "starting": "200ms"}
 ROLLOUT = """
     waves: [2, "100%"]
@@ -45,9 +44,7 @@ def plain(shown: object) -> str:
 
 
 def test_live_display_on_a_terminal_then_the_summary(tmp_path: Path) -> None:
-    with emulator_process(
-        tmp_path, [{"id": "p", "nodes": 16, "configuration": CS}], timings=SLOW
-    ) as emu:
+    with emulator_process(tmp_path, [{"id": "p", "nodes": 16}], timings=SLOW) as emu:
         plan = write_plan(tmp_path, emu.url, rollout=ROLLOUT)
         child = spawn(tmp_path, "run", str(plan), "--yes", "--journal", "j.db")
         shown = finish(child)
@@ -66,9 +63,7 @@ def test_live_display_on_a_terminal_then_the_summary(tmp_path: Path) -> None:
 
 def test_questions_are_asked_on_the_terminal_and_answered(tmp_path: Path) -> None:
     """Without --yes: confirm the start, then the checkpoint (the live display steps aside)."""
-    with emulator_process(
-        tmp_path, [{"id": "p", "nodes": 16, "configuration": CS}], timings=SLOW
-    ) as emu:
+    with emulator_process(tmp_path, [{"id": "p", "nodes": 16}], timings=SLOW) as emu:
         rollout = ROLLOUT + "    confirm_after_wave: 1\n"
         plan = write_plan(tmp_path, emu.url, rollout=rollout)
         child = spawn(tmp_path, "run", str(plan), "--journal", "j.db")

@@ -36,10 +36,9 @@ async def test_faults_every_node_exactly_once_and_journal_agrees(tmp_path: Path)
         {
             "id": "a",
             "nodes": 60,
-            "configuration": "cloudServiceConfiguration",
             "states": {"idle": 0.7, "running": 0.2, "offline": 0.1},
         },
-        {"id": "b", "nodes": 40, "configuration": "cloudServiceConfiguration"},
+        {"id": "b", "nodes": 40},
     ]
     async with emulator(pools, faults=faults) as emu:
         plan = write_plan(tmp_path, emu.url)

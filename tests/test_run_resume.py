@@ -27,10 +27,9 @@ from fleet_reimage.errors import InputError
 from fleet_reimage.journal import RunRecord, RunStatus, TargetState
 
 pytestmark = pytest.mark.anyio
-CS = "cloudServiceConfiguration"
 POOLS = [
-    {"id": "a", "nodes": 40, "configuration": CS},
-    {"id": "b", "nodes": 20, "configuration": CS},
+    {"id": "a", "nodes": 40},
+    {"id": "b", "nodes": 20},
 ]
 SLOW = {"reimaging": "300ms", "starting": "100ms"}
 

@@ -25,7 +25,6 @@ from fleet_reimage import api
 from fleet_reimage.journal import RunStatus, TargetState, open_journal
 
 pytestmark = pytest.mark.anyio
-CS = "cloudServiceConfiguration"
 
 
 @pytest.fixture(autouse=True)
@@ -59,7 +58,7 @@ async def journal_events(path: Path) -> list[tuple[str, str | None, dict[str, ob
 
 
 async def test_canary_ladder_waits_for_each_wave_and_holds_max_unavailable(tmp_path: Path) -> None:
-    pools = [{"id": "p", "nodes": 20, "configuration": CS, "states": {"idle": 0.9, "offline": 0.1}}]
+    pools = [{"id": "p", "nodes": 20, "states": {"idle": 0.9, "offline": 0.1}}]
     async with emulator(pools, timings={"reimaging": "150ms", "starting": "100ms"}) as emu:
         plan = write_plan(
             tmp_path, emu.url, rollout=rollout('[1, 3, "50%", "100%"]', max_unavailable="4")
@@ -97,8 +96,8 @@ async def test_max_unavailable_holds_under_concurrency_and_faults(tmp_path: Path
         },
     }
     pools = [
-        {"id": "a", "nodes": 60, "configuration": CS},
-        {"id": "b", "nodes": 30, "configuration": CS},
+        {"id": "a", "nodes": 60},
+        {"id": "b", "nodes": 30},
     ]
     async with emulator(
         pools, faults=faults, timings={"reimaging": "100ms", "starting": "50ms"}
@@ -125,7 +124,7 @@ async def test_max_unavailable_holds_under_concurrency_and_faults(tmp_path: Path
 
 
 async def test_health_failures_fail_nodes_and_exit_1(tmp_path: Path) -> None:
-    pools = [{"id": "p", "nodes": 30, "configuration": CS}]
+    pools = [{"id": "p", "nodes": 30}]
     async with emulator(pools, outcomes={"starttaskfailed": 0.3, "unusable": 0.0}) as emu:
         plan = write_plan(tmp_path, emu.url)
         with anyio.fail_after(60):
@@ -139,7 +138,7 @@ async def test_health_failures_fail_nodes_and_exit_1(tmp_path: Path) -> None:
 
 
 async def test_failure_budget_stops_then_resume_with_accept_failures(tmp_path: Path) -> None:
-    pools = [{"id": "p", "nodes": 40, "configuration": CS}]
+    pools = [{"id": "p", "nodes": 40}]
     async with emulator(pools, outcomes={"starttaskfailed": 0.5, "unusable": 0.0}) as emu:
         plan = write_plan(tmp_path, emu.url, rollout=rollout('[8, "100%"]', budget="2"))
         journal = tmp_path / "j.db"
@@ -165,7 +164,7 @@ async def test_failure_budget_stops_then_resume_with_accept_failures(tmp_path: P
 
 
 async def test_deadline_stops_resumable(tmp_path: Path) -> None:
-    pools = [{"id": "p", "nodes": 12, "configuration": CS}]
+    pools = [{"id": "p", "nodes": 12}]
     async with emulator(pools) as emu:
         plan = write_plan(
             tmp_path,
@@ -190,8 +189,8 @@ async def test_deadline_stops_resumable(tmp_path: Path) -> None:
 
 async def test_checkpoint_stops_a_non_interactive_run_and_resume_continues(tmp_path: Path) -> None:
     pools = [
-        {"id": "p", "nodes": 10, "configuration": CS},
-        {"id": "q", "nodes": 5, "configuration": CS},
+        {"id": "p", "nodes": 10},
+        {"id": "q", "nodes": 5},
     ]
     async with emulator(pools) as emu:
         plan = write_plan(
@@ -209,7 +208,7 @@ async def test_checkpoint_stops_a_non_interactive_run_and_resume_continues(tmp_p
 
 
 async def test_checkpoint_confirmed_interactively_goes_on(tmp_path: Path) -> None:
-    pools = [{"id": "p", "nodes": 6, "configuration": CS}]
+    pools = [{"id": "p", "nodes": 6}]
     asked: list[str] = []
 
     async def yes(question: str) -> bool:
@@ -228,8 +227,8 @@ async def test_checkpoint_confirmed_interactively_goes_on(tmp_path: Path) -> Non
 
 async def test_unsupported_pool_stops_after_one_answer(tmp_path: Path) -> None:
     pools = [
-        {"id": "vm", "nodes": 20, "configuration": "virtualMachineConfiguration"},
-        {"id": "cs", "nodes": 10, "configuration": CS},
+        {"id": "vm", "nodes": 20, "reimage": "refused"},
+        {"id": "cs", "nodes": 10},
     ]
     async with emulator(pools) as emu:
         plan = write_plan(tmp_path, emu.url, rollout=rollout('[1, "100%"]'))
@@ -245,7 +244,7 @@ async def test_unsupported_pool_stops_after_one_answer(tmp_path: Path) -> None:
 
 
 async def test_node_that_leaves_the_pool_is_gone_not_failed(tmp_path: Path) -> None:
-    pools = [{"id": "p", "nodes": 8, "configuration": CS}]
+    pools = [{"id": "p", "nodes": 8}]
     async with emulator(pools) as emu:
         victim = sorted(n["id"] for n in emu.stats()["nodes"])[-1]
         recorder = Recorder()
@@ -264,7 +263,7 @@ async def test_adaptive_throttle_drives_a_rate_limited_account_near_its_limit(
     tmp_path: Path,
 ) -> None:
     limit = 100.0
-    pools = [{"id": "p", "nodes": 400, "configuration": CS}]
+    pools = [{"id": "p", "nodes": 400}]
     async with emulator(pools, rate_limit={"requests_per_second": limit, "burst": 10}) as emu:
         plan = write_plan(
             tmp_path,

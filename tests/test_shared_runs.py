@@ -13,7 +13,6 @@ from clihelpers import emulator_process, fleet_reimage, start_fleet_reimage
 from runhelpers import write_plan
 
 pytestmark = pytest.mark.postgres
-CS = "cloudServiceConfiguration"
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +42,7 @@ EXECUTION = """
 def test_three_runners_one_killed_every_node_once_within_limits(
     tmp_path: Path, pg_url: str
 ) -> None:
-    pools = [{"id": f"p{i}", "nodes": 80, "configuration": CS} for i in range(3)]
+    pools = [{"id": f"p{i}", "nodes": 80} for i in range(3)]
     with emulator_process(
         tmp_path, pools, timings={"reimaging": "300ms", "starting": "200ms"}
     ) as emu:
@@ -75,7 +74,7 @@ def test_three_runners_one_killed_every_node_once_within_limits(
 def test_second_operator_without_join_is_refused_naming_the_run(
     tmp_path: Path, pg_url: str
 ) -> None:
-    pools = [{"id": "p", "nodes": 40, "configuration": CS}]
+    pools = [{"id": "p", "nodes": 40}]
     with emulator_process(tmp_path, pools, timings={"reimaging": "2s", "starting": "1s"}) as emu:
         plan = write_plan(tmp_path, emu.url, rollout=ROLLOUT, execution=EXECUTION)
         first = start_fleet_reimage("run", str(plan), "--yes", "--journal", pg_url, cwd=tmp_path)
@@ -101,7 +100,7 @@ def test_join_needs_a_shared_journal(tmp_path: Path) -> None:
 def test_a_shared_run_stops_at_its_checkpoint_and_resume_goes_on(
     tmp_path: Path, pg_url: str
 ) -> None:
-    pools = [{"id": f"p{i}", "nodes": 10, "configuration": CS} for i in range(2)]
+    pools = [{"id": f"p{i}", "nodes": 10} for i in range(2)]
     with emulator_process(
         tmp_path, pools, timings={"reimaging": "100ms", "starting": "100ms"}
     ) as emu:

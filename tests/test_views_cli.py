@@ -12,15 +12,13 @@ from typing import Any
 from clihelpers import emulator_process, fleet_reimage, start_fleet_reimage
 from runhelpers import write_plan
 
-CS = "cloudServiceConfiguration"
-VM = "virtualMachineConfiguration"
 APPLIED = ("accepted", "reconciled_applied")
 
 
 def test_status_and_report_agree_with_what_the_emulator_saw(tmp_path: Path) -> None:
     pools = [
-        {"id": "render", "nodes": 30, "configuration": CS},
-        {"id": "vm", "nodes": 3, "configuration": VM},  # reimage refused: the pool stops
+        {"id": "render", "nodes": 30},
+        {"id": "vm", "nodes": 3, "reimage": "refused"},  # reimage refused: the pool stops
     ]
     with emulator_process(
         tmp_path,
@@ -106,7 +104,7 @@ def check_against_emulator(
 def test_status_works_while_a_run_is_going_and_shows_what_is_in_flight(tmp_path: Path) -> None:
     with emulator_process(
         tmp_path,
-        [{"id": "p", "nodes": 12, "configuration": CS}],
+        [{"id": "p", "nodes": 12}],
         timings={"reimaging": "1500ms", "starting": "500ms"},
     ) as emu:
         plan = write_plan(
@@ -160,7 +158,7 @@ def test_missing_journal_and_unknown_runs_are_clear_errors(tmp_path: Path) -> No
     assert not missing.exists() and list(tmp_path.iterdir()) == []  # nothing was created
 
     journal = tmp_path / "j.db"
-    with emulator_process(tmp_path, [{"id": "p", "nodes": 2, "configuration": CS}]) as emu:
+    with emulator_process(tmp_path, [{"id": "p", "nodes": 2}]) as emu:
         plan = write_plan(tmp_path, emu.url)
         ran = fleet_reimage("run", str(plan), "--yes", "--journal", str(journal), cwd=tmp_path)
         assert ran.returncode == 0, ran.stderr
@@ -177,7 +175,7 @@ def test_status_follow_shows_a_run_until_it_ends(tmp_path: Path) -> None:
     """`status --follow` keeps reporting a run driven by another process until it ends."""
     with emulator_process(
         tmp_path,
-        [{"id": "p", "nodes": 30, "configuration": "cloudServiceConfiguration"}],
+        [{"id": "p", "nodes": 30}],
         timings={"reimaging": "300ms", "starting": "200ms"},
     ) as emu:
         plan = write_plan(

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import platform
 import random
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from urllib.parse import parse_qsl, quote, urlsplit
 import anyio
 import structlog
 
+from .. import __version__
 from .auth import Credential
 from .errors import (
     AuthFailed,
@@ -35,12 +38,19 @@ from .models import NodeInfo, PoolInfo
 from .responses import error_from_response, json_object
 from .retry import GiveUp, Reconcile, RetryCounters, RetryPolicy, decide_retry
 from .transport import HttpRequest, HttpResponse, Transport
+from .versions import DEFAULT_API_VERSION
+from .versions import api_version as version_of
 
-API_VERSION = "2024-07-01.20.0"
+API_VERSION = DEFAULT_API_VERSION
 JSON_CONTENT_TYPE = "application/json; odata=minimalmetadata"
 MAX_SERVER_TIMEOUT = 30  # the service treats any larger `timeout` as 30 seconds
 NODE_OPTIONS = ("requeue", "terminate", "taskcompletion", "retaineddata")
 log = structlog.get_logger("fleet_reimage.client")
+# As Azure tooling sends it, for the service's diagnostics: product, runtime, platform.
+USER_AGENT = (
+    f"fleet-reimage/{__version__} python/{sys.version_info.major}.{sys.version_info.minor} "
+    f"({platform.platform(terse=True)})"
+)
 
 
 # Immutable like a frozen dataclass, built in a third of the time: one is made per node.
@@ -126,6 +136,7 @@ class BatchClient:
         self._credential = credential
         self._transport = transport
         self.api_version = api_version
+        self._timeout_parameter = version_of(api_version).timeout_parameter
         self.request_timeout = request_timeout
         self._read_policy = read_policy or RetryPolicy(
             max_attempts=5, initial_backoff=0.5, max_backoff=10.0
@@ -204,11 +215,14 @@ class BatchClient:
         )
 
     def _action_query(self, seconds: float) -> str:
-        """``api-version`` and the server-side ``timeout`` (capped at 30 s), encoded once."""
+        """``api-version`` and the server-side timeout (capped at 30 s, spelt as the version
+        spells it), encoded once."""
         server_timeout = max(1, min(MAX_SERVER_TIMEOUT, int(seconds)))
         query = self._action_queries.get(server_timeout)
         if query is None:
-            query = _encode_query({"api-version": self.api_version, "timeout": str(server_timeout)})
+            query = _encode_query(
+                {"api-version": self.api_version, self._timeout_parameter: str(server_timeout)}
+            )
             self._action_queries[server_timeout] = query
         return query
 
@@ -251,6 +265,7 @@ class BatchClient:
             "return-client-request-id": "true",
             "ocp-date": self._date.now(),
             "Accept": "application/json",
+            "User-Agent": USER_AGENT,
         }
         if body is not None:
             headers["Content-Type"] = JSON_CONTENT_TYPE

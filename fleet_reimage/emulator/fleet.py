@@ -12,13 +12,12 @@ from pathlib import Path
 
 from fleet_reimage.errors import InputError, Problem
 
-from ..batch.sharedkey import decode_key
-from ..yamlsafe import MarkedList, MarkedMap, load_marked_yaml
+from ..yamlsafe import MarkedMap, load_marked_yaml
+from .auth import account_key
 from .fleetcheck import Checker, join, type_name
+from .fleetpools import read_pool
 from .spec import (
-    CONFIGURATIONS,
     FAULT_KINDS,
-    NODE_STATES,
     OPERATIONS,
     AccountSpec,
     FaultSpec,
@@ -32,20 +31,8 @@ from .spec import (
 
 _TOP_KEYS = ("account", "seed", "pools", "timings", "outcomes", "faults", "rate_limit")
 _ACCOUNT_KEYS = ("name", "key", "bearer_tokens")
-_POOL_KEYS = (
-    "id",
-    "nodes",
-    "configuration",
-    "vm_size",
-    "states",
-    "running_tasks",
-    "recently_booted",
-)
 _FAULT_KEYS = (*FAULT_KINDS, "delay", "latency", "jitter", "retry_after")
 _ACCOUNT_NAME = re.compile(r"[a-z0-9]{1,64}")
-_POOL_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_NODE_ID = re.compile(r"[A-Za-z0-9_.-]{1,200}")
-MAX_NODES_PER_POOL = 1_000_000
 _SUM_TOLERANCE = 1e-6
 
 
@@ -111,7 +98,7 @@ def _account(check: Checker, root: MarkedMap) -> AccountSpec | None:
         key = check.string(where, "key", "account", "")
         try:
             if key:
-                decode_key(key)
+                account_key(key)
         except ValueError as exc:  # the message never contains the key
             check.at_value(where, "key", "account", str(exc))
     tokens: list[str] = []
@@ -149,7 +136,7 @@ def _pools(check: Checker, root: MarkedMap) -> tuple[PoolSpec, ...]:
                 f"expected a mapping (a pool), got {type_name(item)}",
             )
             continue
-        pool = _pool(check, item, path)
+        pool = read_pool(check, item, path)
         if pool is None:
             continue
         if pool.id in seen:
@@ -161,79 +148,12 @@ def _pools(check: Checker, root: MarkedMap) -> tuple[PoolSpec, ...]:
     return tuple(pools)
 
 
-def _pool(check: Checker, where: MarkedMap, path: str) -> PoolSpec | None:
-    check.known_keys(where, _POOL_KEYS, path)
-    pool_id = ""
-    if check.require(where, "id", path):
-        pool_id = check.string(where, "id", path, "")
-        if pool_id and not _POOL_ID.fullmatch(pool_id):
-            check.at_value(where, "id", path, "a pool id is 1-64 letters, digits, '-' or '_'")
-    nodes = _nodes(check, where, path) if check.require(where, "nodes", path) else 0
-    configuration = check.string(where, "configuration", path, CONFIGURATIONS[0])
-    if configuration not in CONFIGURATIONS:
-        check.at_value(
-            where,
-            "configuration",
-            path,
-            f"expected one of {', '.join(CONFIGURATIONS)}, got {configuration!r}",
-        )
-    vm_size = check.string(where, "vm_size", path, "standard_d2_v3")
-    states = _states(check, where, path)
-    running_tasks = check.integer(where, "running_tasks", path, 1, maximum=1000)
-    recently_booted = check.share(where, "recently_booted", path)
-    if not pool_id:
-        return None
-    return PoolSpec(
-        id=pool_id,
-        nodes=nodes,
-        configuration=configuration,
-        vm_size=vm_size,
-        states=states,
-        running_tasks=running_tasks,
-        recently_booted=recently_booted,
-    )
-
-
-def _nodes(check: Checker, where: MarkedMap, path: str) -> int | tuple[str, ...]:
-    value = where["nodes"]
-    if not isinstance(value, MarkedList):
-        return check.integer(where, "nodes", path, 0, maximum=MAX_NODES_PER_POOL)
-    ids: list[str] = []
-    seen: set[str] = set()
-    for index, node_id in enumerate(value):
-        item_path = join(join(path, "nodes"), index)
-        position = value.item_positions[index]
-        if not isinstance(node_id, str) or not _NODE_ID.fullmatch(node_id):
-            check.report(
-                position, item_path, "a node id is a string of letters, digits, '-', '_' or '.'"
-            )
-        elif node_id in seen:
-            check.report(position, item_path, f"duplicate node id {node_id!r}")
-        else:
-            seen.add(node_id)
-            ids.append(node_id)
-    return tuple(ids)
-
-
-def _states(check: Checker, where: MarkedMap, path: str) -> dict[str, float]:
-    mix = check.mapping(where, "states", path)
-    if mix is None:
-        return {"idle": 1.0}
-    states_path = join(path, "states")
-    check.known_keys(mix, NODE_STATES, states_path, noun="state")
-    shares = {state: check.share(mix, state, states_path) for state in mix if state in NODE_STATES}
-    total = sum(shares.values())
-    if shares and len(shares) == len(mix) and abs(total - 1.0) > _SUM_TOLERANCE:
-        check.at_value(where, "states", path, f"the shares must sum to 1, they sum to {total:g}")
-    return shares or {"idle": 1.0}
-
-
 def _timings(check: Checker, root: MarkedMap) -> Timings:
     where = check.mapping(root, "timings", "")
     if where is None:
         return Timings()
     defaults = Timings()
-    names = ("reimaging", "rebooting", "starting", "waitingforstarttask")
+    names = tuple(Timings.__dataclass_fields__)
     check.known_keys(where, names, "timings")
     values = {
         name: check.duration(where, name, "timings", getattr(defaults, name)) for name in names

@@ -286,9 +286,9 @@ POOL_FIELDS: Schema = {
     "vmSize": Field("string", _attr("vm_size")),
     "state": Field("enum", lambda pool: "active", frozenset({"active", "deleting"})),
     "allocationState": Field(
-        "enum", lambda pool: "steady", frozenset({"steady", "resizing", "stopping"})
+        "enum", _attr("allocation_state"), frozenset({"steady", "resizing", "stopping"})
     ),
     "creationTime": Field("time", _attr("creation_ticks")),
     "stateTransitionTime": Field("time", _attr("creation_ticks")),
-    "lastModified": Field("time", _attr("creation_ticks")),
+    "lastModified": Field("time", _attr("modified_ticks")),
 }

@@ -1,9 +1,10 @@
-"""The initial account a fleet spec describes: node ids, states and times, from the seed.
+"""The initial account a fleet spec describes: node ids, states, times and running tasks,
+from the seed; and the nodes a growing pool adds later.
 
 Everything here is a function of (seed, pool spec) and the clock's "now": the same fleet
-file gives the same ids and the same state mix every run; boot times are relative to now.
-Ids look like the service's: ``tvm-<10 digits>_<n>-<yyyymmdd>t<hhmmss>z`` on
-cloud-service pools, ``tvmps_<64 hex>_d`` on virtual-machine pools.
+file gives the same ids, the same state mix and the same task durations every run; boot
+times are relative to now. Ids look like the service's on virtual-machine pools:
+``tvmps_<64 hex>_d`` for dedicated nodes, ``_p`` for low-priority ones.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import math
 import random
 
 from .clock import Clock
-from .seeded import hex_digest, integer
+from .ids import ip_address, vm_node_id
+from .resources import Node, Pool
+from .seeded import hex_digest, integer, uniform
 from .spec import NODE_STATES, FleetSpec, PoolSpec
-from .state import EmulatorState, Node, Pool
-from .timefmt import TICKS_PER_SECOND, compact, ticks_from_seconds
+from .state import EmulatorState
+from .timefmt import TICKS_PER_SECOND, ticks_from_seconds
 
 _DAY = 86_400
 _EPOCH_2025 = calendar.timegm((2025, 1, 1, 0, 0, 0, 0, 0, 0))
@@ -25,8 +28,10 @@ _EPOCH_2025 = calendar.timegm((2025, 1, 1, 0, 0, 0, 0, 0, 0))
 def build_state(spec: FleetSpec, clock: Clock) -> EmulatorState:
     """A fresh ``EmulatorState`` for ``spec``, with times relative to ``clock``'s now."""
     now = ticks_from_seconds(clock.wall())
+    started = clock.monotonic()
     pools = [
-        build_pool(spec.seed, index, pool_spec, now) for index, pool_spec in enumerate(spec.pools)
+        build_pool(spec.seed, index, pool_spec, now, started)
+        for index, pool_spec in enumerate(spec.pools)
     ]
     return EmulatorState(
         pools,
@@ -39,10 +44,7 @@ def build_state(spec: FleetSpec, clock: Clock) -> EmulatorState:
 
 
 def pool_allocation_seconds(seed: int, pool_id: str) -> int:
-    """When the pool's nodes were allocated: a fixed, seeded instant in 2025.
-
-    It must not depend on "now", because cloud-service node ids embed it.
-    """
+    """When the pool's nodes were allocated: a fixed, seeded instant in 2025."""
     return _EPOCH_2025 + integer(0, 180 * _DAY, seed, "allocation", pool_id)
 
 
@@ -50,11 +52,7 @@ def node_ids(seed: int, spec: PoolSpec) -> list[str]:
     if not isinstance(spec.nodes, int):
         return list(spec.nodes)
     rng = random.Random(hex_digest(seed, "ids", spec.id))
-    if spec.configuration == "virtualMachineConfiguration":
-        return [f"tvmps_{rng.getrandbits(256):064x}_d" for _ in range(spec.nodes)]
-    prefix = integer(1_000_000_000, 2_147_483_647, seed, "tvm", spec.id)
-    stamp = compact(pool_allocation_seconds(seed, spec.id) * TICKS_PER_SECOND)
-    return [f"tvm-{prefix}_{n}-{stamp}" for n in range(1, spec.nodes + 1)]
+    return [vm_node_id(rng) for _ in range(spec.nodes)]
 
 
 def state_plan(seed: int, spec: PoolSpec, count: int) -> list[str]:
@@ -71,28 +69,33 @@ def state_plan(seed: int, spec: PoolSpec, count: int) -> list[str]:
     return plan
 
 
-def _ip_address(pool_index: int, node_index: int) -> str:
-    value = ((pool_index + 1) * (1 << 18) + node_index + 4) % (1 << 24)
-    return f"10.{value >> 16}.{(value >> 8) & 255}.{value & 255}"
+def task_ends(seed: int, spec: PoolSpec, node_id: str, count: int, started: float) -> list[float]:
+    """When each of a node's running tasks ends (monotonic seconds), ascending."""
+    return sorted(
+        started + spec.task_duration.seconds(uniform(seed, "task", spec.id, node_id, n))
+        for n in range(count)
+    )
 
 
-def build_pool(seed: int, index: int, spec: PoolSpec, now: int) -> Pool:
+def build_pool(seed: int, index: int, spec: PoolSpec, now: int, started: float = 0.0) -> Pool:
     allocated = pool_allocation_seconds(seed, spec.id) * TICKS_PER_SECOND
     pool = Pool(
         spec.id,
-        spec.configuration,
         spec.vm_size,
         creation_ticks=allocated - 300 * TICKS_PER_SECOND,
         index=index,
+        spec=spec,
     )
     ids = node_ids(seed, spec)
     states = state_plan(seed, spec, len(ids))
     rng = random.Random(hex_digest(seed, "nodes", spec.id))
     recent = set(rng.sample(range(len(ids)), round(spec.recently_booted * len(ids))))
     for n, (node_id, state) in enumerate(zip(ids, states, strict=True)):
-        pool.add(
-            _initial_node(pool, node_id, n, state, spec, rng, now, allocated, recent=n in recent)
-        )
+        node = _initial_node(pool, node_id, n, state, rng, now, allocated, recent=n in recent)
+        if state == "running" and spec.running_tasks:
+            node.task_ends = task_ends(seed, spec, node_id, spec.running_tasks, started)
+            node.running_tasks = spec.running_tasks
+        pool.add(node)
     return pool
 
 
@@ -101,7 +104,6 @@ def _initial_node(
     node_id: str,
     n: int,
     state: str,
-    spec: PoolSpec,
     rng: random.Random,
     now: int,
     allocated: int,
@@ -111,7 +113,7 @@ def _initial_node(
     second = TICKS_PER_SECOND
     run = rng.randint(0, 400)
     succeeded = run - rng.randint(0, min(run, 5))
-    ip_address = _ip_address(pool.index, n)
+    address = ip_address(pool.index, n)
     if state == "creating":
         # A node still being created has no boot yet and was allocated moments ago.
         created = now - rng.randint(30, 600) * second
@@ -123,7 +125,7 @@ def _initial_node(
             transition_ticks=created,
             last_boot_ticks=None,
             allocation_ticks=created,
-            ip_address=ip_address,
+            ip_address=address,
             total_tasks_run=run,
             total_tasks_succeeded=succeeded,
         )
@@ -132,7 +134,6 @@ def _initial_node(
     else:
         boot = now - rng.randint(2 * _DAY * second, 30 * _DAY * second)
     transition = min(now, boot + rng.randint(5 * second, 60 * second))
-    tasks = spec.running_tasks if state == "running" else 0
     return Node(
         pool,
         node_id,
@@ -141,8 +142,7 @@ def _initial_node(
         transition_ticks=transition,
         last_boot_ticks=boot,
         allocation_ticks=min(allocated, boot - 60 * second),
-        running_tasks=tasks,
-        ip_address=ip_address,
+        ip_address=address,
         total_tasks_run=run,
         total_tasks_succeeded=succeeded,
     )

@@ -10,15 +10,14 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from .seeded import hex_digest
-from .state import Node, Pool
-from .timefmt import TICKS_PER_SECOND, iso, iso7
+from .pools import auto_scale_formula, auto_scale_results
+from .resources import Node, Pool
+from .timefmt import TICKS_PER_SECOND, iso, iso7, iso_duration
 
 JSON_CONTENT_TYPE = "application/json; odata=minimalmetadata"
 _ERROR_METADATA = "/$metadata#Microsoft.Azure.Batch.Protocol.Entities.Container.errors/@Element"
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
-_CLOUD_SERVICE = {"osFamily": "6", "osVersion": "*"}
 _VIRTUAL_MACHINE = {
     "imageReference": {
         "publisher": "Canonical",
@@ -37,20 +36,11 @@ _VM_INFO = {
         "exactVersion": "20.04.202406140",
     }
 }
-_USER = {"autoUser": {"scope": "task", "elevationLevel": "nonadmin"}}
-_START_TASKS = {
-    "cloudServiceConfiguration": {
-        "commandLine": "cmd /c echo hello",
-        "userIdentity": _USER,
-        "maxTaskRetryCount": 0,
-        "waitForSuccess": True,
-    },
-    "virtualMachineConfiguration": {
-        "commandLine": "/bin/bash -c 'echo start task'",
-        "userIdentity": _USER,
-        "maxTaskRetryCount": 0,
-        "waitForSuccess": True,
-    },
+_START_TASK = {
+    "commandLine": "/bin/bash -c 'echo start task'",
+    "userIdentity": {"autoUser": {"scope": "task", "elevationLevel": "nonadmin"}},
+    "maxTaskRetryCount": 0,
+    "waitForSuccess": True,
 }
 _START_FAILURE = {
     "category": "usererror",
@@ -103,10 +93,6 @@ def _agent(node: Node) -> dict[str, str] | None:
     return {"version": _AGENT_VERSION, "lastUpdateTime": iso(node.last_boot_ticks)}
 
 
-def _vm_info(node: Node) -> dict[str, Any] | None:
-    return _VM_INFO if node.pool.configuration == "virtualMachineConfiguration" else None
-
-
 # Property name -> value (None: the node does not have it), in the service's order. One
 # table serves full bodies and $select, which then computes only what was asked for.
 _NODE_PROPERTIES: tuple[tuple[str, Callable[[Node, str], Any]], ...] = (
@@ -124,11 +110,11 @@ _NODE_PROPERTIES: tuple[tuple[str, Callable[[Node, str], Any]], ...] = (
     ("totalTasksSucceeded", lambda node, base: node.total_tasks_succeeded),
     ("runningTasksCount", lambda node, base: node.running_tasks),
     ("runningTaskSlotsCount", lambda node, base: node.running_tasks),
-    ("isDedicated", lambda node, base: True),
-    ("startTask", lambda node, base: _START_TASKS[node.pool.configuration]),
+    ("isDedicated", lambda node, base: node.is_dedicated),
+    ("startTask", lambda node, base: _START_TASK),
     ("startTaskInfo", lambda node, base: _start_task_info(node)),
     ("nodeAgentInfo", lambda node, base: _agent(node)),
-    ("virtualMachineInfo", lambda node, base: _vm_info(node)),
+    ("virtualMachineInfo", lambda node, base: _VM_INFO),
 )
 NodeRenderer = Callable[[Node, str], dict[str, Any]]
 
@@ -152,38 +138,63 @@ node_json: NodeRenderer = node_renderer()
 """A node the way GET .../nodes/{id} shows it (without ``odata.metadata``)."""
 
 
-def pool_json(pool: Pool, base: str, seed: int) -> dict[str, Any]:
+def pool_json(pool: Pool, base: str) -> dict[str, Any]:
     """A pool the way GET /pools/{id} shows it (without ``odata.metadata``)."""
     created = iso(pool.creation_ticks)
-    steady = iso(pool.creation_ticks + 60 * TICKS_PER_SECOND)
-    count = len(pool.nodes)
+    dedicated, low_priority = pool.counts()
     body: dict[str, Any] = {
         "id": pool.id,
         "url": f"{base}/pools/{pool.id}",
-        "eTag": "0x8D" + hex_digest(seed, "etag", pool.id, size=7).upper()[:13],
-        "lastModified": created,
+        "eTag": pool.etag,
+        "lastModified": iso(pool.modified_ticks),
         "creationTime": created,
         "state": "active",
         "stateTransitionTime": created,
-        "allocationState": "steady",
-        "allocationStateTransitionTime": steady,
+        "allocationState": pool.allocation_state,
+        "allocationStateTransitionTime": iso(pool.allocation_ticks),
         "vmSize": pool.vm_size,
-        "resizeTimeout": "PT15M",
-        "currentDedicatedNodes": count,
-        "currentLowPriorityNodes": 0,
-        "targetDedicatedNodes": count,
-        "targetLowPriorityNodes": 0,
-        "enableAutoScale": False,
-        "enableInterNodeCommunication": False,
-        "startTask": _START_TASKS[pool.configuration],
-        "taskSlotsPerNode": 1,
-        "taskSchedulingPolicy": {"nodeFillType": "spread"},
+        "virtualMachineConfiguration": _VIRTUAL_MACHINE,
+        "resizeTimeout": iso_duration(pool.resize_timeout),
     }
-    if pool.configuration == "cloudServiceConfiguration":
-        body["cloudServiceConfiguration"] = _CLOUD_SERVICE
-    else:
-        body["virtualMachineConfiguration"] = _VIRTUAL_MACHINE
+    if pool.resize_errors:
+        body["resizeErrors"] = [_resize_error(error) for error in pool.resize_errors]
+    body.update(
+        {
+            "currentDedicatedNodes": dedicated,
+            "currentLowPriorityNodes": low_priority,
+            "targetDedicatedNodes": pool.target_dedicated,
+            "targetLowPriorityNodes": pool.target_low_priority,
+            "enableAutoScale": pool.spec.auto_scale is not None,
+        }
+    )
+    auto_scale = pool.spec.auto_scale
+    if auto_scale is not None:
+        body["autoScaleFormula"] = auto_scale_formula(pool)
+        body["autoScaleEvaluationInterval"] = iso_duration(auto_scale.interval)
+        if pool.auto_scale_ticks is not None:
+            body["autoScaleRun"] = {
+                "timestamp": iso(pool.auto_scale_ticks),
+                "results": auto_scale_results(pool),
+            }
+    body.update(
+        {
+            "enableInterNodeCommunication": False,
+            "startTask": _START_TASK,
+            "taskSlotsPerNode": 1,
+            "taskSchedulingPolicy": {"nodeFillType": "spread"},
+        }
+    )
+    if pool.metadata:
+        body["metadata"] = [{"name": name, "value": value} for name, value in pool.metadata]
     return body
+
+
+def _resize_error(error: tuple[str, str, tuple[tuple[str, str], ...]]) -> dict[str, Any]:
+    code, message, values = error
+    item: dict[str, Any] = {"code": code, "message": message}
+    if values:
+        item["values"] = [{"name": name, "value": value} for name, value in values]
+    return item
 
 
 def error_json(

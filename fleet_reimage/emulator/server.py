@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
@@ -152,7 +153,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FLEET.yaml",
         help="fleet file describing the account, pools, timings and faults",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1; any other address is reachable from the "
+        "network, and you are warned)",
+    )
     parser.add_argument("--port", type=int, default=0, help="port to bind; 0 picks a free one")
     parser.add_argument(
         "--port-file",
@@ -167,6 +173,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def exposure_warning(host: str) -> str | None:
+    """What to tell the operator when ``host`` is not a loopback address (None if it is)."""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        loopback = False  # a host name: it may well resolve to a public address
+    if loopback:
+        return None
+    return (
+        f"fleet-reimage emulator: warning: listening on {host} makes the emulator reachable "
+        "from the network: anyone who can reach this machine can call it with the fleet "
+        "file's account key (a test key) and change its state; use --host 127.0.0.1 unless "
+        "you mean it"
+    )
+
+
 def emulator_main(argv: list[str]) -> int:
     """The ``emulator`` command: exit 0 on a clean stop, 2 on bad arguments or fleet file."""
     try:
@@ -176,6 +198,9 @@ def emulator_main(argv: list[str]) -> int:
     if not 0 <= args.port <= 65535:
         print(f"fleet-reimage emulator: --port must be 0..65535, got {args.port}", file=sys.stderr)
         return 2
+    warning = exposure_warning(args.host)
+    if warning is not None:
+        print(warning, file=sys.stderr)
     try:
         spec = load_fleet(args.fleet)  # before the loop starts: blocking I/O is fine here
     except InputError as exc:

@@ -93,3 +93,56 @@ def parse_iso(text: str) -> int:
         offset = sign * (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60)
     seconds = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0)) - offset
     return seconds * TICKS_PER_SECOND + fraction
+
+
+# .NET DateTime ticks at the Unix epoch: Batch ETags are the hex of lastModified in .NET
+# ticks ("0x8D413091E739A56" is 2016-11-22T18:55:25.2608598Z).
+_DOTNET_EPOCH_TICKS = 621_355_968_000_000_000
+
+
+def etag_of(ticks: int) -> str:
+    return f"0x{ticks + _DOTNET_EPOCH_TICKS:X}"
+
+
+_WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def http_date(ticks: int) -> str:
+    """RFC 1123 (``Last-Modified``): whole seconds, GMT."""
+    t = time.gmtime(ticks // TICKS_PER_SECOND)
+    return (
+        f"{_WEEKDAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year:04d} "
+        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT"
+    )
+
+
+_DURATION = re.compile(
+    r"P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?", re.IGNORECASE
+)
+
+
+def parse_iso_duration(text: str) -> float:
+    """Seconds in an ISO-8601 duration such as ``PT15M`` or ``P1DT2H``; ValueError if not."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None or not any(match.groups()) or text.strip().upper().endswith("T"):
+        raise ValueError(f"not an ISO-8601 duration: {text!r}")
+    days, hours, minutes, seconds = match.groups()
+    return (
+        int(days or 0) * 86_400
+        + int(hours or 0) * 3600
+        + int(minutes or 0) * 60
+        + float(seconds or 0)
+    )
+
+
+def iso_duration(seconds: float) -> str:
+    """``PT15M`` for 900 seconds: the form the service writes (hours, minutes, seconds)."""
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    fraction = seconds - whole
+    text = "PT" + (f"{hours}H" if hours else "") + (f"{minutes}M" if minutes else "")
+    if secs or fraction or text == "PT":
+        text += f"{secs + fraction:g}S"
+    return text

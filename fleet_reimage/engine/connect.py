@@ -130,7 +130,11 @@ async def connect(plan: Plan, *, transport: Transport | None = None) -> AsyncIte
             assert endpoint is not None
             credential = await _credential_for(account, endpoint, plan_file, emulator)
             client = BatchClient(
-                endpoint, credential, transport, request_timeout=plan.execution.request_timeout
+                endpoint,
+                credential,
+                transport,
+                api_version=plan.execution.api_version,
+                request_timeout=plan.execution.request_timeout,
             )
             stack.push_async_callback(client.close)
             connections.clients[account.name] = client

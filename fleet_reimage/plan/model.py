@@ -16,6 +16,7 @@ from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 
+from fleet_reimage.batch.versions import DEFAULT_API_VERSION
 from fleet_reimage.errors import Problem
 from fleet_reimage.units import Amount
 
@@ -161,6 +162,7 @@ class ExecutionSpec:
     per_account_concurrency: int
     request_timeout: float
     retry: RetrySpec
+    api_version: str = DEFAULT_API_VERSION
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,8 +24,8 @@ from fleet_reimage.errors import InputError, Problem
 
 from ..batch.client import BatchClient
 from ..batch.errors import BatchError
-from ..batch.models import NODE_SELECT, POOL_SELECT, READY_STATES, VIRTUAL_MACHINE, NodeInfo
-from .model import AccountSpec, Action, Plan, PoolSelector
+from ..batch.models import NODE_SELECT, POOL_SELECT, READY_STATES, NodeInfo
+from .model import AccountSpec, Plan, PoolSelector
 from .narrow import NOT_IN_FILE, Narrowing, unmatched_pools, unselected_nodes
 from .waves import cumulative_targets
 from .where import locate_in
@@ -137,12 +137,6 @@ def select_nodes(
         baseline_unavailable=baseline,
         max_unavailable=max(1, plan.rollout.max_unavailable.of(len(selected))),
     )
-    if configuration == VIRTUAL_MACHINE and plan.action is Action.REIMAGE and selected:
-        resolution.warnings.append(
-            "virtualMachineConfiguration pool: the live service has refused reimage on such "
-            "pools (409 OperationNotValidOnNode); the first answer will tell, and the pool "
-            "stops at once if so"
-        )
     if not selected and nodes:
         resolution.warnings.append("no node of this pool is selected")
     return resolution

@@ -6,10 +6,12 @@ documentation (README.md, "Plan format") repeats.
 
 from __future__ import annotations
 
+from datetime import date
 from fractions import Fraction
 
 from fleet_reimage.units import Amount
 
+from ..batch.versions import API_VERSIONS, DEFAULT_API_VERSION
 from .accounts import read_states
 from .model import DEFAULT_STATES, ExecutionSpec, HealthSpec, RetrySpec, RolloutSpec
 from .reader import Checker, Node
@@ -25,7 +27,13 @@ ROLLOUT_KEYS = (
     "confirm_after_wave",
 )
 HEALTH_KEYS = ("wait", "ready_states", "timeout", "poll_interval")
-EXECUTION_KEYS = ("concurrency", "per_account_concurrency", "request_timeout", "retry")
+EXECUTION_KEYS = (
+    "concurrency",
+    "per_account_concurrency",
+    "request_timeout",
+    "api_version",
+    "retry",
+)
 RETRY_KEYS = ("max_attempts", "initial_backoff", "max_backoff", "busy_timeout")
 
 DEFAULT_MAX_UNAVAILABLE = Amount(Fraction(10), percent=True)
@@ -194,15 +202,34 @@ def read_execution(checker: Checker, at: Node | None) -> ExecutionSpec | None:
     timeout = 30.0
     if "request_timeout" in fields:
         timeout = checker.duration(fields["request_timeout"], high=600.0, positive=True) or 30.0
+    api_version = (
+        read_api_version(checker, fields["api_version"])
+        if "api_version" in fields
+        else DEFAULT_API_VERSION
+    )
     retry = read_retry(checker, fields["retry"]) if "retry" in fields else DEFAULT_RETRY
-    if checker.error_count > errors or concurrency is None or per_account is None or not retry:
+    if (
+        checker.error_count > errors
+        or concurrency is None
+        or per_account is None
+        or not retry
+        or api_version is None
+    ):
         return None
     return ExecutionSpec(
         concurrency=concurrency,
         per_account_concurrency=per_account,
         request_timeout=timeout,
         retry=retry,
+        api_version=api_version,
     )
+
+
+def read_api_version(checker: Checker, at: Node) -> str | None:
+    """One of the api-versions we speak. ``2025-06-01`` unquoted is a YAML date: taken too."""
+    if isinstance(at.value, date) and at.value.isoformat() in API_VERSIONS:
+        return at.value.isoformat()
+    return checker.choice(at, tuple(API_VERSIONS))
 
 
 def read_retry(checker: Checker, at: Node) -> RetrySpec | None:
