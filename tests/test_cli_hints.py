@@ -15,7 +15,6 @@ from pathlib import Path
 from clihelpers import emulator_process, fleet_reimage
 from runhelpers import write_plan
 
-CS = "cloudServiceConfiguration"
 HINT = re.compile(r"fleet-reimage resume [^\n`()]+")
 
 
@@ -56,7 +55,7 @@ def test_after_a_budget_stop_the_hint_forgives_and_works(tmp_path: Path) -> None
     """
     with emulator_process(
         tmp_path,
-        [{"id": "p", "nodes": 16, "configuration": CS}],
+        [{"id": "p", "nodes": 16}],
         outcomes={"starttaskfailed": 0.25},
     ) as emu:
         plan = write_plan(tmp_path, emu.url, rollout=rollout)
@@ -96,7 +95,7 @@ def test_after_a_budget_stop_the_hint_forgives_and_works(tmp_path: Path) -> None
 
 
 def test_after_the_deadline_the_hint_gives_a_new_window_and_works(tmp_path: Path) -> None:
-    with emulator_process(tmp_path, [{"id": "p", "nodes": 6, "configuration": CS}]) as emu:
+    with emulator_process(tmp_path, [{"id": "p", "nodes": 6}]) as emu:
         plan = write_plan(tmp_path, emu.url)
         journal = tmp_path / "j.db"
         ran = fleet_reimage(

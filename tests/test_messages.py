@@ -22,8 +22,6 @@ from fleet_reimage.batch.explain import describe, locate, retry_message
 from fleet_reimage.batch.retry import RetryCounters, RetryPolicy
 from fleet_reimage.rollout.outcomes import NodeRetryContext, StopRun, after_action_error
 
-CS = "cloudServiceConfiguration"
-
 
 def test_describe_says_where_and_what_happened() -> None:
     refused = locate(
@@ -88,7 +86,7 @@ def test_retry_messages_count_and_say_when() -> None:
 
 
 def test_a_misspelt_account_name_is_named_with_its_endpoint(tmp_path: Path) -> None:
-    with emulator_process(tmp_path, [{"id": "p", "nodes": 2, "configuration": CS}]) as emu:
+    with emulator_process(tmp_path, [{"id": "p", "nodes": 2}]) as emu:
         plan = write_plan(tmp_path, emu.url)
         plan.write_text(plan.read_text().replace("account: emu,", "account: emux,"))
         for args in (["plan", str(plan)], ["run", str(plan), "--yes", "--journal", "j.db"]):

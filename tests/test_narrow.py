@@ -22,7 +22,6 @@ from fleet_reimage.plan.load import parse_plan
 from fleet_reimage.plan.narrow import Narrowing, NodeList, PoolGlob, parse_node_list
 from fleet_reimage.plan.resolve import select_nodes
 
-CS = "cloudServiceConfiguration"
 PLAN = """\
 version: 1
 name: narrow
@@ -82,9 +81,9 @@ def test_narrowing_only_ever_keeps_part_of_the_selection(
     plan = parse_plan(PLAN, Path("plan.yaml"))
     selector = plan.accounts[0].pools[0]
     listing = [NodeInfo(node_id, state, None, 0) for node_id, state in nodes.items()]
-    whole = select_nodes("render-a", listing, selector, plan, "west", CS)
+    whole = select_nodes("render-a", listing, selector, plan, "west", None)
     narrowing = Narrowing(nodes=NodeList("f", {node_id: 1 for node_id in listed}))
-    narrowed = select_nodes("render-a", listing, selector, plan, "west", CS, narrowing)
+    narrowed = select_nodes("render-a", listing, selector, plan, "west", None, narrowing)
     chosen = {n.id for n in whole.selected}
     assert {n.id for n in narrowed.selected} == chosen & listed  # never more than the plan
     assert sum(narrowed.wave_sizes) == len(narrowed.selected)  # the ladder is over what is kept
@@ -100,9 +99,9 @@ def test_narrowing_only_ever_keeps_part_of_the_selection(
 
 def test_plan_and_run_narrowed_and_resume_keeps_it(tmp_path: Path) -> None:
     pools = [
-        {"id": "render-a", "nodes": 6, "configuration": CS},
-        {"id": "render-b", "nodes": 6, "configuration": CS},
-        {"id": "etl", "nodes": 4, "configuration": CS},
+        {"id": "render-a", "nodes": 6},
+        {"id": "render-b", "nodes": 6},
+        {"id": "etl", "nodes": 4},
     ]
     with emulator_process(tmp_path, pools) as emu:
         ids = {pool: [n["id"] for n in emu.stats()["nodes"] if n["pool"] == pool]
@@ -173,7 +172,7 @@ def test_plan_and_run_narrowed_and_resume_keeps_it(tmp_path: Path) -> None:
 
 
 def test_narrowing_errors_are_input_errors(tmp_path: Path) -> None:
-    with emulator_process(tmp_path, [{"id": "p", "nodes": 2, "configuration": CS}]) as emu:
+    with emulator_process(tmp_path, [{"id": "p", "nodes": 2}]) as emu:
         plan = write_plan(tmp_path, emu.url)
         bad = tmp_path / "bad.txt"
         bad.write_text("ok-1\nok 2\n")
