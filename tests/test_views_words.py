@@ -235,3 +235,24 @@ def test_status_of_a_running_run_suggests_follow() -> None:
     text = run_text(dataclasses.replace(sample(), run=here), now=T0 + 700)
     assert f"Watch it live: fleet-reimage status {RUN} --journal patch.db --follow" in text
     assert "In flight now: 2" in text
+
+
+def test_the_console_leaves_out_fields_without_a_value() -> None:
+    import structlog
+
+    from fleet_reimage import logs
+
+    saved = structlog.get_config()
+    out = io.StringIO()
+    try:
+        logs.configure(log_format="console", stream=out)
+        structlog.get_logger("t").info("node finished", reason=None, attempts=1, outcome="healthy")
+        logs.flush()
+        logs.configure(log_format="json", stream=out)
+        structlog.get_logger("t").info("node finished", reason=None, attempts=2)
+        logs.flush()
+    finally:
+        structlog.configure(**saved)
+    console, as_json = out.getvalue().splitlines()
+    assert "attempts=1" in console and "None" not in console and "reason" not in console
+    assert json.loads(as_json)["reason"] is None  # JSON lines keep the key, as null

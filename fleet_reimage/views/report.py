@@ -257,7 +257,7 @@ def write_json(report: Report, out: TextIO) -> None:
 def write_table(report: Report, out: TextIO) -> None:
     run = report.run
     lines = [
-        f"Report of run {run.run_id}: plan {run.name!r} ({run.plan_path}), {run.action}",
+        f"Report of run {run.run_id}: plan {run.name} ({run.plan_path}), {run.action}",
         f"  status   {status_phrase(run)}",
         f"  started  {when(run.created_at)}   ended {when(run.ended_at)}   "
         f"took {run_duration(report)}",
