@@ -15,6 +15,7 @@ from clihelpers import emulator_process, fleet_reimage
 from hypothesis import given
 from hypothesis import strategies as st
 from runhelpers import write_plan
+from test_plan_load import MINIMAL
 
 from fleet_reimage.batch.models import NodeInfo
 from fleet_reimage.errors import InputError
@@ -22,18 +23,14 @@ from fleet_reimage.plan.load import parse_plan
 from fleet_reimage.plan.narrow import Narrowing, NodeList, PoolGlob, parse_node_list
 from fleet_reimage.plan.resolve import select_nodes
 
-PLAN = """\
-version: 1
-name: narrow
-accounts:
-  - name: west
-    endpoint: https://acct.westus2.batch.azure.com
-    auth: {type: shared-key, account: acct, key_env: BATCH_KEY}
-    pools:
-      - match: "render-*"
-        nodes: {exclude: ["tvm-9*"], states: [idle, running]}
-rollout: {waves: [1, "50%"], max_unavailable: "50%"}
-"""
+PLAN = (  # the loader tests' minimal plan, with a node selector and a ladder
+    MINIMAL.replace(
+        '      - match: "render-*"\n',
+        '      - match: "render-*"\n'
+        '        nodes: {exclude: ["tvm-9*"], states: [idle, running]}\n',
+    )
+    + 'rollout: {waves: [1, "50%"], max_unavailable: "50%"}\n'
+)
 
 
 def test_the_nodes_file_takes_one_id_a_line_with_comments() -> None:
