@@ -36,6 +36,7 @@ from .journal import (
     JournalError,
     RunRecord,
     RunStatus,
+    UnfinishedRun,
     is_postgres_url,
     open_journal,
 )
@@ -123,22 +124,16 @@ async def run_plan(
     settings = settings or RunSettings()
     shared = _shared(journal, join=join, lease=lease)
     async with _writable_journal(journal, owner_label(None)) as store:
+        # Early, so that an operator is not asked to confirm what will be refused; the
+        # atomic check is create_run's (another operator may be confirming right now).
         existing = await _unfinished_run_of(store, plan)
-        if existing is not None and join:
-            async with connect(plan, transport=transport) as connections:
+        if existing is not None and not join:
+            raise await _refuse_second_run(existing, store, shared)
+        async with connect(plan, transport=transport) as connections:
+            if existing is not None:
                 return await _execute(
                     existing, plan, store, connections, settings, hooks, shared=shared
                 )
-        if existing is not None:
-            hint = await _hint(store, existing)
-            raise RefusedError(
-                f"run {existing.run_id} of this plan is unfinished ({existing.status.value}, "
-                f"last run by {existing.host} pid {existing.pid}): resume it with "
-                f"`{hint.command}`"
-                + (" or take a share of it with --join" if shared is not None else "")
-                + "".join(f"\n  ({line})" for line in hint.why)
-            )
-        async with connect(plan, transport=transport) as connections:
             resolution = await resolve(plan, connections.clients, narrowing=narrowing)
             if resolution.total_selected == 0:
                 narrowed = describe(narrowing.as_options()) if narrowing else None
@@ -149,13 +144,38 @@ async def run_plan(
                 )
             if hooks.confirm_start is not None and not await hooks.confirm_start(resolution):
                 raise RefusedError("not confirmed; nothing was sent")
-            recorded = {**(options or {}), "deadline": settings.deadline}
+            options = {**(options or {}), "deadline": settings.deadline}
             if narrowing:
-                recorded["narrowing"] = narrowing.as_options()
-            run, records = await create_run(plan, resolution, store, options=recorded)
+                options["narrowing"] = narrowing.as_options()
+            try:
+                run, records = await create_run(
+                    plan, resolution, store, options=options, unless_unfinished=True
+                )
+            except UnfinishedRun as exc:  # created meanwhile by another runner
+                existing = await store.get_run(exc.run_id)
+                if existing is None:  # pragma: no cover - a run is never deleted
+                    raise RefusedError(str(exc)) from exc
+                if not join:
+                    raise await _refuse_second_run(existing, store, shared) from exc
+                return await _execute(
+                    existing, plan, store, connections, settings, hooks, shared=shared
+                )
             return await _execute(
                 run, plan, store, connections, settings, hooks, shared=shared, records=records
             )
+
+
+async def _refuse_second_run(
+    existing: RunRecord, store: Journal, shared: SharedSettings | None
+) -> RefusedError:
+    hint = await _hint(store, existing)  # a command that works, not one refused again
+    return RefusedError(
+        f"run {existing.run_id} of this plan is unfinished ({existing.status.value}, "
+        f"last run by {existing.host} pid {existing.pid}): resume it with "
+        f"`{hint.command}`"
+        + (" or take a share of it with --join" if shared is not None else "")
+        + "".join(f"\n  ({line})" for line in hint.why)
+    )
 
 
 async def resume_run(

@@ -26,6 +26,8 @@ from typing import Any, TextIO
 
 import structlog
 
+from fleet_reimage.safefiles import open_own
+
 LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -157,10 +159,14 @@ def configure(
     log_file: str | None = None,
     stream: TextIO | None = None,
 ) -> None:
-    """Configure structlog for the process. ``log_format``: auto, console or json."""
+    """Configure structlog for the process. ``log_format``: auto, console or json.
+
+    ``log_file`` is opened for appending as a file of our own (``safefiles``): raises
+    ``UnsafeFile`` or ``OSError`` when it cannot be."""
     out: TextIO = stream or sys.stderr
     if log_file:
-        fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        # A file of ours: not a link, a FIFO or someone else's file (UnsafeFile; OSError).
+        fd = open_own(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, "the log file")
         out = os.fdopen(fd, "a", encoding="utf-8")
     pretty = log_format == "console" or (log_format == "auto" and not log_file and out.isatty())
     flush()

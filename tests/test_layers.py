@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "fleet_reimage"
 
 # Lowest first. A module may import modules of its own layer or of layers below it.
 LAYERS: list[set[str]] = [
-    {"errors", "units", "yamlsafe", "logs"},
+    {"errors", "units", "yamlsafe", "logs", "safefiles"},
     {"batch", "journal", "emulator"},
     {"plan", "rollout"},
     {"engine"},
@@ -160,7 +160,7 @@ def test_lower_layers_never_import_upper_ones() -> None:
 
 def test_the_top_level_keeps_a_handful_of_modules() -> None:
     top = sorted(p.stem for p in PACKAGE.glob("*.py") if not p.stem.startswith("__"))
-    assert top == ["api", "errors", "logs", "units", "yamlsafe"]
+    assert top == ["api", "errors", "logs", "safefiles", "units", "yamlsafe"]
 
 
 @pytest.mark.parametrize("cycle", [["a", "b"]])

@@ -108,12 +108,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(completion_script(args.shell))
         return 0
     # Through CURRENT_STDERR: the live progress display can then print log lines above itself.
-    logs.configure(
-        log_format=args.log_format,
-        level=args.log_level,
-        log_file=args.log_file,
-        stream=cast(TextIO, CURRENT_STDERR),
-    )
+    try:
+        logs.configure(
+            log_format=args.log_format,
+            level=args.log_level,
+            log_file=args.log_file,
+            stream=cast(TextIO, CURRENT_STDERR),
+        )
+    except api.RefusedError as exc:  # UnsafeFile: a link, a FIFO, someone else's file
+        return _fail(f"fleet-reimage: {exc}", 2)
+    except OSError as exc:
+        return _fail(f"fleet-reimage: cannot open the log file {args.log_file}: {exc.strerror}", 2)
     # These build an object for every node before the first request (listing, selection,
     # the journal's records, the run's state): the cycle collector is paused meanwhile, as
     # each full collection would walk them all again (~60 ms before the first request with

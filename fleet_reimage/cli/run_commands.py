@@ -17,7 +17,7 @@ from fleet_reimage.cli.options import command_parser, journal_option, parse_dead
 from fleet_reimage.engine.events import EventsFile, Observers, RunObserver
 from fleet_reimage.engine.executor import Executor, RunResult, RunSettings
 from fleet_reimage.engine.sharedrun import DEFAULT_LEASE
-from fleet_reimage.journal import RunRecord
+from fleet_reimage.journal import RunRecord, shown_location
 from fleet_reimage.plan.environment import as_warnings, environment_problems
 from fleet_reimage.plan.model import Plan
 from fleet_reimage.plan.narrow import Narrowing, PoolGlob, read_node_list
@@ -303,7 +303,7 @@ async def _run_with_views(
     """Run ``start`` with the events file and live progress attached."""
     recoveries = RecoveryMeter()  # how long nodes take: the live ETA follows it
     observers: list[RunObserver] = [recoveries]
-    events = EventsFile(args.events) if args.events else None
+    events = await _open_events(args.events) if args.events else None
     if events:
         observers.append(events)
     executors: list[Executor] = []
@@ -318,6 +318,13 @@ async def _run_with_views(
             progress.close()
             group.cancel_scope.cancel()
     return result
+
+
+async def _open_events(path: Path) -> EventsFile:
+    try:
+        return await EventsFile.open(path)  # UnsafeFile (a link, a FIFO, ...) is exit 2 too
+    except OSError as exc:
+        raise api.RefusedError(f"cannot open the events file {path}: {exc.strerror}") from exc
 
 
 async def cmd_run(args: argparse.Namespace) -> int:
@@ -374,13 +381,15 @@ async def cmd_resume(args: argparse.Namespace) -> int:
     if isinstance(result, RunRecord):
         print(
             f"run {result.run_id} is already finished; nothing to do "
-            f"(see `fleet-reimage report {result.run_id} --journal {args.journal}`)"
+            f"(see `fleet-reimage report {result.run_id} --journal "
+            f"{shown_location(args.journal)}`)"
         )
         return 0
     return _print_result(result, args.journal)
 
 
-def _print_result(result: RunResult, journal: str) -> int:
+def _print_result(result: RunResult, location: str) -> int:
+    journal = shown_location(location)  # a PostgreSQL URL without its password
     counts = ", ".join(
         f"{number} {state.replace('_', ' ')}" for state, number in result.counts.items() if number
     )

@@ -32,6 +32,7 @@ from fleet_reimage.journal import (
     RunStatus,
     is_postgres_url,
     open_journal,
+    shown_location,
 )
 from fleet_reimage.units import count
 from fleet_reimage.views.report import FORMATS, write_report
@@ -169,15 +170,15 @@ async def _runs_listing(store: Journal, args: argparse.Namespace) -> str:
         RunSummary(run, Counter(t.state for t in await store.targets(run.run_id))) for run in shown
     ]
     if args.output == "json":
-        return json.dumps(runs_json(summaries, _shown(args, store)), indent=2)
-    return runs_text(summaries, _shown(args, store), len(runs) - len(shown))
+        return json.dumps(runs_json(summaries, _shown(args)), indent=2)
+    return runs_text(summaries, _shown(args), len(runs) - len(shown))
 
 
 async def cmd_report(args: argparse.Namespace) -> int:
     if args.run_id is None and not args.latest:
         raise api.RefusedError(
             "name the run to report on (RUN_ID or --latest); "
-            f"`fleet-reimage status --journal {args.journal}` lists the runs"
+            f"`fleet-reimage status --journal {shown_location(args.journal)}` lists the runs"
         )
     async with _reading(args.journal) as store:
         data = await _run_data(store, args)
@@ -214,7 +215,7 @@ async def _pick_run(store: Journal, args: argparse.Namespace) -> RunRecord:
     if args.run_id is not None:
         run = await store.get_run(args.run_id)
         if run is None:
-            where = _shown(args, store)
+            where = _shown(args)
             raise api.RefusedError(
                 f"no run {args.run_id!r} in {where}; "
                 f"`fleet-reimage status --journal {where}` lists the runs"
@@ -222,7 +223,7 @@ async def _pick_run(store: Journal, args: argparse.Namespace) -> RunRecord:
         return run
     runs = await store.runs()
     if not runs:
-        raise api.RefusedError(f"no run in {_shown(args, store)} yet")
+        raise api.RefusedError(f"no run in {_shown(args)} yet")
     return runs[0]
 
 
@@ -234,13 +235,12 @@ async def _run_data(store: Journal, args: argparse.Namespace) -> RunData:
     attempts = await store.attempts(run.run_id)
     events = await store.events(run.run_id)
     exclusions = await store.exclusions(run.run_id)
-    return RunData(run, targets, attempts, events, exclusions, _shown(args, store))
+    return RunData(run, targets, attempts, events, exclusions, _shown(args))
 
 
-def _shown(args: argparse.Namespace, store: Journal) -> str:
+def _shown(args: argparse.Namespace) -> str:
     """The journal as the user named it, for commands to copy; a URL without its password."""
-    location: str = args.journal
-    return store.location if is_postgres_url(location) else location
+    return shown_location(args.journal)
 
 
 # --- writing (worker thread) ------------------------------------------------------------

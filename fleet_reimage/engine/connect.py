@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import structlog
 
 from fleet_reimage.batch.auth import (
     Credential,
@@ -27,8 +28,11 @@ from fleet_reimage.batch.auth import (
 from fleet_reimage.batch.client import BatchClient
 from fleet_reimage.batch.transport import Transport, default_transport
 from fleet_reimage.errors import InputError, Problem
+from fleet_reimage.plan.clouds import entra_hosts
 from fleet_reimage.plan.environment import environment_problems
 from fleet_reimage.plan.model import AccountSpec, EntraAuth, Plan, SharedKeyAuth
+
+log = structlog.get_logger("fleet_reimage.connect")
 
 
 @dataclass(slots=True)
@@ -99,6 +103,8 @@ async def _credential_for(
                 [Problem(plan_file, None, None, f"accounts.{account.name}.auth", str(exc))]
             ) from None
     assert isinstance(auth, EntraAuth)
+    if account.custom_cloud:  # validated hosts outside the known clouds: say so every time
+        log.warning("custom cloud", account=account.name, **entra_hosts(endpoint, auth))
     cloud = cloud_for_endpoint(endpoint, audience=auth.audience, authority_host=auth.authority)
     source = azure_identity_source(
         auth.credential, cloud, client_id=auth.client_id, tenant_id=auth.tenant_id

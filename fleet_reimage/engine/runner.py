@@ -74,9 +74,12 @@ async def create_run(
     *,
     options: Mapping[str, Any],
     run_id: str | None = None,
+    unless_unfinished: bool = False,
 ) -> tuple[RunRecord, list[TargetRecord]]:
     """Write a new run, its targets and exclusions; nothing has been sent yet.
 
+    ``unless_unfinished``: refuse (``UnfinishedRun``, nothing written) if the plan has an
+    unfinished run, in the same atomic step as the write.
     Returns the run and its targets as recorded (hand them to ``execute``)."""
     run_id = run_id or new_run_id()
     now = time.time()
@@ -108,7 +111,8 @@ async def create_run(
         host=socket.gethostname(),
         pid=os.getpid(),
     )
-    records = await journal.create_run(run, targets, exclusions)
+    guard = plan.source.sha256 if unless_unfinished else None
+    records = await journal.create_run(run, targets, exclusions, unless_unfinished_of=guard)
     record = await journal.get_run(run_id)
     assert record is not None
     return record, records

@@ -257,6 +257,23 @@ class JournalBusy(JournalError):
     """Another runner holds the journal (or the run); message names it."""
 
 
+class UnfinishedRun(JournalError):
+    """``create_run(..., unless_unfinished_of=sha)`` found a run of that plan not finished
+    yet, and created nothing; ``run_id`` names it (the message says its status and runner)."""
+
+    def __init__(self, message: str, run_id: str = "") -> None:
+        super().__init__(message)
+        self.run_id = run_id
+
+
+def unfinished_run(run_id: str, status: str, host: str, pid: int) -> UnfinishedRun:
+    """The refusal both backends raise when a plan already has an unfinished run."""
+    return UnfinishedRun(
+        f"run {run_id} of this plan is unfinished ({status}, last run by {host} pid {pid})",
+        run_id,
+    )
+
+
 class Journal(Protocol):
     """Storage interface. Every write returns only once it is durable.
 
@@ -281,7 +298,12 @@ class Journal(Protocol):
         """
 
     async def create_run(
-        self, run: NewRun, targets: Sequence[NewTarget], exclusions: Sequence[Exclusion]
+        self,
+        run: NewRun,
+        targets: Sequence[NewTarget],
+        exclusions: Sequence[Exclusion],
+        *,
+        unless_unfinished_of: str | None = None,
     ) -> list[TargetRecord]:
         """Record a new run (status RUNNING) with its targets (PENDING) and exclusions.
 
@@ -289,6 +311,10 @@ class Journal(Protocol):
         Target ids ascend in the order ``targets`` is given. ``ValueError`` when an options key
         looks like a secret (key, token, password, secret, ...) or a node is listed twice;
         ``JournalError`` when the run id exists.
+
+        ``unless_unfinished_of`` (a plan's sha256): in the same atomic step, refuse with
+        ``UnfinishedRun`` naming the newest run of that plan that is not FINISHED, if any;
+        of several writers racing to create a run of one plan, exactly one succeeds.
         """
 
     async def runs(self) -> list[RunRecord]:

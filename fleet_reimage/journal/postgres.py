@@ -225,11 +225,23 @@ class PostgresJournal:
         await self._writable().submit(work, what, run_id, at)
 
     async def create_run(
-        self, run: NewRun, targets: Sequence[NewTarget], exclusions: Sequence[Exclusion]
+        self,
+        run: NewRun,
+        targets: Sequence[NewTarget],
+        exclusions: Sequence[Exclusion],
+        *,
+        unless_unfinished_of: str | None = None,
     ) -> list[TargetRecord]:
-        """Record a new run, its targets (target_id ascending in the given order), exclusions."""
+        """Record a new run, its targets (target_id ascending in the given order), exclusions;
+        with ``unless_unfinished_of``, refuse (``UnfinishedRun``) when that plan has a run that
+        is not finished, atomically across writers (see ``postgres_sql.create_run``)."""
         self._writable()
-        work = sql.create_run(run, encode_mapping(run.options, "options"), targets, exclusions)
+        guard = None
+        if unless_unfinished_of is not None:
+            key = schema_mod.plan_lock_key(self.schema, unless_unfinished_of)
+            guard = (unless_unfinished_of, key)
+        options_json = encode_mapping(run.options, "options")
+        work = sql.create_run(run, options_json, targets, exclusions, guard)
         await self._write(work, f"run {run.run_id}", run.run_id, run.created_at)
         return await self.targets(run.run_id)
 

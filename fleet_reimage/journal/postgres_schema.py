@@ -31,12 +31,13 @@ from fleet_reimage.journal.sqlite_schema import tool_version
 
 SCHEMA_VERSION = 2
 
-# Advisory lock keys are (class, key) pairs of int4. The classes spell "FRJL" / "FRJM" / "FRJR";
-# the key is derived from the schema name (and the run for RUN_LOCK_CLASS), since advisory
-# locks are per database, not per schema.
+# Advisory lock keys are (class, key) pairs of int4. The classes spell "FRJL" / "FRJM" / "FRJR"
+# / "FRJP"; the key is derived from the schema name (and the run for RUN_LOCK_CLASS, the plan's
+# hash for PLAN_LOCK_CLASS), since advisory locks are per database, not per schema.
 WRITER_LOCK_CLASS = 0x46524A4C
 MIGRATION_LOCK_CLASS = 0x46524A4D
 RUN_LOCK_CLASS = 0x46524A52
+PLAN_LOCK_CLASS = 0x46524A50
 
 _TIME = "double precision"  # UTC epoch seconds, as floats: round-trips exactly
 
@@ -195,6 +196,11 @@ def lock_key(schema: str) -> int:
 def run_lock_key(schema: str, run_id: str) -> int:
     """The advisory lock key for one run of the journal in ``schema`` (registrations)."""
     return zlib.crc32(f"{schema}\0{run_id}".encode()) & 0x7FFFFFFF
+
+
+def plan_lock_key(schema: str, plan_sha256: str) -> int:
+    """The advisory lock key for creating a run of one plan in ``schema`` (one at a time)."""
+    return zlib.crc32(f"{schema}\0plan\0{plan_sha256}".encode()) & 0x7FFFFFFF
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,7 +43,9 @@ from fleet_reimage.journal.model import (
     TargetChange,
     TargetRecord,
     TargetState,
+    unfinished_run,
 )
+from fleet_reimage.journal.postgres_schema import PLAN_LOCK_CLASS
 from fleet_reimage.journal.postgres_writer import Conn, Rejected, Statement, Work
 
 _STATES = STATES_BY_VALUE
@@ -54,13 +56,25 @@ _ACCEPTED = ACCEPTED_STATES
 
 
 def create_run(
-    run: NewRun, options_json: str, targets: Sequence[NewTarget], exclusions: Sequence[Exclusion]
+    run: NewRun,
+    options_json: str,
+    targets: Sequence[NewTarget],
+    exclusions: Sequence[Exclusion],
+    unless_unfinished: tuple[str, int] | None = None,
 ) -> Work:
-    """The run, its targets and exclusions (``ValueError`` now if a node is listed twice)."""
+    """The run, its targets and exclusions (``ValueError`` now if a node is listed twice).
+
+    ``unless_unfinished`` (the plan's sha256, its ``plan_lock_key``): first take the plan's
+    transaction-level advisory lock, then refuse (``UnfinishedRun``) if a run of that plan is
+    not finished. Writers creating a run of the same plan queue on the lock, and each one's
+    check (READ COMMITTED: a new snapshot per statement) sees the run the one before it
+    committed; the lock is released with the transaction, after the run is durable."""
     _refuse_duplicates(targets)
     targets, exclusions = list(targets), list(exclusions)
 
     async def bulk(conn: Conn) -> None:
+        if unless_unfinished is not None:
+            await _refuse_unfinished(conn, *unless_unfinished)
         cursor = await conn.execute(
             "INSERT INTO runs (run_id, name, action, plan_path, plan_text, plan_sha256, options,"
             " created_at, updated_at, status, host, pid)"
@@ -75,6 +89,19 @@ def create_run(
         await _copy_rows(conn, run, targets, exclusions)
 
     return Work(bulk=bulk)
+
+
+async def _refuse_unfinished(conn: Conn, plan_sha256: str, lock_key: int) -> None:
+    await conn.execute("SELECT pg_advisory_xact_lock(%s::int4, %s::int4)",
+                       (PLAN_LOCK_CLASS, lock_key))  # fmt: skip
+    cursor = await conn.execute(
+        "SELECT run_id, status, host, pid FROM runs WHERE plan_sha256 = %s AND status <> %s"
+        " ORDER BY created_at DESC, run_seq DESC LIMIT 1",
+        (plan_sha256, RunStatus.FINISHED.value),
+    )
+    row = await cursor.fetchone()
+    if row is not None:
+        raise unfinished_run(str(row[0]), str(row[1]), str(row[2]), int(row[3]))
 
 
 async def _copy_rows(

@@ -18,7 +18,8 @@ Failures:
   refuses) is *rejected*: the batch is rolled back and run again one unit at a time, each in a
   savepoint, so one bad call cannot sink its batch-mates; its caller gets ``JournalError``
   (``ValueError``/``TypeError`` for the caller's own mistakes; ``LeaseLost`` for a fenced
-  write whose target another runner owns, see ``Statement.refusal``).
+  write whose target another runner owns, see ``Statement.refusal``; a ``JournalError`` the
+  unit raised itself to refuse, such as ``UnfinishedRun``, as it is).
 * Anything else (connection lost, server shutting down, disk full on the server, the lock
   lost) fails the whole batch and *poisons* the writer: every later write fails at once with
   ``JournalError``, because after such an error nothing more may be reported as durable (a
@@ -90,6 +91,7 @@ class _LockLost(Exception):
 # Errors that say "this unit is wrong", not "the journal is broken".
 _UNIT_ERRORS: tuple[type[BaseException], ...] = (
     Rejected,
+    JournalError,  # a refusal the unit raised itself (UnfinishedRun), handed over as it is
     ValueError,
     TypeError,
     psycopg.errors.IntegrityError,
@@ -299,8 +301,8 @@ class GroupWriter:
     # --- outcomes ------------------------------------------------------------------------
 
     def _rejected(self, unit: _Unit, exc: BaseException) -> BaseException:
-        if isinstance(exc, ValueError | TypeError):
-            return exc  # the caller's own mistake, reported as Python reports it
+        if isinstance(exc, ValueError | TypeError | JournalError):
+            return exc  # the caller's own mistake, or the unit's own refusal, as it is
         kind = exc.kind if isinstance(exc, Rejected) else JournalError
         error = kind(f"{unit.what} was not recorded: {self._describe(exc)}")
         error.__cause__ = exc
@@ -346,6 +348,7 @@ def _copy(error: BaseException) -> BaseException:
     # One exception object raised in many tasks would collect all their tracebacks.
     if isinstance(error, JournalError):
         copy = type(error)(str(error))
+        copy.__dict__.update(error.__dict__)  # e.g. UnfinishedRun.run_id
         copy.__cause__ = error.__cause__
         return copy
     return error

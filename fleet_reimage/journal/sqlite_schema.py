@@ -14,14 +14,13 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from dataclasses import dataclass
-from pathlib import Path
 
 from fleet_reimage.journal.model import JournalError
 
 SCHEMA_VERSION = 1
 APPLICATION_ID = 0x46524A4C  # "FRJL": fleet-reimage journal
 SQLITE_MAGIC = b"SQLite format 3\x00"
-_HEADER_SIZE = 100
+HEADER_SIZE = 100
 
 # What to tell the operator when the file cannot be used. A fresh journal forgets which nodes
 # were already done, so restoring comes first.
@@ -136,16 +135,12 @@ class SchemaInfo:
     meta: dict[str, str]
 
 
-def precheck_header(path: Path, location: str) -> None:
+def check_header(header: bytes, location: str) -> None:
     """Refuse, without opening it with SQLite, a file that cannot be a SQLite database.
 
-    An empty file passes: it is what :meth:`SqliteJournal.open` creates before SQLite runs.
+    ``header``: the file's first bytes (up to ``HEADER_SIZE``). An empty file passes: it is
+    what :meth:`SqliteJournal.open` creates before SQLite runs.
     """
-    try:
-        with path.open("rb") as file:
-            header = file.read(_HEADER_SIZE)
-    except OSError as exc:
-        raise JournalError(f"cannot read the journal {location}: {exc.strerror}") from exc
     if not header:
         return
     if not header.startswith(SQLITE_MAGIC):
@@ -153,7 +148,7 @@ def precheck_header(path: Path, location: str) -> None:
             f"{location} is not a fleet-reimage journal (it is not a SQLite database). "
             + RESTORE_ADVICE
         )
-    if len(header) < _HEADER_SIZE:
+    if len(header) < HEADER_SIZE:
         raise JournalError(f"the journal {location} is truncated. {RESTORE_ADVICE}")
 
 

@@ -38,6 +38,7 @@ from fleet_reimage.journal.model import (
     TargetChange,
     TargetRecord,
     TargetState,
+    unfinished_run,
 )
 from fleet_reimage.journal.sqlite_writer import Rejected
 
@@ -54,11 +55,24 @@ def insert_run(
     options_json: str,
     targets: Sequence[NewTarget],
     exclusions: Sequence[Exclusion],
+    unless_unfinished_of: str | None = None,
 ) -> int | None:
     """Insert the run; returns the first target_id when the run's ids are ``first, first + 1,
     ...`` in the order given (they are: one writer appends them in one transaction), else
-    None (the caller then reads them back)."""
+    None (the caller then reads them back).
+
+    ``unless_unfinished_of``: refuse (``UnfinishedRun``) if a run of that plan hash is not
+    finished. Atomic with the insert: this runs inside the writer's ``BEGIN IMMEDIATE``, and
+    only the holder of the file's writer lock writes at all."""
     _refuse_duplicates(targets)
+    if unless_unfinished_of is not None:
+        row = conn.execute(
+            "SELECT run_id, status, host, pid FROM runs WHERE plan_sha256 = ? AND status != ?"
+            " ORDER BY created_at DESC, rowid DESC LIMIT 1",
+            (unless_unfinished_of, RunStatus.FINISHED.value),
+        ).fetchone()
+        if row is not None:
+            raise unfinished_run(str(row[0]), str(row[1]), str(row[2]), int(row[3]))
     try:
         conn.execute(
             "INSERT INTO runs (run_id, name, action, plan_path, plan_text, plan_sha256, options,"

@@ -13,7 +13,8 @@ Failures:
 
 * A unit that is wrong on its own (constraint violation, unknown target, bad parameter) is
   *rejected*: the transaction is rolled back and re-run without it, so one bad call cannot
-  sink its batch-mates; its caller gets ``JournalError``.
+  sink its batch-mates; its caller gets ``JournalError`` (or the ``JournalError`` the unit
+  raised itself to refuse, such as ``UnfinishedRun``).
 * Anything else (disk full, I/O error, damaged file) fails the whole batch and *poisons* the
   writer: every later write fails at once with ``JournalError``, because after such an error
   nothing more may be reported as durable. The run must stop.
@@ -255,8 +256,10 @@ class GroupWriter:
             raise _UnitFailed(unit, exc) from exc
 
     def _rejected(self, failed: _UnitFailed) -> BaseException:
-        if isinstance(failed.error, ValueError | TypeError):
-            return failed.error  # the caller's own mistake, reported as Python reports it
+        if isinstance(failed.error, ValueError | TypeError | JournalError):
+            # The caller's own mistake, reported as Python reports it; or a refusal the unit
+            # raised itself (e.g. UnfinishedRun), handed over as it is.
+            return failed.error
         error = JournalError(f"{failed.unit.what} was not recorded: {failed.error}")
         error.__cause__ = failed.error
         return error
@@ -293,6 +296,7 @@ def _copy(error: BaseException) -> BaseException:
     # One exception object raised in many tasks would collect all their tracebacks.
     if isinstance(error, JournalError):
         copy = type(error)(str(error))
+        copy.__dict__.update(error.__dict__)  # e.g. UnfinishedRun.run_id
         copy.__cause__ = error.__cause__
         return copy
     return error
