@@ -54,6 +54,14 @@ def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[
     return event
 
 
+def drop_unknown(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """On the console, a field with no value is left out rather than shown as ``None``
+    (JSON lines keep it as null, for scripts that expect the key)."""
+    for name in [name for name, value in event.items() if value is None]:
+        del event[name]
+    return event
+
+
 class UtcTimestamp:
     """``timestamp`` exactly as ``TimeStamper(fmt="iso", utc=True)`` writes it, for less.
 
@@ -172,6 +180,7 @@ def configure(
             structlog.processors.add_log_level,
             UtcTimestamp(),
             _redact,
+            *((drop_unknown,) if pretty else ()),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),

@@ -10,6 +10,7 @@ import base64
 import json
 import resource
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -131,6 +132,13 @@ def test_a_second_runner_on_the_same_journal_refuses_and_names_the_holder(
                     break
                 time.sleep(0.02)
             assert first.poll() is None, "the first run ended before the others could try"
+            started = next(
+                json.loads(line)
+                for line in events.read_text().splitlines()
+                if "run_started" in line
+            )
+            run_id = started["run_id"]
+            holder = f"{socket.gethostname()} pid {first.pid}, run {run_id}"  # not "run new"
             # Frozen while the others try: it holds the journal however long they take.
             first.send_signal(signal.SIGSTOP)
             contenders = [
@@ -144,9 +152,7 @@ def test_a_second_runner_on_the_same_journal_refuses_and_names_the_holder(
                     second = run_cli(*args, "--journal", str(journal), cwd=tmp_path)
                     assert second.returncode == 2, (args, second.stdout, second.stderr)
                     assert TRACEBACK not in second.stderr
-                    assert "in use by" in second.stderr and str(first.pid) in second.stderr, (
-                        second.stderr
-                    )
+                    assert f"in use by {holder} (lock " in second.stderr, second.stderr
             finally:
                 first.send_signal(signal.SIGCONT)
             out, err = first.communicate(timeout=60)

@@ -59,7 +59,8 @@ def test_plan_is_read_only_and_json_is_machine_readable(tmp_path: Path) -> None:
     assert "27 of 30 nodes selected" in text.stdout and "3 state not eligible" in text.stdout
     schedule = json.loads(as_json.stdout)
     pool = schedule["pools"][0]
-    assert pool["selected"] == 27 and pool["waves"] == [2, 25]
+    assert pool["selected"] == 27 and pool["wave_sizes"] == [2, 25]
+    assert pool["wave_targets"] == [2, 27]
     assert [t["state"] for t in pool["targets"]][:15] == ["idle"] * 15  # idle first
     assert stats["requests"]["mutating"] == 0  # plan never sends a reimage
 

@@ -35,7 +35,7 @@ ROLLOUT = """
     max_unavailable: 5
     health: {wait: true, poll_interval: 100ms, timeout: 30s}
 """
-QUESTION = rf"Reimage {NODES} nodes in 1 pools\? \[yes/no\] "
+QUESTION = rf"Reimage {NODES} nodes in 1 pool\? \[yes/no\] "  # "1 pool", not "1 pools"
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 

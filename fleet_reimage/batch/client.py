@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import anyio
+import structlog
 
 from .. import __version__
 from .auth import Credential
@@ -32,6 +33,7 @@ from .errors import (
     RequestInDoubt,
     UnexpectedResponse,
 )
+from .explain import retry_message
 from .models import NodeInfo, PoolInfo
 from .responses import error_from_response, json_object
 from .retry import GiveUp, Reconcile, RetryCounters, RetryPolicy, decide_retry
@@ -43,6 +45,7 @@ API_VERSION = DEFAULT_API_VERSION
 JSON_CONTENT_TYPE = "application/json; odata=minimalmetadata"
 MAX_SERVER_TIMEOUT = 30  # the service treats any larger `timeout` as 30 seconds
 NODE_OPTIONS = ("requeue", "terminate", "taskcompletion", "retaineddata")
+log = structlog.get_logger("fleet_reimage.client")
 # As Azure tooling sends it, for the service's diagnostics: product, runtime, platform.
 USER_AGENT = (
     f"fleet-reimage/{__version__} python/{sys.version_info.major}.{sys.version_info.minor} "
@@ -394,6 +397,13 @@ class BatchClient:
                     raise
                 if isinstance(decision, Reconcile):  # a GET in doubt is simply sent again
                     continue
+                attempt = counters.failures + counters.connect_failures + counters.throttles
+                log.warning(
+                    retry_message(self.endpoint, error, attempt, decision.delay),
+                    endpoint=self.endpoint,
+                    attempt=attempt,
+                    next_in_s=round(decision.delay, 3),
+                )
                 await self._sleep(decision.delay)
 
     async def close(self) -> None:

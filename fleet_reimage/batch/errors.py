@@ -35,9 +35,16 @@ from fleet_reimage.errors import FleetReimageError
 
 
 class BatchError(FleetReimageError):
-    """Base of everything the Batch client raises."""
+    """Base of everything the Batch client raises.
+
+    ``account``, ``endpoint`` and ``credential`` say where: they are filled in by whoever
+    knows (``batch.explain.locate``), for a message that names them (``describe``).
+    """
 
     client_request_id: str | None = None
+    account: str | None = None  # the plan's name for the account
+    endpoint: str | None = None
+    credential: str | None = None  # how we signed in, in words (never the secret)
 
 
 class ConfigurationError(BatchError):

@@ -17,8 +17,9 @@ import anyio
 
 from fleet_reimage import __version__, api, logs
 from fleet_reimage.batch.errors import BatchError, ConfigurationError
+from fleet_reimage.batch.explain import describe
 from fleet_reimage.cli.collector import collector_for
-from fleet_reimage.cli.options import logging_options
+from fleet_reimage.cli.options import logging_options, quiet_stdout
 from fleet_reimage.cli.run_commands import add_run_commands
 from fleet_reimage.cli.view_commands import add_view_commands
 from fleet_reimage.errors import InputError
@@ -127,9 +128,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (api.RefusedError, JournalError, ConfigurationError) as exc:
         return _fail(f"fleet-reimage: {exc}", 2)
     except BatchError as exc:
-        return _fail(f"fleet-reimage: the Batch service answered: {exc}", 3)
+        return _fail(f"fleet-reimage: {describe(exc)}", 3)
     except KeyboardInterrupt:
         return _fail("fleet-reimage: interrupted", 130)
+    except BrokenPipeError:  # `fleet-reimage plan ... | head`: the reader left, nothing wrong
+        quiet_stdout()
+        return 0
     logs.flush()
     return code
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import sys
 import time
 from collections import Counter
@@ -24,7 +23,7 @@ from typing import Any, TextIO
 import anyio
 
 from fleet_reimage import api
-from fleet_reimage.cli.options import command_parser, journal_option
+from fleet_reimage.cli.options import command_parser, journal_option, quiet_stdout
 from fleet_reimage.journal import (
     DEFAULT_JOURNAL_FILE,
     JOURNAL_ENV,
@@ -35,6 +34,7 @@ from fleet_reimage.journal import (
     open_journal,
     shown_location,
 )
+from fleet_reimage.units import count
 from fleet_reimage.views.report import FORMATS, write_report
 from fleet_reimage.views.runview import RunData
 from fleet_reimage.views.status import RunSummary, run_status_json, run_text, runs_json, runs_text
@@ -182,12 +182,13 @@ async def cmd_report(args: argparse.Namespace) -> int:
         )
     async with _reading(args.journal) as store:
         data = await _run_data(store, args)
-    write = functools.partial(write_report, data, args.format)
+    write = functools.partial(write_report, data, args.format, now=time.time())
     if args.output is None:
         await anyio.to_thread.run_sync(_to_stdout, write)
         return 0
     await anyio.to_thread.run_sync(_to_file, write, args.output)
-    print(f"wrote {args.output} ({len(data.targets)} nodes, {args.format})", file=sys.stderr)
+    nodes = count(len(data.targets), "node")
+    print(f"wrote {args.output} ({nodes}, {args.format})", file=sys.stderr)
     return 0
 
 
@@ -254,11 +255,7 @@ def _to_stdout(write: Callable[[TextIO], object]) -> None:
         write(sys.stdout)
         sys.stdout.flush()
     except BrokenPipeError:
-        # `report ... | head`: the reader left. Point stdout at /dev/null so the
-        # interpreter's own flush at exit does not complain a second time.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        quiet_stdout()  # `report ... | head`: the reader left
 
 
 def _to_file(write: Callable[[TextIO], object], path: Path) -> None:

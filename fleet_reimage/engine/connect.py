@@ -29,6 +29,7 @@ from fleet_reimage.batch.client import BatchClient
 from fleet_reimage.batch.transport import Transport, default_transport
 from fleet_reimage.errors import InputError, Problem
 from fleet_reimage.plan.clouds import entra_hosts
+from fleet_reimage.plan.environment import environment_problems
 from fleet_reimage.plan.model import AccountSpec, EntraAuth, Plan, SharedKeyAuth
 
 log = structlog.get_logger("fleet_reimage.connect")
@@ -114,6 +115,9 @@ async def _credential_for(
 @asynccontextmanager
 async def connect(plan: Plan, *, transport: Transport | None = None) -> AsyncIterator[Connections]:
     """Clients for every account of the plan; emulators started and stopped around them."""
+    missing = environment_problems(plan.source.text, plan.source.path, os.environ)
+    if missing:  # an unset key_env, said with its line like any other plan problem
+        raise InputError(missing)
     async with AsyncExitStack() as stack:
         if transport is None:
             transport = default_transport(plan.execution.concurrency)

@@ -66,6 +66,7 @@ class RunResult:
     reason: str | None
     counts: dict[str, int]
     stopped_pools: dict[str, str] = field(default_factory=dict)
+    stop_kind: str | None = None  # why it stopped: budget, deadline, auth, interrupted, ...
 
 
 @dataclass(slots=True)
@@ -123,7 +124,7 @@ class Executor:
         runner_id = None if self.shared is None else self.shared.runner_id
         self.work = NodeWork(self.ledger, self, self.slots, plan, runner_id=runner_id)
         on_baseline = None if self.shared is None else self.shared.publish_baseline
-        self.health = HealthMonitor(self.ledger, self, plan.rollout.health, on_baseline=on_baseline)
+        self.health = HealthMonitor(self.ledger, self, plan, on_baseline=on_baseline)
         self._live_jobs = 0  # job tasks launched and not finished
         self._wake = Wakeup()
         self._checkpoint_open = False
@@ -405,4 +406,4 @@ class Executor:
             bad = counts["failed"] + counts["skipped"]
             code = 3 if (stopped or self.stop_kind) else (1 if bad else 0)
         reason = self.stop_reason or ("; ".join(f"{k}: {v}" for k, v in stopped.items()) or None)
-        return RunResult(self.run_id, status, code, reason, counts, stopped)
+        return RunResult(self.run_id, status, code, reason, counts, stopped, self.stop_kind)

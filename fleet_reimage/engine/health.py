@@ -25,13 +25,16 @@ import anyio
 import structlog
 
 from fleet_reimage.batch.errors import AuthFailed, BatchError, NotFound
+from fleet_reimage.batch.explain import describe
 from fleet_reimage.batch.models import NodeInfo
 from fleet_reimage.engine.control import RunControl
 from fleet_reimage.engine.ledger import RunLedger
 from fleet_reimage.engine.runstate import Phase, PoolRun, RunTarget
 from fleet_reimage.journal.model import TargetChange, TargetState
-from fleet_reimage.plan.model import HealthSpec
+from fleet_reimage.plan.model import Plan
+from fleet_reimage.plan.where import locate_in_plan
 from fleet_reimage.rollout.outcomes import health_verdict
+from fleet_reimage.units import count, plural
 
 log = structlog.get_logger("fleet_reimage.health")
 
@@ -51,14 +54,15 @@ class HealthMonitor:
         self,
         ledger: RunLedger,
         control: RunControl,
-        spec: HealthSpec,
+        plan: Plan,
         *,
         on_baseline: Callable[[PoolRun, int], None] | None = None,
     ) -> None:
         """``on_baseline``: told each pool's baseline after a poll (a shared run shares it)."""
         self.ledger = ledger
         self.control = control
-        self.spec = spec
+        self.plan = plan  # its health spec, and where an account is written (messages)
+        self.spec = plan.rollout.health
         self.on_baseline = on_baseline
         self.polls = 0  # list calls made, for the calls-per-node figure
 
@@ -76,8 +80,9 @@ class HealthMonitor:
             self.ledger.stop_pool(
                 pool,
                 (
-                    f"blocked for {self.spec.timeout:g}s: {pool.rollout.baseline} nodes are "
-                    f"unavailable for other reasons, max_unavailable is "
+                    f"blocked for {self.spec.timeout:g}s: {count(pool.rollout.baseline, 'node')} "
+                    f"{plural('is', pool.rollout.baseline)} unavailable for other reasons, "
+                    "max_unavailable is "
                     f"{pool.rollout.max_unavailable}"
                 ),
             )
@@ -106,7 +111,9 @@ class HealthMonitor:
         try:
             nodes = await self._list(pool)
         except AuthFailed as error:
-            self.control.request_stop("auth", f"authentication failed: {error}")
+            client = pool.account.client
+            where = locate_in_plan(error, self.plan, pool.account.name, client.endpoint)
+            self.control.request_stop("auth", f"authentication failed: {describe(where)}")
             return
         except BatchError as error:
             log.warning("health poll failed", pool=pool.pool_id, error=str(error))

@@ -25,6 +25,7 @@ from fleet_reimage.batch.errors import (
     NotFound,
     PoolStateConflict,
 )
+from fleet_reimage.batch.explain import describe
 from fleet_reimage.batch.models import NODE_SELECT
 from fleet_reimage.batch.retry import RetryPolicy
 from fleet_reimage.engine.attempt_records import attempt_end, step_reason, target_state_for
@@ -40,6 +41,7 @@ from fleet_reimage.journal.model import (
     TargetState,
 )
 from fleet_reimage.plan.model import Plan
+from fleet_reimage.plan.where import locate_in_plan
 from fleet_reimage.rollout.outcomes import (
     Accepted,
     NodeRetryContext,
@@ -51,6 +53,7 @@ from fleet_reimage.rollout.outcomes import (
     after_action_error,
     after_reconcile,
 )
+from fleet_reimage.units import count
 
 log = structlog.get_logger("fleet_reimage.run")
 
@@ -158,6 +161,8 @@ class NodeWork:
         try:
             answer: Answer = await send(pool.pool_id, node_id, option=self.plan.option.value,
                                         client_request_id=client_request_id)  # fmt: skip
+        except AuthFailed as error:  # a run-wide stop: its reason names the account
+            answer = locate_in_plan(error, self.plan, pool.account.name, client.endpoint)
         except BatchError as error:
             answer = error
         except BaseException:
@@ -228,7 +233,10 @@ class NodeWork:
             node = None
         except AuthFailed as error:  # the node stays in doubt; resume reads it again
             ledger.schedule(pool, target, JobKind.RECONCILE, 0.0)
-            self.control.request_stop("auth", f"authentication failed: {error}")
+            where = locate_in_plan(
+                error, self.plan, pool.account.name, pool.account.client.endpoint
+            )
+            self.control.request_stop("auth", f"authentication failed: {describe(where)}")
             return
         except BatchError as error:  # could not read it now: read again a little later
             ledger.schedule(pool, target, JobKind.RECONCILE, self.policy.initial_backoff)
@@ -243,7 +251,8 @@ class NodeWork:
         if isinstance(step, RetryLater) and target.counters.failures >= self.policy.max_attempts:
             step = Settle(
                 TargetState.FAILED,
-                f"no answer after {target.counters.failures} attempts, and none took effect",
+                f"no answer after {count(target.counters.failures, 'attempt')}, "
+                "and none took effect",
             )
         await self._record_reconciled(target, step)
         self._apply(pool, target, step, None)

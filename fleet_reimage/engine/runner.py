@@ -21,7 +21,7 @@ from typing import Any, cast
 import anyio
 
 from fleet_reimage.batch.client import BatchClient
-from fleet_reimage.batch.errors import NotFound
+from fleet_reimage.batch.errors import BatchError, NotFound
 from fleet_reimage.batch.models import NODE_SELECT, READY_STATES, NodeInfo
 from fleet_reimage.engine.events import RunObserver
 from fleet_reimage.engine.executor import Executor, RunResult, RunSettings, Sharing
@@ -42,6 +42,7 @@ from fleet_reimage.journal.model import (
 from fleet_reimage.journal.shared import SharedRuns
 from fleet_reimage.plan.model import Plan
 from fleet_reimage.plan.resolve import Resolution
+from fleet_reimage.plan.where import locate_in_plan
 from fleet_reimage.rollout.budget import FailureBudget
 from fleet_reimage.rollout.claimed import ClaimedPoolRollout
 from fleet_reimage.rollout.outcomes import Accepted, Settle, after_reconcile
@@ -55,8 +56,10 @@ def new_run_id(now: float | None = None) -> str:
     return f"r{stamp}-{secrets.token_hex(3)}"
 
 
-def owner_label(run_id: str) -> str:
-    return f"{socket.gethostname()} pid {os.getpid()} run {run_id}"
+def owner_label(run_id: str | None, doing: str = "starting a new run") -> str:
+    """Who holds a journal, for a contender's message: "HOST pid N, run RUN_ID"."""
+    what = f"run {run_id}" if run_id else doing
+    return f"{socket.gethostname()} pid {os.getpid()}, {what}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,6 +366,8 @@ async def _reconcile_on_resume(
             listings[key] = {n.id: n async for n in client.list_nodes(key[1], select=NODE_SELECT)}
         except NotFound:
             listings[key] = None
+        except BatchError as error:  # say which account, at which endpoint
+            raise locate_in_plan(error, plan, key[0], client.endpoint) from None
 
     async with anyio.create_task_group() as group:
         for key in unfinished:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from fleet_reimage.plan.model import Plan
 from fleet_reimage.plan.resolve import PoolResolution, Resolution
 from fleet_reimage.rollout.pool import PoolRollout
-from fleet_reimage.units import format_duration
+from fleet_reimage.units import count, format_duration, plural
 from fleet_reimage.views.runview import span, when
 
 DEFAULT_RECOVERY = 600.0  # without a health timeout to go by
@@ -149,7 +149,8 @@ def simulate(resolution: Resolution, assumed: Assumption) -> list[PoolSim]:
 
 def _blocked_reason(pool: PoolResolution, plan: Plan) -> str:
     return (
-        f"blocked: {pool.baseline_unavailable} nodes are already unavailable and "
+        f"blocked: {count(pool.baseline_unavailable, 'node')} "
+        f"{plural('is', pool.baseline_unavailable)} already unavailable and "
         f"max_unavailable is {pool.max_unavailable}; the run would wait for them and stop "
         f"this pool after {format_duration(plan.rollout.health.timeout)} if none comes back"
     )
@@ -183,9 +184,9 @@ def render_simulation(
 
 def _pool_lines(pool: PoolSim) -> list[str]:
     if pool.blocked:
-        return [f"  {pool.label}: {pool.selected} nodes, {pool.blocked}"]
+        return [f"  {pool.label}: {count(pool.selected, 'node')}, {pool.blocked}"]
     lines = [
-        f"  {pool.label}: {pool.selected} nodes, {pool.slots} at a time, "
+        f"  {pool.label}: {count(pool.selected, 'node')}, {pool.slots} at a time, "
         f"about {span(pool.duration)}"
     ]
     previous_end: float | None = None
@@ -193,7 +194,7 @@ def _pool_lines(pool: PoolSim) -> list[str]:
         pause = ""
         if previous_end is not None and wave.start > previous_end:
             pause = f"  (after a {span(wave.start - previous_end)} pause)"
-        nodes = f"{wave.nodes} node{'s' if wave.nodes != 1 else ''}"
+        nodes = count(wave.nodes, "node")
         lines.append(
             f"    wave {wave.wave}: {nodes:>11}  +{span(wave.start)} -> +{span(wave.end)}{pause}"
         )
