@@ -18,7 +18,7 @@ from runhelpers import KEY, KEY_ENV, Recorder, emulator, reimages, write_plan
 from fleet_reimage import api
 from fleet_reimage.engine.executor import RunSettings
 from fleet_reimage.journal import open_journal
-from fleet_reimage.views.runview import timeline
+from fleet_reimage.views.timeline import timeline
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 PAUSE = 0.3
