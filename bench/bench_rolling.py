@@ -108,7 +108,7 @@ def main(argv: list[str]) -> dict[str, Any]:
                     "plan",
                 )
                 schedule = json.loads(shown.stdout)
-                waves = schedule["pools"][0]["waves"]
+                waves = schedule["pools"][0]["wave_sizes"]
                 ideal = sum(math.ceil(w / limit) for w in waves) * recovery
                 print(f"  waves per pool {waves}: ideal {ideal:.1f} s")
             before = emu.stats(nodes=False)["requests"]

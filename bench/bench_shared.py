@@ -3,8 +3,8 @@ sharing one run through PostgreSQL.
 
 20,000 idle nodes in 4 pools, no latency, no faults, concurrency 64 per runner,
 ``health.wait: false`` (a fresh emulator and, for PostgreSQL, a fresh database per
-measurement). The first runner is started with ``run``; the others with ``run --join`` a
-moment later (once the run exists). The time is from the first runner's start to the last
+measurement). The first runner is started with ``run``; the others with ``run --join`` once the
+run exists in the journal. The time is from the first runner's start to the last
 runner's exit; the emulator must show every node reimaged exactly once.
 
 On this 2-core machine the emulator takes one core and every runner competes for the
@@ -50,6 +50,24 @@ def fresh_database(server: str) -> Iterator[str]:
             )
 
 
+def run_created(url: str, timeout: float = 120.0) -> None:
+    """Return once the first runner has recorded its run (a runner started with ``--join``
+    before that would find no run to join, and start one of its own)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with psycopg.connect(url, autocommit=True) as conn:
+            found = conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = 'fleet_reimage'"
+                " AND tablename = 'runs')"
+            ).fetchone()
+            if found and found[0]:
+                row = conn.execute("SELECT count(*) FROM fleet_reimage.runs").fetchone()
+                if row and row[0]:
+                    return
+        time.sleep(0.05)
+    raise RuntimeError(f"the first runner recorded no run within {timeout:.0f} s")
+
+
 def run_runners(journal: str, plan: Path, folder: Path, runners: int) -> dict[str, Any]:
     first = common.start(
         common.run_command(plan, journal, folder / "log0.jsonl"),
@@ -59,7 +77,7 @@ def run_runners(journal: str, plan: Path, folder: Path, runners: int) -> dict[st
     started = first.started
     others = []
     if runners > 1:
-        time.sleep(1.0)  # the first runner creates the run; the others join it
+        run_created(journal)  # the first runner creates the run; the others join it
         for index in range(1, runners):
             others.append(
                 common.start(

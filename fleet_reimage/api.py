@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -35,13 +36,16 @@ from .journal import (
     JournalError,
     RunRecord,
     RunStatus,
+    UnfinishedRun,
     is_postgres_url,
     open_journal,
 )
 from .plan.load import load_plan as _load_plan
 from .plan.load import parse_plan
 from .plan.model import Plan
+from .plan.narrow import Narrowing, describe
 from .plan.resolve import Resolution, resolve
+from .views.hints import Hint, continue_hint, run_hint
 
 DEFAULT_JOURNAL = "fleet-reimage.db"
 
@@ -51,10 +55,14 @@ def load_plan(path: str | Path) -> Plan:
     return _load_plan(Path(path))
 
 
-async def resolve_plan(plan: Plan, *, transport: Transport | None = None) -> Resolution:
-    """List what the plan selects (read-only; starts in-process emulators as needed)."""
+async def resolve_plan(
+    plan: Plan, *, transport: Transport | None = None, narrowing: Narrowing | None = None
+) -> Resolution:
+    """List what the plan selects (read-only; starts in-process emulators as needed).
+
+    ``narrowing`` (``--pool``, ``--nodes-from``) keeps part of the plan's selection."""
     async with connect(plan, transport=transport) as connections:
-        return await resolve(plan, connections.clients)
+        return await resolve(plan, connections.clients, narrowing=narrowing)
 
 
 @dataclass(slots=True)
@@ -99,41 +107,75 @@ async def run_plan(
     transport: Transport | None = None,
     join: bool = False,
     lease: float = DEFAULT_LEASE,
+    narrowing: Narrowing | None = None,
 ) -> RunResult:
     """Resolve the plan, record the run in the journal, and run it to its end or a stop.
 
     With ``join`` (PostgreSQL journals), take a share of the unfinished run of this plan if
-    there is one (started elsewhere), instead of refusing.
+    there is one (started elsewhere), instead of refusing. ``narrowing`` (``--pool``,
+    ``--nodes-from``) keeps part of the plan's selection; the run records it.
     """
+    if narrowing and join:
+        raise RefusedError(
+            "--pool and --nodes-from narrow a new run; --join takes a share of a run as it "
+            "was created"
+        )
     hooks = hooks or RunHooks()
     settings = settings or RunSettings()
     shared = _shared(journal, join=join, lease=lease)
-    async with _writable_journal(journal, owner_label("new")) as store:
+    async with _writable_journal(journal, owner_label(None)) as store:
+        # Early, so that an operator is not asked to confirm what will be refused; the
+        # atomic check is create_run's (another operator may be confirming right now).
         existing = await _unfinished_run_of(store, plan)
-        if existing is not None and join:
-            async with connect(plan, transport=transport) as connections:
+        if existing is not None and not join:
+            raise await _refuse_second_run(existing, store, shared)
+        async with connect(plan, transport=transport) as connections:
+            if existing is not None:
                 return await _execute(
                     existing, plan, store, connections, settings, hooks, shared=shared
                 )
-        if existing is not None:
-            raise RefusedError(
-                f"run {existing.run_id} of this plan is unfinished ({existing.status.value}, "
-                f"last run by {existing.host} pid {existing.pid}): resume it with "
-                f"`fleet-reimage resume {existing.run_id} --journal {store.location}`"
-                + (" or take a share of it with --join" if shared is not None else "")
-            )
-        async with connect(plan, transport=transport) as connections:
-            resolution = await resolve(plan, connections.clients)
+            resolution = await resolve(plan, connections.clients, narrowing=narrowing)
             if resolution.total_selected == 0:
-                raise RefusedError("the plan selects no node; nothing to do")
+                narrowed = describe(narrowing.as_options()) if narrowing else None
+                raise RefusedError(
+                    "the plan selects no node"
+                    + (f" once narrowed by {narrowed}" if narrowed else "")
+                    + "; nothing to do"
+                )
             if hooks.confirm_start is not None and not await hooks.confirm_start(resolution):
                 raise RefusedError("not confirmed; nothing was sent")
-            run, records = await create_run(
-                plan, resolution, store, options={**(options or {}), "deadline": settings.deadline}
-            )
+            options = {**(options or {}), "deadline": settings.deadline}
+            if narrowing:
+                options["narrowing"] = narrowing.as_options()
+            try:
+                run, records = await create_run(
+                    plan, resolution, store, options=options, unless_unfinished=True
+                )
+            except UnfinishedRun as exc:  # created meanwhile by another runner
+                existing = await store.get_run(exc.run_id)
+                if existing is None:  # pragma: no cover - a run is never deleted
+                    raise RefusedError(str(exc)) from exc
+                if not join:
+                    raise await _refuse_second_run(existing, store, shared) from exc
+                return await _execute(
+                    existing, plan, store, connections, settings, hooks, shared=shared
+                )
             return await _execute(
                 run, plan, store, connections, settings, hooks, shared=shared, records=records
             )
+
+
+async def _refuse_second_run(
+    existing: RunRecord, store: Journal, shared: SharedSettings | None
+) -> RefusedError:
+    hint = await _hint(store, existing)  # a command that works, not one refused again
+    return RefusedError(
+        f"run {existing.run_id} of this plan is unfinished ({existing.status.value}, "
+        f"last run by {existing.host} pid {existing.pid}): resume it with "
+        f"`{hint.command}`"
+        + (" or take a share of it with --join" if shared is not None else "")
+        + "".join(f"\n  ({line})" for line in hint.why)
+    )
 
 
 async def resume_run(
@@ -157,7 +199,7 @@ async def resume_run(
     hooks = hooks or RunHooks()
     settings = settings or RunSettings()
     shared = _shared(journal, join=join, lease=lease)
-    async with _writable_journal(journal, owner_label(run_id or "resume")) as store:
+    async with _writable_journal(journal, owner_label(run_id, "resuming a run")) as store:
         run = await _find_run(store, run_id)
         if run.status is RunStatus.FINISHED:
             return run
@@ -189,6 +231,7 @@ async def _execute(
     **kwargs: Any,
 ) -> RunResult:
     executors: list[Executor] = []
+    await store.lock_for_writing(owner_label(run.run_id))  # a contender is told which run
 
     def ready(executor: Executor) -> None:
         executors.append(executor)
@@ -254,6 +297,7 @@ async def _plan_for_resume(store: Journal, run: RunRecord, force_plan: bool) -> 
     if text == run.plan_text:
         return parse_plan(text, path)
     if not force_plan:
+        hint = await _hint(store, run, force_plan=True)
         diff = "".join(
             difflib.unified_diff(
                 run.plan_text.splitlines(keepends=True),
@@ -269,14 +313,23 @@ async def _plan_for_resume(store: Journal, run: RunRecord, force_plan: bool) -> 
                     None,
                     None,
                     "",
-                    "the plan changed since the run started; resume with "
-                    "--force-plan to accept the change:\n" + diff,
+                    "the plan changed since the run started; to accept the change, resume "
+                    f"with --force-plan: {hint.command}\n" + diff,
                 )
             ]
         )
     plan = parse_plan(text, path)
     await store.replace_plan(run.run_id, text, plan.source.sha256)
     return plan
+
+
+async def _hint(store: Journal, run: RunRecord, *, force_plan: bool = False) -> Hint:
+    """The command that continues ``run`` (not one that would be refused again)."""
+    hint = run_hint(run, store.location, await store.events(run.run_id), time.time())
+    hint = hint or continue_hint(run.run_id, store.location)
+    if force_plan:
+        hint = Hint(hint.command.replace(" --journal ", " --force-plan --journal ", 1), hint.why)
+    return hint
 
 
 async def _unfinished_run_of(store: Journal, plan: Plan) -> RunRecord | None:

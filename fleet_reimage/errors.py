@@ -8,9 +8,12 @@
     ├── UnitError               a duration, count or percent that cannot be read (also a
     │                           ValueError; ``units``)
     ├── RefusedError            refused for a reason the operator can act on: an unfinished
-    │                           run of the plan, nothing selected, not confirmed (exit 2)
+    │   │                       run of the plan, nothing selected, not confirmed (exit 2)
+    │   └── UnsafeFile          a file to write is a link, a FIFO, someone else's or
+    │                           hard-linked (``safefiles``)
     ├── JournalError            the journal cannot be used or a write was not recorded
     │   ├── JournalBusy         another runner holds the journal or the run (``journal``)
+    │   ├── UnfinishedRun       the plan has an unfinished run: none created (``journal``)
     │   └── LeaseLost           a shared run's work is no longer this runner's
     └── BatchError              what the Batch client raises (tree in ``batch/errors.py``)
 

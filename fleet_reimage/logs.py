@@ -33,6 +33,8 @@ from typing import Any, TextIO
 
 import structlog
 
+from fleet_reimage.safefiles import open_own
+
 LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -81,6 +83,14 @@ def merge_context(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMa
     for variable, value in contextvars.copy_context().items():
         if value is not Ellipsis and variable.name.startswith(_CONTEXT_PREFIX):
             event.setdefault(variable.name[_CONTEXT_PREFIX_LENGTH:], value)
+    return event
+
+
+def drop_unknown(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """On the console, a field with no value is left out rather than shown as ``None``
+    (JSON lines keep it as null, for scripts that expect the key)."""
+    for name in [name for name, value in event.items() if value is None]:
+        del event[name]
     return event
 
 
@@ -181,10 +191,14 @@ def configure(
     log_file: str | None = None,
     stream: TextIO | None = None,
 ) -> None:
-    """Configure structlog for the process. ``log_format``: auto, console or json."""
+    """Configure structlog for the process. ``log_format``: auto, console or json.
+
+    ``log_file`` is opened for appending as a file of our own (``safefiles``): raises
+    ``UnsafeFile`` or ``OSError`` when it cannot be."""
     out: TextIO = stream or sys.stderr
     if log_file:
-        fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        # A file of ours: not a link, a FIFO or someone else's file (UnsafeFile; OSError).
+        fd = open_own(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, "the log file")
         out = os.fdopen(fd, "a", encoding="utf-8")
     pretty = log_format == "console" or (log_format == "auto" and not log_file and out.isatty())
     flush()
@@ -198,6 +212,7 @@ def configure(
             structlog.processors.add_log_level,
             UtcTimestamp(),
             _redact,
+            *((drop_unknown,) if pretty else ()),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),

@@ -103,3 +103,31 @@ def parse_amount(raw: object) -> Amount:
         if raw.strip().isdigit():
             return Amount(Fraction(int(raw.strip())), percent=False)
     raise UnitError(f'expected a count such as 5 or a percent such as "25%", got {raw!r}')
+
+
+# --- counts in words ------------------------------------------------------------------
+# Every message that counts things goes through these, so none says "1 nodes".
+
+# The words our messages put a count before that do not follow the rules below.
+_IRREGULAR = {"is": "are", "was": "were", "has": "have", "it": "they", "this": "these"}
+
+
+def plural(word: str, count: int) -> str:
+    """``word`` (or a phrase's last word) in the form that goes with ``count``.
+
+    ``node``/``nodes``, ``retry``/``retries``, ``crash``/``crashes``, ``is``/``are``.
+    """
+    if count == 1:
+        return word
+    if word in _IRREGULAR:
+        return _IRREGULAR[word]
+    if word.endswith(("s", "sh", "ch", "x", "z")):
+        return word + "es"
+    if word.endswith("y") and word[-2:-1] not in ("a", "e", "i", "o", "u"):
+        return word[:-1] + "ies"
+    return word + "s"
+
+
+def count(number: int, word: str) -> str:
+    """``"1 node"``, ``"2 nodes"``, ``"0 retries"``."""
+    return f"{number} {plural(word, number)}"

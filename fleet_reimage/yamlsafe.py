@@ -2,9 +2,10 @@
 
 - Only plain data: mappings, sequences, strings, numbers, booleans, null, timestamps.
   No tags that construct objects (PyYAML's SafeLoader already refuses them).
-- Anchors and aliases are allowed but bounded: the document, with every alias expanded,
-  may hold at most ``MAX_EXPANDED_NODES`` nodes, so a "billion laughs" file is refused
-  after counting, before anything walks the expanded tree.
+- The document may hold at most ``MAX_EXPANDED_NODES`` nodes, counting every alias as the
+  nodes it stands for. The count is kept while the node tree is built, so a huge flat list
+  or a "billion laughs" file is refused as soon as the budget is spent, where reading
+  stopped, before the rest of the file is even parsed.
 - Duplicate keys are errors (YAML allows the later one to win silently).
 - Mappings load as ``MarkedMap``: a dict that also knows the position of each key and value,
   so validation can point at a line and column.
@@ -16,6 +17,7 @@ from typing import Any
 
 import yaml
 from yaml.constructor import ConstructorError
+from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, SequenceNode
 
 from fleet_reimage.errors import InputError, Problem
@@ -59,10 +61,50 @@ def _position(node: Node) -> Position:
 class _MarkedLoader(yaml.SafeLoader):
     """SafeLoader building MarkedMap/MarkedList and refusing duplicate keys."""
 
-    def __init__(self, stream: str, filename: str) -> None:
+    def __init__(self, stream: str, filename: str, budget: int = MAX_EXPANDED_NODES) -> None:
         super().__init__(stream)
         self.filename = filename
         self.problems: list[Problem] = []
+        self.budget = budget
+        self.nodes = 0  # composed so far, each alias counted as the nodes it expands to
+        self._anchored_sizes: dict[int, int] = {}  # id(anchored node) -> its expanded size
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
+        """As PyYAML's, counting nodes against the budget as they are built."""
+        event: Any = self.peek_event()  # type: ignore[no-untyped-call]
+        alias = isinstance(event, AliasEvent)
+        before = self.nodes
+        if not alias:
+            self._count(1, event.start_mark, alias=False)
+        node = super().compose_node(parent, index)
+        if alias:
+            # A node still being built (a recursive alias) has no size yet: count it once.
+            self._count(self._anchored_sizes.get(id(node), 1), event.start_mark, alias=True)
+        elif event.anchor is not None:
+            self._anchored_sizes[id(node)] = self.nodes - before
+        return node
+
+    def _count(self, size: int, mark: Any, *, alias: bool) -> None:
+        self.nodes += size
+        if self.nodes <= self.budget:
+            return
+        why = (
+            "this alias expands past it; is this a billion-laughs file?"
+            if alias
+            else "reading stopped here"
+        )
+        raise InputError(
+            [
+                Problem(
+                    self.filename,
+                    mark.line + 1,
+                    mark.column + 1,
+                    "",
+                    f"too many values (limit {self.budget}, counting anchors and aliases "
+                    f"expanded): {why}",
+                )
+            ]
+        )
 
     def construct_object(self, node: Node, deep: bool = False) -> Any:
         """As SafeLoader's, but a value the standard constructors cannot build (``!!int abc``,
@@ -121,28 +163,6 @@ _MarkedLoader.add_constructor("tag:yaml.org,2002:map", _MarkedLoader.construct_m
 _MarkedLoader.add_constructor("tag:yaml.org,2002:seq", _MarkedLoader.construct_marked_sequence)
 
 
-def _expanded_size(node: Node, memo: dict[int, int], budget: int) -> int:
-    """Node count with aliases expanded, stopping early once past ``budget``."""
-    key = id(node)
-    if key in memo:
-        return memo[key]
-    size = 1
-    if isinstance(node, SequenceNode):
-        for child in node.value:
-            size += _expanded_size(child, memo, budget)
-            if size > budget:
-                break
-    elif isinstance(node, MappingNode):
-        for key_node, value_node in node.value:
-            size += _expanded_size(key_node, memo, budget) + _expanded_size(
-                value_node, memo, budget
-            )
-            if size > budget:
-                break
-    memo[key] = size
-    return size
-
-
 def _reader_problem(exc: yaml.reader.ReaderError, text: str, filename: str) -> Problem:
     """Where an unacceptable character is, as line and column (PyYAML gives an offset)."""
     pos = exc.position
@@ -158,8 +178,10 @@ def _reader_problem(exc: yaml.reader.ReaderError, text: str, filename: str) -> P
     )
 
 
-def load_marked_yaml(text: str, filename: str) -> Any:
-    """Parse one YAML document into plain data with positions; InputError when it cannot."""
+def load_marked_yaml(text: str, filename: str, *, budget: int = MAX_EXPANDED_NODES) -> Any:
+    """Parse one YAML document into plain data with positions; InputError when it cannot.
+
+    ``budget``: the most nodes the document may hold, aliases counted expanded."""
     if len(text.encode("utf-8", "surrogatepass")) > MAX_DOCUMENT_BYTES:
         raise InputError(
             [
@@ -174,27 +196,13 @@ def load_marked_yaml(text: str, filename: str) -> Any:
         )
     try:
         # The reader checks for unprintable characters as soon as it is built.
-        loader = _MarkedLoader(text, filename)
+        loader = _MarkedLoader(text, filename, budget)
     except yaml.reader.ReaderError as exc:
         raise InputError([_reader_problem(exc, text, filename)]) from None
     try:
         root = loader.get_single_node()
         if root is None:
             raise InputError([Problem(filename, 1, 1, "", "the file is empty")])
-        if _expanded_size(root, {}, MAX_EXPANDED_NODES) > MAX_EXPANDED_NODES:
-            line, column = _position(root)
-            raise InputError(
-                [
-                    Problem(
-                        filename,
-                        line,
-                        column,
-                        "",
-                        "too many values once anchors and aliases are expanded "
-                        f"(limit {MAX_EXPANDED_NODES}); is this a billion-laughs file?",
-                    )
-                ]
-            )
         data = loader.construct_document(root)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,6 +49,22 @@ def start_fleet_reimage(*args: str, cwd: Path) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def wait_for_events(
+    process: subprocess.Popen[str], events: Path, kind: str, count: int, timeout: float = 60
+) -> None:
+    """Return once the ``--events`` file holds ``count`` events of ``kind`` (or the process
+    ended): a test synchronises on what the run did, not on how long it took."""
+    deadline = time.monotonic() + timeout
+    while process.poll() is None:
+        if events.exists():
+            kinds = [json.loads(line)["event"] for line in events.read_text().splitlines()]
+            if kinds.count(kind) >= count:
+                return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {count} x {kind} in {events} within {timeout:g} s")
+        time.sleep(0.02)
 
 
 class EmulatorProcess:

@@ -21,6 +21,12 @@ KEY = base64.b64encode(bytes(range(64))).decode()
 KEY_ENV = "FR_TEST_BATCH_KEY"
 
 
+def named_nodes(prefix: str, count: int) -> list[str]:
+    """Node ids for a fleet file's pool, listed by the test: an oracle of which nodes exist
+    that does not come from the emulator or the client."""
+    return [f"{prefix}-node-{index:04d}" for index in range(count)]
+
+
 def fleet_text(pools: list[dict[str, Any]], **sections: Any) -> str:
     doc: dict[str, Any] = {
         "account": {"name": "emu", "key": KEY},

@@ -6,11 +6,10 @@ import json
 import random
 import signal
 import sqlite3
-import time
 from pathlib import Path
 
-from clihelpers import emulator_process, fleet_reimage, start_fleet_reimage
-from runhelpers import KEY, write_plan
+from clihelpers import emulator_process, fleet_reimage, start_fleet_reimage, wait_for_events
+from runhelpers import KEY, named_nodes, write_plan
 
 SLOW = {"reimaging": "400ms", "starting": "200ms"}
 ROLLOUT = """
@@ -60,7 +59,8 @@ def test_plan_is_read_only_and_json_is_machine_readable(tmp_path: Path) -> None:
     assert "27 of 30 nodes selected" in text.stdout and "3 state not eligible" in text.stdout
     schedule = json.loads(as_json.stdout)
     pool = schedule["pools"][0]
-    assert pool["selected"] == 27 and pool["waves"] == [2, 25]
+    assert pool["selected"] == 27 and pool["wave_sizes"] == [2, 25]
+    assert pool["wave_targets"] == [2, 27]
     assert [t["state"] for t in pool["targets"]][:15] == ["idle"] * 15  # idle first
     assert stats["requests"]["mutating"] == 0  # plan never sends a reimage
 
@@ -87,11 +87,7 @@ def test_sigint_stops_gracefully_prints_resume_and_resume_finishes(tmp_path: Pat
             str(events),
             cwd=tmp_path,
         )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:  # wait for the canary wave to be accepted
-            if events.exists() and "node_accepted" in events.read_text():
-                break
-            time.sleep(0.05)
+        wait_for_events(runner, events, "node_accepted", 1, timeout=30)  # the canary wave
         runner.send_signal(signal.SIGINT)
         out, err = runner.communicate(timeout=60)
         assert runner.returncode == 130, err
@@ -111,8 +107,8 @@ def test_sigkill_at_random_moments_every_node_exactly_once(tmp_path: Path) -> No
     with emulator_process(
         tmp_path,
         [
-            {"id": "a", "nodes": 150},
-            {"id": "b", "nodes": 100},
+            {"id": "a", "nodes": named_nodes("a", 150)},
+            {"id": "b", "nodes": named_nodes("b", 100)},
         ],
         timings={"reimaging": "100ms", "starting": "50ms"},
         faults={"seed": 3, "reimage": {"latency": "5ms", "jitter": "5ms"}},
@@ -134,17 +130,23 @@ def test_sigkill_at_random_moments_every_node_exactly_once(tmp_path: Path) -> No
         )
         journal = tmp_path / "j.db"
         command = ["run", str(plan), "--yes", "--journal", str(journal)]
-        for _ in range(4):
-            runner = start_fleet_reimage(*command, cwd=tmp_path)
-            time.sleep(rng.uniform(0.8, 2.5))
+        for round_no in range(4):
+            events = tmp_path / f"events-{round_no}.jsonl"
+            runner = start_fleet_reimage(*command, "--events", str(events), cwd=tmp_path)
+            # Killed at a random point of its progress (none yet: as soon as it started).
+            accepted = rng.randint(0, 40)
+            if accepted:
+                wait_for_events(runner, events, "node_accepted", accepted)
+            else:
+                wait_for_events(runner, events, "run_started", 1)
             runner.kill()
             runner.communicate(timeout=30)
             command = ["resume", "--journal", str(journal)]
         final = fleet_reimage(*command, cwd=tmp_path, timeout=180)
         assert final.returncode == 0, final.stdout + final.stderr
         counts = emu.reimages()
-    assert len(counts) == 250
-    assert set(counts.values()) == {1}, {n: c for n, c in counts.items() if c != 1}
+    expected = dict.fromkeys(named_nodes("a", 150) + named_nodes("b", 100), 1)
+    assert counts == expected, {n: c for n, c in counts.items() if c != 1}
 
 
 def test_no_secret_in_any_artefact(tmp_path: Path) -> None:

@@ -74,13 +74,12 @@ async def test_answer_later_than_our_timeout_is_in_doubt_and_was_applied() -> No
             await env.client.reimage_node(
                 "cs", node_id, option=None, client_request_id="c3", timeout=0.3
             )
-        elapsed = time.time() - before
+        after = time.time()
         applied = node_counts(env.emu, "cs", node_id)
         request = env.sent[0]
     error = caught.value
     assert applied == (1, 0)
-    assert error.sent_at is not None and before <= error.sent_at < before + 0.2
-    assert 0.25 <= elapsed < 1.5
+    assert error.sent_at is not None and before <= error.sent_at <= after
     assert "no answer within 0.3s" in str(error) and error.client_request_id == "c3"
     assert "timeout=1" in request.url  # the server was told at least one second
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from clihelpers import emulator_process, fleet_reimage
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from runhelpers import write_plan
 
 from fleet_reimage.views.dryrun import simulate_pool
@@ -72,3 +75,29 @@ def test_assume_recovery_needs_dry_run(tmp_path: Path) -> None:
     assert result.returncode == 2 and "--dry-run" in result.stderr
     bad = fleet_reimage("run", str(plan), "--dry-run", "--assume-recovery", "soon", cwd=tmp_path)
     assert bad.returncode == 2 and "expected a duration" in bad.stderr
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 30), min_size=1, max_size=6).filter(any),
+    slots=st.integers(1, 12),
+    per_node=st.sampled_from([1.0, 60.0, 600.0]),
+    pause=st.sampled_from([0.0, 30.0, 120.0]),
+)
+def test_the_simulated_policy_matches_the_closed_form_timeline(
+    sizes: list[int], slots: int, per_node: float, pause: float
+) -> None:
+    """With every node back after the same time, the policy's timeline on a simulated clock is
+    the closed form: waves in order, each ``ceil(size / slots)`` recovery times, a pause
+    between non-empty waves, empty steps skipped without one."""
+    expected, clock = [], 0.0
+    for step, size in enumerate(sizes):
+        if size == 0:
+            continue
+        if expected:
+            clock += pause
+        took = math.ceil(size / slots) * per_node
+        expected.append((step + 1, size, clock, clock + took))
+        clock += took
+    pool = simulate_pool("a/p", sizes, slots=slots, per_node=per_node, pause=pause)
+    assert [(w.wave, w.nodes, w.start, w.end) for w in pool.waves] == expected

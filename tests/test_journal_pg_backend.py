@@ -36,8 +36,8 @@ from fleet_reimage.journal import (
 )
 from fleet_reimage.journal import postgres_conn as pgconn
 from fleet_reimage.journal import postgres_schema as pgschema
-from fleet_reimage.journal.model import RunnerInfo
 from fleet_reimage.journal.postgres import PostgresJournal
+from fleet_reimage.journal.shared import RunnerInfo
 from fleet_reimage.journal.sqlite import SqliteJournal
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]

@@ -29,8 +29,9 @@ from test_journal_pg_support import (
 from test_journal_support import RUN_ID
 
 from fleet_reimage.journal import JournalError, TargetState
-from fleet_reimage.journal.model import LeaseLost, RunnerInfo
+from fleet_reimage.journal.model import LeaseLost
 from fleet_reimage.journal.postgres import PostgresJournal
+from fleet_reimage.journal.shared import RunnerInfo
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
@@ -181,17 +182,27 @@ async def test_a_wave_waits_for_the_last_one_and_then_for_the_pause(
             await a.attempt_finished(ended(starts[0], TargetState.HEALTHY))
             await a.attempt_finished(ended(starts[1], TargetState.FAILED))
             not_yet = await claim(b, B, limit=10, pause=10)  # one wave-0 node still out
-            end = time.time()
-            await a.attempt_finished(ended(starts[2], TargetState.HEALTHY, at=end))
-            paused = await claim(b, B, limit=10, pause=10, now=end + 4)
-            opened = await claim(b, B, limit=10, pause=10, now=end + 10.5)
+            await a.attempt_finished(ended(starts[2], TargetState.HEALTHY))
+            # The first claim after the wave's last node settled sees it complete: the pause
+            # counts from then, on the policy's clock (the database's, or the test's).
+            seen = not_yet.state.now + 1
+            completing = await claim(b, B, limit=10, pause=10, now=seen)
+            paused = await claim(a, A, limit=10, pause=10, now=seen + 9.5)
+            opened = await claim(b, B, limit=10, pause=10, now=seen + 10)
+            again = await claim(a, A, limit=10, pause=10, now=seen + 10)
             records = await a.targets(RUN_ID)
     assert [t.wave for t in wave0.targets] == [0, 0, 0] and wave0.blocked == "wave"
     assert (held.targets, held.wave, held.blocked) == ([], 0, "wave")
     assert (not_yet.targets, not_yet.wave, not_yet.blocked) == ([], 0, "wave")
-    assert (paused.targets, paused.wave, paused.blocked) == ([], 1, "pause")
-    assert paused.retry_at == pytest.approx(end + 10)
-    assert [t.wave for t in opened.targets] == [1, 1, 1] and opened.retry_at is None
+    assert not_yet.completed is None
+    assert (completing.targets, completing.wave, completing.blocked) == ([], 1, "pause")
+    assert completing.completed is not None
+    assert (completing.completed.wave, completing.completed.at) == (0, seen)
+    assert completing.completed.next_wave_at == seen + 10 == completing.opens_at
+    assert (paused.targets, paused.blocked, paused.opens_at) == ([], "pause", seen + 10)
+    assert paused.completed is None  # announced once, by the claim that saw it
+    assert [t.wave for t in opened.targets] == [1, 1, 1] and opened.opens_at is None
+    assert again.completed is None and again.blocked == "wave"
     wave1 = {t.target_id for t in opened.targets}
     assert {t.target_id for t in records if t.wave == 1} == wave1
 

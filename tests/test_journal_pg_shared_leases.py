@@ -106,19 +106,26 @@ async def test_the_fence_refuses_only_the_late_writer_in_a_shared_batch(
             await a.register_runner(RUN_ID, A, lease=LEASE, exclusive=True)
             await b.register_runner(RUN_ID, B, lease=LEASE, exclusive=False)
             mine = [t.target_id for t in (await claim(a, A, limit=6)).targets]
-            theirs = [t.target_id for t in (await claim(b, B, limit=6)).targets]
+            theirs = [t.target_id for t in (await claim(b, B, limit=5)).targets]
+            # A claim whose lease has already run out, by the database's clock.
+            (lapsed,) = [t.target_id for t in (await claim(a, A, limit=1, lease=-1.0)).targets]
             async with anyio.create_task_group() as tg:  # one batch of A's writer
-                for n, tid in enumerate(mine):
+                for n, tid in enumerate(mine[1:]):
                     tg.start_soon(write, a, fenced(tid, A), f"a{n}")
                 tg.start_soon(write, a, fenced(theirs[0], A), "a-on-b")
-                tg.start_soon(write, a, fenced(mine[0], A, sent_at=time.time() + 2 * LEASE), "late")
+                tg.start_soon(write, a, fenced(lapsed, A), "late")
+                # A runner whose clock runs far ahead: the fence reads the database's clock,
+                # never the time the runner stamps on its attempt.
+                tg.start_soon(
+                    write, a, fenced(mine[0], A, sent_at=time.time() + 2 * LEASE), "ahead"
+                )
             # Unfenced writes (runner_id None) keep today's behaviour.
             await a.attempt_started(start(theirs[1], "unfenced", time.time()))
             with pytest.raises(JournalError, match="no target 999999") as missing:
                 await a.attempt_started(start(999999, "nope", time.time()))
             stats = a.writer_stats
     assert outcomes.pop("a-on-b") == "lease lost" and outcomes.pop("late") == "lease lost"
-    assert set(outcomes.values()) == {"ok"} and len(outcomes) == 6
+    assert set(outcomes.values()) == {"ok"} and len(outcomes) == 6  # "ahead" among them
     assert not isinstance(missing.value, LeaseLost)
     assert stats is not None and stats.largest_batch >= 6  # the fence did not cost batching
 
@@ -246,9 +253,11 @@ async def test_pauses_and_baselines_are_shared(pg: pgserver.PgSchema) -> None:
     with anyio.fail_after(10):
         a, b = await shared_run(pg, pool_targets("p", [2]))
         async with all_closed([a, b]):
+            # Durations cross the wire; the database's clock keeps the pause.
             assert await a.share_pause(RUN_ID, "acct", 0.0) == 0.0
             assert await a.share_pause(RUN_ID, "acct", 500.0) == 500.0
-            assert await b.share_pause(RUN_ID, "acct", 300.0) == 500.0  # the later one stays
+            longer = await b.share_pause(RUN_ID, "acct", 300.0)
+            assert 300.0 < longer <= 500.0  # the later end stays (less what has passed since)
             assert await b.share_pause(RUN_ID, "other", 10.0) == 10.0
             with pytest.raises(JournalError, match="no such run"):
                 await a.share_pause("nope", "acct", 1.0)
@@ -286,7 +295,7 @@ async def test_a_version_1_journal_migrates_and_keeps_its_data(
         conn = await admin(pg.url)
         async with conn:
             version = await (await conn.execute(meta)).fetchall()
-    assert version == [(str(pgschema.SCHEMA_VERSION),)] and pgschema.SCHEMA_VERSION == 2
+    assert version == [(str(pgschema.SCHEMA_VERSION),)] and pgschema.SCHEMA_VERSION == 3
     assert after == before and [e.kind for e in events] == ["wave_started"]
     assert [t.target_id for t in resumed.takeovers] == ids[1:2]  # accepted, owned by nobody
     assert resumed.wave == 0 and resumed.targets == []

@@ -10,9 +10,11 @@ shared-run tests (runners, pools with waves, claims with roomy defaults, fenced 
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +30,15 @@ from fleet_reimage.journal import (
     AttemptStart,
     Exclusion,
     NewTarget,
+    TargetRecord,
     TargetState,
 )
-from fleet_reimage.journal.model import Claim, RunnerInfo
 from fleet_reimage.journal.postgres import PostgresJournal
+from fleet_reimage.journal.postgres_shared_claim import ClaimRequest
+from fleet_reimage.journal.shared import PoolState, RunnerInfo
 from fleet_reimage.journal.sqlite import SqliteJournal
+from fleet_reimage.rollout.budget import BudgetRule
+from fleet_reimage.rollout.policy import RolloutRules, WaveCompleted, decide
 
 
 async def journal_with_run(
@@ -218,6 +224,20 @@ async def all_closed(journals: Sequence[PostgresJournal]) -> AsyncIterator[None]
             await journal.close()
 
 
+@dataclass(frozen=True)
+class Claimed:
+    """A claim, and what the rollout policy decided in it, as the tests look at them."""
+
+    targets: list[TargetRecord]
+    takeovers: list[TargetRecord]
+    wave: int | None
+    blocked: str | None  # after what was taken: budget, held, pause, unavailable, wave
+    opens_at: float | None  # the database's clock: when a pause ends
+    finished: bool
+    completed: WaveCompleted | None
+    state: PoolState
+
+
 async def claim(
     journal: PostgresJournal,
     who: RunnerInfo,
@@ -229,14 +249,20 @@ async def claim(
     pause: float = 0.0,
     budget: int = 1000,
     forgiven: int = 0,
+    checkpoint: int | None = None,
     lease: float = LEASE,
     now: float | None = None,
-) -> Claim:
-    """``journal.claim`` with roomy defaults: a test names only the limit it is about."""
-    return await journal.claim(
-        RUN_ID, who.runner_id, "acct", pool, limit=limit, max_unavailable=max_unavailable,
-        baseline=baseline, pause=pause, failure_budget=budget, forgiven_failures=forgiven,
-        lease=lease, now=time.time() if now is None else now,
+) -> Claimed:
+    """A claim with the rollout policy and roomy defaults: a test names only the limit it is
+    about. ``now``: the policy's clock for this claim (else the database's)."""
+    rules = RolloutRules(max_unavailable, pause, checkpoint, BudgetRule(budget, forgiven))
+    request = ClaimRequest(RUN_ID, who.runner_id, "acct", pool, limit, baseline, lease, now)
+    got = await journal.shared_store.claim(request, functools.partial(decide, rules))
+    decision = got.decision
+    return Claimed(
+        got.targets, got.takeovers, decision.wave,
+        decision.after_taking(len(got.targets), got.more_pending), decision.opens_at,
+        decision.finished, decision.completed, got.state,
     )  # fmt: skip
 
 

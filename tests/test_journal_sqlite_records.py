@@ -17,7 +17,7 @@ from test_journal_support import (
     start,
 )
 
-from fleet_reimage.journal import JournalError, model, open_journal
+from fleet_reimage.journal import JournalError, model, open_journal, shared
 from fleet_reimage.journal.codec import secret_like_key
 from fleet_reimage.journal.sqlite import SqliteJournal
 
@@ -26,7 +26,10 @@ pytestmark = pytest.mark.anyio
 
 def test_no_model_record_has_a_secret_field() -> None:
     records = [
-        v for v in vars(model).values() if isinstance(v, type) and dataclasses.is_dataclass(v)
+        v
+        for module in (model, shared)
+        for v in vars(module).values()
+        if isinstance(v, type) and dataclasses.is_dataclass(v)
     ]
     assert len(records) >= 10
     names = [(r.__name__, f.name) for r in records for f in dataclasses.fields(r)]

@@ -166,14 +166,16 @@ def test_health_verdicts() -> None:
 
 
 def test_a_node_throttled_without_end_is_skipped_not_failed() -> None:
+    """Given up after exactly ``max_throttles`` throttled tries, as ``max_attempts`` counts
+    attempts: the limit is how many tries are made, not how many are made before the last."""
     error = Throttled(429, code="TooManyRequests", retry_after=1.0)
     policy = RetryPolicy(max_attempts=3, max_throttles=5)
-    counters = RetryCounters(throttles=5).after(error)
+    counters = RetryCounters(throttles=4).after(error)  # the 5th throttled try
     ctx = NodeRetryContext("reimage", counters, False, None, 600.0, policy)
     step = after_action_error(error, ctx, 0.5)
     assert isinstance(step, Settle) and step.state is TargetState.SKIPPED
-    assert "throttled after 6" in step.reason
+    assert "throttled after 5" in step.reason
     ok = NodeRetryContext(
-        "reimage", RetryCounters(throttles=4).after(error), False, None, 600.0, policy
+        "reimage", RetryCounters(throttles=3).after(error), False, None, 600.0, policy
     )
     assert isinstance(after_action_error(error, ok, 0.5), RetryLater)

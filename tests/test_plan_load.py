@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import shutil
-import time
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from fractions import Fraction
@@ -258,7 +257,7 @@ def test_entra_auth_fields(tmp_path: Path) -> None:
         " client_id: 0f0e0d0c-0b0a-0908-0706-050403020100,"
         " tenant_id: contoso.onmicrosoft.com, authority: login.microsoftonline.us,"
         " audience: 'https://batch.core.usgovcloudapi.net/'}",
-    )
+    ).replace("acct.westus2.batch.azure.com", "acct.usgovvirginia.batch.usgovcloudapi.net")
     auth = parse(text, tmp_path).accounts[0].auth
     assert auth == EntraAuth(
         credential="workload-identity",
@@ -273,12 +272,14 @@ def test_entra_auth_fields(tmp_path: Path) -> None:
     assert plain.accounts[0].auth == EntraAuth("default", None, None, None, None)
 
 
-def test_entra_on_an_unknown_host_warns_about_the_cloud(tmp_path: Path) -> None:
+def test_entra_on_an_unknown_host_is_refused_unless_the_cloud_is_custom(tmp_path: Path) -> None:
     text = MINIMAL.replace("shared-key, account: acct, key_env: BATCH_KEY", "entra").replace(
         "acct.westus2.batch.azure.com", "batch.example.com"
     )
-    (warning,) = parse(text, tmp_path).warnings
-    assert warning.path == "accounts[0].endpoint" and "set auth.audience" in warning.message
+    with pytest.raises(InputError) as caught:
+        parse(text, tmp_path)
+    (problem,) = caught.value.problems
+    assert problem.path == "accounts[0].endpoint" and "custom_cloud: true" in problem.message
     china = text.replace("batch.example.com", "a.chinanorth3.batch.chinacloudapi.cn")
     assert parse(china, tmp_path).warnings == ()
 
@@ -428,11 +429,10 @@ def test_byte_order_mark_is_accepted(tmp_path: Path) -> None:
     assert load_plan(path).name == "minimal"
 
 
-def test_billion_laughs_is_refused_quickly() -> None:
-    path = TEST_PLANS / "billion-laughs.yaml"
-    started = time.perf_counter()
-    rendered = load_error(path)
-    assert time.perf_counter() - started < 2.0
+def test_billion_laughs_is_refused() -> None:
+    # Refused by counting the values the aliases would expand to, before expanding them
+    # (how long that takes is bench/bench_bigrun.py's business).
+    rendered = load_error(TEST_PLANS / "billion-laughs.yaml")
     assert "billion-laughs" in rendered and "too many values" in rendered
 
 

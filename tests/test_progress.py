@@ -8,19 +8,18 @@ from typing import Any
 
 import anyio
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from rich.console import Console
 
 from fleet_reimage.engine.runstate import PoolSnapshot
+from fleet_reimage.rollout.budget import FailureBudget
 from fleet_reimage.rollout.pool import PoolRollout
 from fleet_reimage.views import progress
-from fleet_reimage.views.progress import (
-    RateMeter,
-    Tracker,
-    log_fields,
-    render_frame,
-    start_progress,
-    suspended,
-)
+from fleet_reimage.views.eta import RateMeter, RecoveryMeter, ladder_eta
+from fleet_reimage.views.frame import Tracker, log_fields
+from fleet_reimage.views.livetable import render_frame
+from fleet_reimage.views.progress import start_progress, suspended
 
 
 def test_rate_is_over_a_recent_window_and_waits_for_enough_history() -> None:
@@ -50,15 +49,32 @@ def snap(pool: str, **counts: Any) -> PoolSnapshot:
 
 
 class FakeExecutor:
-    """What the progress display reads from an executor: snapshots, pools, stop state."""
+    """What the progress display reads from an executor: snapshots, pools, targets, the
+    failure budget, stop state."""
 
-    def __init__(self, snaps: list[PoolSnapshot], rollouts: list[PoolRollout]) -> None:
+    def __init__(
+        self,
+        snaps: list[PoolSnapshot],
+        rollouts: list[PoolRollout],
+        budget: FailureBudget | None = None,
+        targets: dict[int, Any] | None = None,
+        pause: float = 0.0,
+    ) -> None:
         self.run_id = "r20261125-000000-abcdef"
         self.action = "reimage"
         self.snaps = snaps
-        self.pools = [SimpleNamespace(rollout=r, awaiting={}) for r in rollouts]
+        self.pools = [
+            SimpleNamespace(
+                rollout=r, awaiting={}, account=SimpleNamespace(name=s.account), pool_id=s.pool_id
+            )
+            for s, r in zip(snaps, rollouts, strict=True)
+        ]
         self.stop_kind: str | None = None
         self.stop_reason: str | None = None
+        self.budget = budget or FailureBudget(limit=2)
+        self.shared = None
+        self.targets = targets or {}
+        self.plan = SimpleNamespace(rollout=SimpleNamespace(pause_between_waves=pause))
 
     def snapshots(self) -> list[PoolSnapshot]:
         return self.snaps
@@ -88,8 +104,10 @@ def test_frame_and_log_line() -> None:
     assert [p.note for p in frame.pools] == [None, "next wave in 1m10s"]
     fields = log_fields(frame)
     assert fields["finished"] == 5 and fields["failed"] == 1 and fields["rate_per_min"] == 6.0
-    assert fields["eta_s"] == 150  # 15 left at 6 a minute
+    assert fields["failure_budget"] == 2  # the budget in use, beside the failures
+    assert "eta_s" not in fields  # no node recovery measured yet: no ETA, not a guess
     assert "gone" not in fields  # zero counts stay out of the line
+    assert None not in fields.values()
 
 
 def screen(renderable: Any, width: int) -> str:
@@ -153,3 +171,149 @@ async def test_suspended_without_a_display_does_nothing() -> None:
     with anyio.fail_after(5):
         async with suspended():
             pass
+
+
+# --- the failure budget, rates that skip what was not done, the ETA along the ladder ------
+
+
+def test_the_failure_budget_in_use_is_shown_beside_the_failures() -> None:
+    now = [0.0]
+    executor, tracker = fake(now)
+    executor.budget = FailureBudget(limit=20, failures=17)
+    executor.snaps[1] = snap("etl", failed=17, pending=3)
+    text = screen(render_frame(tracker.frame(), 40, 140), 140)
+    assert "failed 17/20 of budget" in text  # the headline
+    total = next(line for line in text.splitlines() if line.startswith("total"))
+    assert " 17/20 " in total
+    assert log_fields(tracker.frame())["failure_budget"] == 20
+    # Forgiven on resume (--accept-failures): all failures, and what counts of the budget.
+    executor.budget = FailureBudget(limit=20, failures=25, forgiven=20)
+    executor.snaps[1] = snap("etl", failed=25)
+    forgiven = screen(render_frame(tracker.frame(), 40, 140), 140)
+    assert "failed 25 (5/20)" in forgiven
+    assert log_fields(tracker.frame())["failures_forgiven"] == 20
+
+
+def test_skipped_and_gone_nodes_do_not_make_a_rate() -> None:
+    now = [0.0]
+    executor, tracker = fake(now)
+    now[0] = 30.0
+    # 128 nodes of a stopped pool are skipped at once, 2 gone: nothing was reimaged.
+    executor.snaps = [snap("render-a", pending=6, in_flight=2, awaiting_health=1, healthy=1,
+                           skipped=128, gone=2),
+                      snap("etl", pending=9, failed=1, wave=2)]  # fmt: skip
+    frame = tracker.frame()
+    assert frame.rate == 0.0 and frame.pools[0].rate == 0.0
+    assert frame.finished == 132  # they are finished, just not done at a rate
+
+
+def test_a_pool_over_its_limit_says_why() -> None:
+    rollout = PoolRollout([[1, 2, 3, 4]], max_unavailable=3)
+    assert [rollout.take_next(0.0) for _ in range(4)] == [1, 2, 3, None]
+    rollout.set_baseline(1)  # a node of the pool went down on its own after ours started
+    executor = FakeExecutor(
+        [snap("render-a", in_flight=3, pending=1, unavailable=4, max_unavailable=3)], [rollout]
+    )
+    tracker = Tracker(executor)  # type: ignore[arg-type]
+    text = screen(render_frame(tracker.frame(), 40, 140), 140)
+    row = next(line for line in text.splitlines() if line.startswith("prod/render-a"))
+    assert " 4/3 " in row
+    said = " ".join(text.split())
+    assert (
+        "render-a: 4 unavailable, over max_unavailable 3: 1 node down for other reasons "
+        "(went down or came back broken) beside 3 of ours; nothing starts until fewer than 3 "
+        "are down" in said
+    )
+
+
+def ladder_steps(sizes: list[int]) -> list[list[int]]:
+    """Target ids 1..n cut into waves of ``sizes``."""
+    waves, next_id = [], 1
+    for size in sizes:
+        waves.append(list(range(next_id, next_id + size)))
+        next_id += size
+    return waves
+
+
+def test_the_eta_follows_the_ladder_and_the_measured_recovery() -> None:
+    """A pool of 24 on a [1, 3, 12, 24] ladder, 6 at a time, nodes back in 60 s, 30 s pauses:
+    60 + 30 + 60 + 30 + 2 x 60 + 30 + 2 x 60 = 450 s, not what a rate of the canary says."""
+    sizes = [1, 2, 9, 12]
+    rollout = PoolRollout(ladder_steps(sizes), max_unavailable=6, pause_between_waves=30.0)
+    records = {
+        t: SimpleNamespace(
+            record=SimpleNamespace(account="prod", pool="render-a", wave=w), started=None
+        )
+        for w, wave in enumerate(ladder_steps(sizes))
+        for t in wave
+    }
+    now = [0.0]
+    executor = FakeExecutor(
+        [snap("render-a", selected=24, pending=24, waves=4)], [rollout], targets=records, pause=30
+    )
+    recoveries = RecoveryMeter()
+    tracker = Tracker(executor, clock=lambda: now[0], recoveries=recoveries)  # type: ignore[arg-type]
+    assert tracker.frame().eta is None  # nothing measured yet: no ETA
+    for seconds in (50.0, 60.0, 70.0):
+        recoveries.event("node_healthy", {"duration_s": seconds})
+    recoveries.event("node_failed", {"duration_s": 900.0})  # not a recovery
+    assert tracker.frame().eta == pytest.approx(450.0)
+    # The canary was sent 20 s ago: it holds its slot for 40 s more.
+    assert rollout.take_next(0.0) == 1
+    records[1].started = -20.0
+    executor.snaps = [snap("render-a", selected=24, pending=23, in_flight=1, waves=4)]
+    assert tracker.frame().eta == pytest.approx(430.0)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        # nothing left
+        ({"queued": 0, "in_progress": [], "later_waves": [0, 0]}, 0.0),
+        # 3 in progress (20 s left), 6 queued, 6 slots: 3 start now (done at 60),
+        # 3 when the first are back (at 20, done at 80); then 30 s pause, 12 nodes in 2 rounds
+        ({"queued": 6, "in_progress": [20, 20, 20], "later_waves": [12]}, 80 + 30 + 120),
+        # 8 down (others broke) with 6 slots: the first new node starts when 3 are back (30 s)
+        ({"queued": 1, "in_progress": [10, 20, 30, 40, 50, 60, 70, 80], "later_waves": []}, 90),
+        # waiting for a pause to end first
+        ({"queued": 1, "in_progress": [], "later_waves": [], "wait": 25}, 85),
+    ],
+)
+def test_ladder_eta_as_a_pure_function(args: dict[str, Any], expected: float) -> None:
+    assert ladder_eta(slots=6, recovery=60.0, pause=30.0, **args) == pytest.approx(expected)
+
+
+def test_ladder_eta_is_unknown_when_no_node_can_start() -> None:
+    from fleet_reimage.views.eta import ladder_eta
+
+    assert (
+        ladder_eta(queued=5, in_progress=[], later_waves=[], slots=0, recovery=60, pause=0) is None
+    )
+
+
+@given(
+    queued=st.integers(0, 40),
+    in_progress=st.lists(st.floats(0, 100), max_size=12),
+    later=st.lists(st.integers(0, 30), max_size=4),
+    slots=st.integers(1, 10),
+    recovery=st.floats(1, 100),
+    pause=st.floats(0, 50),
+)
+def test_more_room_never_makes_the_eta_later(
+    queued: int,
+    in_progress: list[float],
+    later: list[int],
+    slots: int,
+    recovery: float,
+    pause: float,
+) -> None:
+    args = {"queued": queued, "in_progress": in_progress, "later_waves": later, "pause": pause}
+    eta = ladder_eta(slots=slots, recovery=recovery, **args)
+    assert eta is not None
+    assert ladder_eta(slots=slots + 1, recovery=recovery, **args) <= eta + 1e-9
+    if queued or any(later):
+        assert eta >= recovery - 1e-9  # a node still to start takes one recovery at least
+    nodes = queued + sum(later)
+    # Never longer than doing every node alone, one after another, after those in progress.
+    bound = max(in_progress, default=0) + nodes * recovery + pause * len(later)
+    assert eta <= bound + 1e-6

@@ -67,7 +67,7 @@ def test_questions_are_asked_on_the_terminal_and_answered(tmp_path: Path) -> Non
         rollout = ROLLOUT + "    confirm_after_wave: 1\n"
         plan = write_plan(tmp_path, emu.url, rollout=rollout)
         child = spawn(tmp_path, "run", str(plan), "--journal", "j.db")
-        child.expect(r"Reimage 16 nodes in 1 pools\? \[yes/no\] ")
+        child.expect(r"Reimage 16 nodes in 1 pool\? \[yes/no\] ")  # "1 pool", not "1 pools"
         assert "16 of 16 nodes selected" in plain(child.before)  # the schedule comes first
         assert emu.stats()["requests"]["mutating"] == 0  # nothing before the answer
         child.sendline("yes")

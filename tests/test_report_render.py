@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import os
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -29,9 +28,9 @@ from fleet_reimage.views.runview import (
     failure_groups,
     in_flight,
     span,
-    timeline,
 )
 from fleet_reimage.views.status import RunSummary, run_status_json, run_text, runs_text
+from fleet_reimage.views.timeline import timeline
 
 T0 = 1_795_730_000.0  # 2026-11-25T20:33:20Z
 RUN = "r20261125-203320-abcdef"
@@ -159,7 +158,12 @@ def test_json_and_csv_hold_the_same_nodes_and_every_attempt() -> None:
     assert [a["client_request_id"] for a in retried["attempt_log"]] == ["crid-2-1", "crid-2-2"]
     assert rows[1]["client_request_ids"] == "crid-2-1;crid-2-2"
     assert rows[1]["request_ids"] == "req-2-1;req-2-2"
-    assert retried["last_error_code"] == rows[1]["last_error_code"] == "ServerBusy"
+    # It ended healthy: the 429 of its first attempt is in the attempt log, not on the node.
+    assert retried["attempt_log"][0]["error_code"] == "ServerBusy"
+    assert retried["last_error_code"] is None and rows[1]["last_error_code"] == ""
+    assert retried["last_error_message"] is None and rows[1]["last_error_message"] == ""
+    refused = doc["nodes"][4]  # failed: its error stays on its row
+    assert refused["last_error_code"] == rows[4]["last_error_code"] == "NodeNotReady"
     assert doc["totals"]["selected"] == 9 and doc["totals"]["failed"] == 3
     assert doc["run"]["run_id"] == RUN and doc["resume"] is None  # finished
     assert [g["count"] for g in doc["failures"]] == [2, 1, 1]
@@ -203,7 +207,8 @@ def test_status_text_of_a_running_run_shows_what_is_in_flight_and_what_to_do() -
     assert f"continue it with: fleet-reimage resume {RUN} --journal j.db" in text
     doc = run_status_json(running, now=T0 + 700)
     assert [n["node"] for n in doc["in_flight"]] == ["node-8", "node-7"]
-    assert doc["resume"] == f"fleet-reimage resume {RUN} --journal j.db"
+    # Its failures exceed the budget (budget_exceeded): a plain resume would stop at once.
+    assert doc["resume"] == f"fleet-reimage resume {RUN} --journal j.db --accept-failures"
 
 
 def test_runs_listing() -> None:
@@ -235,15 +240,14 @@ def big_run(nodes: int) -> RunData:
     return RunData(run_record(), list(targets()), list(attempts()), [], [], "big.db")
 
 
-def test_a_big_run_renders_in_linear_time() -> None:
-    """30,000 nodes in every format in a few seconds (quadratic work would take minutes)."""
+def test_a_big_run_renders_every_node_in_every_format() -> None:
+    """30,000 nodes (how long that takes is a figure of bench/bench_bigrun.py)."""
     data = big_run(30_000)
-    started = time.perf_counter()
     for fmt in ("csv", "json", "table", "markdown"):
         text = render(data, fmt)
         assert "tvm-029999" in text or fmt == "markdown"
-    assert time.perf_counter() - started < 15
     assert len(json.loads(render(data, "json"))["nodes"]) == 30_000
+    assert len(list(csv.DictReader(io.StringIO(render(data, "csv"))))) == 30_000
 
 
 def test_a_running_run_whose_process_died_is_called_so_with_the_command_to_resume() -> None:

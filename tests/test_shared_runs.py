@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pgserver
 import pytest
 from clihelpers import emulator_process, fleet_reimage, start_fleet_reimage
-from runhelpers import write_plan
+from runhelpers import named_nodes, write_plan
 
 pytestmark = pytest.mark.postgres
 
@@ -39,20 +40,43 @@ EXECUTION = """
 """
 
 
+def wait_for_event(path: Path, kind: str, process: subprocess.Popen[str]) -> None:
+    """Return once ``process`` has written a ``kind`` event to its --events file."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if path.exists() and any(
+            json.loads(line)["event"] == kind
+            for line in path.read_text().splitlines()
+            if line.endswith("}")  # a line being written is not complete yet
+        ):
+            return
+        assert process.poll() is None, f"the runner ended before {kind}: {process.communicate()}"
+        time.sleep(0.02)  # polling the file the event lands in
+    raise AssertionError(f"no {kind} event in {path} within 60 s")
+
+
 def test_three_runners_one_killed_every_node_once_within_limits(
     tmp_path: Path, pg_url: str
 ) -> None:
-    pools = [{"id": f"p{i}", "nodes": 80} for i in range(3)]
+    fleet = {f"p{i}": named_nodes(f"p{i}", 80) for i in range(3)}
+    pools = [{"id": pool, "nodes": nodes} for pool, nodes in fleet.items()]
     with emulator_process(
         tmp_path, pools, timings={"reimaging": "300ms", "starting": "200ms"}
     ) as emu:
         plan = write_plan(tmp_path, emu.url, rollout=ROLLOUT, execution=EXECUTION)
         common = ["--yes", "--journal", pg_url, "--lease", "2s"]
-        first = start_fleet_reimage("run", str(plan), *common, cwd=tmp_path)
-        time.sleep(1.5)  # let the first runner create the run
-        second = start_fleet_reimage("run", str(plan), *common, "--join", cwd=tmp_path)
-        third = start_fleet_reimage("run", str(plan), *common, "--join", cwd=tmp_path)
-        time.sleep(2.0)
+        events = [tmp_path / f"events-{n}.jsonl" for n in range(3)]
+        first = start_fleet_reimage(
+            "run", str(plan), *common, "--events", str(events[0]), cwd=tmp_path
+        )
+        wait_for_event(events[0], "run_started", first)  # the run exists: the others join it
+        second, third = (
+            start_fleet_reimage(
+                "run", str(plan), *common, "--join", "--events", str(path), cwd=tmp_path
+            )
+            for path in events[1:]
+        )
+        wait_for_event(events[1], "node_accepted", second)  # it holds leased work now
         second.kill()  # mid-run: its leased nodes must be taken over, none twice
         second.communicate(timeout=30)
         _, err1 = first.communicate(timeout=180)
@@ -60,8 +84,8 @@ def test_three_runners_one_killed_every_node_once_within_limits(
         stats = emu.stats()
     assert first.returncode in (0, 3) and third.returncode in (0, 3), err1 + err3
     counts = {n["id"]: n["reimages"] for n in stats["nodes"]}
-    assert len(counts) == 240
-    assert set(counts.values()) == {1}, {n: c for n, c in counts.items() if c != 1}
+    expected = dict.fromkeys([node for nodes in fleet.values() for node in nodes], 1)
+    assert counts == expected, {n: c for n, c in counts.items() if c != 1}
     for pool, figures in stats["pools"].items():
         assert figures["peak_unavailable"] <= 8, (pool, figures)  # 10% of 80, all runners
     status = fleet_reimage(
@@ -77,9 +101,12 @@ def test_second_operator_without_join_is_refused_naming_the_run(
     pools = [{"id": "p", "nodes": 40}]
     with emulator_process(tmp_path, pools, timings={"reimaging": "2s", "starting": "1s"}) as emu:
         plan = write_plan(tmp_path, emu.url, rollout=ROLLOUT, execution=EXECUTION)
-        first = start_fleet_reimage("run", str(plan), "--yes", "--journal", pg_url, cwd=tmp_path)
+        events = tmp_path / "events.jsonl"
+        first = start_fleet_reimage(
+            "run", str(plan), "--yes", "--journal", pg_url, "--events", str(events), cwd=tmp_path
+        )
         try:
-            time.sleep(2.0)
+            wait_for_event(events, "run_started", first)
             second = fleet_reimage("run", str(plan), "--yes", "--journal", pg_url, cwd=tmp_path)
             assert second.returncode == 2
             assert "is unfinished" in second.stderr and "--join" in second.stderr

@@ -50,19 +50,27 @@ CHINA_CLOUD = Cloud("china", "https://batch.chinacloudapi.cn/", "login.chinaclou
 US_GOVERNMENT_CLOUD = Cloud(
     "usgovernment", "https://batch.core.usgovcloudapi.net/", "login.microsoftonline.us"
 )
-_CLOUD_BY_SUFFIX = (
+# The Batch host suffix of each cloud: Entra tokens of a cloud go to hosts under it only.
+CLOUD_BY_BATCH_SUFFIX = (
+    (".batch.azure.com", PUBLIC_CLOUD),
     (".batch.chinacloudapi.cn", CHINA_CLOUD),
     (".batch.usgovcloudapi.net", US_GOVERNMENT_CLOUD),
-    (".batch.azure.com", PUBLIC_CLOUD),
 )
+
+
+def cloud_of_host(host: str) -> Cloud | None:
+    """The Azure cloud whose Batch suffix ``host`` ends with, or None (not an Azure Batch host)."""
+    name = host.lower().rstrip(".")
+    return next((c for suffix, c in CLOUD_BY_BATCH_SUFFIX if name.endswith(suffix)), None)
 
 
 def cloud_for_endpoint(
     endpoint: str, *, audience: str | None = None, authority_host: str | None = None
 ) -> Cloud:
-    """The cloud an endpoint belongs to (public by default), with optional overrides."""
-    host = (urlsplit(endpoint).hostname or "").lower()
-    cloud = next((c for suffix, c in _CLOUD_BY_SUFFIX if host.endswith(suffix)), PUBLIC_CLOUD)
+    """The cloud an endpoint belongs to (public by default), with optional overrides.
+
+    Whether the overrides are allowed is the plan's business (``plan/clouds.py``)."""
+    cloud = cloud_of_host(urlsplit(endpoint).hostname or "") or PUBLIC_CLOUD
     if audience or authority_host:
         cloud = Cloud("custom", audience or cloud.audience, authority_host or cloud.authority_host)
     return cloud

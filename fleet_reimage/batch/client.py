@@ -9,18 +9,20 @@ Reads (list/get) are idempotent and retried here with the same pure decisions.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import random
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import anyio
+import structlog
 
 from .. import __version__
 from .auth import Credential
@@ -31,6 +33,7 @@ from .errors import (
     RequestInDoubt,
     UnexpectedResponse,
 )
+from .explain import retry_message
 from .models import NodeInfo, PoolInfo
 from .network import is_loopback_host
 from .responses import error_from_response, json_object
@@ -47,6 +50,9 @@ NODE_OPTIONS = ("requeue", "terminate", "taskcompletion", "retaineddata")
 # most a few thousand pages even at its largest; a server handing out next links without end
 # (67,000 GETs in 20 s, found in review) must not be followed forever.
 MAX_PAGES = 10_000
+MAX_REMOVE = 100  # node ids per removenodes call (the service's limit)
+MIN_RESIZE_TIMEOUT = 300  # seconds: the service refuses a shorter resizeTimeout
+log = structlog.get_logger("fleet_reimage.client")
 # As Azure tooling sends it, for the service's diagnostics: product, runtime, platform.
 USER_AGENT = (
     f"fleet-reimage/{__version__} python/{sys.version_info.major}.{sys.version_info.minor} "
@@ -56,13 +62,15 @@ USER_AGENT = (
 
 # Immutable like a frozen dataclass, built in a third of the time: one is made per node.
 class Accepted(NamedTuple):
-    """A 202 for a reimage or reboot."""
+    """A mutating call's success: 202 for a reimage, reboot, removal or resize; 200 for a
+    scheduling change or a pool patch."""
 
     status: int
     request_id: str | None
     client_request_id: str  # what we sent
     echoed_client_request_id: str | None  # what the server echoed (None if it did not)
     sent_at: float  # wall clock, just before the request was handed to the transport
+    e_tag: str | None = None  # the resource's new ETag, when the answer carries one
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,30 +186,152 @@ class BatchClient:
     ) -> Accepted:
         if body is not None and next(iter(body.values())) not in NODE_OPTIONS:
             raise ValueError(f"unknown node option {body!r}")
-        seconds = timeout if timeout is not None else self.request_timeout
-        url = (
-            f"{self.endpoint}/pools/{quote(pool_id, safe='')}/nodes/"
-            f"{quote(node_id, safe='')}/{action}?{self._action_query(seconds)}"
-        )
+        path = f"/pools/{quote(pool_id, safe='')}/nodes/{quote(node_id, safe='')}/{action}"
         payload = None if body is None else _json_bytes(body)
+        return await self._mutate("POST", path, payload, client_request_id, timeout, 202, action)
+
+    async def disable_node_scheduling(
+        self,
+        pool_id: str,
+        node_id: str,
+        *,
+        option: str | None,
+        client_request_id: str,
+        timeout: float | None = None,
+    ) -> Accepted:
+        """No new task lands on the node; ``option`` says what happens to running ones
+        (``requeue``, ``terminate``, ``taskcompletion``). 200 when done."""
+        body = None if option is None else {"nodeDisableSchedulingOption": option}
+        if option is not None and option not in NODE_OPTIONS[:3]:
+            raise ValueError(f"unknown disable-scheduling option {option!r}")
+        path = f"/pools/{quote(pool_id, safe='')}/nodes/{quote(node_id, safe='')}"
+        payload = None if body is None else _json_bytes(body)
+        return await self._mutate(
+            "POST",
+            f"{path}/disablescheduling",
+            payload,
+            client_request_id,
+            timeout,
+            200,
+            "disablescheduling",
+        )
+
+    async def enable_node_scheduling(
+        self, pool_id: str, node_id: str, *, client_request_id: str, timeout: float | None = None
+    ) -> Accepted:
+        path = f"/pools/{quote(pool_id, safe='')}/nodes/{quote(node_id, safe='')}"
+        return await self._mutate(
+            "POST",
+            f"{path}/enablescheduling",
+            None,
+            client_request_id,
+            timeout,
+            200,
+            "enablescheduling",
+        )
+
+    async def remove_nodes(
+        self,
+        pool_id: str,
+        node_ids: Sequence[str],
+        *,
+        option: str | None = None,
+        resize_timeout: float | None = None,
+        client_request_id: str,
+        timeout: float | None = None,
+    ) -> Accepted:
+        """Remove up to ``MAX_REMOVE`` nodes; the pool's target drops by as many (202)."""
+        if not 1 <= len(node_ids) <= MAX_REMOVE:
+            raise ValueError(f"removenodes takes 1 to {MAX_REMOVE} node ids, not {len(node_ids)}")
+        body: dict[str, Any] = {"nodeList": list(node_ids)}
+        _add_resize_options(body, option, resize_timeout)
+        path = f"/pools/{quote(pool_id, safe='')}/removenodes"
+        return await self._mutate(
+            "POST", path, _json(body), client_request_id, timeout, 202, "removenodes"
+        )
+
+    async def resize_pool(
+        self,
+        pool_id: str,
+        *,
+        target_dedicated: int | None = None,
+        target_low_priority: int | None = None,
+        option: str | None = None,
+        resize_timeout: float | None = None,
+        client_request_id: str,
+        timeout: float | None = None,
+    ) -> Accepted:
+        """Resize to the targets given (a target left out stays as it is) (202)."""
+        body: dict[str, Any] = {}
+        if target_dedicated is not None:
+            body["targetDedicatedNodes"] = target_dedicated
+        if target_low_priority is not None:
+            body["targetLowPriorityNodes"] = target_low_priority
+        _add_resize_options(body, option, resize_timeout)
+        path = f"/pools/{quote(pool_id, safe='')}/resize"
+        return await self._mutate(
+            "POST", path, _json(body), client_request_id, timeout, 202, "resize"
+        )
+
+    async def stop_pool_resize(
+        self, pool_id: str, *, client_request_id: str, timeout: float | None = None
+    ) -> Accepted:
+        path = f"/pools/{quote(pool_id, safe='')}/stopresize"
+        return await self._mutate("POST", path, None, client_request_id, timeout, 202, "stopresize")
+
+    async def patch_pool_metadata(
+        self,
+        pool_id: str,
+        metadata: Sequence[tuple[str, str]],
+        *,
+        if_match: str | None,
+        client_request_id: str,
+        timeout: float | None = None,
+    ) -> Accepted:
+        """Replace the pool's whole metadata list (200). With ``if_match`` (the pool's ETag)
+        only if nobody changed the pool since: ``PreconditionFailed`` (412) otherwise."""
+        body = {"metadata": [{"name": name, "value": value} for name, value in metadata]}
+        path = f"/pools/{quote(pool_id, safe='')}"
+        headers = {"If-Match": if_match} if if_match is not None else None
+        return await self._mutate(
+            "PATCH", path, _json(body), client_request_id, timeout, 200, "pool patch", headers
+        )
+
+    async def _mutate(
+        self,
+        method: str,
+        path: str,
+        payload: bytes | None,
+        client_request_id: str,
+        timeout: float | None,
+        expect: int,
+        what: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> Accepted:
+        """One attempt of a mutating call that answers ``expect`` on success."""
+        seconds = timeout if timeout is not None else self.request_timeout
+        url = f"{self.endpoint}{path}?{self._action_query(seconds)}"
         sent_at = time.time()
-        response = await self._send("POST", url, client_request_id, payload, seconds, sent_at)
-        if response.status != 202:
+        response = await self._send(
+            method, url, client_request_id, payload, seconds, sent_at, headers
+        )
+        if response.status != expect:
             if response.status >= 300:
                 raise error_from_response(response, client_request_id, time.time())
             raise UnexpectedResponse(
                 response.status,
-                message=f"expected 202 Accepted for {action}, got "
+                message=f"expected {expect} for {what}, got "
                 f"{response.status}; the request may have been applied",
                 request_id=response.headers.get("request-id"),
                 client_request_id=client_request_id,
             )
         return Accepted(
-            202,
+            response.status,
             response.headers.get("request-id"),
             client_request_id,
             response.headers.get("client-request-id"),
             sent_at,
+            response.headers.get("ETag"),
         )
 
     def _action_query(self, seconds: float) -> str:
@@ -224,10 +354,13 @@ class BatchClient:
         body: bytes | None,
         timeout: float,
         sent_at: float | None = None,
+        extra_headers: Mapping[str, str] | None = None,
     ) -> HttpResponse:
         """Send once; on 401/403 refresh the credential and send once more."""
         for attempt in (1, 2):
             request = self._build(method, url, client_request_id, body, timeout)
+            if extra_headers:
+                request.headers.update(extra_headers)
             await self._credential.authorize(request)
             try:
                 response = await self._transport.send(request)
@@ -270,8 +403,10 @@ class BatchClient:
     # --- reads: idempotent, retried here ---
 
     async def get_pool(self, pool_id: str, *, select: str | None = None) -> PoolInfo:
-        data = await self._get_json(self._url(f"/pools/{quote(pool_id, safe='')}", select=select))
-        return PoolInfo.from_json(data)
+        """The pool; its ``e_tag`` comes from the body or the answer's ETag header."""
+        url = self._url(f"/pools/{quote(pool_id, safe='')}", select=select)
+        data, _, headers = await self._get_with_headers(url)
+        return PoolInfo.from_json(data, e_tag=headers.get("ETag"))
 
     async def get_node(self, pool_id: str, node_id: str, *, select: str | None = None) -> NodeInfo:
         path = f"/pools/{quote(pool_id, safe='')}/nodes/{quote(node_id, safe='')}"
@@ -403,6 +538,13 @@ class BatchClient:
 
     async def _get(self, url: str) -> tuple[dict[str, Any], str | None]:
         """GET with retries: the JSON object and the answer's request-id."""
+        data, request_id, _ = await self._get_with_headers(url)
+        return data, request_id
+
+    async def _get_with_headers(
+        self, url: str
+    ) -> tuple[dict[str, Any], str | None, Mapping[str, str]]:
+        """GET with retries: the JSON object, the answer's request-id, and its headers."""
         counters = RetryCounters()
         while True:
             client_request_id = new_client_request_id()
@@ -412,7 +554,7 @@ class BatchClient:
                 )
                 if response.status == 200:
                     data = json_object(response, client_request_id)
-                    return data, response.headers.get("request-id")
+                    return data, response.headers.get("request-id"), response.headers
                 raise error_from_response(response, client_request_id, time.time())
             except AuthFailed:
                 raise
@@ -423,10 +565,33 @@ class BatchClient:
                     raise
                 if isinstance(decision, Reconcile):  # a GET in doubt is simply sent again
                     continue
+                attempt = counters.failures + counters.connect_failures + counters.throttles
+                log.warning(
+                    retry_message(self.endpoint, error, attempt, decision.delay),
+                    endpoint=self.endpoint,
+                    attempt=attempt,
+                    next_in_s=round(decision.delay, 3),
+                )
                 await self._sleep(decision.delay)
 
     async def close(self) -> None:
         await self._credential.close()
+
+
+def _json(body: Mapping[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _add_resize_options(
+    body: dict[str, Any], option: str | None, resize_timeout: float | None
+) -> None:
+    """``nodeDeallocationOption`` and ``resizeTimeout`` (ISO 8601, at least 5 minutes)."""
+    if option is not None:
+        if option not in NODE_OPTIONS:
+            raise ValueError(f"unknown node deallocation option {option!r}")
+        body["nodeDeallocationOption"] = option
+    if resize_timeout is not None:
+        body["resizeTimeout"] = f"PT{max(MIN_RESIZE_TIMEOUT, int(resize_timeout))}S"
 
 
 def _json_bytes(body: Mapping[str, str]) -> bytes:

@@ -16,6 +16,7 @@
         │   │                           OperationInvalidForCurrentState
         │   ├── PoolStateConflict       PoolBeingDeleted, PoolBeingResized, PoolBeingCreated
         │   └── OperationNotSupported   OperationNotValidOnNode / OperationNotValidOnPool
+        ├── PreconditionFailed      412: the resource changed since the ETag given in If-Match
         ├── Throttled               429, with the server's retry_after
         ├── TransientServerError    408, 500, 502, 503, 504, with retry_after when sent
         └── UnexpectedResponse      anything else, including 200 where 202 is the contract
@@ -35,9 +36,16 @@ from fleet_reimage.errors import FleetReimageError
 
 
 class BatchError(FleetReimageError):
-    """Base of everything the Batch client raises."""
+    """Base of everything the Batch client raises.
+
+    ``account``, ``endpoint`` and ``credential`` say where: they are filled in by whoever
+    knows (``batch.explain.locate``), for a message that names them (``describe``).
+    """
 
     client_request_id: str | None = None
+    account: str | None = None  # the plan's name for the account
+    endpoint: str | None = None
+    credential: str | None = None  # how we signed in, in words (never the secret)
 
 
 class ConfigurationError(BatchError):
@@ -138,6 +146,10 @@ class OperationNotSupported(Conflict):
     default_message = "The pool does not support this operation"
 
 
+class PreconditionFailed(BatchHTTPError):
+    default_message = "The resource changed since it was read (If-Match)"
+
+
 class Throttled(BatchHTTPError):
     default_message = "The server is throttling requests"
 
@@ -182,6 +194,8 @@ def error_class_for(status: int, code: str | None) -> type[BatchHTTPError]:
         if code in _NODE_STATE_CODES:
             return NodeStateConflict
         return Conflict
+    if status == 412:
+        return PreconditionFailed
     if status == 429:
         return Throttled
     if status in _TRANSIENT_STATUSES:

@@ -45,16 +45,27 @@ class NodeInfo(NamedTuple):
     state: str
     last_boot_time: float | None
     running_tasks: int
+    scheduling_state: str | None = None  # enabled | disabled; None when not returned
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> NodeInfo:
         tasks = data.get("runningTasksCount")
+        scheduling = data.get("schedulingState")
         return cls(
             id=str(data.get("id", "")),
             state=str(data.get("state", "unknown")),
             last_boot_time=parse_time(data.get("lastBootTime")),
             running_tasks=tasks if isinstance(tasks, int) else 0,
+            scheduling_state=scheduling if isinstance(scheduling, str) else None,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class ResizeError:
+    """One of a pool's ``resizeErrors``: why a resize or removal could not be met."""
+
+    code: str
+    message: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,18 +76,58 @@ class PoolInfo:
     configuration: str | None  # VIRTUAL_MACHINE, or None when not returned
     vm_size: str | None
     current_nodes: int
+    current_dedicated: int = 0
+    current_low_priority: int = 0
+    target_dedicated: int | None = None  # None when not returned ($select)
+    target_low_priority: int | None = None
+    enable_auto_scale: bool = False
+    metadata: tuple[tuple[str, str], ...] = ()  # name/value pairs, in the service's order
+    resize_errors: tuple[ResizeError, ...] = ()
+    e_tag: str | None = None  # from the body, or the answer's ETag header
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> PoolInfo:
+    def from_json(cls, data: dict[str, Any], *, e_tag: str | None = None) -> PoolInfo:
         configuration = VIRTUAL_MACHINE if data.get(VIRTUAL_MACHINE) else None
-        dedicated = data.get("currentDedicatedNodes")
-        low = data.get("currentLowPriorityNodes")
+        dedicated, low = (
+            _int(data.get("currentDedicatedNodes")),
+            _int(data.get("currentLowPriorityNodes")),
+        )
+        body_tag = data.get("eTag")
         return cls(
             id=str(data.get("id", "")),
             state=str(data.get("state", "active")),
             allocation_state=str(data.get("allocationState", "steady")),
             configuration=configuration,
             vm_size=data.get("vmSize") if isinstance(data.get("vmSize"), str) else None,
-            current_nodes=(dedicated if isinstance(dedicated, int) else 0)
-            + (low if isinstance(low, int) else 0),
+            current_nodes=(dedicated or 0) + (low or 0),
+            current_dedicated=dedicated or 0,
+            current_low_priority=low or 0,
+            target_dedicated=_int(data.get("targetDedicatedNodes")),
+            target_low_priority=_int(data.get("targetLowPriorityNodes")),
+            enable_auto_scale=data.get("enableAutoScale") is True,
+            metadata=tuple(_pairs(data.get("metadata"), "name", "value")),
+            resize_errors=tuple(
+                ResizeError(code, message)
+                for code, message in _pairs(data.get("resizeErrors"), "code", "message")
+            ),
+            e_tag=body_tag if isinstance(body_tag, str) else e_tag,
         )
+
+    def metadata_value(self, name: str) -> str | None:
+        return next((value for key, value in self.metadata if key == name), None)
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _pairs(items: object, key: str, value: str) -> list[tuple[str, str]]:
+    """``[{key: .., value: ..}, ...]`` as pairs of strings; malformed entries are left out."""
+    if not isinstance(items, list):
+        return []
+    pairs: list[tuple[str, str]] = []
+    for item in items:
+        if isinstance(item, dict) and isinstance(item.get(key), str):
+            text = item.get(value)
+            pairs.append((item[key], text if isinstance(text, str) else ""))
+    return pairs

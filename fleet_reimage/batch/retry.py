@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 
+from fleet_reimage.units import count
+
 from .errors import (
     BadRequest,
     BatchError,
@@ -141,24 +143,25 @@ def decide_retry(
     """What to do after ``error``; ``counters`` must already include this error."""
     if isinstance(error, RequestInDoubt):
         if counters.failures >= policy.max_attempts:
-            return GiveUp(f"no answer after {counters.failures} attempts: {error}")
+            return GiveUp(f"no answer after {count(counters.failures, 'attempt')}: {error}")
         return Reconcile(str(error))
     if isinstance(error, BadRequest) or not is_retryable(error):
         return GiveUp(str(error))
     if isinstance(error, RequestNotSent):
         if counters.connect_failures >= policy.max_connect_failures:
-            return GiveUp(f"could not connect after {counters.connect_failures} tries: {error}")
+            tries = count(counters.connect_failures, "try")
+            return GiveUp(f"could not connect after {tries}: {error}")
         delay = backoff_delay(
             counters.connect_failures, policy.initial_backoff, policy.max_backoff, jitter
         )
         return RetryAfter(delay, str(error), server_asked=False)
-    if isinstance(error, Throttled) and counters.throttles > policy.max_throttles:
-        return GiveUp(f"still throttled after {counters.throttles} tries: {error}")
+    if isinstance(error, Throttled) and counters.throttles >= policy.max_throttles:
+        return GiveUp(f"still throttled after {count(counters.throttles, 'try')}: {error}")
     if not isinstance(error, Throttled) and counters.failures >= policy.max_attempts:
-        return GiveUp(f"gave up after {counters.failures} attempts: {error}")
+        return GiveUp(f"gave up after {count(counters.failures, 'attempt')}: {error}")
     server_delay = getattr(error, "retry_after", None)
     if server_delay is not None:
         return RetryAfter(server_delay, str(error), server_asked=True)
-    count = counters.throttles if isinstance(error, Throttled) else counters.failures
-    delay = backoff_delay(count, policy.initial_backoff, policy.max_backoff, jitter)
+    nth = counters.throttles if isinstance(error, Throttled) else counters.failures
+    delay = backoff_delay(nth, policy.initial_backoff, policy.max_backoff, jitter)
     return RetryAfter(delay, str(error), server_asked=False)

@@ -17,7 +17,9 @@ import anyio
 
 from fleet_reimage import __version__, api, logs
 from fleet_reimage.batch.errors import BatchError, ConfigurationError
-from fleet_reimage.cli.options import logging_options
+from fleet_reimage.batch.explain import describe
+from fleet_reimage.cli.collector import collector_for
+from fleet_reimage.cli.options import logging_options, quiet_stdout
 from fleet_reimage.cli.run_commands import add_run_commands
 from fleet_reimage.cli.view_commands import add_view_commands
 from fleet_reimage.errors import InputError
@@ -107,32 +109,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(completion_script(args.shell))
         return 0
     # Through CURRENT_STDERR: the live progress display can then print log lines above itself.
-    logs.configure(
-        log_format=args.log_format,
-        level=args.log_level,
-        log_file=args.log_file,
-        stream=cast(TextIO, CURRENT_STDERR),
-    )
-    # These build an object for every node before the first request (listing, selection,
-    # the journal's records, the run's state): the cycle collector is paused meanwhile, as
-    # each full collection would walk them all again (~60 ms before the first request with
-    # 20,000 nodes). The executor turns it back on for the run itself.
-    paused = args.command in ("run", "resume", "plan") and gc.isenabled()
-    if paused:
-        gc.disable()
     try:
-        code: int = _run_unwrapped(args)
+        logs.configure(
+            log_format=args.log_format,
+            level=args.log_level,
+            log_file=args.log_file,
+            stream=cast(TextIO, CURRENT_STDERR),
+        )
+    except api.RefusedError as exc:  # UnsafeFile: a link, a FIFO, someone else's file
+        return _fail(f"fleet-reimage: {exc}", 2)
+    except OSError as exc:
+        return _fail(f"fleet-reimage: cannot open the log file {args.log_file}: {exc.strerror}", 2)
+    try:
+        with collector_for(args.command):  # see cli/collector.py
+            code: int = _run_unwrapped(args)
     except InputError as exc:
         return _fail(exc.render(), 2)
     except (api.RefusedError, JournalError, ConfigurationError) as exc:
         return _fail(f"fleet-reimage: {exc}", 2)
     except BatchError as exc:
-        return _fail(f"fleet-reimage: the Batch service answered: {exc}", 3)
+        return _fail(f"fleet-reimage: {describe(exc)}", 3)
     except KeyboardInterrupt:
         return _fail("fleet-reimage: interrupted", 130)
-    finally:
-        if paused:
-            gc.enable()
+    except BrokenPipeError:  # `fleet-reimage plan ... | head`: the reader left, nothing wrong
+        quiet_stdout()
+        return 0
     logs.flush()
     return code
 

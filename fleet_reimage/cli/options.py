@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import textwrap
 import time
 from collections.abc import Awaitable, Callable
@@ -79,3 +81,11 @@ def journal_option(parser: argparse.ArgumentParser) -> None:
         help=f"the journal: a SQLite file, or a postgresql:// URL for a journal shared between "
         f"machines (default: ${JOURNAL_ENV} if set, else ./{DEFAULT_JOURNAL_FILE})",
     )
+
+
+def quiet_stdout() -> None:
+    """After a broken pipe (``... | head``: the reader left), point standard output at
+    /dev/null so that the interpreter's own flush at exit does not complain again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)

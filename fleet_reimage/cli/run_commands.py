@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -12,17 +13,22 @@ from typing import Any
 import anyio
 
 from fleet_reimage import api
+from fleet_reimage.cli.collector import tune_for_run
 from fleet_reimage.cli.options import command_parser, journal_option, parse_deadline
 from fleet_reimage.engine.events import EventsFile, Observers, RunObserver
 from fleet_reimage.engine.executor import Executor, RunResult, RunSettings
 from fleet_reimage.engine.sharedrun import DEFAULT_LEASE
-from fleet_reimage.journal import RunRecord
+from fleet_reimage.journal import RunRecord, shown_location
+from fleet_reimage.plan.environment import as_warnings, environment_problems
 from fleet_reimage.plan.model import Plan
+from fleet_reimage.plan.narrow import Narrowing, PoolGlob, read_node_list
 from fleet_reimage.plan.resolve import Resolution
-from fleet_reimage.plan.schedule import render_schedule, resolution_json
-from fleet_reimage.units import UnitError, parse_duration
+from fleet_reimage.units import UnitError, count, parse_duration
 from fleet_reimage.views.dryrun import assumption, render_simulation, simulate
+from fleet_reimage.views.eta import RecoveryMeter
+from fleet_reimage.views.hints import continue_hint
 from fleet_reimage.views.progress import start_progress, suspended
+from fleet_reimage.views.schedule import render_schedule, resolution_json
 
 
 def add_run_commands(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -50,6 +56,7 @@ def add_run_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("plan", type=Path, help="the plan file (YAML)")
     p.add_argument("--output", choices=("text", "json"), default="text")
+    _narrowing_options(p)
 
     p = command_parser(
         commands,
@@ -74,6 +81,7 @@ def add_run_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("plan", type=Path, help="the plan file (YAML)")
     journal_option(p)
     _execution_options(p, parse_deadline)
+    _narrowing_options(p)
     p.add_argument(
         "--yes",
         action="store_true",
@@ -134,6 +142,44 @@ def add_run_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     )
 
 
+def _narrowing_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "narrowing (only ever less than the plan selects; recorded in the run)"
+    )
+    group.add_argument(
+        "--pool",
+        dest="pools",
+        action="append",
+        type=_pool_glob,
+        default=[],
+        metavar="GLOB",
+        help="keep only the plan's pools whose id matches GLOB (or ACCOUNT/GLOB); repeatable",
+    )
+    group.add_argument(
+        "--nodes-from",
+        type=Path,
+        metavar="FILE",
+        help="keep only the selected nodes listed in FILE (one node id a line, # comments); "
+        "a listed node the plan does not select is reported, not added",
+    )
+
+
+def _pool_glob(text: str) -> PoolGlob:
+    try:
+        return PoolGlob.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+async def _narrowing(args: argparse.Namespace) -> Narrowing | None:
+    """The --pool and --nodes-from options (the file is read off the event loop)."""
+    nodes = None
+    if args.nodes_from is not None:
+        nodes = await anyio.to_thread.run_sync(read_node_list, args.nodes_from)
+    narrowing = Narrowing(tuple(args.pools), nodes)
+    return narrowing or None
+
+
 def _execution_options(parser: argparse.ArgumentParser, deadline: Any) -> None:
     group = parser.add_argument_group("execution")
     group.add_argument(
@@ -183,17 +229,24 @@ def _print_warnings(plan: Plan) -> None:
 async def cmd_validate(args: argparse.Namespace) -> int:
     plan = await _load(args.plan)
     _print_warnings(plan)
-    accounts = len(plan.accounts)
+    # Offline, and perhaps not where the plan will run: an unset key variable is a warning.
+    missing = environment_problems(plan.source.text, args.plan, os.environ)
+    for problem in as_warnings(missing):
+        print(
+            f"{problem.render()} (validate only warns: the variable must be set where the "
+            "plan runs)",
+            file=sys.stderr,
+        )
     print(
-        f"{args.plan}: valid: plan {plan.name!r}, {plan.action.value}, {accounts} "
-        f"account{'s' if accounts != 1 else ''}"
+        f"{args.plan}: valid: plan {plan.name}, {plan.action.value}, "
+        f"{count(len(plan.accounts), 'account')}"
     )
     return 0
 
 
 async def cmd_plan(args: argparse.Namespace) -> int:
     plan = await _load(args.plan)
-    resolution = await api.resolve_plan(plan)
+    resolution = await api.resolve_plan(plan, narrowing=await _narrowing(args))
     if args.output == "json":
         print(json.dumps(resolution_json(resolution), indent=2))
     else:
@@ -221,9 +274,17 @@ async def _confirm_start(resolution: Resolution) -> bool:
     print(render_schedule(resolution))
     plan = resolution.plan
     return await _ask(
-        f"{plan.action.value.capitalize()} {resolution.total_selected} nodes "
-        f"in {len(resolution.pools)} pools?"
+        f"{plan.action.value.capitalize()} {count(resolution.total_selected, 'node')} "
+        f"in {count(len(resolution.pools), 'pool')}?"
     )
+
+
+async def _warn_and_go(resolution: Resolution) -> bool:
+    """With --yes nothing is asked, but what the service showed is still said (stderr)."""
+    for warning in resolution.warnings:
+        if warning not in resolution.plan.warnings:  # those were printed on loading
+            print(warning.render(), file=sys.stderr)
+    return True
 
 
 def _settings(args: argparse.Namespace, plan: Plan) -> RunSettings:
@@ -241,16 +302,22 @@ async def _run_with_views(
     args: argparse.Namespace, start: Callable[[api.RunHooks], Awaitable[RunResult | RunRecord]]
 ) -> RunResult | RunRecord:
     """Run ``start`` with the events file and live progress attached."""
-    observers: list[RunObserver] = []
-    events = EventsFile(args.events) if args.events else None
+    recoveries = RecoveryMeter()  # how long nodes take: the live ETA follows it
+    observers: list[RunObserver] = [recoveries]
+    events = await _open_events(args.events) if args.events else None
     if events:
         observers.append(events)
     executors: list[Executor] = []
-    hooks = api.RunHooks(observer=Observers(observers), on_executor=executors.append)
+
+    def ready(executor: Executor) -> None:
+        executors.append(executor)
+        tune_for_run()  # the run's state is built (see cli/collector.py)
+
+    hooks = api.RunHooks(observer=Observers(observers), on_executor=ready)
     async with anyio.create_task_group() as group:
         if events:
             group.start_soon(events.run)
-        progress = start_progress(group, executors)
+        progress = start_progress(group, executors, recoveries=recoveries)
         try:
             result = await start(hooks)
         finally:
@@ -259,14 +326,24 @@ async def _run_with_views(
     return result
 
 
+async def _open_events(path: Path) -> EventsFile:
+    try:
+        return await EventsFile.open(path)  # UnsafeFile (a link, a FIFO, ...) is exit 2 too
+    except OSError as exc:
+        raise api.RefusedError(f"cannot open the events file {path}: {exc.strerror}") from exc
+
+
 async def cmd_run(args: argparse.Namespace) -> int:
     plan = await _load(args.plan)
     _print_warnings(plan)
     if args.assume_recovery is not None and not args.dry_run:
         raise api.RefusedError("--assume-recovery only applies to a --dry-run")
+    narrowing = await _narrowing(args)
     if args.dry_run:
         deadline = _settings(args, plan).deadline
-        return await dry_run(plan, assume_recovery=args.assume_recovery, deadline=deadline)
+        return await dry_run(
+            plan, assume_recovery=args.assume_recovery, deadline=deadline, narrowing=narrowing
+        )
     if not args.yes and not _interactive():
         raise api.RefusedError(
             "not on a terminal: pass --yes to run without confirmation "
@@ -275,7 +352,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args, plan)
 
     async def start(hooks: api.RunHooks) -> RunResult:
-        hooks.confirm_start = None if args.yes else _confirm_start
+        hooks.confirm_start = _warn_and_go if args.yes else _confirm_start
         return await api.run_plan(
             plan,
             journal=args.journal,
@@ -283,6 +360,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
             hooks=hooks,
             join=args.join,
             lease=args.lease,
+            narrowing=narrowing,
         )
 
     result = await _run_with_views(args, start)
@@ -309,31 +387,45 @@ async def cmd_resume(args: argparse.Namespace) -> int:
     if isinstance(result, RunRecord):
         print(
             f"run {result.run_id} is already finished; nothing to do "
-            f"(see `fleet-reimage report {result.run_id} --journal {args.journal}`)"
+            f"(see `fleet-reimage report {result.run_id} --journal "
+            f"{shown_location(args.journal)}`)"
         )
         return 0
     return _print_result(result, args.journal)
 
 
-def _print_result(result: RunResult, journal: str) -> int:
+def _print_result(result: RunResult, location: str) -> int:
+    journal = shown_location(location)  # a PostgreSQL URL without its password
     counts = ", ".join(
-        f"{count} {state.replace('_', ' ')}" for state, count in result.counts.items() if count
+        f"{number} {state.replace('_', ' ')}" for state, number in result.counts.items() if number
     )
     print(f"run {result.run_id}: {result.status.value} (exit {result.exit_code}): {counts}")
     for pool, reason in result.stopped_pools.items():
         print(f"  pool {pool} stopped: {reason}")
-    if result.reason and not result.stopped_pools:
+    if result.reason and (result.stop_kind or not result.stopped_pools):
         print(f"  reason: {result.reason}")
     if result.status.resumable:
-        print(f"  to continue: fleet-reimage resume {result.run_id} --journal {journal}")
+        hint = continue_hint(
+            result.run_id,
+            journal,
+            budget_spent=result.stop_kind == "budget",
+            deadline_passed=result.stop_kind == "deadline",
+        )
+        print(f"  to continue: {hint.command}")
+        for line in hint.why:
+            print(f"    ({line})")
     print(f"  details: fleet-reimage report {result.run_id} --journal {journal}")
     return result.exit_code
 
 
 async def dry_run(
-    plan: Plan, *, assume_recovery: float | None = None, deadline: float | None = None
+    plan: Plan,
+    *,
+    assume_recovery: float | None = None,
+    deadline: float | None = None,
+    narrowing: Narrowing | None = None,
 ) -> int:
-    resolution = await api.resolve_plan(plan)
+    resolution = await api.resolve_plan(plan, narrowing=narrowing)
     assumed = assumption(plan, assume_recovery)
     pools = simulate(resolution, assumed)
     if deadline is None and plan.rollout.deadline is not None:

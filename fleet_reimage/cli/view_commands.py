@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import sys
 import time
 from collections import Counter
@@ -24,7 +23,7 @@ from typing import Any, TextIO
 import anyio
 
 from fleet_reimage import api
-from fleet_reimage.cli.options import command_parser, journal_option
+from fleet_reimage.cli.options import command_parser, journal_option, quiet_stdout
 from fleet_reimage.journal import (
     DEFAULT_JOURNAL_FILE,
     JOURNAL_ENV,
@@ -33,7 +32,9 @@ from fleet_reimage.journal import (
     RunStatus,
     is_postgres_url,
     open_journal,
+    shown_location,
 )
+from fleet_reimage.units import count
 from fleet_reimage.views.report import FORMATS, write_report
 from fleet_reimage.views.runview import RunData
 from fleet_reimage.views.status import RunSummary, run_status_json, run_text, runs_json, runs_text
@@ -169,24 +170,25 @@ async def _runs_listing(store: Journal, args: argparse.Namespace) -> str:
         RunSummary(run, Counter(t.state for t in await store.targets(run.run_id))) for run in shown
     ]
     if args.output == "json":
-        return json.dumps(runs_json(summaries, _shown(args, store)), indent=2)
-    return runs_text(summaries, _shown(args, store), len(runs) - len(shown))
+        return json.dumps(runs_json(summaries, _shown(args)), indent=2)
+    return runs_text(summaries, _shown(args), len(runs) - len(shown))
 
 
 async def cmd_report(args: argparse.Namespace) -> int:
     if args.run_id is None and not args.latest:
         raise api.RefusedError(
             "name the run to report on (RUN_ID or --latest); "
-            f"`fleet-reimage status --journal {args.journal}` lists the runs"
+            f"`fleet-reimage status --journal {shown_location(args.journal)}` lists the runs"
         )
     async with _reading(args.journal) as store:
         data = await _run_data(store, args)
-    write = functools.partial(write_report, data, args.format)
+    write = functools.partial(write_report, data, args.format, now=time.time())
     if args.output is None:
         await anyio.to_thread.run_sync(_to_stdout, write)
         return 0
     await anyio.to_thread.run_sync(_to_file, write, args.output)
-    print(f"wrote {args.output} ({len(data.targets)} nodes, {args.format})", file=sys.stderr)
+    nodes = count(len(data.targets), "node")
+    print(f"wrote {args.output} ({nodes}, {args.format})", file=sys.stderr)
     return 0
 
 
@@ -213,7 +215,7 @@ async def _pick_run(store: Journal, args: argparse.Namespace) -> RunRecord:
     if args.run_id is not None:
         run = await store.get_run(args.run_id)
         if run is None:
-            where = _shown(args, store)
+            where = _shown(args)
             raise api.RefusedError(
                 f"no run {args.run_id!r} in {where}; "
                 f"`fleet-reimage status --journal {where}` lists the runs"
@@ -221,7 +223,7 @@ async def _pick_run(store: Journal, args: argparse.Namespace) -> RunRecord:
         return run
     runs = await store.runs()
     if not runs:
-        raise api.RefusedError(f"no run in {_shown(args, store)} yet")
+        raise api.RefusedError(f"no run in {_shown(args)} yet")
     return runs[0]
 
 
@@ -233,13 +235,12 @@ async def _run_data(store: Journal, args: argparse.Namespace) -> RunData:
     attempts = await store.attempts(run.run_id)
     events = await store.events(run.run_id)
     exclusions = await store.exclusions(run.run_id)
-    return RunData(run, targets, attempts, events, exclusions, _shown(args, store))
+    return RunData(run, targets, attempts, events, exclusions, _shown(args))
 
 
-def _shown(args: argparse.Namespace, store: Journal) -> str:
+def _shown(args: argparse.Namespace) -> str:
     """The journal as the user named it, for commands to copy; a URL without its password."""
-    location: str = args.journal
-    return store.location if is_postgres_url(location) else location
+    return shown_location(args.journal)
 
 
 # --- writing (worker thread) ------------------------------------------------------------
@@ -254,11 +255,7 @@ def _to_stdout(write: Callable[[TextIO], object]) -> None:
         write(sys.stdout)
         sys.stdout.flush()
     except BrokenPipeError:
-        # `report ... | head`: the reader left. Point stdout at /dev/null so the
-        # interpreter's own flush at exit does not complain a second time.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        quiet_stdout()  # `report ... | head`: the reader left
 
 
 def _to_file(write: Callable[[TextIO], object], path: Path) -> None:

@@ -33,6 +33,8 @@ from fleet_reimage.batch.client import BatchClient
 from fleet_reimage.batch.network import proxy_for, tls_context
 from fleet_reimage.batch.transport import Transport
 from fleet_reimage.errors import InputError, Problem
+from fleet_reimage.plan.clouds import entra_hosts
+from fleet_reimage.plan.environment import environment_problems
 from fleet_reimage.plan.model import AccountSpec, EntraAuth, Plan, SharedKeyAuth
 
 log = structlog.get_logger("fleet_reimage.connect")
@@ -110,6 +112,8 @@ async def _credential_for(
                 [Problem(plan_file, None, None, f"accounts.{account.name}.auth", str(exc))]
             ) from None
     assert isinstance(auth, EntraAuth)
+    if account.custom_cloud:  # validated hosts outside the known clouds: say so every time
+        log.warning("custom cloud", account=account.name, **entra_hosts(endpoint, auth))
     cloud = cloud_for_endpoint(endpoint, audience=auth.audience, authority_host=auth.authority)
     source = azure_identity_source(
         auth.credential,
@@ -156,6 +160,9 @@ async def _log_route(account: str, endpoint: str) -> None:
 @asynccontextmanager
 async def connect(plan: Plan, *, transport: Transport | None = None) -> AsyncIterator[Connections]:
     """Clients for every account of the plan; emulators started and stopped around them."""
+    missing = environment_problems(plan.source.text, plan.source.path, os.environ)
+    if missing:  # an unset key_env, said with its line like any other plan problem
+        raise InputError(missing)
     async with AsyncExitStack() as stack:
         network = _Network(stack)
         if transport is None:

@@ -17,6 +17,8 @@ from typing import Any, Protocol
 
 import anyio
 
+from fleet_reimage.safefiles import open_own
+
 FLUSH_INTERVAL = 0.2
 
 
@@ -41,19 +43,31 @@ class Observers:
 
 
 class EventsFile:
-    """Append-only JSON lines: ``{"time": ..., "event": kind, ...fields}`` per line."""
+    """Append-only JSON lines: ``{"time": ..., "event": kind, ...fields}`` per line.
 
-    def __init__(self, path: Path) -> None:
+    :meth:`open` opens the file once, before the run, as a file of our own (``safefiles``:
+    not a link, a FIFO or someone else's file), so a bad path is refused before anything is
+    sent; :meth:`run` writes to that descriptor and closes it at the end.
+    """
+
+    def __init__(self, path: Path, fd: int) -> None:
         self.path = path
+        self._fd: int | None = fd
         self._lines: list[str] = []
-        self._closed = False
+
+    @classmethod
+    async def open(cls, path: Path) -> EventsFile:
+        """Open (create 0600, append) ``path``; ``UnsafeFile`` or ``OSError`` if it cannot be."""
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        fd = await anyio.to_thread.run_sync(open_own, path, flags, "the events file")
+        return cls(path, fd)
 
     def event(self, kind: str, fields: dict[str, Any]) -> None:
         record = {"time": round(time.time(), 6), "event": kind, **fields}
         self._lines.append(json.dumps(record, default=str, separators=(",", ":")))
 
     async def run(self) -> None:
-        """Flush every FLUSH_INTERVAL until cancelled; then flush what is left."""
+        """Flush every FLUSH_INTERVAL until cancelled; then flush what is left and close."""
         try:
             while True:
                 await anyio.sleep(FLUSH_INTERVAL)
@@ -61,6 +75,7 @@ class EventsFile:
         finally:
             with anyio.CancelScope(shield=True):
                 await self.flush()
+                await anyio.to_thread.run_sync(self.close)
 
     async def flush(self) -> None:
         if not self._lines:
@@ -69,6 +84,14 @@ class EventsFile:
         await anyio.to_thread.run_sync(self._append, "\n".join(lines) + "\n")
 
     def _append(self, text: str) -> None:
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        with os.fdopen(fd, "a", encoding="utf-8") as handle:
-            handle.write(text)
+        if self._fd is None:
+            return
+        data = memoryview(text.encode("utf-8"))
+        while data:
+            data = data[os.write(self._fd, data) :]
+
+    def close(self) -> None:
+        """Close the file (safe to call again)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)

@@ -1,38 +1,38 @@
-"""The task loop: asks the policies what may start, calls the client, writes the journal.
+"""The task loop: asks the policies what may start, hands jobs to workers, ends the run.
 
 One dispatcher loop and short-lived jobs. A job is one HTTP call for one node (a reimage or
-reboot attempt, or a read of an in-doubt node); nothing waits inside a job: a retry is a new
-job scheduled on the pool's retry heap, so the number of live tasks stays bounded by the
-run's concurrency however many nodes are selected.
+reboot attempt, or a read of an in-doubt node, see ``node_work.py``); nothing waits inside a
+job: a retry is a new job scheduled on the pool's retry heap, so the number of live tasks
+stays bounded by the run's concurrency however many nodes are selected.
 
-Before every start the dispatcher asks, in order: is the run stopping? is there a free slot
-in the run (``concurrency``) and in the account (``per_account_concurrency`` and the
-account's adaptive throttle)? may this pool start a node now (waves, pauses, checkpoints,
-``max_unavailable``)? Retries of nodes already dispatched go first; they do not add to a
-pool's unavailability.
+Before every start the dispatcher asks, in order: is the run stopping? may another job wait
+for a send slot (``slots.py``: ``concurrency``, and per account its current concurrency)?
+may this pool start a node now (the rollout policy: waves, pauses, checkpoints,
+``max_unavailable``, the failure budget)? Retries of nodes already dispatched go first; they
+do not add to a pool's unavailability.
 
-Every attempt is written to the journal, durably, before the request is sent, and its
-outcome is durable before the node counts as done (``journal`` group-commits both).
+The executor is composed, not inherited: node work, the health gate and a shared run's
+coordinator each get the run's ledger (``ledger.py``, the state and its changes) and this
+object as ``RunControl`` (``control.py``: stop, wake, run beside), nothing more. Process-wide
+settings (the garbage collector) are the command line's business, never the library's.
 """
 
 from __future__ import annotations
 
-import gc
 import math
-import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import structlog
+from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from fleet_reimage.batch.client import new_client_request_id
-from fleet_reimage.batch.retry import RetryPolicy
 from fleet_reimage.engine.events import RunObserver
 from fleet_reimage.engine.health import HealthMonitor
+from fleet_reimage.engine.ledger import RunLedger
 from fleet_reimage.engine.node_work import NodeWork
 from fleet_reimage.engine.runstate import (
     AccountRun,
@@ -43,24 +43,16 @@ from fleet_reimage.engine.runstate import (
     RunTarget,
     snapshot_pool,
 )
+from fleet_reimage.engine.sharedrun import SharedRunCoordinator, SharedSettings
 from fleet_reimage.engine.slots import SendSlots
 from fleet_reimage.engine.wakeup import Wakeup
-from fleet_reimage.journal.model import (
-    Journal,
-    JournalError,
-    RunStatus,
-    TargetRecord,
-    TargetState,
-)
+from fleet_reimage.journal.model import Journal, JournalError, RunStatus, TargetState
+from fleet_reimage.journal.shared import SharedRuns
 from fleet_reimage.plan.model import Plan
 from fleet_reimage.rollout.budget import FailureBudget
 
-if TYPE_CHECKING:
-    from fleet_reimage.engine.sharedrun import SharedRunCoordinator
-
 log = structlog.get_logger("fleet_reimage.run")
 
-STOP_EXIT_CODES = {"interrupted": 130}
 TICK = 0.25  # seconds between the dispatcher's periodic wake-ups
 Job = tuple[PoolRun, RunTarget, JobKind]
 Confirm = Callable[[str], Awaitable[bool]]
@@ -74,6 +66,7 @@ class RunResult:
     reason: str | None
     counts: dict[str, int]
     stopped_pools: dict[str, str] = field(default_factory=dict)
+    stop_kind: str | None = None  # why it stopped: budget, deadline, auth, interrupted, ...
 
 
 @dataclass(slots=True)
@@ -83,7 +76,16 @@ class RunSettings:
     stop_grace: float = 30.0  # how long a graceful stop waits for requests in flight
 
 
-class Executor(NodeWork):
+@dataclass(frozen=True, slots=True)
+class Sharing:
+    """How this runner shares its run with others (PostgreSQL journals)."""
+
+    store: SharedRuns
+    settings: SharedSettings
+    clock: Callable[[], float] = time.time  # this runner's wall clock, checked against the DB
+
+
+class Executor:
     def __init__(
         self,
         *,
@@ -96,46 +98,67 @@ class Executor(NodeWork):
         budget: FailureBudget,
         settings: RunSettings,
         observer: RunObserver,
+        sharing: Sharing | None = None,
     ) -> None:
         self.run_id = run_id
         self.plan = plan
         self.journal = journal
         self.accounts = list(accounts)
-        self.pools = list(pools)
-        self.targets = {t.id: t for t in targets}
-        self.budget = budget
         self.settings = settings
         self.observer = observer
         self.action = plan.action.value
-        retry = plan.execution.retry
-        self.policy = RetryPolicy(
-            max_attempts=retry.max_attempts,
-            max_connect_failures=retry.max_attempts,
-            max_throttles=max(100, 10 * retry.max_attempts),
-            initial_backoff=retry.initial_backoff,
-            max_backoff=retry.max_backoff,
-        )
-        self.health = HealthMonitor(self)
-        self.shared: SharedRunCoordinator | None = None  # set for a shared (joined) run
-        self.slots = SendSlots(plan.execution.concurrency, self.accounts)
-        self._jobs = 0  # live job tasks
-        self._unsent = 0  # jobs launched that have not been granted (or denied) a send slot
-        self._seq = 0
-        self._wake = Wakeup()
-        self._random = random.Random()
         self.stop_kind: str | None = None
         self.stop_reason: str | None = None
+        self.ledger = RunLedger(run_id=run_id, journal=journal, observer=observer, control=self,
+                                pools=pools, targets=targets, budget=budget,
+                                health_wait=plan.rollout.health.wait,
+                                shared=sharing is not None)  # fmt: skip
+        self.slots = SendSlots(plan.execution.concurrency, self.accounts, self.wake)
+        self.shared: SharedRunCoordinator | None = None
+        if sharing is not None:
+            self.shared = SharedRunCoordinator(
+                self.ledger, self, sharing.store, sharing.settings, accounts=self.accounts,
+                per_account_concurrency=plan.execution.per_account_concurrency,
+                clock=sharing.clock,
+            )  # fmt: skip
+        runner_id = None if self.shared is None else self.shared.runner_id
+        self.work = NodeWork(self.ledger, self, self.slots, plan, runner_id=runner_id)
+        on_baseline = None if self.shared is None else self.shared.publish_baseline
+        self.health = HealthMonitor(self.ledger, self, plan, on_baseline=on_baseline)
+        self._live_jobs = 0  # job tasks launched and not finished
+        self._wake = Wakeup()
         self._checkpoint_open = False
         self._cancel: anyio.CancelScope | None = None
+        self._group: TaskGroup | None = None
 
-    # --- public control ---
+    @property
+    def pools(self) -> list[PoolRun]:
+        return self.ledger.pools
+
+    @property
+    def targets(self) -> dict[int, RunTarget]:
+        return self.ledger.targets
+
+    @property
+    def budget(self) -> FailureBudget:
+        return self.ledger.budget
+
+    def snapshots(self) -> list[PoolSnapshot]:
+        return [snapshot_pool(pool) for pool in self.pools]
+
+    # --- RunControl, and the caller's controls ---
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop_kind is not None
 
     def request_stop(self, kind: str, reason: str) -> None:
         """Stop dispatching; requests in flight finish. The first reason wins."""
         if self.stop_kind is None:
             self.stop_kind, self.stop_reason = kind, reason
+            self.slots.deny_all()
             self.observer.event("run_stopping", {"kind": kind, "reason": reason})
-            self._journal_event("run_stopping", data={"kind": kind, "reason": reason})
+            self.ledger.record_event("run_stopping", data={"kind": kind, "reason": reason})
         self.wake()
 
     def abort(self) -> None:
@@ -147,33 +170,9 @@ class Executor(NodeWork):
         self._wake.set()
 
     def start_background(self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
-        """Run ``func(*args)`` beside the run (a journal write nobody needs to wait for)."""
-        self._group.start_soon(func, *args)
-
-    def active_node_ids(self, pool: PoolRun) -> set[str]:
-        """Node ids of the pool's targets between dispatch and a terminal state.
-
-        In a shared run other runners' targets may be reimaging too, and only the journal
-        knows which: every target not known to be finished counts as someone's.
-        """
-        if self.shared is not None:
-            return {
-                t.record.node_id
-                for t in self.targets.values()
-                if t.pool is pool and t.phase is not Phase.DONE
-            }
-        return {self.targets[t].record.node_id for t in pool.rollout.active_targets()}
-
-    def refresh_record(self, target: RunTarget, record: TargetRecord) -> None:
-        """Adopt the journal's view of a target (another runner may have changed it)."""
-        self._set_state(target, record.state)
-        mine = target.record
-        mine.attempts, mine.reason = record.attempts, record.reason
-        mine.first_sent_at, mine.last_sent_at = record.first_sent_at, record.last_sent_at
-        mine.accepted_at = record.accepted_at
-
-    def snapshots(self) -> list[PoolSnapshot]:
-        return [snapshot_pool(pool) for pool in self.pools]
+        """Run ``func(*args)`` beside the run (dropped before the run has started)."""
+        if self._group is not None:
+            self._group.start_soon(func, *args)
 
     # --- the loop ---
 
@@ -187,34 +186,22 @@ class Executor(NodeWork):
                     f"failure budget exceeded ({self.budget.describe()}); "
                     "resume with --accept-failures or --failure-budget N"
                 )
-            # Everything built so far lives as long as the run: keep the cycle collector off
-            # it (with 100,000 targets a full collection would pause the loop for ~100 ms).
-            # No collection first: it would cost as much once, before the first request, and
-            # the little cyclic garbage of start-up is only kept until the run ends.
-            gc.freeze()
-            thresholds, collecting = gc.get_threshold(), gc.isenabled()
-            gc.set_threshold(50_000, 20, 100)  # fewer young collections: requests churn objects
-            gc.enable()  # the command line pauses it while the run's state is built
-            try:
+                self.slots.deny_all()
+            if self.shared is not None:
+                await self.shared.start()
+            send, receive = anyio.create_memory_object_stream[Job](math.inf)
+            self._jobs_out = send
+            async with anyio.create_task_group() as group, send, receive:
+                self._group = group
+                group.start_soon(self.health.run)
+                group.start_soon(self._ticker)
+                for _ in range(2 * self.plan.execution.concurrency):
+                    group.start_soon(self._worker, receive.clone())
                 if self.shared is not None:
-                    await self.shared.start()
-                send, receive = anyio.create_memory_object_stream[Job](math.inf)
-                self._jobs_out = send
-                async with anyio.create_task_group() as group, send, receive:
-                    self._group = group
-                    group.start_soon(self.health.run)
-                    group.start_soon(self._ticker)
-                    for _ in range(2 * self.plan.execution.concurrency):
-                        group.start_soon(self._worker, receive.clone())
-                    if self.shared is not None:
-                        group.start_soon(self.shared.run)
-                    await self._dispatch_loop()
-                    group.cancel_scope.cancel()
-            finally:
-                gc.set_threshold(*thresholds)
-                gc.unfreeze()
-                if not collecting:
-                    gc.disable()
+                    group.start_soon(self.shared.run)
+                await self._dispatch_loop()
+                group.cancel_scope.cancel()
+            self._group = None
         if scope.cancelled_caught and self.stop_kind is None:
             self.stop_kind, self.stop_reason = "interrupted", "stopped at once"
         return await self._finish()
@@ -224,15 +211,13 @@ class Executor(NodeWork):
         while True:
             now = time.monotonic()
             self._check_deadline()
-            next_start = math.inf if self.stop_kind else self._start_ready(now)
+            next_start = math.inf
             if self.stop_kind is None:
-                next_start = min(next_start, self.slots.grant(now))
-            else:
-                self.slots.deny_all()
+                next_start = min(self._start_ready(now), self.slots.grant(now))
             if self._all_done():
                 return
             if self.stop_kind is not None:
-                if self._jobs == 0:
+                if self._live_jobs == 0:
                     return
                 grace_until = grace_until or now + self.settings.stop_grace
                 if now >= grace_until:
@@ -250,20 +235,18 @@ class Executor(NodeWork):
     def _start_ready(self, now: float) -> float:
         """Launch every job that may start now; returns when the next one could.
 
-        Launched jobs write their attempt to the journal, then wait for a send slot: at most
-        ``concurrency`` of them wait at once (per account, at most its current concurrency),
-        so the journal write of the next requests overlaps the requests on the wire.
+        Launched jobs write their attempt to the journal, then wait for a send slot (see
+        ``slots.py``), so the journal write of the next requests overlaps the requests on
+        the wire.
         """
         earliest = math.inf
-        limit = self.plan.execution.concurrency
         progress = True
         while progress:
             progress = False
             for pool in self.pools:
-                if self._unsent >= limit:
+                if not self.slots.may_launch():
                     return earliest
-                account = pool.account
-                if account.unsent >= account.throttle.concurrency:
+                if not self.slots.may_launch(pool.account):
                     continue
                 job = self._next_job(pool, now)
                 if self.shared is not None:
@@ -286,21 +269,12 @@ class Executor(NodeWork):
             return None
         target = self.targets[target_id]
         target.started = now
-        if pool.rollout.wave != pool.started_wave:
-            pool.started_wave = pool.rollout.wave
-            data = {"wave": pool.rollout.wave + 1, "of": pool.rollout.wave_count}
-            self.observer.event(
-                "wave_started", {"account": pool.account.name, "pool": pool.pool_id, **data}
-            )
-            self._journal_event(
-                "wave_started", account=pool.account.name, pool=pool.pool_id, data=data
-            )
+        self.ledger.wave_started(pool, now)
         return target, JobKind.ACTION
 
     def _launch(self, pool: PoolRun, target: RunTarget, kind: JobKind) -> None:
-        self._jobs += 1
-        self._unsent += 1
-        pool.account.unsent += 1
+        self._live_jobs += 1
+        self.slots.launch(pool.account)
         target.phase = Phase.REQUEST if kind is JobKind.ACTION else Phase.RECONCILE
         self._jobs_out.send_nowait((pool, target, kind))
 
@@ -317,23 +291,8 @@ class Executor(NodeWork):
             self.wake()
 
     async def _job(self, pool: PoolRun, target: RunTarget, kind: JobKind) -> None:
-        # Every log event of this node's work carries these fields (all of them are set, so
-        # nothing of the worker's previous job leaks into this one).
-        action = kind is JobKind.ACTION
-        client_request_id = new_client_request_id() if action else None
-        structlog.contextvars.bind_contextvars(
-            run=self.run_id,
-            account=pool.account.name,
-            pool=pool.pool_id,
-            node=target.record.node_id,
-            client_request_id=client_request_id,
-            attempt=target.record.attempts + 1 if action else None,
-        )
         try:
-            if client_request_id is not None:
-                await self._attempt(pool, target, client_request_id)
-            else:
-                await self._reconcile(pool, target)
+            await self.work.run(pool, target, kind)
         except JournalError as error:
             # Nothing more can be recorded, so nothing more may be sent: stop at once.
             # What was in flight stays "sent, no answer" and is reconciled on resume.
@@ -341,7 +300,7 @@ class Executor(NodeWork):
                 self.request_stop("journal", f"the journal cannot be written: {error}")
             self.abort()
         finally:
-            self._jobs -= 1
+            self._live_jobs -= 1
             self.wake()
 
     # --- stops and checkpoints ---
@@ -352,29 +311,29 @@ class Executor(NodeWork):
             self.request_stop("deadline", "the maintenance window's deadline passed")
 
     def _maybe_checkpoint(self) -> None:
+        """Every pool is held at the checkpoint (or done): ask the operator, or stop there."""
         held = [p for p in self.pools if p.rollout.held]
         if not held or self._checkpoint_open or self.stop_kind is not None:
             return
         if not all(p.rollout.held or p.rollout.done for p in self.pools):
             return
         wave = self.plan.rollout.confirm_after_wave
-        message = f"wave {wave} is complete in every pool: continue the rollout?"
-        self._journal_event("checkpoint", data={"wave": wave})
+        self.ledger.record_event("checkpoint", data={"wave": wave})
         self.observer.event("checkpoint", {"wave": wave})
-        if self.settings.confirm is None:
+        if self.settings.confirm is None or self.shared is not None:  # a shared run stops
             self.request_stop(
                 "checkpoint", f"paused after wave {wave} for the operator; resume to continue"
             )
             return
         self._checkpoint_open = True
-        self._group.start_soon(self._ask, message, held)
+        message = f"wave {wave} is complete in every pool: continue the rollout?"
+        self.start_background(self._ask, self.settings.confirm, message, held)
 
-    async def _ask(self, message: str, held: list[PoolRun]) -> None:
-        assert self.settings.confirm is not None
-        go_on = await self.settings.confirm(message)
+    async def _ask(self, confirm: Confirm, message: str, held: list[PoolRun]) -> None:
+        go_on = await confirm(message)
         self._checkpoint_open = False
         if go_on:
-            self._journal_event("checkpoint_confirmed", data={})
+            self.ledger.record_event("checkpoint_confirmed", data={})
             self.observer.event("checkpoint_confirmed", {"run": self.run_id})
             for pool in held:
                 pool.rollout.release_checkpoint()
@@ -383,9 +342,11 @@ class Executor(NodeWork):
         self.wake()
 
     def _all_done(self) -> bool:
-        return self._jobs == 0 and all(
+        return self._live_jobs == 0 and all(
             p.rollout.done and not p.awaiting and not p.retry_heap for p in self.pools
         )
+
+    # --- the end ---
 
     async def _finish(self) -> RunResult:
         """Leave every target in a state resume understands, then record the run's end."""
@@ -410,7 +371,9 @@ class Executor(NodeWork):
             for _, _, target_id, kind in pool.retry_heap:
                 target = self.targets[target_id]
                 if kind is JobKind.ACTION and target.phase is Phase.BACKOFF:
-                    await self._change(target, TargetState.PENDING, "stopped before its retry")
+                    await self.ledger.change(
+                        target, TargetState.PENDING, "stopped before its retry"
+                    )
         states = [t.record.state for t in self.targets.values()]
         others_alive = False
         if self.shared is not None:  # the run's truth is the journal's, not ours alone
@@ -443,4 +406,4 @@ class Executor(NodeWork):
             bad = counts["failed"] + counts["skipped"]
             code = 3 if (stopped or self.stop_kind) else (1 if bad else 0)
         reason = self.stop_reason or ("; ".join(f"{k}: {v}" for k, v in stopped.items()) or None)
-        return RunResult(self.run_id, status, code, reason, counts, stopped)
+        return RunResult(self.run_id, status, code, reason, counts, stopped, self.stop_kind)

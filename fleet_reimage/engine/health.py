@@ -18,20 +18,23 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 import anyio
 import structlog
 
 from fleet_reimage.batch.errors import AuthFailed, BatchError, NotFound
+from fleet_reimage.batch.explain import describe
 from fleet_reimage.batch.models import NodeInfo
+from fleet_reimage.engine.control import RunControl
+from fleet_reimage.engine.ledger import RunLedger
 from fleet_reimage.engine.runstate import Phase, PoolRun, RunTarget
 from fleet_reimage.journal.model import TargetChange, TargetState
+from fleet_reimage.plan.model import Plan
+from fleet_reimage.plan.where import locate_in_plan
 from fleet_reimage.rollout.outcomes import health_verdict
-
-if TYPE_CHECKING:
-    from fleet_reimage.engine.executor import Executor
+from fleet_reimage.units import count, plural
 
 log = structlog.get_logger("fleet_reimage.health")
 
@@ -47,9 +50,20 @@ def health_filter(ready_states: frozenset[str], since: float) -> str:
 
 
 class HealthMonitor:
-    def __init__(self, executor: Executor) -> None:
-        self.executor = executor
-        self.spec = executor.plan.rollout.health
+    def __init__(
+        self,
+        ledger: RunLedger,
+        control: RunControl,
+        plan: Plan,
+        *,
+        on_baseline: Callable[[PoolRun, int], None] | None = None,
+    ) -> None:
+        """``on_baseline``: told each pool's baseline after a poll (a shared run shares it)."""
+        self.ledger = ledger
+        self.control = control
+        self.plan = plan  # its health spec, and where an account is written (messages)
+        self.spec = plan.rollout.health
+        self.on_baseline = on_baseline
         self.polls = 0  # list calls made, for the calls-per-node figure
 
     def _wants_poll(self, pool: PoolRun, now: float) -> bool:
@@ -62,12 +76,13 @@ class HealthMonitor:
         if pool.blocked_since is None:
             pool.blocked_since = now
         # In a shared run the blocking nodes may be other runners' own: never stop for them.
-        if self.executor.shared is None and now - pool.blocked_since > self.spec.timeout:
-            self.executor.stop_pool(
+        if not self.ledger.shared and now - pool.blocked_since > self.spec.timeout:
+            self.ledger.stop_pool(
                 pool,
                 (
-                    f"blocked for {self.spec.timeout:g}s: {pool.rollout.baseline} nodes are "
-                    f"unavailable for other reasons, max_unavailable is "
+                    f"blocked for {self.spec.timeout:g}s: {count(pool.rollout.baseline, 'node')} "
+                    f"{plural('is', pool.rollout.baseline)} unavailable for other reasons, "
+                    "max_unavailable is "
                     f"{pool.rollout.max_unavailable}"
                 ),
             )
@@ -81,7 +96,7 @@ class HealthMonitor:
             while True:
                 now = time.monotonic()
                 next_due = math.inf
-                for pool in self.executor.pools:
+                for pool in self.ledger.pools:
                     if pool.polling or not self._wants_poll(pool, now):
                         continue
                     due = pool.last_poll + interval
@@ -96,7 +111,9 @@ class HealthMonitor:
         try:
             nodes = await self._list(pool)
         except AuthFailed as error:
-            self.executor.request_stop("auth", f"authentication failed: {error}")
+            client = pool.account.client
+            where = locate_in_plan(error, self.plan, pool.account.name, client.endpoint)
+            self.control.request_stop("auth", f"authentication failed: {describe(where)}")
             return
         except BatchError as error:
             log.warning("health poll failed", pool=pool.pool_id, error=str(error))
@@ -106,7 +123,7 @@ class HealthMonitor:
             pool.polling = False
         self._refresh_baseline(pool, nodes)
         await self._judge(pool, nodes)
-        self.executor.wake()
+        self.control.wake()
 
     async def _list(self, pool: PoolRun) -> dict[str, NodeInfo]:
         awaiting = pool.awaiting.values()
@@ -127,13 +144,13 @@ class HealthMonitor:
 
     def _refresh_baseline(self, pool: PoolRun, nodes: dict[str, NodeInfo]) -> None:
         ready = self.spec.ready_states
-        ours = self.executor.active_node_ids(pool)
+        ours = self.ledger.active_node_ids(pool)
         baseline = sum(
             1 for node in nodes.values() if node.state not in ready and node.id not in ours
         )
         pool.rollout.set_baseline(baseline)
-        if self.executor.shared is not None:  # other runners' claims count it too
-            self.executor.shared.publish_baseline(pool, baseline)
+        if self.on_baseline is not None:
+            self.on_baseline(pool, baseline)
 
     async def _judge(self, pool: PoolRun, nodes: dict[str, NodeInfo]) -> None:
         now = time.monotonic()
@@ -162,12 +179,12 @@ class HealthMonitor:
         async with anyio.create_task_group() as group:
             for target, state, reason in settled:
                 group.start_soon(
-                    self.executor.journal.target_changed,
-                    TargetChange(self.executor.run_id, target.id, state, time.time(), reason),
+                    self.ledger.journal.target_changed,
+                    TargetChange(self.ledger.run_id, target.id, state, time.time(), reason),
                 )
         for target, state, reason in settled:
             if target.phase is Phase.HEALTH:
-                self.executor.settle(target, state, reason)
+                self.ledger.settle(target, state, reason)
 
     async def _read_one(self, pool: PoolRun, target: RunTarget) -> tuple[bool, NodeInfo | None]:
         """A node missing from the poll: (readable, node), node None when it left the pool."""

@@ -21,12 +21,12 @@ from typing import Any, cast
 import anyio
 
 from fleet_reimage.batch.client import BatchClient
-from fleet_reimage.batch.errors import NotFound
+from fleet_reimage.batch.errors import BatchError, NotFound
 from fleet_reimage.batch.models import NODE_SELECT, READY_STATES, NodeInfo
 from fleet_reimage.engine.events import RunObserver
-from fleet_reimage.engine.executor import Executor, RunResult, RunSettings
+from fleet_reimage.engine.executor import Executor, RunResult, RunSettings, Sharing
 from fleet_reimage.engine.runstate import AccountRun, JobKind, Phase, PoolKey, PoolRun, RunTarget
-from fleet_reimage.engine.sharedrun import SharedRunCoordinator, SharedSettings
+from fleet_reimage.engine.sharedrun import SharedSettings
 from fleet_reimage.journal.model import (
     Exclusion,
     Journal,
@@ -35,16 +35,18 @@ from fleet_reimage.journal.model import (
     RunEvent,
     RunRecord,
     RunStatus,
-    SharedRuns,
     TargetChange,
     TargetRecord,
     TargetState,
 )
+from fleet_reimage.journal.shared import SharedRuns
 from fleet_reimage.plan.model import Plan
 from fleet_reimage.plan.resolve import Resolution
+from fleet_reimage.plan.where import locate_in_plan
 from fleet_reimage.rollout.budget import FailureBudget
 from fleet_reimage.rollout.claimed import ClaimedPoolRollout
 from fleet_reimage.rollout.outcomes import Accepted, Settle, after_reconcile
+from fleet_reimage.rollout.policy import RolloutRules
 from fleet_reimage.rollout.pool import PoolRollout
 from fleet_reimage.rollout.throttle import AdaptiveThrottle
 
@@ -54,8 +56,10 @@ def new_run_id(now: float | None = None) -> str:
     return f"r{stamp}-{secrets.token_hex(3)}"
 
 
-def owner_label(run_id: str) -> str:
-    return f"{socket.gethostname()} pid {os.getpid()} run {run_id}"
+def owner_label(run_id: str | None, doing: str = "starting a new run") -> str:
+    """Who holds a journal, for a contender's message: "HOST pid N, run RUN_ID"."""
+    what = f"run {run_id}" if run_id else doing
+    return f"{socket.gethostname()} pid {os.getpid()}, {what}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,9 +75,12 @@ async def create_run(
     *,
     options: Mapping[str, Any],
     run_id: str | None = None,
+    unless_unfinished: bool = False,
 ) -> tuple[RunRecord, list[TargetRecord]]:
     """Write a new run, its targets and exclusions; nothing has been sent yet.
 
+    ``unless_unfinished``: refuse (``UnfinishedRun``, nothing written) if the plan has an
+    unfinished run, in the same atomic step as the write.
     Returns the run and its targets as recorded (hand them to ``execute``)."""
     run_id = run_id or new_run_id()
     now = time.time()
@@ -105,7 +112,8 @@ async def create_run(
         host=socket.gethostname(),
         pid=os.getpid(),
     )
-    records = await journal.create_run(run, targets, exclusions)
+    guard = plan.source.sha256 if unless_unfinished else None
+    records = await journal.create_run(run, targets, exclusions, unless_unfinished_of=guard)
     record = await journal.get_run(run_id)
     assert record is not None
     return record, records
@@ -142,35 +150,9 @@ async def execute(
     if resuming and shared is None:
         limits = await _reconcile_on_resume(run, plan, journal, clients, records, limits)
     if resuming or shared is not None:
-        options = dict(run.options)
-        if resuming:  # resuming is the operator's go-ahead past a checkpoint
-            options["checkpoint_confirmed"] = True
-        if accept_failures:  # joined runners read it from the run, so all forgive the same
-            options["forgiven_failures"] = sum(r.state is TargetState.FAILED for r in records)
-        if failure_budget is not None:
-            options["failure_budget"] = failure_budget
-        await journal.set_run_status(
-            run.run_id,
-            RunStatus.RUNNING,
-            "resumed" if resuming else "running",
-            time.time(),
-            options,
-        )
-        run = replace(run, options=options)
-        kind = "run_resumed" if resuming else "runner_joined"
-        await journal.record_event(
-            RunEvent(
-                run.run_id,
-                time.time(),
-                kind,
-                data={
-                    "host": socket.gethostname(),
-                    "pid": os.getpid(),
-                    "accept_failures": accept_failures,
-                    "failure_budget": failure_budget,
-                },
-            )
-        )
+        run = await _take_up(run, journal, records, resuming, accept_failures, failure_budget)
+    if resuming and shared is not None:  # resuming is the operator's go-ahead past a checkpoint
+        await cast(SharedRuns, journal).resume_pools(run.run_id)
     executor = build_executor(
         run,
         plan,
@@ -187,6 +169,29 @@ async def execute(
     if executor_ready is not None:
         executor_ready(executor)
     return await executor.run()
+
+
+async def _take_up(
+    run: RunRecord,
+    journal: Journal,
+    records: Sequence[TargetRecord],
+    resuming: bool,
+    accept_failures: bool,
+    failure_budget: int | None,
+) -> RunRecord:
+    """A resumed or joined run: running again, with the resume's overrides in its options."""
+    options = dict(run.options)
+    if accept_failures:  # joined runners read it from the run, so all forgive the same
+        options["forgiven_failures"] = sum(r.state is TargetState.FAILED for r in records)
+    if failure_budget is not None:
+        options["failure_budget"] = failure_budget
+    status = "resumed" if resuming else "running"
+    await journal.set_run_status(run.run_id, RunStatus.RUNNING, status, time.time(), options)
+    data = {"host": socket.gethostname(), "pid": os.getpid(),
+            "accept_failures": accept_failures, "failure_budget": failure_budget}  # fmt: skip
+    kind = "run_resumed" if resuming else "runner_joined"
+    await journal.record_event(RunEvent(run.run_id, time.time(), kind, data=data))
+    return replace(run, options=options)
 
 
 def build_executor(
@@ -211,6 +216,7 @@ def build_executor(
             clients[account.name],
             AdaptiveThrottle(plan.execution.per_account_concurrency),
         )
+    budget = _failure_budget(run, plan, records, accept_failures, failure_budget)
     by_pool: dict[PoolKey, list[TargetRecord]] = defaultdict(list)
     for record in records:
         by_pool[(record.account, record.pool)].append(record)
@@ -219,49 +225,57 @@ def build_executor(
     make_pool = _pool_run if shared is None else _claimed_pool_run
     for (account_name, pool_id), pool_records in by_pool.items():
         limit = limits.get(f"{account_name}/{pool_id}")
-        pool, pool_targets = make_pool(plan, accounts[account_name], pool_id, pool_records, limit)
+        rules = _rules(plan, pool_records, limit, budget)
+        baseline = limit.baseline_unavailable if limit else 0
+        pool, pool_targets = make_pool(
+            plan, accounts[account_name], pool_id, pool_records, rules, baseline, budget
+        )
         pools.append(pool)
         targets.extend(pool_targets)
-    total = len(records)
+    sharing = None if shared is None else Sharing(cast(SharedRuns, journal), shared)
+    return Executor(run_id=run.run_id, plan=plan, journal=journal,
+                    accounts=list(accounts.values()), pools=pools, targets=targets,
+                    budget=budget, settings=settings, observer=observer,
+                    sharing=sharing)  # fmt: skip
+
+
+def _failure_budget(
+    run: RunRecord,
+    plan: Plan,
+    records: Sequence[TargetRecord],
+    accept_failures: bool,
+    failure_budget: int | None,
+) -> FailureBudget:
+    """The run's budget: the plan's, or the resume's override; less the failures forgiven.
+    (In a shared run every runner's claims tell it the whole run's failures.)"""
     if failure_budget is None and "failure_budget" in run.options:
         failure_budget = int(run.options["failure_budget"])
-    budget_limit = (
-        failure_budget if failure_budget is not None else (plan.rollout.failure_budget.of(total))
+    limit = (
+        failure_budget
+        if failure_budget is not None
+        else plan.rollout.failure_budget.of(len(records))
     )
     failed = sum(1 for r in records if r.state is TargetState.FAILED)
     forgiven = failed if accept_failures else int(run.options.get("forgiven_failures", 0))
-    # In a shared run the journal's claims enforce the budget across runners, not this copy.
-    budget = FailureBudget(
-        limit=budget_limit if shared is None else total + 1, failures=failed, forgiven=forgiven
-    )
-    executor = Executor(
-        run_id=run.run_id,
-        plan=plan,
-        journal=journal,
-        accounts=list(accounts.values()),
-        pools=pools,
-        targets=targets,
-        budget=budget,
-        settings=settings,
-        observer=observer,
-    )
-    if shared is not None:
-        executor.shared = SharedRunCoordinator(
-            executor,
-            cast(SharedRuns, journal),
-            shared,
-            failure_budget=budget_limit,
-            forgiven_failures=forgiven,
-            checkpoint_passed=bool(run.options.get("checkpoint_confirmed")),
-        )
-    return executor
+    return FailureBudget(limit=limit, failures=failed, forgiven=forgiven)
 
 
-def _max_unavailable(plan: Plan, records: Sequence[TargetRecord], limit: PoolLimits | None) -> int:
-    """The pool's limit as resolved when the run was created (or from the plan, if missing)."""
+def _rules(
+    plan: Plan, records: Sequence[TargetRecord], limit: PoolLimits | None, budget: FailureBudget
+) -> RolloutRules:
+    """The pool's rules: its max_unavailable as resolved when the run was created (or from
+    the plan, if missing), the plan's pause and checkpoint, the run's failure budget."""
     if limit is not None:
-        return limit.max_unavailable
-    return max(1, plan.rollout.max_unavailable.of(len(records)))
+        max_unavailable = limit.max_unavailable
+    else:
+        max_unavailable = max(1, plan.rollout.max_unavailable.of(len(records)))
+    checkpoint = plan.rollout.confirm_after_wave
+    return RolloutRules(
+        max_unavailable,
+        plan.rollout.pause_between_waves,
+        None if checkpoint is None else checkpoint - 1,
+        budget.rule,
+    )
 
 
 def _claimed_pool_run(
@@ -269,15 +283,12 @@ def _claimed_pool_run(
     account: AccountRun,
     pool_id: str,
     records: list[TargetRecord],
-    limit: PoolLimits | None,
+    rules: RolloutRules,
+    baseline: int,
+    budget: FailureBudget,
 ) -> tuple[PoolRun, list[RunTarget]]:
     """A pool of a shared run: nothing is ours until the journal's claims say so."""
-    max_unavailable = _max_unavailable(plan, records, limit)
-    rollout = ClaimedPoolRollout(
-        len(plan.rollout.waves),
-        max_unavailable=max_unavailable,
-        baseline=limit.baseline_unavailable if limit else 0,
-    )
+    rollout = ClaimedPoolRollout(len(plan.rollout.waves), rules, baseline=baseline)
     pool = PoolRun(account, pool_id, rollout, selected=len(records))
     targets = []
     for record in sorted(records, key=lambda r: r.position):
@@ -293,7 +304,9 @@ def _pool_run(
     account: AccountRun,
     pool_id: str,
     records: list[TargetRecord],
-    limit: PoolLimits | None,
+    rules: RolloutRules,
+    baseline: int,
+    budget: FailureBudget,
 ) -> tuple[PoolRun, list[RunTarget]]:
     records.sort(key=lambda r: r.position)
     steps = len(plan.rollout.waves)
@@ -304,16 +317,15 @@ def _pool_run(
     active = [
         r.target_id for r in records if r.state in (TargetState.IN_FLIGHT, TargetState.ACCEPTED)
     ]
-    max_unavailable = _max_unavailable(plan, records, limit)
-    checkpoint = plan.rollout.confirm_after_wave
     rollout = PoolRollout(
         waves,
-        max_unavailable=max_unavailable,
-        baseline_unavailable=limit.baseline_unavailable if limit else 0,
-        pause_between_waves=plan.rollout.pause_between_waves,
-        checkpoint_after_wave=None if checkpoint is None else checkpoint - 1,
+        max_unavailable=rules.max_unavailable,
+        baseline_unavailable=baseline,
+        pause_between_waves=rules.pause,
+        checkpoint_after_wave=rules.checkpoint_after_wave,
         settled=settled,
         active=active,
+        budget=budget,
     )
     pool = PoolRun(account, pool_id, rollout, selected=len(records))
     now = time.monotonic()
@@ -354,6 +366,8 @@ async def _reconcile_on_resume(
             listings[key] = {n.id: n async for n in client.list_nodes(key[1], select=NODE_SELECT)}
         except NotFound:
             listings[key] = None
+        except BatchError as error:  # say which account, at which endpoint
+            raise locate_in_plan(error, plan, key[0], client.endpoint) from None
 
     async with anyio.create_task_group() as group:
         for key in unfinished:

@@ -57,9 +57,7 @@ class RunTarget:
 class AccountRun:
     name: str
     client: BatchClient
-    throttle: AdaptiveThrottle
-    in_flight: int = 0  # requests on the wire
-    unsent: int = 0  # jobs launched, waiting to be allowed to send
+    throttle: AdaptiveThrottle  # its requests in flight are counted by ``slots.SendSlots``
 
 
 @dataclass(slots=True, eq=False)
@@ -71,7 +69,6 @@ class PoolRun:
     retry_heap: list[tuple[float, int, int, JobKind]] = field(default_factory=list)
     awaiting: dict[int, RunTarget] = field(default_factory=dict)  # accepted, awaiting health
     states: Counter[TargetState] = field(default_factory=Counter)
-    in_flight: int = 0
     retries: int = 0
     throttled: int = 0
     last_poll: float = -math.inf

@@ -1,51 +1,55 @@
 """Several runners sharing one run through a PostgreSQL journal (``--join``).
 
 Each runner claims work from the journal instead of deciding alone: ``ClaimedPoolRollout``
-stands in for a pool's local policy and hands out only targets this runner has claimed; the
-claim itself (in the journal, one transaction per pool) decides waves, pauses,
-``max_unavailable`` and the failure budget across all runners together.
-``SharedRunCoordinator`` keeps the runner's registration alive (heartbeat), claims more
-work as room frees up, takes over the in-flight and accepted nodes of runners whose lease
-expired, splits each account's concurrency between the live runners and shares
+stands in for a pool's local bookkeeping and hands out only targets this runner has claimed;
+the claim itself (in the journal, one transaction per pool with the pool's row locked) asks
+the rollout policy (``rollout/policy.py``, the one a run alone asks) with the state of the
+pool across all runners, so waves, pauses, checkpoints, ``max_unavailable`` and the failure
+budget hold for the run as a whole. ``SharedRunCoordinator`` keeps the runner's registration
+alive (heartbeat), claims more work as room frees up, announces what the policy decided (a
+wave completed, the budget exceeded), takes over the in-flight and accepted nodes of runners
+whose lease expired, splits each account's concurrency between the live runners and shares
 Retry-After pauses, and gives everything back when the runner leaves.
 
-Limits of the shared model, on purpose: a ``confirm_after_wave`` checkpoint is not offered
-to joined runners (they stop there, resumable); a pool found unable to do the action is
-stopped by each runner on its first answer from it.
+One clock: every lease, fence and pause is measured by the database's clock, never this
+runner's (what crosses the wire is a duration). A runner whose clock differs from the
+database's by more than ``MAX_CLOCK_SKEW`` is warned when it joins: its records' times (sent,
+finished) would not line up with the other runners'.
+
+Limits of the shared model, on purpose: a ``confirm_after_wave`` checkpoint is not asked in a
+shared run (every runner stops there, resumable, and a resume confirms it); a pool found
+unable to do the action is stopped by each runner on its first answer from it.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 import secrets
 import socket
 import time
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import anyio
 import anyio.lowlevel
 import structlog
 
-from fleet_reimage.engine.runstate import JobKind, Phase, PoolRun
-from fleet_reimage.journal.model import (
-    Claim,
-    JournalError,
-    LeaseLost,
-    RunnerInfo,
-    SharedRuns,
-    TargetState,
-)
+from fleet_reimage.engine.control import RunControl
+from fleet_reimage.engine.ledger import RunLedger
+from fleet_reimage.engine.runstate import AccountRun, JobKind, Phase, PoolRun
+from fleet_reimage.journal.model import JournalError, LeaseLost, TargetRecord, TargetState
+from fleet_reimage.journal.shared import Claim, RunnerInfo, SharedRuns
 from fleet_reimage.rollout.claimed import ClaimedPoolRollout
-
-if TYPE_CHECKING:
-    from fleet_reimage.engine.executor import Executor
+from fleet_reimage.rollout.policy import Decision, WaveCompleted, decide
 
 log = structlog.get_logger("fleet_reimage.shared")
 
 DEFAULT_LEASE = 15.0  # seconds a runner's claims survive without a heartbeat
 CLAIM_INTERVAL = 0.2  # seconds between claim rounds when nothing wakes the claimer
 CLAIM_DEPTH = 4  # claim up to this many times the account's concurrency ahead, per pool
+MAX_CLOCK_SKEW = 1.0  # seconds between this runner's clock and the database's: warn beyond
 
 
 def new_runner() -> RunnerInfo:
@@ -60,27 +64,44 @@ class SharedSettings:
     lease: float = DEFAULT_LEASE
 
 
+async def clock_skew(store: SharedRuns, clock: Callable[[], float] = time.time) -> float:
+    """How far the database's clock is ahead of ``clock`` (seconds; negative: behind), and
+    warn when that is more than ``MAX_CLOCK_SKEW`` (beyond the uncertainty of the read)."""
+    before = clock()
+    server = await store.server_time()
+    after = clock()
+    skew = server - (before + after) / 2
+    if abs(skew) > MAX_CLOCK_SKEW + (after - before) / 2:
+        log.warning(
+            "this runner's clock differs from the database's",
+            skew_s=round(skew, 3),
+            advice="leases and pauses follow the database's clock, but the times this runner "
+            "records will not line up with the other runners'; synchronise its clock (NTP)",
+        )
+    return skew
+
+
 class SharedRunCoordinator:
     """The tasks a runner of a shared run needs beside the executor's own."""
 
     def __init__(
         self,
-        executor: Executor,
+        ledger: RunLedger,
+        control: RunControl,
         store: SharedRuns,
         settings: SharedSettings,
         *,
-        failure_budget: int,
-        forgiven_failures: int,
-        checkpoint_passed: bool = False,
+        accounts: Sequence[AccountRun],
+        per_account_concurrency: int,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        self.executor = executor
+        self.ledger = ledger
+        self.control = control
         self.store = store
         self.settings = settings
-        self.failure_budget = failure_budget
-        self.forgiven = forgiven_failures
-        # confirm_after_wave: joined runners are not asked; the run stops there (resumable),
-        # and a resume is the operator's confirmation.
-        self.checkpoint_passed = checkpoint_passed
+        self.accounts = list(accounts)
+        self.per_account_concurrency = per_account_concurrency
+        self.clock = clock  # this runner's wall clock: only compared with the database's
         self.live_runners = 1
         self._wake = anyio.Event()
 
@@ -90,11 +111,17 @@ class SharedRunCoordinator:
 
     async def start(self) -> None:
         runners = await self.store.register_runner(
-            self.executor.run_id,
+            self.ledger.run_id,
             self.settings.runner,
             lease=self.settings.lease,
             exclusive=self.settings.exclusive,
         )
+        try:
+            await clock_skew(self.store, self.clock)
+        except JournalError as error:  # only a warning was at stake
+            log.warning(
+                "could not compare this runner's clock with the database's", error=str(error)
+            )
         self._share_accounts(len(runners))
 
     async def run(self) -> None:
@@ -113,10 +140,10 @@ class SharedRunCoordinator:
             await anyio.sleep(interval)
             try:
                 runners = await self.store.heartbeat(
-                    self.executor.run_id, self.runner_id, lease=self.settings.lease
+                    self.ledger.run_id, self.runner_id, lease=self.settings.lease
                 )
             except LeaseLost as error:
-                self.executor.request_stop("lease", f"this runner lost its lease: {error}")
+                self.control.request_stop("lease", f"this runner lost its lease: {error}")
                 return
             except JournalError as error:
                 log.warning("heartbeat failed", error=str(error))
@@ -127,25 +154,24 @@ class SharedRunCoordinator:
     def _share_accounts(self, runners: int) -> None:
         """Each live runner gets an equal share of every account's concurrency."""
         self.live_runners = max(1, runners)
-        per_account = self.executor.plan.execution.per_account_concurrency
-        for account in self.executor.accounts:
-            account.throttle.set_max_concurrency(max(1, per_account // self.live_runners))
+        share = max(1, self.per_account_concurrency // self.live_runners)
+        for account in self.accounts:
+            account.throttle.set_max_concurrency(share)
 
     async def _share_pauses(self) -> None:
-        now_mono, now_wall = time.monotonic(), time.time()
-        for account in self.executor.accounts:
-            local = account.throttle.paused_until
-            local_wall = now_wall + (local - now_mono) if local > now_mono else 0.0
-            shared = await self.store.share_pause(self.executor.run_id, account.name, local_wall)
-            if shared > now_wall:
-                account.throttle.pause_until(now_mono + (shared - now_wall))
+        """Every runner waits out the longest Retry-After pause any of them was told."""
+        for account in self.accounts:
+            mine = max(0.0, account.throttle.paused_until - time.monotonic())
+            shared = await self.store.share_pause(self.ledger.run_id, account.name, mine)
+            if shared > 0:
+                account.throttle.pause_until(time.monotonic() + shared)
 
     # --- claims ---
 
     async def _claimer(self) -> None:
         while True:
             got = 0
-            for pool in self.executor.pools:
+            for pool in self.ledger.pools:
                 if not pool.rollout.done:
                     got += await self._claim(pool)
             if got:  # work is flowing: claim again as soon as the queues run low
@@ -176,21 +202,16 @@ class SharedRunCoordinator:
         want = pool.account.throttle.concurrency * CLAIM_DEPTH - rollout.queued
         if want <= 0 or rollout.stopped is not None:
             return 0
-        execution_plan = self.executor.plan
         try:
             claim = await self.store.claim(
-                self.executor.run_id,
+                self.ledger.run_id,
                 self.runner_id,
                 pool.account.name,
                 pool.pool_id,
                 limit=want,
-                max_unavailable=rollout.max_unavailable,
                 baseline=rollout.baseline,
-                pause=execution_plan.rollout.pause_between_waves,
-                failure_budget=self.failure_budget,
-                forgiven_failures=self.forgiven,
                 lease=self.settings.lease,
-                now=time.time(),
+                policy=functools.partial(decide, rollout.rules),
             )
         except JournalError as error:
             log.warning("claim failed", pool=pool.pool_id, error=str(error))
@@ -198,80 +219,60 @@ class SharedRunCoordinator:
         self._apply_claim(pool, rollout, claim)
         return len(claim.targets) + len(claim.takeovers)
 
-    def _apply_claim(self, pool: PoolRun, rollout: ClaimedPoolRollout, claim: Claim) -> None:
-        executor = self.executor
-        rollout.blocked, rollout.finished = claim.blocked, claim.finished
-        if claim.retry_at is not None:
-            rollout.next_wave_at = time.monotonic() + max(0.0, claim.retry_at - time.time())
-        if claim.wave is not None and claim.wave != rollout.wave:
-            rollout.wave = claim.wave
-        if self._at_checkpoint(claim):
-            self.executor.start_background(
-                self.store.release,
-                executor.run_id,
-                self.runner_id,
-                [record.target_id for record in claim.targets],
+    def _apply_claim(
+        self, pool: PoolRun, rollout: ClaimedPoolRollout, claim: Claim[Decision]
+    ) -> None:
+        """Learn what the policy decided, adopt what the claim gave, announce its events."""
+        decision = claim.decision
+        # The claim's times are the database's: as durations from its ``now``, they are this
+        # runner's monotonic instants.
+        offset = time.monotonic() - claim.state.now
+        opens_at = decision.progress.opens_at + offset
+        rollout.learn(
+            decision,
+            taken=len(claim.targets),
+            more_pending=claim.more_pending,
+            next_wave_at=opens_at if math.isfinite(opens_at) else -math.inf,
+        )
+        if decision.completed is not None:
+            done = decision.completed
+            next_at = None if done.next_wave_at is None else done.next_wave_at + offset
+            self.ledger.wave_completed(
+                pool, WaveCompleted(done.wave, done.at + offset, next_at, done.held)
             )
-            claim = replace(claim, targets=[])
-        fresh = [self._adopt(pool, record) for record in claim.targets]
+        fresh = [self._adopt(record) for record in claim.targets]
         rollout.add_claims([t for t in fresh if t is not None])
         for record in claim.takeovers:
             self._take_over(pool, rollout, record)
-        if claim.blocked == "budget" and executor.stop_kind is None:
-            executor.request_stop(
-                "budget",
-                "failure budget exceeded across the shared run; "
-                "resume with --accept-failures or --failure-budget N",
-            )
-        if claim.targets or claim.takeovers:
-            executor.wake()
+        self.ledger.failures_seen(claim.state.failures)
+        self.control.wake()
 
-    def _at_checkpoint(self, claim: Claim) -> bool:
-        """The claim reaches past the plan's checkpoint, which nobody confirmed yet."""
-        checkpoint = self.executor.plan.rollout.confirm_after_wave
-        if (
-            checkpoint is None
-            or self.checkpoint_passed
-            or claim.wave is None
-            or claim.wave < checkpoint
-        ):
-            return False
-        if self.executor.stop_kind is None:
-            self.executor.request_stop(
-                "checkpoint",
-                f"paused after wave {checkpoint} for the operator (a shared run "
-                "does not ask); resume to continue",
-            )
-        return True
-
-    def _adopt(self, pool: PoolRun, record: Any) -> int | None:
+    def _adopt(self, record: TargetRecord) -> int | None:
         """Our in-memory copy of a claimed target, refreshed from the journal's record."""
-        target = self.executor.targets.get(record.target_id)
+        target = self.ledger.targets.get(record.target_id)
         if target is None or target.phase is not Phase.QUEUED:
             return None
-        self.executor.refresh_record(target, record)
-        return int(record.target_id)
+        self.ledger.refresh_record(target, record)
+        return record.target_id
 
-    def _take_over(self, pool: PoolRun, rollout: ClaimedPoolRollout, record: Any) -> None:
-        target = self.executor.targets.get(record.target_id)
+    def _take_over(self, pool: PoolRun, rollout: ClaimedPoolRollout, record: TargetRecord) -> None:
+        target = self.ledger.targets.get(record.target_id)
         if target is None or target.phase not in (Phase.QUEUED, Phase.DONE):
             return
-        self.executor.refresh_record(target, record)
+        self.ledger.refresh_record(target, record)
         rollout.add_claims([target.id], active=True)
         log.info("took over", pool=pool.pool_id, node=record.node_id, state=record.state)
         if record.state is TargetState.ACCEPTED:
-            target.phase = Phase.HEALTH
-            target.health_since = time.monotonic()
-            pool.awaiting[target.id] = target
+            self.ledger.awaiting_health(pool, target, time.monotonic())
         else:  # in flight when its runner died: read the node before anything else
             target.maybe_applied = True
-            self.executor.schedule(pool, target, JobKind.RECONCILE, 0.0)
+            self.ledger.schedule(pool, target, JobKind.RECONCILE, 0.0)
 
     def publish_baseline(self, pool: PoolRun, baseline: int) -> None:
         """Share a pool's baseline from a health poll (in the background)."""
-        self.executor.start_background(
+        self.control.start_background(
             self.store.set_pool_baseline,
-            self.executor.run_id,
+            self.ledger.run_id,
             pool.account.name,
             pool.pool_id,
             baseline,
@@ -283,11 +284,6 @@ class SharedRunCoordinator:
         """Give back unsent claims and every non-terminal target, and unregister."""
         with anyio.CancelScope(shield=True):
             try:
-                await self.store.leave(self.executor.run_id, self.runner_id)
+                await self.store.leave(self.ledger.run_id, self.runner_id)
             except JournalError as error:
                 log.warning("leaving the shared run failed; leases will expire", error=str(error))
-
-    async def all_finished(self) -> bool:
-        """True when every target of the run is terminal in the journal (all runners)."""
-        records = await self.executor.journal.targets(self.executor.run_id)
-        return all(record.state.terminal for record in records)

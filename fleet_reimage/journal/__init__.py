@@ -31,6 +31,7 @@ from fleet_reimage.journal.model import (
     TargetChange,
     TargetRecord,
     TargetState,
+    UnfinishedRun,
 )
 from fleet_reimage.journal.sqlite import SqliteJournal
 
@@ -54,9 +55,11 @@ __all__ = [
     "TargetChange",
     "TargetRecord",
     "TargetState",
+    "UnfinishedRun",
     "default_location",
     "is_postgres_url",
     "open_journal",
+    "shown_location",
 ]
 
 JOURNAL_ENV = "FLEET_REIMAGE_JOURNAL"
@@ -67,6 +70,20 @@ _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 def is_postgres_url(location: str | Path) -> bool:
     """True when ``location`` names a PostgreSQL journal rather than a SQLite file."""
     return isinstance(location, str) and location.lower().startswith(_POSTGRES_SCHEMES)
+
+
+def shown_location(location: str | Path) -> str:
+    """``location`` as it may be shown (messages, commands to copy): a PostgreSQL URL without
+    its password, a file path as given."""
+    text = os.fspath(location)
+    if not is_postgres_url(text):
+        return text
+    from fleet_reimage.journal.postgres_conn import redact
+
+    try:
+        return redact(text)
+    except JournalError:
+        return "postgresql://... (a URL that cannot be read)"
 
 
 def default_location(environ: Mapping[str, str] | None = None) -> str:

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from fleet_reimage.journal.model import JournalBusy, JournalError
+from fleet_reimage.safefiles import UnsafeFile, open_own
 
 _OWNER_READ_TRIES = 20  # the holder writes its name just after locking; give it a moment
 
@@ -36,8 +37,12 @@ class WriterLock:
     def acquire(cls, path: Path, owner: str, journal: str) -> WriterLock:
         """Lock ``path`` (created 0600) or raise ``JournalBusy`` naming the current holder."""
         try:
-            # No O_TRUNC: the holder's name must survive a contender opening the file.
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            # No O_TRUNC: the holder's name must survive a contender opening the file. Ours
+            # only: not a link, a FIFO, a hard link or another user's file (see safefiles),
+            # since it is truncated, written and chmod-ed below.
+            fd = open_own(path, os.O_RDWR | os.O_CREAT, "the journal's lock file")
+        except UnsafeFile as exc:
+            raise JournalError(str(exc)) from None
         except OSError as exc:
             raise JournalError(f"cannot create the lock file {path}: {exc.strerror}") from exc
         _fix_mode(fd)
@@ -83,8 +88,8 @@ class WriterLock:
 
 
 def _fix_mode(fd: int) -> None:
-    # A lock file left by an older tool or created under another umask may be wider than 0600.
-    # Someone else's file cannot be changed; locking it still works, so that is not an error.
+    # A lock file left by an older tool or created under another umask may be wider than 0600
+    # (it is ours: open_own checked).
     with contextlib.suppress(OSError):
         if os.fstat(fd).st_mode & 0o777 != 0o600:
             os.fchmod(fd, 0o600)

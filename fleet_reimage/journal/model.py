@@ -257,6 +257,23 @@ class JournalBusy(JournalError):
     """Another runner holds the journal (or the run); message names it."""
 
 
+class UnfinishedRun(JournalError):
+    """``create_run(..., unless_unfinished_of=sha)`` found a run of that plan not finished
+    yet, and created nothing; ``run_id`` names it (the message says its status and runner)."""
+
+    def __init__(self, message: str, run_id: str = "") -> None:
+        super().__init__(message)
+        self.run_id = run_id
+
+
+def unfinished_run(run_id: str, status: str, host: str, pid: int) -> UnfinishedRun:
+    """The refusal both backends raise when a plan already has an unfinished run."""
+    return UnfinishedRun(
+        f"run {run_id} of this plan is unfinished ({status}, last run by {host} pid {pid})",
+        run_id,
+    )
+
+
 class Journal(Protocol):
     """Storage interface. Every write returns only once it is durable.
 
@@ -281,7 +298,12 @@ class Journal(Protocol):
         """
 
     async def create_run(
-        self, run: NewRun, targets: Sequence[NewTarget], exclusions: Sequence[Exclusion]
+        self,
+        run: NewRun,
+        targets: Sequence[NewTarget],
+        exclusions: Sequence[Exclusion],
+        *,
+        unless_unfinished_of: str | None = None,
     ) -> list[TargetRecord]:
         """Record a new run (status RUNNING) with its targets (PENDING) and exclusions.
 
@@ -289,6 +311,10 @@ class Journal(Protocol):
         Target ids ascend in the order ``targets`` is given. ``ValueError`` when an options key
         looks like a secret (key, token, password, secret, ...) or a node is listed twice;
         ``JournalError`` when the run id exists.
+
+        ``unless_unfinished_of`` (a plan's sha256): in the same atomic step, refuse with
+        ``UnfinishedRun`` naming the newest run of that plan that is not FINISHED, if any;
+        of several writers racing to create a run of one plan, exactly one succeeds.
         """
 
     async def runs(self) -> list[RunRecord]:
@@ -341,80 +367,3 @@ class Journal(Protocol):
 
     async def replace_plan(self, run_id: str, plan_text: str, plan_sha256: str) -> None:
         """After the operator accepted a changed plan (--force-plan) on resume."""
-
-
-# --- several runners sharing one run (PostgreSQL journals) ---------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class RunnerInfo:
-    runner_id: str  # unique per process, e.g. "host:pid:random"
-    host: str
-    pid: int
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """What one claim on a pool gave this runner (see ``SharedRuns.claim``)."""
-
-    targets: list[TargetRecord]  # pending targets now owned by this runner, in dispatch order
-    takeovers: list[TargetRecord]  # in_flight/accepted targets of a runner whose lease expired
-    wave: int | None  # the pool's current wave (ladder step), None when every target is done
-    blocked: str | None  # why nothing more can be claimed now: wave, pause, unavailable,
-    #                      budget, or None
-    retry_at: float | None  # wall clock: when a pause ends (blocked == "pause")
-    finished: bool  # every target of the pool is terminal
-
-
-class SharedRuns(Protocol):
-    """Row leases that let several runners share one run (PostgreSQL only).
-
-    Every limit holds across runners because it is decided inside one transaction per claim,
-    with the pool's row locked: waves (the current wave is the lowest wave with a target not
-    terminal; the next opens ``pause`` seconds after the previous one's last target ended),
-    ``max_unavailable`` (targets in flight or accepted, plus pending targets claimed but not
-    yet sent, plus the pool's baseline, across all runners) and the failure budget (failed
-    targets of the run, minus the failures the operator accepted).
-    """
-
-    async def register_runner(
-        self, run_id: str, runner: RunnerInfo, *, lease: float, exclusive: bool
-    ) -> list[RunnerInfo]:
-        """Join the run's live runners (returns them). ``exclusive``: refuse with JournalBusy
-        naming the live runner(s) if any other runner of this run is alive."""
-
-    async def heartbeat(self, run_id: str, runner_id: str, *, lease: float) -> list[RunnerInfo]:
-        """Renew this runner's lease and those of its targets; returns the live runners.
-        Raises LeaseLost if this runner's registration expired and was removed meanwhile."""
-
-    async def claim(
-        self,
-        run_id: str,
-        runner_id: str,
-        account: str,
-        pool: str,
-        *,
-        limit: int,
-        max_unavailable: int,
-        baseline: int,
-        pause: float,
-        failure_budget: int,
-        forgiven_failures: int,
-        lease: float,
-        now: float,
-    ) -> Claim:
-        """Claim up to ``limit`` pending targets of the pool's current wave, as room allows,
-        and take over the pool's in_flight/accepted targets whose owner's lease expired."""
-
-    async def release(self, run_id: str, runner_id: str, target_ids: Sequence[int]) -> None:
-        """Give back claimed targets that were never sent (owner cleared)."""
-
-    async def set_pool_baseline(self, run_id: str, account: str, pool: str, baseline: int) -> None:
-        """Record the pool's nodes unavailable for other reasons (from a health poll)."""
-
-    async def share_pause(self, run_id: str, account: str, paused_until: float) -> float:
-        """Raise the account's shared Retry-After pause to ``paused_until`` if later; returns
-        the shared value (wall clock) so every runner waits the same server-requested time."""
-
-    async def leave(self, run_id: str, runner_id: str) -> None:
-        """Release every target this runner owns that is not terminal, and unregister."""

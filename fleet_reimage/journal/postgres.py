@@ -27,13 +27,9 @@ committed (or fail) with its batch.
 
 from __future__ import annotations
 
-import os
-import socket
-import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import psycopg
@@ -42,29 +38,24 @@ from psycopg_pool import AsyncConnectionPool
 from fleet_reimage.journal import postgres_conn as pgconn
 from fleet_reimage.journal import postgres_schema as schema_mod
 from fleet_reimage.journal import postgres_sql as sql
+from fleet_reimage.journal.base import JournalBase
 from fleet_reimage.journal.codec import encode_mapping
 from fleet_reimage.journal.model import (
-    AttemptEnd,
     AttemptRecord,
-    AttemptStart,
-    Claim,
     Exclusion,
     JournalError,
     NewRun,
     NewTarget,
     RunEvent,
-    RunnerInfo,
     RunRecord,
-    RunStatus,
-    TargetChange,
     TargetRecord,
-    WriterStats,
 )
 from fleet_reimage.journal.postgres_conn import DEFAULT_SCHEMA
 from fleet_reimage.journal.postgres_lock import WriterLock, default_owner
 from fleet_reimage.journal.postgres_shared import SharedStore
 from fleet_reimage.journal.postgres_shared_claim import ClaimRequest
 from fleet_reimage.journal.postgres_writer import Conn, GroupWriter, Statement, Work
+from fleet_reimage.journal.shared import A, Claim, ClaimPolicy, RunnerInfo
 
 T = TypeVar("T")
 
@@ -92,24 +83,23 @@ class _Opened:
             await self.pool.close()
 
 
-class PostgresJournal:
-    """A :class:`~fleet_reimage.journal.model.Journal` in one schema of a PostgreSQL database."""
+class PostgresJournal(JournalBase[Work]):
+    """A :class:`~fleet_reimage.journal.model.Journal` in one schema of a PostgreSQL database
+    (the part that does not depend on the storage is ``JournalBase``'s)."""
 
-    location: str
+    _sql = sql
 
     def __init__(self, location: str, schema: str, url: str, opened: _Opened) -> None:
         if opened.pool is None:  # pragma: no cover - open() always makes the pool
             raise JournalError(f"the journal {location} has no connections")
-        self.location = location
+        super().__init__(location, opened.writer)
         self.schema = schema
         self._url = url  # for libpq only (may hold the password): never shown
         self._pool = opened.pool
         self._lock = opened.lock
-        self._writer = opened.writer
+        self._group_writer = opened.writer
         self._shared = None if opened.writer is None else SharedStore(url, schema, location)
         self.owner: str | None = None  # "host pid run" from lock_for_writing, for messages
-        self._closed = False
-        self._close_done: anyio.Event | None = None
 
     @classmethod
     async def open(
@@ -149,54 +139,24 @@ class PostgresJournal:
         mode = "read-only" if self.readonly else "writer"
         return f"<PostgresJournal {self.location} schema={self.schema} {mode}>"
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    @property
-    def readonly(self) -> bool:
-        return self._writer is None
-
-    @property
-    def writer_stats(self) -> WriterStats | None:
-        """Group-commit counters (for tests and benchmarks); None when read-only."""
-        return None if self._writer is None else self._writer.stats
-
     @property
     def writer_backend_pid(self) -> int | None:
         """The server process of the writer connection (diagnostics, tests); None: read-only."""
-        return None if self._writer is None else self._writer.backend_pid
+        return None if self._group_writer is None else self._group_writer.backend_pid
 
     @property
     def lock_backend_pid(self) -> int | None:
         """The server process holding the writer lock; None when read-only."""
         return None if self._lock is None else self._lock.backend_pid
 
-    async def close(self) -> None:
-        """Flush queued writes, stop the writer, release the lock. Safe to call again."""
-        if self._close_done is not None:
-            await self._close_done.wait()
-            return
-        self._closed = True
-        self._close_done = anyio.Event()
-        try:
-            with anyio.CancelScope(shield=True):
-                if self._writer is not None:
-                    await self._writer.stop()  # everything queued before close() is settled
-                if self._shared is not None:
-                    await self._shared.close()
-                if self._lock is not None:
-                    await self._lock.release()  # only now: nothing more will be written
-                await self._pool.close()
-        finally:
-            self._close_done.set()
+    async def _shut(self) -> None:
+        if self._group_writer is not None:
+            await self._group_writer.stop()  # everything queued before close() is settled
+        if self._shared is not None:
+            await self._shared.close()
+        if self._lock is not None:
+            await self._lock.release()  # only now: nothing more will be written
+        await self._pool.close()
 
     async def lock_for_writing(self, owner: str) -> None:
         """Record ``owner`` ("host pid run") as this writer's name; exclude nobody.
@@ -214,60 +174,30 @@ class PostgresJournal:
 
     # --- writes ------------------------------------------------------------------------
 
-    def _writable(self) -> GroupWriter:
-        if self._closed:
-            raise JournalError(f"the journal {self.location} is closed")
-        if self._writer is None:
-            raise JournalError(f"the journal {self.location} was opened read-only")
-        return self._writer
-
-    async def _write(self, work: Work, what: str, run_id: str | None, at: float) -> None:
-        await self._writable().submit(work, what, run_id, at)
+    def _unit(self, write: Callable[..., Any], **input: Any) -> Work:
+        unit: Work = write(**input)
+        return unit
 
     async def create_run(
-        self, run: NewRun, targets: Sequence[NewTarget], exclusions: Sequence[Exclusion]
+        self,
+        run: NewRun,
+        targets: Sequence[NewTarget],
+        exclusions: Sequence[Exclusion],
+        *,
+        unless_unfinished_of: str | None = None,
     ) -> list[TargetRecord]:
-        """Record a new run, its targets (target_id ascending in the given order), exclusions."""
+        """Record a new run, its targets (target_id ascending in the given order), exclusions;
+        with ``unless_unfinished_of``, refuse (``UnfinishedRun``) when that plan has a run that
+        is not finished, atomically across writers (see ``postgres_sql.create_run``)."""
         self._writable()
-        work = sql.create_run(run, encode_mapping(run.options, "options"), targets, exclusions)
+        guard = None
+        if unless_unfinished_of is not None:
+            key = schema_mod.plan_lock_key(self.schema, unless_unfinished_of)
+            guard = (unless_unfinished_of, key)
+        options_json = encode_mapping(run.options, "options")
+        work = sql.create_run(run, options_json, targets, exclusions, guard)
         await self._write(work, f"run {run.run_id}", run.run_id, run.created_at)
         return await self.targets(run.run_id)
-
-    async def attempt_started(self, start: AttemptStart) -> None:
-        what = f"start of attempt {start.client_request_id}"
-        await self._write(sql.attempt_started(start), what, start.run_id, start.sent_at)
-
-    async def attempt_finished(self, end: AttemptEnd) -> None:
-        what = f"end of attempt {end.client_request_id}"
-        await self._write(sql.attempt_finished(end), what, end.run_id, end.finished_at)
-
-    async def target_changed(self, change: TargetChange) -> None:
-        what = f"change of target {change.target_id} to {change.state.value}"
-        await self._write(sql.target_changed(change), what, change.run_id, change.at)
-
-    async def record_event(self, event: RunEvent) -> None:
-        data_json = encode_mapping(event.data, f"event {event.kind} data")
-        work = sql.insert_event(event, data_json)
-        await self._write(work, f"event {event.kind}", event.run_id, event.at)
-
-    async def set_run_status(
-        self,
-        run_id: str,
-        status: RunStatus,
-        reason: str | None,
-        at: float,
-        options: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Set the status; RUNNING clears ``ended_at`` and records this process as the runner."""
-        options_json = None if options is None else encode_mapping(options, "options")
-        runner = (socket.gethostname(), os.getpid())
-        work = sql.set_run_status(run_id, status, reason, at, options_json, runner)
-        await self._write(work, f"status {status.value} of run {run_id}", run_id, at)
-
-    async def replace_plan(self, run_id: str, plan_text: str, plan_sha256: str) -> None:
-        now = time.time()
-        work = sql.replace_plan(run_id, plan_text, plan_sha256, now)
-        await self._write(work, f"new plan of run {run_id}", run_id, now)
 
     # --- several runners sharing one run (SharedRuns; see postgres_shared) ---------------
 
@@ -276,6 +206,11 @@ class PostgresJournal:
         if self._shared is None:  # pragma: no cover - every writable journal has one
             raise JournalError(f"the journal {self.location} cannot share runs")
         return self._shared
+
+    @property
+    def shared_store(self) -> SharedStore:
+        """The shared-run operations themselves (tests call a claim with a clock of theirs)."""
+        return self._sharing()
 
     async def register_runner(
         self, run_id: str, runner: RunnerInfo, *, lease: float, exclusive: bool
@@ -289,6 +224,10 @@ class PostgresJournal:
         """Renew the runner's lease and its targets'; LeaseLost once its lease ran out."""
         return await self._sharing().heartbeat(run_id, runner_id, lease=lease)
 
+    async def server_time(self) -> float:
+        """The database's clock (epoch seconds): what every lease and pause is measured by."""
+        return await self._sharing().server_time()
+
     async def claim(
         self,
         run_id: str,
@@ -297,20 +236,15 @@ class PostgresJournal:
         pool: str,
         *,
         limit: int,
-        max_unavailable: int,
         baseline: int,
-        pause: float,
-        failure_budget: int,
-        forgiven_failures: int,
         lease: float,
-        now: float,
-    ) -> Claim:
-        """Claim pending targets of the pool's current wave as room allows; take over the
-        in-flight/accepted ones whose owner's lease expired (see ``postgres_shared_claim``)."""
-        request = ClaimRequest(run_id, runner_id, account, pool, limit, max_unavailable,
-                               baseline, pause, failure_budget, forgiven_failures, lease,
-                               now)  # fmt: skip
-        return await self._sharing().claim(request)
+        policy: ClaimPolicy[A],
+    ) -> Claim[A]:
+        """Take over the pool's in-flight/accepted targets whose owner's lease expired, and
+        claim as many pending ones as ``policy`` admits, up to ``limit`` (see
+        ``postgres_shared_claim``)."""
+        request = ClaimRequest(run_id, runner_id, account, pool, limit, baseline, lease)
+        return await self._sharing().claim(request, policy)
 
     async def release(self, run_id: str, runner_id: str, target_ids: Sequence[int]) -> None:
         """Give back claimed targets that were never sent (owner cleared)."""
@@ -320,9 +254,13 @@ class PostgresJournal:
         """Record the pool's nodes unavailable for other reasons (from a health poll)."""
         await self._sharing().set_pool_baseline(run_id, account, pool, baseline)
 
-    async def share_pause(self, run_id: str, account: str, paused_until: float) -> float:
-        """Raise the account's shared pause to ``paused_until`` if later; the shared value."""
-        return await self._sharing().share_pause(run_id, account, paused_until)
+    async def share_pause(self, run_id: str, account: str, pause_for: float) -> float:
+        """Make the account's shared pause last ``pause_for`` s more at least; its rest (s)."""
+        return await self._sharing().share_pause(run_id, account, pause_for)
+
+    async def resume_pools(self, run_id: str) -> None:
+        """Release every pool's checkpoint and pause (a resume is the operator's go-ahead)."""
+        await self._sharing().resume_pools(run_id)
 
     async def leave(self, run_id: str, runner_id: str) -> None:
         """Release every target this runner owns that is not terminal, and unregister."""

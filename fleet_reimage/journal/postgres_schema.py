@@ -14,7 +14,8 @@ crash leaves the journal at a whole version.
 
 Schema 2 adds what several runners sharing one run need (``postgres_shared``): a target's
 ``owner`` and ``lease_until``, the ``runners``, ``run_pools`` and ``run_accounts`` tables, and
-partial indexes for the claim queries. A version-1 journal migrates up in place, data kept.
+partial indexes for the claim queries. Schema 3 gives each pool's row the rollout policy's
+memory of the pool. An older journal migrates up in place, data kept.
 """
 
 from __future__ import annotations
@@ -26,17 +27,18 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from fleet_reimage.journal.base import newer_journal, older_journal, tool_version
 from fleet_reimage.journal.model import JournalError
-from fleet_reimage.journal.sqlite_schema import tool_version
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
-# Advisory lock keys are (class, key) pairs of int4. The classes spell "FRJL" / "FRJM" / "FRJR";
-# the key is derived from the schema name (and the run for RUN_LOCK_CLASS), since advisory
-# locks are per database, not per schema.
+# Advisory lock keys are (class, key) pairs of int4. The classes spell "FRJL" / "FRJM" / "FRJR"
+# / "FRJP"; the key is derived from the schema name (and the run for RUN_LOCK_CLASS, the plan's
+# hash for PLAN_LOCK_CLASS), since advisory locks are per database, not per schema.
 WRITER_LOCK_CLASS = 0x46524A4C
 MIGRATION_LOCK_CLASS = 0x46524A4D
 RUN_LOCK_CLASS = 0x46524A52
+PLAN_LOCK_CLASS = 0x46524A50
 
 _TIME = "double precision"  # UTC epoch seconds, as floats: round-trips exactly
 
@@ -154,9 +156,8 @@ _V2: tuple[str, ...] = (
         PRIMARY KEY (run_id, runner_id)
     )""",
     # One row per pool of a shared run: each claim locks it, which serialises the pool's
-    # limit decisions across runners. wave/wave_after cache when the lower waves of the
-    # pool's current wave ended (for the pause), so that a claim reads the pool's finished
-    # targets once per wave, not every time.
+    # limit decisions across runners. (wave/wave_after: schema 2's cache of when the lower
+    # waves ended; schema 3 keeps the policy's progress here instead, see _V3.)
     f"""CREATE TABLE run_pools (
         run_id     text NOT NULL REFERENCES runs (run_id),
         account    text NOT NULL,
@@ -183,8 +184,18 @@ _V2: tuple[str, ...] = (
     "CREATE INDEX targets_failed ON targets (run_id) WHERE state = 'failed'",
 )
 
+# Schema 3: each pool's row keeps the rollout policy's memory of the pool (``PoolProgress``,
+# see ``shared``): its wave (the column of schema 2), when that wave opens (on the database's
+# clock), whether a checkpoint holds it, and whether it finished. Schema 2's ``wave_after``
+# (a pause anchor read from the runners' clocks) is no longer read or written.
+_V3: tuple[str, ...] = (
+    f"ALTER TABLE run_pools ADD COLUMN opens_at {_TIME},"
+    " ADD COLUMN held boolean NOT NULL DEFAULT false,"
+    " ADD COLUMN finished boolean NOT NULL DEFAULT false",
+)
+
 # MIGRATIONS[n] takes a journal from schema n - 1 to schema n.
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2}
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3}
 
 
 def lock_key(schema: str) -> int:
@@ -195,6 +206,11 @@ def lock_key(schema: str) -> int:
 def run_lock_key(schema: str, run_id: str) -> int:
     """The advisory lock key for one run of the journal in ``schema`` (registrations)."""
     return zlib.crc32(f"{schema}\0{run_id}".encode()) & 0x7FFFFFFF
+
+
+def plan_lock_key(schema: str, plan_sha256: str) -> int:
+    """The advisory lock key for creating a run of one plan in ``schema`` (one at a time)."""
+    return zlib.crc32(f"{schema}\0plan\0{plan_sha256}".encode()) & 0x7FFFFFFF
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,20 +257,10 @@ def check_usable(state: SchemaState, location: str, schema: str, *, readonly: bo
             "choose another database or schema for the journal. Nothing was changed."
         )
     if version > SCHEMA_VERSION:
-        by = state.meta.get("tool_version")
-        raise JournalError(
-            f"the journal {where} was written by a newer fleet-reimage (schema {version}); "
-            f"upgrade fleet-reimage to use it (it was last written by "
-            f"{by or 'an unknown version'}; this is {tool_version()}, which knows schema "
-            f"{SCHEMA_VERSION}). The journal was left unchanged."
-        )
+        raise newer_journal(where, version, SCHEMA_VERSION, state.meta.get("tool_version"))
     if version < SCHEMA_VERSION:
         if readonly:
-            raise JournalError(
-                f"the journal {where} uses schema {version}, older than this fleet-reimage's "
-                f"{SCHEMA_VERSION}; open it for writing once (resume a run) to upgrade it, "
-                "then try again"
-            )
+            raise older_journal(where, version, SCHEMA_VERSION)
         return True
     return False
 

@@ -1,6 +1,6 @@
 """Several runners sharing one run of a PostgreSQL journal: registrations, leases, claims.
 
-This is the PostgreSQL side of :class:`~fleet_reimage.journal.model.SharedRuns`; the claim
+This is the PostgreSQL side of :class:`~fleet_reimage.journal.shared.SharedRuns`; the claim
 itself is in ``postgres_shared_claim``. The rules:
 
 * A runner *registers* (a ``runners`` row with a lease) and renews that lease with each
@@ -16,9 +16,10 @@ itself is in ``postgres_shared_claim``. The rules:
   targets were taken, and must stop rather than carry on with work that may be another's.
   ``attempt_started`` is fenced (see ``postgres_sql``): a runner that lost a target can never
   record (so never send) a request for it.
-* Times are wall-clock epoch seconds from the runners' own clocks (``now`` for claims,
-  ``time.time()`` here) and are compared across runners: their clocks must agree to well
-  within a lease (NTP does).
+* Every time is the database's clock (``clock_timestamp()``, epoch seconds): leases, the
+  fence, pauses, registrations. A runner's own clock is never compared with another's, so a
+  runner whose clock runs ahead cannot take over live runners' work (it is warned about its
+  clock when it joins, see ``engine/sharedrun``). Pauses cross the wire as durations.
 
 Nothing here waits on a target row: target rows are only taken ``FOR NO KEY UPDATE SKIP
 LOCKED``, so no transaction here can deadlock with a group-writer batch (which locks many
@@ -35,7 +36,6 @@ beside the group writer rather than through it.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -45,10 +45,11 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from fleet_reimage.journal import postgres_conn as pgconn
-from fleet_reimage.journal.model import Claim, JournalBusy, JournalError, LeaseLost, RunnerInfo
+from fleet_reimage.journal.model import JournalBusy, JournalError, LeaseLost
 from fleet_reimage.journal.postgres_schema import OPEN, RUN_LOCK_CLASS, run_lock_key
-from fleet_reimage.journal.postgres_shared_claim import ClaimRequest, claim_in
+from fleet_reimage.journal.postgres_shared_claim import DB_NOW, ClaimRequest, claim_in
 from fleet_reimage.journal.postgres_writer import Conn
+from fleet_reimage.journal.shared import A, Claim, ClaimPolicy, RunnerInfo
 
 POOL_SIZE = 2  # heartbeat and claims; they are short and not concurrent for long
 WAIT_S = 30.0  # for a pooled connection: a server that stays away turns into an error
@@ -108,7 +109,7 @@ class SharedStore:
                                (RUN_LOCK_CLASS, key))  # fmt: skip
             if not await _fetch(conn, "SELECT 1 FROM runs WHERE run_id = %s", (run_id,)):
                 raise JournalError(f"no run {run_id} in the journal {self.location}")
-            now = time.time()
+            now = await _db_now(conn)
             others = await _live(conn, run_id, now, but=runner.runner_id)
             if exclusive and others:
                 raise JournalBusy(self._busy_message(run_id, others, now))
@@ -136,7 +137,7 @@ class SharedStore:
     async def heartbeat(self, run_id: str, runner_id: str, *, lease: float) -> list[RunnerInfo]:
         """Renew the runner's lease and its targets'; LeaseLost once the lease has run out."""
         async with self._transaction(f"heartbeat of runner {runner_id}") as conn:
-            now = time.time()
+            now = await _db_now(conn)
             rows = await _fetch(
                 conn,
                 "SELECT lease_until FROM runners WHERE run_id = %s AND runner_id = %s FOR UPDATE",
@@ -206,11 +207,16 @@ class SharedStore:
 
     # --- pools and accounts ------------------------------------------------------------
 
-    async def claim(self, request: ClaimRequest) -> Claim:
+    async def server_time(self) -> float:
+        """The database's clock (epoch seconds)."""
+        async with self._transaction("reading the database's clock") as conn:
+            return await _db_now(conn)
+
+    async def claim(self, request: ClaimRequest, policy: ClaimPolicy[A]) -> Claim[A]:
         """See ``postgres_shared_claim``: one transaction with the pool's row locked."""
         what = f"claim of runner {request.runner_id} in pool {request.pool} ({request.account})"
         async with self._transaction(what) as conn:
-            return await claim_in(conn, request)
+            return await claim_in(conn, request, policy)
 
     async def set_pool_baseline(self, run_id: str, account: str, pool: str, baseline: int) -> None:
         """Record the pool's nodes unavailable for other reasons (used by later claims)."""
@@ -221,18 +227,30 @@ class SharedStore:
                 (run_id, account, pool, max(0, baseline)),
             )
 
-    async def share_pause(self, run_id: str, account: str, paused_until: float) -> float:
-        """Raise the account's shared pause to ``paused_until`` if later; the shared value."""
+    async def share_pause(self, run_id: str, account: str, pause_for: float) -> float:
+        """Make the account's shared pause last ``pause_for`` seconds more at least; returns
+        how many seconds it lasts now (0 when it is over)."""
         async with self._transaction(f"pause of account {account}") as conn:
+            now = await _db_now(conn)
+            until = now + pause_for if pause_for > 0 else 0.0
             rows = await _fetch(
                 conn,
                 "INSERT INTO run_accounts (run_id, account, paused_until) VALUES (%s, %s, %s)"
                 " ON CONFLICT (run_id, account) DO UPDATE"
                 " SET paused_until = GREATEST(run_accounts.paused_until, excluded.paused_until)"
                 " RETURNING paused_until",
-                (run_id, account, paused_until),
+                (run_id, account, until),
             )
-            return float(rows[0][0])
+            return max(0.0, float(rows[0][0]) - now)
+
+    async def resume_pools(self, run_id: str) -> None:
+        """Release every pool's checkpoint and pause (a resume is the operator's go-ahead)."""
+        async with self._transaction(f"resuming the pools of run {run_id}") as conn:
+            await conn.execute(
+                "UPDATE run_pools SET held = false, opens_at = NULL"
+                " WHERE run_id = %s AND (held OR opens_at IS NOT NULL)",
+                (run_id,),
+            )
 
 
 def _locked_targets(assignments: str, condition: str) -> str:
@@ -244,6 +262,12 @@ def _locked_targets(assignments: str, condition: str) -> str:
         f" AND {OPEN} {condition} FOR NO KEY UPDATE SKIP LOCKED)"
         f" UPDATE targets t {assignments} FROM c WHERE t.target_id = c.target_id"
     )
+
+
+async def _db_now(conn: Conn) -> float:
+    """The database's clock, epoch seconds (``clock_timestamp()``: not the transaction's start)."""
+    rows = await _fetch(conn, f"SELECT {DB_NOW}", ())
+    return float(rows[0][0])
 
 
 async def _fetch(

@@ -25,10 +25,21 @@ from typing import Any
 
 import psycopg
 
-from fleet_reimage.journal.codec import decode_mapping
+from fleet_reimage.journal.base import (
+    ATTEMPTS_QUERY,
+    EVENTS_QUERY,
+    EXCLUSIONS_QUERY,
+    RUN_COLUMNS,
+    Rejected,
+    attempt_records,
+    event_records,
+    exclusion_records,
+    refuse_duplicates,
+    run_record,
+    status_text,
+)
 from fleet_reimage.journal.model import (
     ACCEPTED_STATES,
-    OUTCOMES_BY_VALUE,
     STATES_BY_VALUE,
     AttemptEnd,
     AttemptRecord,
@@ -43,24 +54,37 @@ from fleet_reimage.journal.model import (
     TargetChange,
     TargetRecord,
     TargetState,
+    unfinished_run,
 )
-from fleet_reimage.journal.postgres_writer import Conn, Rejected, Statement, Work
+from fleet_reimage.journal.postgres_schema import PLAN_LOCK_CLASS
+from fleet_reimage.journal.postgres_writer import Conn, Statement, Work
 
 _STATES = STATES_BY_VALUE
-_OUTCOMES = OUTCOMES_BY_VALUE
 _ACCEPTED = ACCEPTED_STATES
 
 # --- writes ------------------------------------------------------------------------------
 
 
 def create_run(
-    run: NewRun, options_json: str, targets: Sequence[NewTarget], exclusions: Sequence[Exclusion]
+    run: NewRun,
+    options_json: str,
+    targets: Sequence[NewTarget],
+    exclusions: Sequence[Exclusion],
+    unless_unfinished: tuple[str, int] | None = None,
 ) -> Work:
-    """The run, its targets and exclusions (``ValueError`` now if a node is listed twice)."""
-    _refuse_duplicates(targets)
+    """The run, its targets and exclusions (``ValueError`` now if a node is listed twice).
+
+    ``unless_unfinished`` (the plan's sha256, its ``plan_lock_key``): first take the plan's
+    transaction-level advisory lock, then refuse (``UnfinishedRun``) if a run of that plan is
+    not finished. Writers creating a run of the same plan queue on the lock, and each one's
+    check (READ COMMITTED: a new snapshot per statement) sees the run the one before it
+    committed; the lock is released with the transaction, after the run is durable."""
+    refuse_duplicates(targets)
     targets, exclusions = list(targets), list(exclusions)
 
     async def bulk(conn: Conn) -> None:
+        if unless_unfinished is not None:
+            await _refuse_unfinished(conn, *unless_unfinished)
         cursor = await conn.execute(
             "INSERT INTO runs (run_id, name, action, plan_path, plan_text, plan_sha256, options,"
             " created_at, updated_at, status, host, pid)"
@@ -75,6 +99,19 @@ def create_run(
         await _copy_rows(conn, run, targets, exclusions)
 
     return Work(bulk=bulk)
+
+
+async def _refuse_unfinished(conn: Conn, plan_sha256: str, lock_key: int) -> None:
+    await conn.execute("SELECT pg_advisory_xact_lock(%s::int4, %s::int4)",
+                       (PLAN_LOCK_CLASS, lock_key))  # fmt: skip
+    cursor = await conn.execute(
+        "SELECT run_id, status, host, pid FROM runs WHERE plan_sha256 = %s AND status <> %s"
+        " ORDER BY created_at DESC, run_seq DESC LIMIT 1",
+        (plan_sha256, RunStatus.FINISHED.value),
+    )
+    row = await cursor.fetchone()
+    if row is not None:
+        raise unfinished_run(str(row[0]), str(row[1]), str(row[2]), int(row[3]))
 
 
 async def _copy_rows(
@@ -99,26 +136,19 @@ async def _copy_rows(
                 await copy.write_row((run_id, e.account, e.pool, e.node_id, e.reason))
 
 
-def _refuse_duplicates(targets: Sequence[NewTarget]) -> None:
-    seen: set[tuple[str, str, str]] = set()
-    for t in targets:
-        key = (t.account, t.pool, t.node_id)
-        if key in seen:
-            raise ValueError(f"node {t.node_id} of pool {t.pool} ({t.account}) is listed twice")
-        seen.add(key)
-
-
 # The fence: with a runner given (a shared run), only while that runner owns the target and
-# its lease holds at sent_at; otherwise the row count is zero and the unit is refused as
-# LeaseLost. The row lock the UPDATE takes until COMMIT keeps a concurrent claim (FOR UPDATE
-# SKIP LOCKED) from taking the target over between this check and the commit.
+# its lease holds now, by the database's clock (never the runner's); otherwise the row count
+# is zero and the unit is refused as LeaseLost. The row lock the UPDATE takes until COMMIT
+# keeps a concurrent claim (FOR UPDATE SKIP LOCKED) from taking the target over between this
+# check and the commit.
 _ATTEMPT_STARTED = (
     "WITH t AS ("
     " UPDATE targets SET state = 'in_flight', reason = NULL, updated_at = %(at)s,"
     "  first_sent_at = COALESCE(first_sent_at, %(at)s), last_sent_at = %(at)s,"
     "  finished_at = NULL, attempts = attempts + 1"
     " WHERE target_id = %(target)s AND run_id = %(run)s"
-    "  AND (%(runner)s::text IS NULL OR (owner = %(runner)s AND lease_until >= %(at)s))"
+    "  AND (%(runner)s::text IS NULL OR (owner = %(runner)s"
+    "   AND lease_until >= extract(epoch FROM clock_timestamp())))"
     " RETURNING target_id)"
     " INSERT INTO attempts (run_id, target_id, attempt_no, operation, client_request_id, sent_at)"
     " SELECT %(run)s, t.target_id, %(no)s, %(op)s, %(crid)s, %(at)s FROM t"
@@ -171,7 +201,7 @@ def _move(
 
 
 def attempt_finished(e: AttemptEnd) -> Work:
-    code = e.error_code if e.error_code is not None else _status_text(e.status)
+    code = e.error_code if e.error_code is not None else status_text(e.status)
     params = _move(e.run_id, e.target_id, e.target_state, e.finished_at, e.reason, code)
     params.update(outcome=e.outcome.value, status=e.status, request_id=e.request_id,
                   error_code=e.error_code, error_message=e.error_message, latency=e.latency_ms,
@@ -184,10 +214,6 @@ def attempt_finished(e: AttemptEnd) -> Work:
 def target_changed(c: TargetChange) -> Work:
     params = _move(c.run_id, c.target_id, c.state, c.at, c.reason, None)
     return Work((Statement(_TARGET_CHANGED, params, f"no target {c.target_id} in run {c.run_id}"),))
-
-
-def _status_text(status: int | None) -> str | None:
-    return None if status is None else str(status)
 
 
 def insert_event(ev: RunEvent, data_json: str) -> Work:
@@ -245,20 +271,6 @@ def touch_runs(latest: dict[str, float]) -> list[Statement]:
 
 # --- reads -------------------------------------------------------------------------------
 
-_RUN_COLUMNS = (
-    "run_id, name, action, plan_path, plan_text, plan_sha256, options, created_at, updated_at,"
-    " ended_at, status, reason, host, pid"
-)
-
-
-def _run_record(row: tuple[Any, ...]) -> RunRecord:
-    (run_id, name, action, plan_path, plan_text, plan_sha256, options, created_at, updated_at,
-     ended_at, status, reason, host, pid) = row  # fmt: skip
-    return RunRecord(
-        run_id, name, action, plan_path, plan_text, plan_sha256, decode_mapping(options),
-        created_at, updated_at, ended_at, RunStatus(status), reason, host, pid,
-    )  # fmt: skip
-
 
 async def _rows(conn: Conn, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     # Binary results: no text parsing of the many floats and ints in a big run.
@@ -268,14 +280,14 @@ async def _rows(conn: Conn, query: str, params: tuple[Any, ...] = ()) -> list[tu
 
 
 async def read_runs(conn: Conn) -> list[RunRecord]:
-    query = f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY created_at DESC, run_seq DESC"
+    query = f"SELECT {RUN_COLUMNS} FROM runs ORDER BY created_at DESC, run_seq DESC"
     rows = await _rows(conn, query)
-    return [_run_record(row) for row in rows]
+    return [run_record(row) for row in rows]
 
 
 async def read_run(conn: Conn, run_id: str) -> RunRecord | None:
-    rows = await _rows(conn, f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = %s", (run_id,))
-    return _run_record(rows[0]) if rows else None
+    rows = await _rows(conn, f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = %s", (run_id,))
+    return run_record(rows[0]) if rows else None
 
 
 TARGET_COLUMNS = (
@@ -301,38 +313,12 @@ async def read_targets(conn: Conn, run_id: str) -> list[TargetRecord]:
 
 
 async def read_exclusions(conn: Conn, run_id: str) -> list[Exclusion]:
-    rows = await _rows(
-        conn,
-        "SELECT account, pool, node_id, reason FROM exclusions WHERE run_id = %s"
-        " ORDER BY exclusion_id",
-        (run_id,),
-    )
-    return [Exclusion(*row) for row in rows]
+    return exclusion_records(await _rows(conn, EXCLUSIONS_QUERY.format(p="%s"), (run_id,)))
 
 
 async def read_attempts(conn: Conn, run_id: str) -> list[AttemptRecord]:
-    rows = await _rows(
-        conn,
-        "SELECT run_id, target_id, attempt_no, operation, client_request_id, sent_at,"
-        " finished_at, outcome, status, request_id, error_code, error_message, latency_ms"
-        " FROM attempts WHERE run_id = %s ORDER BY sent_at, attempt_pk",
-        (run_id,),
-    )
-    outcomes = _OUTCOMES
-    return [
-        AttemptRecord(a, b, c, d, e, f, g, None if h is None else outcomes[h], i, j, k, m, n)
-        for (a, b, c, d, e, f, g, h, i, j, k, m, n) in rows
-    ]
+    return attempt_records(await _rows(conn, ATTEMPTS_QUERY.format(p="%s"), (run_id,)))
 
 
 async def read_events(conn: Conn, run_id: str) -> list[RunEvent]:
-    rows = await _rows(
-        conn,
-        "SELECT run_id, at, kind, account, pool, data FROM events WHERE run_id = %s"
-        " ORDER BY at, event_id",
-        (run_id,),
-    )
-    return [
-        RunEvent(run_id=r, at=at, kind=kind, account=acct, pool=pool, data=decode_mapping(data))
-        for (r, at, kind, acct, pool, data) in rows
-    ]
+    return event_records(await _rows(conn, EVENTS_QUERY.format(p="%s"), (run_id,)))

@@ -18,7 +18,8 @@ Failures:
   refuses) is *rejected*: the batch is rolled back and run again one unit at a time, each in a
   savepoint, so one bad call cannot sink its batch-mates; its caller gets ``JournalError``
   (``ValueError``/``TypeError`` for the caller's own mistakes; ``LeaseLost`` for a fenced
-  write whose target another runner owns, see ``Statement.refusal``).
+  write whose target another runner owns, see ``Statement.refusal``; a ``JournalError`` the
+  unit raised itself to refuse, such as ``UnfinishedRun``, as it is).
 * Anything else (connection lost, server shutting down, disk full on the server, the lock
   lost) fails the whole batch and *poisons* the writer: every later write fails at once with
   ``JournalError``, because after such an error nothing more may be reported as durable (a
@@ -41,23 +42,13 @@ from typing import Any
 import psycopg
 import psycopg.errors
 
+from fleet_reimage.journal.base import Rejected, copy_error
 from fleet_reimage.journal.model import JournalError, QueuedWrite, WriterStats
 
 Conn = psycopg.AsyncConnection[Any]
 Bulk = Callable[[Conn], Awaitable[None]]
 # Called at the end of each batch with {run_id: latest time}; statements to add to it.
 BatchHook = Callable[[dict[str, float]], Sequence["Statement"]]
-
-
-class Rejected(Exception):
-    """Raised by a unit whose input does not fit the journal; only that unit fails.
-
-    ``kind`` is the error its caller gets (``LeaseLost`` for a fenced write refused).
-    """
-
-    def __init__(self, message: str, kind: type[JournalError] = JournalError) -> None:
-        super().__init__(message)
-        self.kind = kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +81,7 @@ class _LockLost(Exception):
 # Errors that say "this unit is wrong", not "the journal is broken".
 _UNIT_ERRORS: tuple[type[BaseException], ...] = (
     Rejected,
+    JournalError,  # a refusal the unit raised itself (UnfinishedRun), handed over as it is
     ValueError,
     TypeError,
     psycopg.errors.IntegrityError,
@@ -146,7 +138,7 @@ class GroupWriter:
         """Queue ``work``; the future resolves once it is durable (or fails)."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.failure is not None:
-            future.set_exception(_copy(self.failure))
+            future.set_exception(copy_error(self.failure))
             return future
         self._queue.append(QueuedWrite(work, future, what, run_id, at))
         self._wake.set()
@@ -299,8 +291,8 @@ class GroupWriter:
     # --- outcomes ------------------------------------------------------------------------
 
     def _rejected(self, unit: _Unit, exc: BaseException) -> BaseException:
-        if isinstance(exc, ValueError | TypeError):
-            return exc  # the caller's own mistake, reported as Python reports it
+        if isinstance(exc, ValueError | TypeError | JournalError):
+            return exc  # the caller's own mistake, or the unit's own refusal, as it is
         kind = exc.kind if isinstance(exc, Rejected) else JournalError
         error = kind(f"{unit.what} was not recorded: {self._describe(exc)}")
         error.__cause__ = exc
@@ -331,7 +323,7 @@ class GroupWriter:
             if error is None:
                 future.set_result(None)
             else:
-                future.set_exception(_copy(error))
+                future.set_exception(copy_error(error))
 
 
 def _latest(units: Sequence[_Unit]) -> dict[str, float]:
@@ -340,12 +332,3 @@ def _latest(units: Sequence[_Unit]) -> dict[str, float]:
         if unit.run_id is not None and unit.at > latest.get(unit.run_id, float("-inf")):
             latest[unit.run_id] = unit.at
     return latest
-
-
-def _copy(error: BaseException) -> BaseException:
-    # One exception object raised in many tasks would collect all their tracebacks.
-    if isinstance(error, JournalError):
-        copy = type(error)(str(error))
-        copy.__cause__ = error.__cause__
-        return copy
-    return error

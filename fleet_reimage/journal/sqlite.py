@@ -24,37 +24,32 @@ import os
 import socket
 import sqlite3
 import threading
-import time
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
+from fleet_reimage.journal import sqlite_files as files
 from fleet_reimage.journal import sqlite_schema as schema
 from fleet_reimage.journal import sqlite_sql as sql
+from fleet_reimage.journal.base import JournalBase
 from fleet_reimage.journal.codec import encode_mapping
 from fleet_reimage.journal.lockfile import WriterLock
 from fleet_reimage.journal.model import (
-    AttemptEnd,
     AttemptRecord,
-    AttemptStart,
     Exclusion,
     JournalError,
     NewRun,
     NewTarget,
     RunEvent,
     RunRecord,
-    RunStatus,
-    TargetChange,
     TargetRecord,
     TargetState,
-    WriterStats,
 )
 from fleet_reimage.journal.sqlite_writer import GroupWriter, Work
 
@@ -72,20 +67,19 @@ class _Opened:
     lock: WriterLock | None
 
 
-class SqliteJournal:
-    """A :class:`~fleet_reimage.journal.model.Journal` in one SQLite file."""
+class SqliteJournal(JournalBase[Work]):
+    """A :class:`~fleet_reimage.journal.model.Journal` in one SQLite file (the part that does
+    not depend on the storage is ``JournalBase``'s)."""
 
-    location: str
+    _sql = sql
 
     def __init__(self, path: Path, opened: _Opened, writer: GroupWriter | None) -> None:
-        self.location = str(path)
+        super().__init__(str(path), writer)
         self.path = path
+        self._group_writer = writer
         self._reader: sqlite3.Connection | None = opened.reader
         self._read_lock = threading.Lock()  # one connection, used by one worker at a time
         self._lock = opened.lock
-        self._writer = writer
-        self._closed = False
-        self._close_done: anyio.Event | None = None
 
     @classmethod
     async def open(
@@ -128,47 +122,17 @@ class SqliteJournal:
             raise
         return journal
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    @property
-    def readonly(self) -> bool:
-        return self._writer is None
-
-    @property
-    def writer_stats(self) -> WriterStats | None:
-        """Group-commit counters (for tests and benchmarks); None when read-only."""
-        return None if self._writer is None else self._writer.stats
-
-    async def close(self) -> None:
-        """Flush queued writes, stop the writer, release the lock. Safe to call again."""
-        if self._close_done is not None:
-            await self._close_done.wait()
-            return
-        self._closed = True
-        self._close_done = anyio.Event()
-        try:
-            with anyio.CancelScope(shield=True):
-                # Reader first, so the writer's connection is the last one and its close
-                # checkpoints the WAL back into the file and removes it.
-                await anyio.to_thread.run_sync(self._close_reader)
-                if self._writer is not None:
-                    self._writer.stop()
-                await anyio.to_thread.run_sync(self._stop_writing)
-        finally:
-            self._close_done.set()
+    async def _shut(self) -> None:
+        # Reader first, so the writer's connection is the last one and its close checkpoints
+        # the WAL back into the file and removes it.
+        await anyio.to_thread.run_sync(self._close_reader)
+        if self._group_writer is not None:
+            self._group_writer.stop()
+        await anyio.to_thread.run_sync(self._stop_writing)
 
     def _stop_writing(self) -> None:
-        if self._writer is not None:
-            self._writer.join()  # everything queued before close() is committed (or failed)
+        if self._group_writer is not None:
+            self._group_writer.join()  # everything queued before close() is committed (or failed)
         if self._lock is not None:
             self._lock.release()  # only now: the file is consistent and no longer written
 
@@ -189,20 +153,20 @@ class SqliteJournal:
 
     # --- writes ------------------------------------------------------------------------
 
-    def _writable(self) -> GroupWriter:
-        if self._closed:
-            raise JournalError(f"the journal {self.location} is closed")
-        if self._writer is None:
-            raise JournalError(f"the journal {self.location} was opened read-only")
-        return self._writer
-
-    async def _write(self, work: Work, what: str, run_id: str | None, at: float) -> Any:
-        return await self._writable().submit(work, what, run_id, at)
+    def _unit(self, write: Callable[..., Any], **input: Any) -> Work:
+        return functools.partial(write, **input)
 
     async def create_run(
-        self, run: NewRun, targets: Sequence[NewTarget], exclusions: Sequence[Exclusion]
+        self,
+        run: NewRun,
+        targets: Sequence[NewTarget],
+        exclusions: Sequence[Exclusion],
+        *,
+        unless_unfinished_of: str | None = None,
     ) -> list[TargetRecord]:
-        """Record a new run, its targets (target_id ascending in the given order), exclusions.
+        """Record a new run, its targets (target_id ascending in the given order), exclusions;
+        with ``unless_unfinished_of``, refuse (``UnfinishedRun``) when that plan has a run that
+        is not finished, in the same transaction (see ``sqlite_sql.insert_run``).
 
         The targets as recorded are built here rather than read back: for 20,000 targets
         that is ~50 ms less before the first request.
@@ -214,6 +178,7 @@ class SqliteJournal:
             options_json=options_json,
             targets=list(targets),
             exclusions=list(exclusions),
+            unless_unfinished_of=unless_unfinished_of,
         )
         first = await self._write(work, f"run {run.run_id}", run.run_id, run.created_at)
         if first is None:
@@ -224,54 +189,6 @@ class SqliteJournal:
                          pending, None, now)
             for i, t in enumerate(targets)
         ]  # fmt: skip
-
-    async def attempt_started(self, start: AttemptStart) -> None:
-        work = functools.partial(sql.attempt_started, s=start)
-        what = f"start of attempt {start.client_request_id}"
-        await self._write(work, what, start.run_id, start.sent_at)
-
-    async def attempt_finished(self, end: AttemptEnd) -> None:
-        work = functools.partial(sql.attempt_finished, e=end)
-        what = f"end of attempt {end.client_request_id}"
-        await self._write(work, what, end.run_id, end.finished_at)
-
-    async def target_changed(self, change: TargetChange) -> None:
-        work = functools.partial(sql.target_changed, c=change)
-        what = f"change of target {change.target_id} to {change.state.value}"
-        await self._write(work, what, change.run_id, change.at)
-
-    async def record_event(self, event: RunEvent) -> None:
-        data_json = encode_mapping(event.data, f"event {event.kind} data")
-        work = functools.partial(sql.insert_event, ev=event, data_json=data_json)
-        await self._write(work, f"event {event.kind}", event.run_id, event.at)
-
-    async def set_run_status(
-        self,
-        run_id: str,
-        status: RunStatus,
-        reason: str | None,
-        at: float,
-        options: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Set the status; RUNNING clears ``ended_at`` and records this process as the runner."""
-        options_json = None if options is None else encode_mapping(options, "options")
-        work = functools.partial(
-            sql.set_run_status,
-            run_id=run_id,
-            status=status,
-            reason=reason,
-            at=at,
-            options_json=options_json,
-            runner=(socket.gethostname(), os.getpid()),
-        )
-        await self._write(work, f"status {status.value} of run {run_id}", run_id, at)
-
-    async def replace_plan(self, run_id: str, plan_text: str, plan_sha256: str) -> None:
-        now = time.time()
-        work = functools.partial(
-            sql.replace_plan, run_id=run_id, plan_text=plan_text, plan_sha256=plan_sha256, at=now
-        )
-        await self._write(work, f"new plan of run {run_id}", run_id, now)
 
     async def _call_on_writer(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Tests only: run ``work`` on the writer connection, inside a batch transaction."""
@@ -327,17 +244,19 @@ def _open_files(path: Path, *, create: bool, readonly: bool) -> _Opened:
     location = str(path)
     if readonly:
         return _open_readonly(path, location)
-    if path.exists():
-        schema.precheck_header(path, location)  # refuse junk before even creating the lock
-    elif not create:
+    # Refuse junk, links, FIFOs and other users' files before even creating the lock.
+    if files.check_journal(path, location, writing=True) is None and not create:
         raise JournalError(f"there is no journal at {location}")
     lock_path = path.with_name(path.name + ".lock")
     lock = WriterLock.acquire(lock_path, f"{socket.gethostname()} {os.getpid()}", location)
     try:
         _create_file(path, location)
-        schema.precheck_header(path, location)  # again: it may have changed before we locked
+        # Again: it may have changed before we locked.
+        identity = files.check_journal(path, location, writing=True)
+        files.check_sidecars(path, writing=True)
         writer = _connect(path, "rw", location)
         try:
+            files.check_same_file(path, identity, location)
             _prepare_writer(writer, path, location)
             reader = _connect(path, "ro", location)
         except BaseException:
@@ -350,11 +269,16 @@ def _open_files(path: Path, *, create: bool, readonly: bool) -> _Opened:
 
 
 def _open_readonly(path: Path, location: str) -> _Opened:
-    if not path.exists():
+    identity = files.check_journal(path, location, writing=False)
+    if identity is None:
         raise JournalError(f"there is no journal at {location}")
-    schema.precheck_header(path, location)
+    files.check_sidecars(path, writing=False)
     reader = _connect(path, "ro", location)
     try:
+        files.check_same_file(path, identity, location)
+        # A damaged page is not always met by the reads a view makes: check them all, or
+        # status would print figures from a journal that cannot be trusted.
+        schema.quick_check(reader, location)
         info = schema.inspect(reader, location)
         schema.check_usable(info, location, readonly=True)
         reader.execute("PRAGMA query_only = ON")
@@ -367,7 +291,9 @@ def _open_readonly(path: Path, location: str) -> _Opened:
 def _create_file(path: Path, location: str) -> None:
     """Create the file 0600 before SQLite sees it (SQLite gives -wal/-shm the same mode)."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        # O_EXCL: never through a link planted at the name (O_NOFOLLOW says so twice).
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(path, flags, 0o600)
     except FileExistsError:
         return
     except FileNotFoundError as exc:
@@ -416,14 +342,4 @@ def _prepare_writer(conn: sqlite3.Connection, path: Path, location: str) -> None
         if (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF in _NOT_READABLE:
             raise schema.damaged(location, exc) from exc
         raise JournalError(f"cannot open the journal {location} for writing: {exc}") from exc
-    _restrict_modes(path)
-
-
-def _restrict_modes(path: Path) -> None:
-    # SQLite already gives -wal/-shm the database file's mode; this covers a journal that was
-    # created by something else, or sidecars left by a reader running under another umask.
-    for suffix in ("", "-wal", "-shm"):
-        sidecar = path.with_name(path.name + suffix)
-        with contextlib.suppress(OSError):
-            if sidecar.stat().st_mode & 0o777 != 0o600:
-                sidecar.chmod(0o600)
+    files.narrow_modes(path)

@@ -14,14 +14,14 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from dataclasses import dataclass
-from pathlib import Path
 
+from fleet_reimage.journal.base import newer_journal, older_journal, tool_version
 from fleet_reimage.journal.model import JournalError
 
 SCHEMA_VERSION = 1
 APPLICATION_ID = 0x46524A4C  # "FRJL": fleet-reimage journal
 SQLITE_MAGIC = b"SQLite format 3\x00"
-_HEADER_SIZE = 100
+HEADER_SIZE = 100
 
 # What to tell the operator when the file cannot be used. A fresh journal forgets which nodes
 # were already done, so restoring comes first.
@@ -117,17 +117,6 @@ _V1: tuple[str, ...] = (
 MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1}
 
 
-def tool_version() -> str:
-    """This fleet-reimage's version, as recorded in ``meta``.
-
-    The package's own ``__version__`` (the one ``--version`` prints), not the installed
-    distribution's metadata: ``importlib.metadata`` alone adds ~17 ms to every start-up.
-    """
-    from fleet_reimage import __version__
-
-    return __version__
-
-
 @dataclass(frozen=True, slots=True)
 class SchemaInfo:
     user_version: int
@@ -136,16 +125,12 @@ class SchemaInfo:
     meta: dict[str, str]
 
 
-def precheck_header(path: Path, location: str) -> None:
+def check_header(header: bytes, location: str) -> None:
     """Refuse, without opening it with SQLite, a file that cannot be a SQLite database.
 
-    An empty file passes: it is what :meth:`SqliteJournal.open` creates before SQLite runs.
+    ``header``: the file's first bytes (up to ``HEADER_SIZE``). An empty file passes: it is
+    what :meth:`SqliteJournal.open` creates before SQLite runs.
     """
-    try:
-        with path.open("rb") as file:
-            header = file.read(_HEADER_SIZE)
-    except OSError as exc:
-        raise JournalError(f"cannot read the journal {location}: {exc.strerror}") from exc
     if not header:
         return
     if not header.startswith(SQLITE_MAGIC):
@@ -153,7 +138,7 @@ def precheck_header(path: Path, location: str) -> None:
             f"{location} is not a fleet-reimage journal (it is not a SQLite database). "
             + RESTORE_ADVICE
         )
-    if len(header) < _HEADER_SIZE:
+    if len(header) < HEADER_SIZE:
         raise JournalError(f"the journal {location} is truncated. {RESTORE_ADVICE}")
 
 
@@ -209,23 +194,14 @@ def check_usable(info: SchemaInfo, location: str, *, readonly: bool) -> bool:
     # but not (yet) in user_version must not have its journal trusted and resumed by us.
     recorded = info.meta.get("schema_version", "")
     meta_version = int(recorded) if recorded.isdigit() else 0
-    if max(info.user_version, meta_version) > SCHEMA_VERSION:
-        by = info.meta.get("tool_version")
-        raise JournalError(
-            f"the journal {location} was written by a newer fleet-reimage "
-            f"(schema {max(info.user_version, meta_version)}); upgrade fleet-reimage to use it "
-            f"(it was last written by {by or 'an unknown version'}; this is {tool_version()}, "
-            f"which knows schema {SCHEMA_VERSION}). The journal was left unchanged."
-        )
+    newest = max(info.user_version, meta_version)
+    if newest > SCHEMA_VERSION:
+        raise newer_journal(location, newest, SCHEMA_VERSION, info.meta.get("tool_version"))
     if info.user_version < 1:
         raise JournalError(f"the journal {location} has no schema version. {RESTORE_ADVICE}")
     if info.user_version < SCHEMA_VERSION:
         if readonly:
-            raise JournalError(
-                f"the journal {location} uses schema {info.user_version}, older than this "
-                f"fleet-reimage's {SCHEMA_VERSION}; open it for writing once (resume a run) "
-                "to upgrade it, then try again"
-            )
+            raise older_journal(location, info.user_version, SCHEMA_VERSION)
         return True
     return False
 

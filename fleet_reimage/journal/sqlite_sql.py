@@ -21,10 +21,21 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from fleet_reimage.journal.codec import decode_mapping
+from fleet_reimage.journal.base import (
+    ATTEMPTS_QUERY,
+    EVENTS_QUERY,
+    EXCLUSIONS_QUERY,
+    RUN_COLUMNS,
+    Rejected,
+    attempt_records,
+    event_records,
+    exclusion_records,
+    refuse_duplicates,
+    run_record,
+    status_text,
+)
 from fleet_reimage.journal.model import (
     ACCEPTED_STATES,
-    OUTCOMES_BY_VALUE,
     STATES_BY_VALUE,
     AttemptEnd,
     AttemptRecord,
@@ -38,11 +49,10 @@ from fleet_reimage.journal.model import (
     TargetChange,
     TargetRecord,
     TargetState,
+    unfinished_run,
 )
-from fleet_reimage.journal.sqlite_writer import Rejected
 
 _STATES = STATES_BY_VALUE
-_OUTCOMES = OUTCOMES_BY_VALUE
 _ACCEPTED = ACCEPTED_STATES
 
 # --- writes ------------------------------------------------------------------------------
@@ -54,11 +64,24 @@ def insert_run(
     options_json: str,
     targets: Sequence[NewTarget],
     exclusions: Sequence[Exclusion],
+    unless_unfinished_of: str | None = None,
 ) -> int | None:
     """Insert the run; returns the first target_id when the run's ids are ``first, first + 1,
     ...`` in the order given (they are: one writer appends them in one transaction), else
-    None (the caller then reads them back)."""
-    _refuse_duplicates(targets)
+    None (the caller then reads them back).
+
+    ``unless_unfinished_of``: refuse (``UnfinishedRun``) if a run of that plan hash is not
+    finished. Atomic with the insert: this runs inside the writer's ``BEGIN IMMEDIATE``, and
+    only the holder of the file's writer lock writes at all."""
+    refuse_duplicates(targets)
+    if unless_unfinished_of is not None:
+        row = conn.execute(
+            "SELECT run_id, status, host, pid FROM runs WHERE plan_sha256 = ? AND status != ?"
+            " ORDER BY created_at DESC, rowid DESC LIMIT 1",
+            (unless_unfinished_of, RunStatus.FINISHED.value),
+        ).fetchone()
+        if row is not None:
+            raise unfinished_run(str(row[0]), str(row[1]), str(row[2]), int(row[3]))
     try:
         conn.execute(
             "INSERT INTO runs (run_id, name, action, plan_path, plan_text, plan_sha256, options,"
@@ -87,15 +110,6 @@ def insert_run(
     if count != len(targets) or not targets or last - first + 1 != count:
         return None
     return int(first)
-
-
-def _refuse_duplicates(targets: Sequence[NewTarget]) -> None:
-    seen: set[tuple[str, str, str]] = set()
-    for t in targets:
-        key = (t.account, t.pool, t.node_id)
-        if key in seen:
-            raise ValueError(f"node {t.node_id} of pool {t.pool} ({t.account}) is listed twice")
-        seen.add(key)
 
 
 _START_TARGET_SQL = (
@@ -155,7 +169,7 @@ def _start_rows(s: AttemptStart) -> tuple[tuple[object, ...], tuple[object, ...]
 
 def _finish_rows(e: AttemptEnd) -> tuple[tuple[object, ...], tuple[object, ...]]:
     """The attempt update and the target move of one ``attempt_finished``."""
-    code = e.error_code if e.error_code is not None else _status_text(e.status)
+    code = e.error_code if e.error_code is not None else status_text(e.status)
     return (
         (e.finished_at, e.outcome.value, e.status, e.request_id, e.error_code,
          e.error_message, e.latency_ms, e.client_request_id, e.run_id, e.target_id),
@@ -209,10 +223,6 @@ def target_changed(conn: sqlite3.Connection, c: TargetChange) -> None:
         c.run_id,
         c.target_id,
     )
-
-
-def _status_text(status: int | None) -> str | None:
-    return None if status is None else str(status)
 
 
 BATCHERS: dict[Any, Any] = {
@@ -281,29 +291,15 @@ def touch_runs(conn: sqlite3.Connection, latest: dict[str, float]) -> None:
 
 # --- reads -------------------------------------------------------------------------------
 
-_RUN_COLUMNS = (
-    "run_id, name, action, plan_path, plan_text, plan_sha256, options, created_at, updated_at,"
-    " ended_at, status, reason, host, pid"
-)
-
-
-def _run_record(row: tuple[Any, ...]) -> RunRecord:
-    (run_id, name, action, plan_path, plan_text, plan_sha256, options, created_at, updated_at,
-     ended_at, status, reason, host, pid) = row  # fmt: skip
-    return RunRecord(
-        run_id, name, action, plan_path, plan_text, plan_sha256, decode_mapping(options),
-        created_at, updated_at, ended_at, RunStatus(status), reason, host, pid,
-    )  # fmt: skip
-
 
 def read_runs(conn: sqlite3.Connection) -> list[RunRecord]:
-    rows = conn.execute(f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY created_at DESC, rowid DESC")
-    return [_run_record(row) for row in rows]
+    rows = conn.execute(f"SELECT {RUN_COLUMNS} FROM runs ORDER BY created_at DESC, rowid DESC")
+    return [run_record(row) for row in rows]
 
 
 def read_run(conn: sqlite3.Connection, run_id: str) -> RunRecord | None:
-    row = conn.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-    return None if row is None else _run_record(row)
+    row = conn.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+    return None if row is None else run_record(row)
 
 
 def read_targets(conn: sqlite3.Connection, run_id: str) -> list[TargetRecord]:
@@ -322,35 +318,12 @@ def read_targets(conn: sqlite3.Connection, run_id: str) -> list[TargetRecord]:
 
 
 def read_exclusions(conn: sqlite3.Connection, run_id: str) -> list[Exclusion]:
-    rows = conn.execute(
-        "SELECT account, pool, node_id, reason FROM exclusions WHERE run_id = ?"
-        " ORDER BY exclusion_id",
-        (run_id,),
-    )
-    return [Exclusion(*row) for row in rows]
+    return exclusion_records(conn.execute(EXCLUSIONS_QUERY.format(p="?"), (run_id,)))
 
 
 def read_attempts(conn: sqlite3.Connection, run_id: str) -> list[AttemptRecord]:
-    rows = conn.execute(
-        "SELECT run_id, target_id, attempt_no, operation, client_request_id, sent_at,"
-        " finished_at, outcome, status, request_id, error_code, error_message, latency_ms"
-        " FROM attempts WHERE run_id = ? ORDER BY sent_at, attempt_pk",
-        (run_id,),
-    )
-    outcomes = _OUTCOMES
-    return [
-        AttemptRecord(a, b, c, d, e, f, g, None if h is None else outcomes[h], i, j, k, m, n)
-        for (a, b, c, d, e, f, g, h, i, j, k, m, n) in rows
-    ]
+    return attempt_records(conn.execute(ATTEMPTS_QUERY.format(p="?"), (run_id,)))
 
 
 def read_events(conn: sqlite3.Connection, run_id: str) -> list[RunEvent]:
-    rows = conn.execute(
-        "SELECT run_id, at, kind, account, pool, data FROM events WHERE run_id = ?"
-        " ORDER BY at, event_id",
-        (run_id,),
-    )
-    return [
-        RunEvent(run_id=r, at=at, kind=kind, account=acct, pool=pool, data=decode_mapping(data))
-        for (r, at, kind, acct, pool, data) in rows
-    ]
+    return event_records(conn.execute(EVENTS_QUERY.format(p="?"), (run_id,)))

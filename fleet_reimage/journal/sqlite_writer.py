@@ -13,7 +13,8 @@ Failures:
 
 * A unit that is wrong on its own (constraint violation, unknown target, bad parameter) is
   *rejected*: the transaction is rolled back and re-run without it, so one bad call cannot
-  sink its batch-mates; its caller gets ``JournalError``.
+  sink its batch-mates; its caller gets ``JournalError`` (or the ``JournalError`` the unit
+  raised itself to refuse, such as ``UnfinishedRun``).
 * Anything else (disk full, I/O error, damaged file) fails the whole batch and *poisons* the
   writer: every later write fails at once with ``JournalError``, because after such an error
   nothing more may be reported as durable. The run must stop.
@@ -31,6 +32,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
+from fleet_reimage.journal.base import Rejected, copy_error
 from fleet_reimage.journal.model import JournalError, QueuedWrite, WriterStats
 from fleet_reimage.journal.sqlite_schema import rollback
 
@@ -44,10 +46,6 @@ BatchHook = Callable[[sqlite3.Connection, dict[str, float]], None]
 _STOP: Final = object()
 # Errors that say "this unit is wrong", not "the journal is broken".
 _UNIT_ERRORS = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError)
-
-
-class Rejected(Exception):
-    """Raised by a unit whose input does not fit the journal; only that unit fails."""
 
 
 _Unit = QueuedWrite[Work]
@@ -103,7 +101,7 @@ class GroupWriter:
         """Queue ``work`` (call on the loop thread); the future resolves once it is durable."""
         future: asyncio.Future[Any] = self._loop.create_future()
         if self.failure is not None:
-            future.set_exception(_copy(self.failure))
+            future.set_exception(copy_error(self.failure))
             return future
         pending = self._pending
         # The bare class: calling the subscripted alias costs ~1 µs more per write.
@@ -255,8 +253,10 @@ class GroupWriter:
             raise _UnitFailed(unit, exc) from exc
 
     def _rejected(self, failed: _UnitFailed) -> BaseException:
-        if isinstance(failed.error, ValueError | TypeError):
-            return failed.error  # the caller's own mistake, reported as Python reports it
+        if isinstance(failed.error, ValueError | TypeError | JournalError):
+            # The caller's own mistake, reported as Python reports it; or a refusal the unit
+            # raised itself (e.g. UnfinishedRun), handed over as it is.
+            return failed.error
         error = JournalError(f"{failed.unit.what} was not recorded: {failed.error}")
         error.__cause__ = failed.error
         return error
@@ -286,13 +286,4 @@ def _resolve(outcomes: list[Outcome]) -> None:
         if error is None:
             future.set_result(result)
         else:
-            future.set_exception(_copy(error))
-
-
-def _copy(error: BaseException) -> BaseException:
-    # One exception object raised in many tasks would collect all their tracebacks.
-    if isinstance(error, JournalError):
-        copy = type(error)(str(error))
-        copy.__cause__ = error.__cause__
-        return copy
-    return error
+            future.set_exception(copy_error(error))

@@ -19,6 +19,7 @@ from fleet_reimage.yamlsafe import MarkedMap
 
 from ..batch.models import NODE_STATES
 from .auth import read_auth, read_file_path
+from .clouds import check_entra, read_custom_cloud
 from .model import (
     DEFAULT_STATES,
     AccountSpec,
@@ -28,7 +29,7 @@ from .model import (
 )
 from .reader import Checker, Node, did_you_mean, shown
 
-ACCOUNT_KEYS = ("name", "endpoint", "emulator", "auth", "pools")
+ACCOUNT_KEYS = ("name", "endpoint", "emulator", "auth", "pools", "custom_cloud")
 POOL_KEYS = ("match", "nodes")
 NODE_KEYS = ("include", "exclude", "states", "booted_before")
 
@@ -42,7 +43,6 @@ _TRANSITIONAL = frozenset({
     "creating", "starting", "rebooting", "reimaging", "leavingpool", "deallocating",
     "deallocated", "preempted", "upgradingos",
 })  # fmt: skip
-BATCH_HOST_SUFFIXES = (".batch.azure.com", ".batch.chinacloudapi.cn", ".batch.usgovcloudapi.net")
 _HTTPS_EXAMPLE = "https://myaccount.westus2.batch.azure.com"
 
 
@@ -110,12 +110,29 @@ def read_account(
             "missing required key 'auth' (an endpoint account needs "
             "{type: shared-key, ...} or {type: entra, ...})",
         )
-    if isinstance(auth, EntraAuth) and endpoint is not None and auth.audience is None:
-        _check_cloud(checker, fields["endpoint"], endpoint)
+    custom_cloud = read_custom_cloud(checker, fields.get("custom_cloud"))
+    if isinstance(auth, EntraAuth):
+        custom_at = fields["custom_cloud"] if custom_cloud else None
+        auth = check_entra(
+            checker, fields["auth"], auth, fields.get("endpoint"), endpoint, custom_at
+        )
+    elif custom_cloud:
+        checker.warning(
+            fields["custom_cloud"],
+            "custom_cloud only changes which hosts Entra auth may use; this account does not "
+            "use Entra",
+        )
     pools = read_pools(checker, fields["pools"]) if "pools" in fields else None
     if checker.error_count > errors or name is None or pools is None:
         return None
-    return AccountSpec(name=name, endpoint=endpoint, emulator=emulator, auth=auth, pools=pools)
+    return AccountSpec(
+        name=name,
+        endpoint=endpoint,
+        emulator=emulator,
+        auth=auth,
+        pools=pools,
+        custom_cloud=custom_cloud,
+    )
 
 
 def read_endpoint(checker: Checker, at: Node) -> str | None:
@@ -159,19 +176,6 @@ def _endpoint_problem(text: str) -> str | None:
             "network unencrypted; use https://"
         )
     return None
-
-
-def _check_cloud(checker: Checker, at: Node, endpoint: str) -> None:
-    """Entra tokens are for one cloud; an unknown host means the public cloud is assumed."""
-    host = urlsplit(endpoint).hostname or ""
-    if not host.rstrip(".").endswith(BATCH_HOST_SUFFIXES):
-        checker.warning(
-            at,
-            "this is not an Azure Batch host (*.batch.azure.com, "
-            "*.batch.chinacloudapi.cn, *.batch.usgovcloudapi.net), so Entra tokens "
-            "for the public cloud will be requested; set auth.audience and "
-            "auth.authority if the account is in another cloud",
-        )
 
 
 def _is_ip(host: str) -> bool:

@@ -123,6 +123,7 @@ class AccountSpec:
     emulator: Path | None  # absolute path of an emulator fleet file
     auth: AuthSpec | None  # None only for an emulator account
     pools: tuple[PoolSelector, ...]
+    custom_cloud: bool = False  # Entra hosts outside the known clouds (the plan says so)
 
     def selector_for(self, pool_id: str) -> PoolSelector | None:
         """The first entry (in plan order) whose ``match`` matches the pool id."""

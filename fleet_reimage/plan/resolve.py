@@ -12,19 +12,23 @@ node id. The ordered list is cut into waves by the cumulative ladder (``waves.py
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import NamedTuple
 
 import anyio
 
-from fleet_reimage.errors import Problem
+from fleet_reimage.errors import InputError, Problem
 
 from ..batch.client import BatchClient
+from ..batch.errors import BatchError
 from ..batch.models import NODE_SELECT, POOL_SELECT, READY_STATES, NodeInfo
 from .model import AccountSpec, Plan, PoolSelector
+from .narrow import NOT_IN_FILE, Narrowing, unmatched_pools, unselected_nodes
 from .waves import cumulative_targets
+from .where import locate_in
 
 POOLS_LISTED_AT_ONCE = 8  # per account
 _STATE_ORDER = {"idle": 0, "running": 1}
@@ -64,6 +68,7 @@ class Resolution:
     pools: list[PoolResolution]
     warnings: list[Problem]
     resolved_at: float
+    narrowing: Narrowing | None = None  # --pool / --nodes-from, when given
 
     @property
     def total_selected(self) -> int:
@@ -84,8 +89,11 @@ def select_nodes(
     plan: Plan,
     account: str,
     configuration: str | None,
+    narrowing: Narrowing | None = None,
 ) -> PoolResolution:
-    """Apply a pool selector to a listing (pure): targets in order, exclusions, waves."""
+    """Apply a pool selector to a listing (pure): targets in order, exclusions, waves.
+
+    ``narrowing`` (``--nodes-from``) only ever leaves out nodes the selector selects."""
     selected: list[SelectedNode] = []
     excluded: list[tuple[str, str]] = []
     baseline = 0
@@ -99,6 +107,8 @@ def select_nodes(
             else None
         )
         reason = selector.nodes.skip_reason(node.id, node.state, boot)
+        if reason is None and narrowing is not None:
+            reason = narrowing.node_reason(node.id)
         if reason is None:
             selected.append(
                 SelectedNode(node.id, node.state, node.last_boot_time, node.running_tasks)
@@ -140,6 +150,7 @@ async def _resolve_pool(
     pool_state: str,
     plan: Plan,
     out: list[PoolResolution],
+    narrowing: Narrowing | None,
 ) -> None:
     selector = account.selector_for(pool_id)
     assert selector is not None
@@ -161,7 +172,16 @@ async def _resolve_pool(
         )
         return
     nodes = [node async for node in client.list_nodes(pool_id, select=NODE_SELECT)]
-    out.append(select_nodes(pool_id, nodes, selector, plan, account.name, configuration))
+    out.append(select_nodes(pool_id, nodes, selector, plan, account.name, configuration, narrowing))
+
+
+@contextmanager
+def _located(account: AccountSpec, client: BatchClient) -> Iterator[None]:
+    """A service error inside says which account it came from, at which endpoint."""
+    try:
+        yield
+    except BatchError as error:
+        raise locate_in(error, account, client.endpoint) from None
 
 
 async def _resolve_account(
@@ -170,9 +190,15 @@ async def _resolve_account(
     plan: Plan,
     out: list[PoolResolution],
     warnings: list[Problem],
+    narrowing: Narrowing | None,
+    planned: list[tuple[str, str]],
 ) -> None:
-    pools = [pool async for pool in client.list_pools(select=POOL_SELECT)]
+    with _located(account, client):
+        pools = [pool async for pool in client.list_pools(select=POOL_SELECT)]
     matched = [pool for pool in pools if account.selector_for(pool.id) is not None]
+    planned.extend((account.name, pool.id) for pool in matched)
+    if narrowing is not None:
+        matched = [pool for pool in matched if narrowing.keeps_pool(account.name, pool.id)]
     for selector in account.pools:
         if not any(selector.matches(pool.id) for pool in pools):
             warnings.append(
@@ -189,7 +215,10 @@ async def _resolve_account(
 
     async def one(pool_id: str, configuration: str | None, state: str) -> None:
         async with limiter:
-            await _resolve_pool(client, account, pool_id, configuration, state, plan, out)
+            with _located(account, client):
+                await _resolve_pool(
+                    client, account, pool_id, configuration, state, plan, out, narrowing
+                )
 
     async with anyio.create_task_group() as group:
         for pool in matched:
@@ -197,16 +226,55 @@ async def _resolve_account(
 
 
 async def resolve(
-    plan: Plan, clients: Mapping[str, BatchClient], *, now: float | None = None
+    plan: Plan,
+    clients: Mapping[str, BatchClient],
+    *,
+    now: float | None = None,
+    narrowing: Narrowing | None = None,
 ) -> Resolution:
-    """List what the plan selects, in every account at once; read-only."""
+    """List what the plan selects, in every account at once; read-only.
+
+    ``narrowing`` (``--pool``, ``--nodes-from``) keeps part of that selection, never more.
+    """
     pools: list[PoolResolution] = []
     warnings: list[Problem] = list(plan.warnings)
+    planned: list[tuple[str, str]] = []
+    narrowing = narrowing or None  # an empty narrowing is none
+    if narrowing is not None and (wrong := narrowing.check_accounts(plan)):
+        raise InputError(wrong)
     async with anyio.create_task_group() as group:
         for account in plan.accounts:
             group.start_soon(
-                _resolve_account, clients[account.name], account, plan, pools, warnings
+                _resolve_account,
+                clients[account.name],
+                account,
+                plan,
+                pools,
+                warnings,
+                narrowing,
+                planned,
             )
     order = {account.name: index for index, account in enumerate(plan.accounts)}
     pools.sort(key=lambda p: (order[p.account], p.pool_id))
-    return Resolution(plan, pools, warnings, now if now is not None else time.time())
+    if narrowing is not None:
+        warnings += narrowing_warnings(narrowing, pools, planned)
+    return Resolution(plan, pools, warnings, now if now is not None else time.time(), narrowing)
+
+
+def narrowing_warnings(
+    narrowing: Narrowing, pools: list[PoolResolution], planned: list[tuple[str, str]]
+) -> list[Problem]:
+    """What the command line asked for that the plan does not select (never added)."""
+    problems = unmatched_pools(narrowing, planned)
+    if narrowing.nodes is not None:
+        selected = (node.id for pool in pools for node in pool.selected)
+        excluded = {
+            node_id: reason
+            for pool in pools
+            for node_id, reason in pool.excluded
+            if not reason.startswith(NOT_IN_FILE)
+        }
+        problems += unselected_nodes(
+            narrowing.nodes, selected, excluded, pools_left_out=bool(narrowing.pools)
+        )
+    return problems

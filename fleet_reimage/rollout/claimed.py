@@ -1,9 +1,12 @@
-"""A pool's policy in a shared run: the journal's claims decide, this hands them out (pure).
+"""A pool's rollout in a shared run: the policy decides in the journal's claims; this hands
+out what they gave (pure).
 
-In a run shared by several runners (``--join``), waves, pauses, ``max_unavailable`` and the
-failure budget are decided by claims in the journal, across all runners at once. This object
-has the same questions and answers as ``PoolRollout`` for the executor, but only hands out
-targets this runner has claimed, and learns the pool's wave and state from each claim.
+In a run shared by several runners (``--join``), the rollout policy (``policy.decide``) is
+asked inside each claim's transaction, with the state of the pool across all runners, and
+the journal gives this runner the targets the policy admitted. This object has the same
+questions and answers as ``PoolRollout`` for the executor, but only hands out targets this
+runner has claimed, and learns the pool's wave, checkpoint, pause and blocking from each
+claim's decision (``learn``).
 """
 
 from __future__ import annotations
@@ -12,24 +15,28 @@ import math
 from collections import deque
 from collections.abc import Sequence
 
-from .pool import WaveCompleted
+from fleet_reimage.rollout.policy import Blocked, Decision, RolloutRules
 
 
 class ClaimedPoolRollout:
     """The pool policy of a shared run: the journal's claims decide, this hands them out."""
 
-    def __init__(self, wave_count: int, *, max_unavailable: int, baseline: int) -> None:
-        self.max_unavailable = max_unavailable
+    def __init__(self, wave_count: int, rules: RolloutRules, *, baseline: int) -> None:
+        self.rules = rules
         self.baseline = baseline
         self.wave_count = max(1, wave_count)
         self.wave = 0
-        self.next_wave_at = -math.inf
+        self.next_wave_at = -math.inf  # monotonic, from the last claim
         self.held = False
         self.stopped: str | None = None
         self.finished = False  # every target of the pool is terminal (per the last claim)
-        self.blocked: str | None = None
+        self.blocked: Blocked | None = None
         self._queue: deque[int] = deque()
         self._active: set[int] = set()
+
+    @property
+    def max_unavailable(self) -> int:
+        return self.rules.max_unavailable
 
     @property
     def done(self) -> bool:
@@ -54,7 +61,7 @@ class ClaimedPoolRollout:
         return self.blocked == "unavailable"
 
     def next_start_time(self, now: float) -> float | None:
-        return None
+        return None  # the claimer asks the journal again; nothing to wake the dispatcher for
 
     def take_next(self, now: float) -> int | None:
         if self.stopped is not None or not self._queue:
@@ -63,15 +70,27 @@ class ClaimedPoolRollout:
         self._active.add(target)
         return target
 
+    def learn(
+        self, decision: Decision, *, taken: int, more_pending: bool, next_wave_at: float
+    ) -> None:
+        """What the policy decided in the journal's claim that gave ``taken`` targets
+        (``next_wave_at``: when the pause ends, on this runner's monotonic clock)."""
+        self.blocked = decision.after_taking(taken, more_pending)
+        self.finished = decision.finished
+        self.held = decision.progress.held
+        if decision.wave is not None:
+            self.wave = decision.wave
+        self.next_wave_at = next_wave_at
+
     def add_claims(self, target_ids: Sequence[int], *, active: bool = False) -> None:
         if active:
             self._active.update(target_ids)
         else:
             self._queue.extend(t for t in target_ids if t not in self._active)
 
-    def settle(self, target: int, now: float) -> WaveCompleted | None:
+    def settle(self, target: int, now: float) -> None:
+        """A target of ours settled; a claim sees what that means for the wave (``learn``)."""
         self._active.discard(target)
-        return None
 
     def release_to_queue(self, target: int) -> None:
         if target in self._active:
@@ -81,9 +100,6 @@ class ClaimedPoolRollout:
     def drop(self, target: int) -> None:
         """A target this runner no longer owns (its lease was lost)."""
         self._active.discard(target)
-
-    def unsent(self) -> list[int]:
-        return list(self._queue)
 
     def set_baseline(self, unavailable_not_ours: int) -> None:
         self.baseline = max(0, unavailable_not_ours)

@@ -36,6 +36,7 @@ from ..batch.errors import (
     Throttled,
     UnexpectedResponse,
 )
+from ..batch.explain import describe
 from ..batch.models import RECOVERING_STATES, NodeInfo
 from ..batch.retry import GiveUp, Reconcile, RetryCounters, RetryPolicy, backoff_delay, decide_retry
 from ..journal.model import TargetState
@@ -106,10 +107,7 @@ def after_action_error(error: BatchError, ctx: NodeRetryContext, jitter: float) 
     if isinstance(error, UnexpectedResponse) and 200 <= error.status < 300:
         return ReconcileLater(0.0, f"unexpected success status: {error}")
     if isinstance(error, AuthFailed):
-        return StopRun(
-            f"authentication failed: {error}. Check the account key or identity; "
-            "no node is affected"
-        )
+        return StopRun(f"authentication failed: {describe(error)}; no node is affected")
     if isinstance(error, NotFound):
         if error.code == "PoolNotFound":
             return StopPool(f"the pool no longer exists: {error}")

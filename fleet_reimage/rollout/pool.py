@@ -1,22 +1,18 @@
-"""One pool's rollout: wave gates and the max_unavailable budget (pure; time is passed in).
+"""One pool of a run alone: its targets' bookkeeping, with the rollout policy asked in memory.
 
-Targets are integers (journal target ids) in dispatch order, grouped by wave. The policy
-answers one question for the executor, "may the next node of this pool start now, and which
-one?", and is told what happened (a node was dispatched, a node settled, the pool was
-polled).
+Targets are integers (journal target ids) in dispatch order, grouped by wave. This object
+answers the executor's question "may the next node of this pool start now, and which one?"
+and is told what happened (a node started, a node settled, the pool was polled). It only
+counts; every decision is ``policy.decide``'s, asked with the pool's state on a monotonic
+clock, exactly as a shared run's claim asks it with the state it read from the journal:
 
-Unavailability holds at every instant, not once per wave:
-
-    unavailable = baseline + active
-    baseline    = nodes of the pool that are not ready (idle/running) for reasons of their own
-                  (unusable, starttaskfailed, offline, ... and nodes we reimaged that came
+    open wave   = the lowest wave with a target not settled
+    active      = our targets from their first request until they are settled (including
+                  retries and backoff)
+    baseline    = nodes of the pool that are not ready (idle/running) for reasons of their
+                  own (unusable, starttaskfailed, offline, ... and nodes we reimaged that came
                   back broken), refreshed by every health poll
-    active      = our targets from the moment their first request is sent until they are
-                  healthy again or settled otherwise (including retries and backoff)
-
-A new node may start only while ``unavailable < max_unavailable``. A wave opens when every
-target of the previous wave has settled and ``pause_between_waves`` has passed since then;
-a checkpoint (``confirm_after_wave``) holds the pool after that wave until released.
+    failures    = the run's failures (``FailureBudget``)
 """
 
 from __future__ import annotations
@@ -24,15 +20,19 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 
-
-@dataclass(frozen=True, slots=True)
-class WaveCompleted:
-    wave: int  # 0-based index of the wave that completed
-    at: float
-    next_wave_at: float | None  # None when it was the last wave
-    held: bool  # a checkpoint holds the pool after this wave
+from fleet_reimage.journal.shared import PoolProgress, PoolState
+from fleet_reimage.rollout.budget import FailureBudget
+from fleet_reimage.rollout.policy import (
+    NO_BUDGET,
+    Decision,
+    RolloutRules,
+    WaveCompleted,
+    advance,
+    decide,
+    room,
+)
 
 
 class PoolRollout:
@@ -47,27 +47,35 @@ class PoolRollout:
         settled: Iterable[int] = (),
         active: Iterable[int] = (),
         next_wave_at: float = -math.inf,
+        budget: FailureBudget | None = None,
     ) -> None:
-        """``settled``/``active`` restore a resumed run (terminal, and dispatched targets)."""
-        if max_unavailable < 1:
-            raise ValueError("max_unavailable must be at least 1")
-        self.max_unavailable = max_unavailable
+        """``settled``/``active`` restore a resumed run (terminal, and dispatched targets);
+        ``budget``: the run's failure budget, which gates every pool."""
+        self.rules = RolloutRules(
+            max_unavailable,
+            pause_between_waves,
+            checkpoint_after_wave,  # 0-based ladder step, or None
+            NO_BUDGET if budget is None else budget.rule,
+        )
         self.baseline = baseline_unavailable
-        self.pause = pause_between_waves
-        self.checkpoint_after_wave = checkpoint_after_wave  # 0-based wave index, or None
+        self.stopped: str | None = None
+        self._budget = budget
         self._waves = [list(w) for w in waves]  # empty waves kept: indices are ladder steps
         self._wave_of = {t: index for index, wave in enumerate(self._waves) for t in wave}
         self._settled = set(settled)
         self._active = set(active) - self._settled
         self._remaining = [sum(1 for t in w if t not in self._settled) for w in self._waves]
-        self.wave = 0
-        self.next_wave_at = next_wave_at
-        self.held = False
-        self.stopped: str | None = None
-        self._queue: deque[int] = deque()
-        self._skip_completed_waves()
+        self._current = 0  # the open wave: the lowest with a target not settled
+        self._queue: deque[int] = deque()  # its targets not started yet, in dispatch order
+        self._find_open_wave()
+        first_look = PoolProgress(opens_at=next_wave_at)
+        self.progress, _ = advance(self.rules, self._state(first_look, -math.inf))
 
     # --- questions ---
+
+    @property
+    def max_unavailable(self) -> int:
+        return self.rules.max_unavailable
 
     @property
     def unavailable(self) -> int:
@@ -77,19 +85,37 @@ class PoolRollout:
     def active(self) -> int:
         return len(self._active)
 
+    @property
+    def queued(self) -> int:
+        """Targets of the open wave not started yet."""
+        return len(self._queue)
+
     def active_targets(self) -> frozenset[int]:
         return frozenset(self._active)
 
     @property
-    def done(self) -> bool:
-        return self.stopped is not None or self.wave >= len(self._waves)
+    def wave(self) -> int:
+        """The open wave (0-based); ``wave_count`` once every target settled."""
+        return self._current
 
     @property
     def wave_count(self) -> int:
         return len(self._waves)
 
+    @property
+    def done(self) -> bool:
+        return self.stopped is not None or self._current >= len(self._waves)
+
+    @property
+    def held(self) -> bool:
+        return self.progress.held
+
+    @property
+    def next_wave_at(self) -> float:
+        return self.progress.opens_at
+
     def blocked_by_unavailability(self) -> bool:
-        return bool(self._queue) and self.unavailable >= self.max_unavailable
+        return bool(self._queue) and room(self.rules, self.baseline, len(self._active)) <= 0
 
     def next_start_time(self, now: float) -> float | None:
         """When this pool may start its next new node, if it is waiting for a wave pause."""
@@ -97,11 +123,15 @@ class PoolRollout:
             return None
         return self.next_wave_at if now < self.next_wave_at else None
 
+    def decision(self, now: float) -> Decision:
+        """What the policy decides for this pool now (nothing changes)."""
+        return decide(self.rules, self._state(self.progress, now))
+
     def take_next(self, now: float) -> int | None:
         """The next target that may start now (and mark it active), or None."""
-        if self.done or self.held or now < self.next_wave_at:
+        if self.stopped is not None or not self._queue:
             return None
-        if not self._queue or self.unavailable >= self.max_unavailable:
+        if self.decision(now).admit <= 0:
             return None
         target = self._queue.popleft()
         self._active.add(target)
@@ -110,7 +140,7 @@ class PoolRollout:
     def pending(self) -> list[int]:
         """Targets not yet dispatched, in all waves from the current one on."""
         rest = list(self._queue)
-        for wave in self._waves[self.wave + 1 :]:
+        for wave in self._waves[self._current + 1 :]:
             rest.extend(t for t in wave if t not in self._settled and t not in self._active)
         return rest
 
@@ -127,7 +157,11 @@ class PoolRollout:
             self._remaining[index] -= 1
         if self.stopped is not None:
             return None
-        return self._maybe_complete_wave(now)
+        if index == self._current and self._remaining[index] == 0:
+            self._find_open_wave()
+        decision = self.decision(now)
+        self.progress = decision.progress
+        return decision.completed
 
     def release_to_queue(self, target: int) -> None:
         """A dispatched target was not applied and must start over later (e.g. on stop)."""
@@ -143,7 +177,7 @@ class PoolRollout:
         self.baseline = max(0, unavailable_not_ours)
 
     def release_checkpoint(self) -> None:
-        self.held = False
+        self.progress = replace(self.progress, held=False)
 
     def stop(self, reason: str) -> list[int]:
         """Stop the pool; returns the targets that will now never start."""
@@ -154,26 +188,17 @@ class PoolRollout:
 
     # --- internals ---
 
-    def _maybe_complete_wave(self, now: float) -> WaveCompleted | None:
-        if self.wave >= len(self._waves) or self._remaining[self.wave] > 0:
-            return None
-        completed = self.wave
-        self.wave += 1
-        self._skip_completed_waves()
-        # A checkpoint on this step, or on an empty step skipped just now, holds the pool.
-        checkpoint = self.checkpoint_after_wave
-        held = checkpoint is not None and completed <= checkpoint < self.wave
-        last = self.wave >= len(self._waves)
-        self.next_wave_at = now + self.pause if not last else self.next_wave_at
-        self.held = held and not last
-        return WaveCompleted(completed, now, None if last else self.next_wave_at, self.held)
+    def _state(self, progress: PoolProgress, now: float) -> PoolState:
+        open_wave = self._current if self._current < len(self._waves) else None
+        failures = 0 if self._budget is None else self._budget.failures
+        return PoolState(now, progress, open_wave, len(self._active), self.baseline, failures)
 
-    def _skip_completed_waves(self) -> None:
-        while self.wave < len(self._waves) and self._remaining[self.wave] == 0:
-            self.wave += 1
-        if self.wave < len(self._waves):
+    def _find_open_wave(self) -> None:
+        while self._current < len(self._waves) and self._remaining[self._current] == 0:
+            self._current += 1
+        if self._current < len(self._waves):
             self._queue = deque(
                 t
-                for t in self._waves[self.wave]
+                for t in self._waves[self._current]
                 if t not in self._settled and t not in self._active
             )

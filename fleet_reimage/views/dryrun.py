@@ -1,14 +1,15 @@
 """``run --dry-run``: resolve the plan, then simulate its rollout; nothing that changes is sent.
 
 Resolving only lists pools and nodes (read-only, like ``plan``), and the journal is not
-opened. The simulation follows the executor's rules per pool, with every node assumed to
-take the same time to come back (``--assume-recovery``):
+opened. The simulation drives each pool's rollout policy (``rollout/pool.py`` and
+``rollout/policy.py``, the very objects a run asks) on a simulated clock, with every node
+assumed to take the same time to come back (``--assume-recovery``). So, as in a run:
 
 * waves open one after another; the next opens ``pause_between_waves`` after the previous
   one completed (empty ladder steps are skipped without a pause);
 * within a wave, a node starts whenever fewer than ``max_unavailable`` nodes of the pool are
-  unavailable, counting the nodes already down for other reasons; so a wave of ``w`` nodes
-  with ``s`` free slots takes ``ceil(w / s)`` recovery times;
+  unavailable, counting the nodes already down for other reasons (so a wave of ``w`` nodes
+  with ``s`` free slots takes ``ceil(w / s)`` recovery times);
 * pools run side by side, so the run takes as long as its slowest pool.
 
 Without a health gate a node counts as done once its request is accepted (assumed
@@ -18,12 +19,14 @@ and checkpoints are not simulated (checkpoints are named in the output).
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass, field
 
 from fleet_reimage.plan.model import Plan
 from fleet_reimage.plan.resolve import PoolResolution, Resolution
-from fleet_reimage.units import format_duration
+from fleet_reimage.rollout.pool import PoolRollout
+from fleet_reimage.units import count, format_duration, plural
 from fleet_reimage.views.runview import span, when
 
 DEFAULT_RECOVERY = 600.0  # without a health timeout to go by
@@ -87,17 +90,32 @@ def simulate_pool(
     per_node: float,
     pause: float,
 ) -> PoolSim:
-    """The expected wave timeline of one pool (pure)."""
+    """The expected wave timeline of one pool: its rollout policy on a simulated clock (pure).
+
+    ``slots``: how many of the pool's nodes may be down at once, after those already down.
+    """
     pool = PoolSim(label, sum(wave_sizes), slots)
+    waves: list[list[int]] = []
+    for size in wave_sizes:
+        first = sum(len(w) for w in waves)
+        waves.append(list(range(first, first + size)))
+    rollout = PoolRollout(waves, max_unavailable=slots, pause_between_waves=pause)
+    back: list[tuple[float, int]] = []  # (when it is back, target), soonest first
+    started: dict[int, float] = {}  # wave -> when its first node started
     clock = 0.0
-    for step, size in enumerate(wave_sizes):
-        if size == 0:
-            continue  # an empty ladder step: the executor skips it without a pause
-        if pool.waves:
-            clock += pause
-        took = math.ceil(size / slots) * per_node
-        pool.waves.append(WaveSim(step + 1, size, clock, clock + took))
-        clock += took
+    while not rollout.done:
+        while (target := rollout.take_next(clock)) is not None:
+            started.setdefault(rollout.wave, clock)
+            heapq.heappush(back, (clock + per_node, target))
+        clock = min(back[0][0] if back else math.inf, rollout.next_start_time(clock) or math.inf)
+        if not math.isfinite(clock):  # pragma: no cover - a pool with slots never stalls
+            break
+        while back and back[0][0] <= clock:
+            completed = rollout.settle(heapq.heappop(back)[1], clock)
+            if completed is not None:
+                step = completed.wave
+                wave = WaveSim(step + 1, wave_sizes[step], started[step], completed.at)
+                pool.waves.append(wave)
     return pool
 
 
@@ -131,7 +149,8 @@ def simulate(resolution: Resolution, assumed: Assumption) -> list[PoolSim]:
 
 def _blocked_reason(pool: PoolResolution, plan: Plan) -> str:
     return (
-        f"blocked: {pool.baseline_unavailable} nodes are already unavailable and "
+        f"blocked: {count(pool.baseline_unavailable, 'node')} "
+        f"{plural('is', pool.baseline_unavailable)} already unavailable and "
         f"max_unavailable is {pool.max_unavailable}; the run would wait for them and stop "
         f"this pool after {format_duration(plan.rollout.health.timeout)} if none comes back"
     )
@@ -165,9 +184,9 @@ def render_simulation(
 
 def _pool_lines(pool: PoolSim) -> list[str]:
     if pool.blocked:
-        return [f"  {pool.label}: {pool.selected} nodes, {pool.blocked}"]
+        return [f"  {pool.label}: {count(pool.selected, 'node')}, {pool.blocked}"]
     lines = [
-        f"  {pool.label}: {pool.selected} nodes, {pool.slots} at a time, "
+        f"  {pool.label}: {count(pool.selected, 'node')}, {pool.slots} at a time, "
         f"about {span(pool.duration)}"
     ]
     previous_end: float | None = None
@@ -175,7 +194,7 @@ def _pool_lines(pool: PoolSim) -> list[str]:
         pause = ""
         if previous_end is not None and wave.start > previous_end:
             pause = f"  (after a {span(wave.start - previous_end)} pause)"
-        nodes = f"{wave.nodes} node{'s' if wave.nodes != 1 else ''}"
+        nodes = count(wave.nodes, "node")
         lines.append(
             f"    wave {wave.wave}: {nodes:>11}  +{span(wave.start)} -> +{span(wave.end)}{pause}"
         )

@@ -20,34 +20,37 @@ import csv
 import functools
 import itertools
 import json
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, TextIO
 
 from fleet_reimage.journal.model import AttemptRecord, TargetRecord, TargetState
+from fleet_reimage.units import count
+from fleet_reimage.views.hints import run_hint
 from fleet_reimage.views.runview import (
     STATE_LABELS,
     STATES,
     FailureGroup,
     PoolCounts,
     RunData,
-    Timeline,
     attempts_by_target,
     clock,
     counts_json,
+    doubt_counts,
     exclusion_counts,
     failure_groups,
     iso,
-    last_error,
+    narrowed,
+    node_error,
     pool_counts,
-    resume_command,
     run_json,
     span,
     status_phrase,
-    timeline,
     total_counts,
     when,
 )
 from fleet_reimage.views.textgrid import grid, md_cell, md_table
+from fleet_reimage.views.timeline import Timeline, timeline, timeline_lines, wave_times
 
 FORMATS = ("table", "json", "csv", "markdown")
 MARKDOWN_NODE_LIMIT = 500
@@ -87,31 +90,49 @@ _RIGHT = {2, 4, 7}
 class Report:
     """The derived views of one run, computed once and shared by every format."""
 
-    def __init__(self, data: RunData) -> None:
+    def __init__(self, data: RunData, now: float | None = None) -> None:
         self.data = data
+        self.now = now  # when the report is made (judges a deadline for the resume command)
         self.run = data.run
         self.by_target = attempts_by_target(data.attempts)
         self.pools = pool_counts(data.targets)
         self.totals = total_counts(self.pools)
         self.failures = failure_groups(data.targets, self.by_target)
-        self.timeline = timeline(data.events, data.targets)
+        self.timeline = timeline(data.events, data.targets, data.attempts)
+        self.doubts = doubt_counts(data.targets, self.by_target)
 
     def attempts_of(self, target: TargetRecord) -> Sequence[AttemptRecord]:
         return self.by_target.get(target.target_id, ())
 
 
-def write_report(data: RunData, fmt: str, out: TextIO) -> None:
-    """Write the report of ``data`` in ``fmt`` (one of ``FORMATS``) to ``out``."""
+def write_report(data: RunData, fmt: str, out: TextIO, now: float | None = None) -> None:
+    """Write the report of ``data`` in ``fmt`` (one of ``FORMATS``) to ``out``.
+
+    ``now``: when the report is made (default: as of the run's last write).
+    """
     if fmt == "csv":
         # CSV needs no totals or timeline: skip computing them for a big run.
         write_csv(data, out)
         return
-    report = Report(data)
+    report = Report(data, now)
     writers = {"table": write_table, "json": write_json, "markdown": write_markdown}
     writers[fmt](report, out)
 
 
 # --- csv --------------------------------------------------------------------------------
+
+
+_LINE_BREAKS = re.compile(r"\s*[\r\n]+\s*")
+
+
+def one_line(text: str) -> str:
+    """Text with its line breaks folded into spaces: a CSV row or a table cell is one line.
+
+    Batch error messages carry "RequestId:..." and "Time:..." on lines of their own; a
+    quoted newline is valid CSV, but every line-based tool (``wc -l``, ``grep``, a
+    spreadsheet import with the wrong option) would then count one node as three.
+    """
+    return _LINE_BREAKS.sub(" ", text).strip() if text else text
 
 
 def write_csv(data: RunData, out: TextIO) -> None:
@@ -120,7 +141,7 @@ def write_csv(data: RunData, out: TextIO) -> None:
     writer.writerow(CSV_COLUMNS)
     for target in data.targets:
         attempts = by_target.get(target.target_id, ())
-        error = last_error(attempts)
+        error = node_error(target, attempts)
         writer.writerow(
             (
                 target.account,
@@ -128,13 +149,13 @@ def write_csv(data: RunData, out: TextIO) -> None:
                 target.node_id,
                 target.wave + 1,
                 target.state.value,
-                target.reason or "",
+                one_line(target.reason or ""),
                 target.attempts,
                 iso(target.first_sent_at) or "",
                 iso(target.finished_at) or "",
                 _duration(target) if target.finished_at else "",
                 _code(error) or "",
-                (error.error_message or "") if error else "",
+                one_line(error.error_message or "") if error else "",
                 ";".join(a.client_request_id for a in attempts),
                 ";".join(a.request_id or "-" for a in attempts),
             )
@@ -170,6 +191,7 @@ def report_header_json(report: Report) -> dict[str, Any]:
         "totals": counts_json(report.totals),
         "pools": [pool.as_json() for pool in report.pools],
         "failures": [group.as_json() for group in report.failures],
+        "reconciled": report.doubts.as_json(),
         "timeline": report.timeline.as_json(),
         "excluded": [
             {"account": e.account, "pool": e.pool, "node": e.node_id, "reason": e.reason}
@@ -179,11 +201,12 @@ def report_header_json(report: Report) -> dict[str, Any]:
 
 
 def _resume(report: Report) -> str | None:
-    return resume_command(report.run, report.data.location)
+    hint = run_hint(report.run, report.data.location, report.data.events, report.now)
+    return hint.command if hint else None
 
 
 def node_json(target: TargetRecord, attempts: Sequence[AttemptRecord]) -> dict[str, Any]:
-    error = last_error(attempts)
+    error = node_error(target, attempts)
     return {
         "account": target.account,
         "pool": target.pool,
@@ -234,17 +257,22 @@ def write_json(report: Report, out: TextIO) -> None:
 def write_table(report: Report, out: TextIO) -> None:
     run = report.run
     lines = [
-        f"Report of run {run.run_id}: plan {run.name!r} ({run.plan_path}), {run.action}",
+        f"Report of run {run.run_id}: plan {run.name} ({run.plan_path}), {run.action}",
         f"  status   {status_phrase(run)}",
         f"  started  {when(run.created_at)}   ended {when(run.ended_at)}   "
-        f"took {span((run.ended_at or run.updated_at) - run.created_at)}",
+        f"took {run_duration(report)}",
     ]
     if run.reason:
-        lines.append(f"  reason   {run.reason}")
+        lines.append(f"  reason   {one_line(run.reason)}")
+    if narrowed(run):
+        lines.append(f"  narrowed {narrowed(run)}")
     resume = _resume(report)
     if resume:
         lines.append(f"  resume   {resume}")
     lines += ["", "Totals", *("  " + line for line in totals_lines(report.pools))]
+    doubts = report.doubts.phrase()
+    if doubts:
+        lines += ["", doubts]
     lines += ["", "Not done (by error code, else reason)"]
     lines += ["  " + line for line in failure_lines(report.failures)] or ["  none"]
     lines += ["", "Timeline (UTC)"]
@@ -257,6 +285,17 @@ def write_table(report: Report, out: TextIO) -> None:
     rows = functools.partial(_node_rows, report, report.data.targets)  # called twice
     for line in grid(NODE_HEADERS, rows, right=_RIGHT):
         out.write(line + "\n")
+
+
+def run_duration(report: Report) -> str:
+    """How long the run took, and how much of that nothing was running (crashes, stops)."""
+    run = report.run
+    took = span((run.ended_at or run.updated_at) - run.created_at)
+    down = report.timeline.down
+    if not report.timeline.restarts:
+        return took
+    starts = count(len(report.timeline.restarts) + 1, "start")
+    return f"{took} ({starts}; not running for {span(down)} of it)"
 
 
 def totals_lines(pools: Sequence[PoolCounts]) -> list[str]:
@@ -281,30 +320,6 @@ def failure_lines(groups: Sequence[FailureGroup]) -> list[str]:
     return lines
 
 
-def timeline_lines(line: Timeline, day_of: float) -> list[str]:
-    out: list[str] = []
-    rows = [
-        (
-            w.label,
-            f"{w.wave}/{w.of}",
-            str(w.nodes),
-            clock(w.started_at, day_of),
-            clock(w.completed_at, day_of) if w.completed_at else "running",
-            span(w.took),
-            span(w.pause_before) if w.pause_before is not None else "",
-            "held for checkpoint" if w.held else "",
-        )
-        for w in line.waves
-    ]
-    headers = ("pool", "wave", "nodes", "started", "completed", "took", "pause before", "")
-    if rows:
-        out.extend(grid(headers, lambda: rows, right={2, 5, 6}))
-    for milestone in line.milestones:
-        where = f"{milestone.pool}: " if milestone.pool else ""
-        out.append(f"{clock(milestone.at, day_of)}  {where}{milestone.text}")
-    return out or ["no wave has started"]
-
-
 def _excluded_phrase(counts: dict[str, int]) -> str:
     return ", ".join(f"{count} {group}" for group, count in sorted(counts.items()))
 
@@ -315,7 +330,7 @@ def _node_rows(report: Report, targets: Iterable[TargetRecord]) -> Iterator[tupl
     for target in targets:
         attempts = report.attempts_of(target)
         last = attempts[-1] if attempts else None
-        error = last_error(attempts)
+        error = node_error(target, attempts)
         yield (
             f"{target.account}/{target.pool}",
             target.node_id,
@@ -347,17 +362,18 @@ def _attempt_row(attempt: AttemptRecord, day: float) -> tuple[str, ...]:
         attempt.client_request_id,
         attempt.request_id or "",
         _code(attempt) or "",
-        attempt.error_message or "",
+        one_line(attempt.error_message or ""),
     )
 
 
 def _reason_and_error(target: TargetRecord, error: AttemptRecord | None) -> str:
-    reason = target.reason or ""
-    if target.state is TargetState.HEALTHY or error is None or not error.error_message:
+    reason = one_line(target.reason or "")
+    if error is None or not error.error_message:
         return reason
-    if error.error_message in reason:
+    message = one_line(error.error_message)
+    if message in reason:
         return reason
-    return f"{reason} (last error: {error.error_message})" if reason else error.error_message
+    return f"{reason} (last error: {message})" if reason else message
 
 
 # --- markdown ---------------------------------------------------------------------------
@@ -375,10 +391,12 @@ def write_markdown(report: Report, out: TextIO) -> None:
         ("Status", md_cell(status_phrase(run))),
         ("Started", when(run.created_at)),
         ("Ended", when(run.ended_at)),
-        ("Duration", span((run.ended_at or run.updated_at) - run.created_at)),
+        ("Duration", md_cell(run_duration(report))),
     ]
     if run.reason:
         facts.append(("Reason", md_cell(run.reason)))
+    if narrowed(run):
+        facts.append(("Narrowed to", f"`{md_cell(narrowed(run))}`"))
     resume = _resume(report)
     if resume:
         facts.append(("To continue", f"`{resume}`"))
@@ -391,6 +409,9 @@ def write_markdown(report: Report, out: TextIO) -> None:
         "",
         *_md_totals(report.pools),
     ]
+    doubts = report.doubts.phrase()
+    if doubts:
+        parts += ["", md_cell(doubts) + "."]
     excluded = exclusion_counts(report.data.exclusions)
     if excluded:
         parts += ["", f"Excluded by the plan's selection: {_excluded_phrase(excluded)}."]
@@ -427,18 +448,7 @@ def _md_failures(groups: Sequence[FailureGroup]) -> list[str]:
 def _md_timeline(line: Timeline, day: float) -> list[str]:
     if not line.waves and not line.milestones:
         return ["No wave has started."]
-    rows = [
-        (
-            md_cell(w.label),
-            f"{w.wave} of {w.of}",
-            str(w.nodes),
-            clock(w.started_at, day),
-            clock(w.completed_at, day) if w.completed_at else "running",
-            span(w.took),
-            span(w.pause_before) if w.pause_before is not None else "",
-        )
-        for w in line.waves
-    ]
+    rows = [(md_cell(w.label), f"{w.wave} of {w.of}", *wave_times(w, day)) for w in line.waves]
     headers = ("Pool", "Wave", "Nodes", "Started", "Completed", "Took", "Pause before")
     parts = md_table(headers, rows) if rows else []
     if line.milestones:
@@ -460,7 +470,7 @@ def _md_nodes(report: Report, out: TextIO) -> None:
         healthy = (t for t in targets if t.state is TargetState.HEALTHY)
         shown = list(itertools.islice(itertools.chain(unhealthy, healthy), MARKDOWN_NODE_LIMIT))
         out.write(
-            f"{len(targets)} nodes: the first {MARKDOWN_NODE_LIMIT} are listed, the "
+            f"{count(len(targets), 'node')}: the first {MARKDOWN_NODE_LIMIT} are listed, the "
             f"{len(unhealthy)} that did not end healthy first. Every node is in "
             f"`fleet-reimage report {report.run.run_id} --journal {report.data.location} "
             "--format csv`.\n\n"

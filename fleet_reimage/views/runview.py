@@ -27,7 +27,9 @@ from fleet_reimage.journal.model import (
     TargetRecord,
     TargetState,
 )
+from fleet_reimage.plan.narrow import describe
 from fleet_reimage.plan.schedule import reason_group
+from fleet_reimage.units import count
 
 # Outcome columns in the order an operator reads them: what is left, what moves, what ended.
 STATES: tuple[TargetState, ...] = (
@@ -194,6 +196,90 @@ def last_error(attempts: Sequence[AttemptRecord]) -> AttemptRecord | None:
     return None
 
 
+SUCCEEDED = frozenset({TargetState.HEALTHY, TargetState.DONE_UNVERIFIED})
+
+
+def node_error(target: TargetRecord, attempts: Sequence[AttemptRecord]) -> AttemptRecord | None:
+    """The error a node's row shows: its last error, unless the node ended well.
+
+    The journal keeps every attempt's answer (the attempt log shows them all), but a node
+    that ended healthy after a retried 429 has no error: the 429 belongs to that attempt,
+    not to the node.
+    """
+    if target.state in SUCCEEDED:
+        return None
+    return last_error(attempts)
+
+
+@dataclass(frozen=True, slots=True)
+class DoubtCounts:
+    """Requests sent without a clear answer, and what reading the node later found."""
+
+    applied: int = 0  # the node showed the request took effect: not sent again
+    not_applied: int = 0  # it did not: sent again
+    unresolved: int = 0  # still in doubt (the run stopped before the node was read)
+
+    @property
+    def total(self) -> int:
+        return self.applied + self.not_applied + self.unresolved
+
+    def as_json(self) -> dict[str, int]:
+        return {
+            "in_doubt": self.total,
+            "applied": self.applied,
+            "not_applied": self.not_applied,
+            "unresolved": self.unresolved,
+        }
+
+    def phrase(self) -> str | None:
+        """One sentence for people, or None when no request was in doubt."""
+        if not self.total:
+            return None
+        parts = [
+            f"{self.applied} applied (not sent again)",
+            f"{self.not_applied} not applied (sent again)",
+        ]
+        if self.unresolved:
+            parts.append(f"{self.unresolved} not read yet (resume reads them)")
+        return (
+            f"{count(self.total, 'request')} in doubt (sent, no clear answer), reconciled "
+            f"by reading the node: {', '.join(parts)}"
+        )
+
+
+def doubt_counts(
+    targets: Iterable[TargetRecord], by_target: Mapping[int, Sequence[AttemptRecord]]
+) -> DoubtCounts:
+    """Count the requests that were in doubt, however they were settled.
+
+    In the run, a request in doubt is read back and its attempt marked reconciled. A request
+    left with no answer at all by a crash is read back by ``resume``, which settles the node
+    (not the attempt): a later attempt means it was not applied, an accepted node that it
+    was. One still without an answer on a node in flight is unresolved (or on the wire now).
+    """
+    applied = not_applied = unresolved = 0
+    for target in targets:
+        attempts = by_target.get(target.target_id, ())
+        for index, attempt in enumerate(attempts):
+            outcome = attempt.outcome
+            if outcome is AttemptOutcome.RECONCILED_APPLIED:
+                applied += 1
+            elif outcome is AttemptOutcome.RECONCILED_NOT_APPLIED:
+                not_applied += 1
+            elif outcome is AttemptOutcome.IN_DOUBT:
+                unresolved += 1
+            elif outcome is None and index < len(attempts) - 1:
+                not_applied += 1  # a crash left it unanswered; resume found it not applied
+            elif outcome is None and target.state in _APPLIED_AFTER_RESUME:
+                applied += 1
+    return DoubtCounts(applied, not_applied, unresolved)
+
+
+_APPLIED_AFTER_RESUME = frozenset(
+    {TargetState.ACCEPTED, TargetState.HEALTHY, TargetState.DONE_UNVERIFIED, TargetState.FAILED}
+)
+
+
 _TRAILING_CODE = re.compile(r"\(([A-Z][A-Za-z]+)\)$")
 
 
@@ -269,143 +355,11 @@ def in_flight(targets: Iterable[TargetRecord]) -> list[TargetRecord]:
     return active
 
 
-# --- timeline ---------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class WaveSpan:
-    account: str
-    pool: str
-    wave: int  # 1-based ladder step
-    of: int
-    started_at: float
-    completed_at: float | None = None
-    pause_before: float | None = None  # since the previous wave of the pool completed
-    held: bool = False  # a checkpoint held the pool after this wave
-    nodes: int = 0
-
-    @property
-    def label(self) -> str:
-        return f"{self.account}/{self.pool}"
-
-    @property
-    def took(self) -> float | None:
-        return None if self.completed_at is None else self.completed_at - self.started_at
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "account": self.account,
-            "pool": self.pool,
-            "wave": self.wave,
-            "of": self.of,
-            "nodes": self.nodes,
-            "started_at": iso(self.started_at),
-            "completed_at": iso(self.completed_at),
-            "duration_s": _round(self.took),
-            "pause_before_s": _round(self.pause_before),
-            "held_for_checkpoint": self.held,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class Milestone:
-    """A run event worth a line of its own (not a wave boundary)."""
-
-    at: float
-    kind: str
-    pool: str | None  # "account/pool", when the event is about one
-    text: str
-
-    def as_json(self) -> dict[str, Any]:
-        return {"at": iso(self.at), "event": self.kind, "pool": self.pool, "text": self.text}
-
-
-@dataclass(slots=True)
-class Timeline:
-    waves: list[WaveSpan]
-    milestones: list[Milestone]
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "waves": [w.as_json() for w in self.waves],
-            "events": [m.as_json() for m in self.milestones],
-        }
-
-
-def timeline(events: Iterable[RunEvent], targets: Iterable[TargetRecord] = ()) -> Timeline:
-    """Wave spans per pool and the other milestones, from the run's events (by time).
-
-    A resumed run announces its current wave again: the first start is kept.
-    """
-    spans: dict[tuple[str, str, int], WaveSpan] = {}
-    last_done: dict[tuple[str, str], float] = {}
-    milestones: list[Milestone] = []
-    for event in events:
-        data = event.data
-        pool_key = (event.account or "", event.pool or "")
-        if event.kind == "wave_started" and event.pool:
-            key = (*pool_key, int(data.get("wave", 0)))
-            if key not in spans:
-                previous = last_done.get(pool_key)
-                spans[key] = WaveSpan(
-                    *key,
-                    of=int(data.get("of", 0)),
-                    started_at=event.at,
-                    pause_before=None if previous is None else event.at - previous,
-                )
-        elif event.kind == "wave_completed" and event.pool:
-            key = (*pool_key, int(data.get("wave", 0)))
-            wave = spans.get(key)
-            if wave is not None:
-                wave.completed_at = event.at
-                wave.held = bool(data.get("held"))
-            last_done[pool_key] = event.at
-        else:
-            milestones.append(_milestone(event))
-    sizes: Counter[tuple[str, str, int]] = Counter((t.account, t.pool, t.wave + 1) for t in targets)
-    for key, wave in spans.items():
-        wave.nodes = sizes[key]
-    ordered = sorted(spans.values(), key=lambda w: (w.account, w.pool, w.wave))
-    return Timeline(ordered, milestones)
-
-
-def _milestone(event: RunEvent) -> Milestone:
-    data = event.data
-    pool = f"{event.account}/{event.pool}" if event.pool else event.account
-    kind = event.kind
-    if kind == "pool_stopped":
-        text = f"pool stopped: {data.get('reason')}"
-    elif kind == "budget_exceeded":
-        text = f"failure budget exceeded: {data.get('failed')} failed, budget {data.get('budget')}"
-    elif kind == "run_stopping":
-        text = f"run stopping ({data.get('kind')}): {data.get('reason')}"
-    elif kind == "checkpoint":
-        text = f"checkpoint after wave {data.get('wave')}: waiting for the operator"
-    elif kind == "checkpoint_confirmed":
-        text = "checkpoint confirmed: rollout continues"
-    elif kind == "throttle_changed":
-        text = (
-            f"throttle: concurrency {data.get('concurrency')}, rate {data.get('rate')} "
-            f"({data.get('reason')})"
-        )
-    else:
-        detail = ", ".join(f"{k}={v}" for k, v in data.items())
-        text = kind.replace("_", " ") + (f": {detail}" if detail else "")
-    return Milestone(event.at, kind, pool, text)
-
-
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
 # --- the run as a whole -----------------------------------------------------------------
-
-
-def resume_command(run: RunRecord, location: str) -> str | None:
-    """The exact command that continues the run, when it can be continued."""
-    if not run.status.resumable:
-        return None
-    return f"fleet-reimage resume {run.run_id} --journal {location}"
 
 
 def runner_alive(run: RunRecord) -> bool | None:
@@ -454,7 +408,13 @@ def run_json(run: RunRecord) -> dict[str, Any]:
         "duration_s": _round((ended or run.updated_at) - run.created_at),
         "host": run.host,
         "pid": run.pid,
+        "narrowing": run.options.get("narrowing"),
     }
+
+
+def narrowed(run: RunRecord) -> str | None:
+    """How the command line narrowed the plan's selection for this run, in words."""
+    return describe(run.options.get("narrowing"))
 
 
 def exclusion_counts(exclusions: Iterable[Exclusion]) -> Counter[str]:

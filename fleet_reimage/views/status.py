@@ -14,27 +14,30 @@ from pathlib import Path
 from typing import Any
 
 from fleet_reimage.journal.model import RunRecord, RunStatus, TargetRecord, TargetState
-from fleet_reimage.views.report import failure_lines, timeline_lines, totals_lines
+from fleet_reimage.units import count
+from fleet_reimage.views.hints import Hint, run_hint
+from fleet_reimage.views.report import failure_lines, one_line, totals_lines
 from fleet_reimage.views.runview import (
     RunData,
     attempts_by_target,
     clock,
     counts_json,
     counts_phrase,
+    doubt_counts,
     failure_groups,
     in_flight,
     iso,
+    narrowed,
     pool_counts,
-    resume_command,
     run_json,
     runner_alive,
     span,
     status_phrase,
-    timeline,
     total_counts,
     when,
 )
 from fleet_reimage.views.textgrid import grid
+from fleet_reimage.views.timeline import Timeline, timeline, timeline_lines
 
 IN_FLIGHT_SHOWN = 10
 
@@ -102,34 +105,64 @@ def run_text(data: RunData, now: float) -> str:
     run = data.run
     pools = pool_counts(data.targets)
     by_target = attempts_by_target(data.attempts)
+    line = timeline(data.events, data.targets, data.attempts)
     lines = [
-        f"run {run.run_id}: plan {run.name!r} ({run.plan_path}), {run.action}",
+        f"run {run.run_id}: plan {run.name} ({run.plan_path}), {run.action}",
         f"  status   {status_phrase(run)}",
     ]
     if run.reason:
-        lines.append(f"  reason   {run.reason}")
+        lines.append(f"  reason   {one_line(run.reason)}")
+    if narrowed(run):
+        lines.append(f"  narrowed {narrowed(run)}")
     ended = clock(run.ended_at, run.created_at) if run.ended_at else "-"
     lines.append(
         f"  started  {when(run.created_at)}   last write {clock(run.updated_at, run.created_at)} "
         f"({span(now - run.updated_at)} ago)   ended {ended}"
     )
+    if line.restarts:
+        lines.append(f"  restarts {_restarts_phrase(line)}")
     lines += ["", "Nodes per pool", *("  " + line for line in totals_lines(pools))]
-    lines += ["", *_in_flight_lines(data.targets, now, run.created_at)]
+    doubts = doubt_counts(data.targets, by_target).phrase()
+    if doubts:
+        lines += ["", doubts]
+    lines += ["", *_in_flight_lines(data.targets, run, now)]
     failures = failure_groups(data.targets, by_target)
     lines += ["", "Not done (by error code, else reason)"]
     lines += ["  " + line for line in failure_lines(failures)] or ["  none"]
     lines += ["", "Waves and events (UTC)"]
-    lines += [
-        "  " + line for line in timeline_lines(timeline(data.events, data.targets), run.created_at)
-    ]
-    lines += ["", *next_steps(run, data.location)]
+    lines += ["  " + text for text in timeline_lines(line, run.created_at)]
+    lines += ["", *next_steps(run_hint(run, data.location, data.events, now), run, data.location)]
     return "\n".join(lines)
 
 
-def _in_flight_lines(targets: Sequence[TargetRecord], now: float, day: float) -> list[str]:
+def _restarts_phrase(line: Timeline) -> str:
+    crashes = sum(1 for r in line.restarts if r.crashed)
+    stops = len(line.restarts) - crashes
+    what = [count(n, word) for n, word in ((crashes, "crash"), (stops, "stop")) if n]
+    return (
+        f"resumed {count(len(line.restarts), 'time')} (after {' and '.join(what)}); "
+        f"not running for {span(line.down)} in all"
+    )
+
+
+def in_flight_clock(run: RunRecord, now: float) -> float:
+    """The instant "waiting" is measured to: now while the run goes, else when it ended.
+
+    A stopped run's requests wait for nothing: the time they had waited when it stopped is
+    what tells, not a timer that keeps counting while nobody runs the run.
+    """
+    if run.status is RunStatus.RUNNING and runner_alive(run) is not False:
+        return now
+    return run.ended_at or run.updated_at
+
+
+def _in_flight_lines(targets: Sequence[TargetRecord], run: RunRecord, now: float) -> list[str]:
     active = in_flight(targets)
     if not active:
         return ["In flight now: none"]
+    day = run.created_at
+    until = in_flight_clock(run, now)
+    live = until == now
     rows = [
         (
             f"{t.account}/{t.pool}",
@@ -137,35 +170,48 @@ def _in_flight_lines(targets: Sequence[TargetRecord], now: float, day: float) ->
             "awaiting health" if t.state is TargetState.ACCEPTED else "request in flight",
             str(t.attempts),
             clock(t.last_sent_at, day) if t.last_sent_at else "",
-            span(now - t.last_sent_at) if t.last_sent_at else "",
+            span(until - t.last_sent_at) if t.last_sent_at else "",
             t.last_code or "",
         )
         for t in active[:IN_FLIGHT_SHOWN]
     ]
-    headers = ("pool", "node", "state", "tries", "sent", "waiting", "last code")
-    lines = [f"In flight now: {len(active)} (longest waiting first)"]
+    waited = "waiting" if live else "had waited"
+    headers = ("pool", "node", "state", "tries", "sent", waited, "last code")
+    if live:
+        lines = [f"In flight now: {len(active)} (longest waiting first)"]
+    else:
+        lines = [
+            f"Left in flight when the run stopped at {clock(until, day)}: {len(active)} "
+            "(resume reads each node before anything is sent again)"
+        ]
     lines += ["  " + line for line in grid(headers, lambda: rows, right={3, 5})]
     if len(active) > IN_FLIGHT_SHOWN:
         lines.append(f"  ... and {len(active) - IN_FLIGHT_SHOWN} more (--output json lists all)")
     return lines
 
 
-def next_steps(run: RunRecord, location: str) -> list[str]:
-    """What to type next, given the run's status."""
+def next_steps(hint: Hint | None, run: RunRecord, location: str) -> list[str]:
+    """What to type next, given the run's status and the command that continues it."""
     report = f"fleet-reimage report {run.run_id} --journal {location}"
-    command = resume_command(run, location)
+    command = hint.command if hint else None
+    why = [f"  ({line})" for line in hint.why] if hint else []
     if run.status is RunStatus.RUNNING:
         alive = runner_alive(run)
         if alive:
             return [
-                f"It is running now. Watch: fleet-reimage status {run.run_id} --journal {location}"
+                "It is running now. Watch it live: "
+                f"fleet-reimage status {run.run_id} --journal {location} --follow"
             ]
         if alive is None:
-            return [f"If the process on {run.host} is gone, continue it with: {command}"]
-        return [f"To continue: {command}"]
+            return [f"If the process on {run.host} is gone, continue it with: {command}", *why]
+        return [f"To continue: {command}", *why]
     if command:
-        return [f"To continue: {command}", f"Details: {report}"]
+        return [f"To continue: {command}", *why, f"Details: {report}"]
     return [f"Details: {report} --format markdown"]
+
+
+def _command(hint: Hint | None) -> str | None:
+    return hint.command if hint else None
 
 
 def run_status_json(data: RunData, now: float) -> dict[str, Any]:
@@ -173,10 +219,12 @@ def run_status_json(data: RunData, now: float) -> dict[str, Any]:
     pools = pool_counts(data.targets)
     by_target = attempts_by_target(data.attempts)
     alive = runner_alive(run) if run.status is RunStatus.RUNNING else None
+    until = in_flight_clock(run, now)
     return {
         "run": {**run_json(run), "runner_alive": alive},
         "totals": counts_json(total_counts(pools)),
         "pools": [pool.as_json() for pool in pools],
+        "reconciled": doubt_counts(data.targets, by_target).as_json(),
         "in_flight": [
             {
                 "account": t.account,
@@ -185,12 +233,12 @@ def run_status_json(data: RunData, now: float) -> dict[str, Any]:
                 "state": t.state.value,
                 "attempts": t.attempts,
                 "last_sent_at": iso(t.last_sent_at),
-                "waiting_s": None if t.last_sent_at is None else round(now - t.last_sent_at, 3),
+                "waiting_s": None if t.last_sent_at is None else round(until - t.last_sent_at, 3),
                 "last_code": t.last_code,
             }
             for t in in_flight(data.targets)
         ],
         "failures": [g.as_json() for g in failure_groups(data.targets, by_target)],
-        "timeline": timeline(data.events, data.targets).as_json(),
-        "resume": resume_command(run, data.location),
+        "timeline": timeline(data.events, data.targets, data.attempts).as_json(),
+        "resume": _command(run_hint(run, data.location, data.events, now)),
     }
