@@ -18,7 +18,6 @@ the same thing, which is what the throughput goals measure on a CPU-bound client
 from __future__ import annotations
 
 import argparse
-import compileall
 import shutil
 from pathlib import Path
 from typing import Any
@@ -73,20 +72,14 @@ def main(argv: list[str]) -> dict[str, Any]:
         default="fleet-reimage,aiohttp",
         help=f"comma-separated, of {', '.join(CONTENDERS)} (sdk takes about 25 minutes)",
     )
-    parser.add_argument("--baseline", type=Path)
-    parser.add_argument("--baseline-env", action="append", default=[], metavar="NAME=VALUE")
+    common.add_baseline_arguments(parser)
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None:
         raise SystemExit("instructions: valgrind is not installed")
     names = [n.strip() for n in args.contenders.split(",") if n.strip()]
     if "baseline" in names and args.baseline is None:
         raise SystemExit("instructions: the contender 'baseline' needs --baseline DIR")
-    baseline_env: dict[str, str] = {}
-    if args.baseline is not None:
-        root = args.baseline.resolve()
-        compileall.compile_dir(str(root / "fleet_reimage"), quiet=1)
-        baseline_env = dict(item.split("=", 1) for item in args.baseline_env)
-        baseline_env["PYTHONPATH"] = str(root)
+    baseline_env = common.baseline_env(args)
     print(f"instructions: {args.nodes:,} nodes, under callgrind: {', '.join(names)}")
     per_node: dict[str, float] = {}
     for name in names:

@@ -21,7 +21,6 @@ another checkout (``PYTHONPATH=DIR``, its bytecode compiled first), with any
 from __future__ import annotations
 
 import argparse
-import compileall
 import json
 import shutil
 import tempfile
@@ -115,26 +114,11 @@ def main(argv: list[str]) -> dict[str, Any]:
         action="store_true",
         help="also run fleet-reimage variants: " + "; ".join(DIAGNOSTICS.values()),
     )
-    parser.add_argument(
-        "--baseline",
-        type=Path,
-        help="another checkout whose package runs as the contender 'baseline'",
-    )
-    parser.add_argument(
-        "--baseline-env",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="an environment variable for the baseline's runs (repeatable)",
-    )
+    common.add_baseline_arguments(parser)
     args = parser.parse_args(argv)
     names = CONTENDERS + (tuple(DIAGNOSTICS) if args.diagnose else ())
-    baseline_env: dict[str, str] = {}
+    baseline_env = common.baseline_env(args)
     if args.baseline is not None:
-        root = args.baseline.resolve()
-        compileall.compile_dir(str(root / "fleet_reimage"), quiet=1)
-        baseline_env = dict(item.split("=", 1) for item in args.baseline_env)
-        baseline_env["PYTHONPATH"] = str(root)
         names += ("baseline",)
     print(
         f"throughput: {args.nodes:,} nodes in {args.pools} pools, concurrency "

@@ -8,7 +8,9 @@ time and peak RSS (not its siblings').
 
 from __future__ import annotations
 
+import argparse
 import base64
+import compileall
 import json
 import os
 import platform
@@ -519,3 +521,33 @@ def journal_throttle_changes(journal: Path) -> list[dict[str, Any]]:
     finally:
         conn.close()
     return [{"at": at, **json.loads(data)} for at, data in rows]
+
+
+# --- another checkout, measured side by side ------------------------------------------------
+
+
+def add_baseline_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout whose package runs as the contender 'baseline'",
+    )
+    parser.add_argument(
+        "--baseline-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable for the baseline's runs (repeatable)",
+    )
+
+
+def baseline_env(args: argparse.Namespace) -> dict[str, str]:
+    """The environment that runs the ``--baseline`` checkout's package (its bytecode compiled
+    first, as for this one), or {} without one."""
+    if args.baseline is None:
+        return {}
+    root = args.baseline.resolve()
+    compileall.compile_dir(str(root / "fleet_reimage"), quiet=1)
+    env = dict(item.split("=", 1) for item in args.baseline_env)
+    env["PYTHONPATH"] = str(root)
+    return env
