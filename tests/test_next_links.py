@@ -1,9 +1,11 @@
 """Following ``odata.nextLink`` (issue 13 item 6), over real TCP against scripted servers:
 a link must keep to the endpoint's origin and carry an absolute path, and a listing stops,
-with a clear error, on a repeated link or past ``MAX_PAGES`` pages."""
+with a clear error, on a repeated link or past ``MAX_PAGES`` pages; a page that cannot be
+read whole is an error, never a shorter listing."""
 
 from __future__ import annotations
 
+import gzip
 import json
 from itertools import count
 
@@ -81,3 +83,17 @@ async def test_a_listing_of_exactly_the_page_bound_is_read_whole(
     async with fake_server([("GET", "/pools/p/nodes", forty)]) as server:
         ids = await list_all(server.url)
     assert ids == [f"n{i}" for i in range(1, 41)]
+
+
+async def test_a_cut_short_compressed_page_is_an_error_not_a_shorter_list() -> None:
+    """A gzip page whose stream is cut short (the HTTP framing intact): aiohttp hands back
+    what it could inflate; the listing must fail on it, never return part of the nodes."""
+    document = json.dumps({"value": [{"id": f"n{i}"} for i in range(2000)]}).encode()
+    packed = gzip.compress(document)
+
+    async def cut(request: web.Request) -> web.Response:
+        return web.Response(body=packed[: len(packed) // 2], headers={"Content-Encoding": "gzip"})
+
+    async with fake_server([("GET", "/pools/p/nodes", cut)]) as server:
+        with pytest.raises(UnexpectedResponse, match="expected a JSON body"):
+            await list_all(server.url)
