@@ -147,6 +147,12 @@ class RolloutSpec:
     failure_budget: Amount
     deadline: datetime | None
     confirm_after_wave: int | None  # 1-based index into ``waves``
+    # A node that failed after the action (back broken, or not in time) keeps holding its
+    # room in max_unavailable while it is down (its capacity is down); False frees it.
+    failed_holds_availability: bool = True
+    # Claim each pool in its metadata before the first request, against other runs
+    # (other journals, other machines): ``engine/poolclaim.py``.
+    claim_pools: bool = False
 
 
 @dataclass(frozen=True, slots=True)
