@@ -73,9 +73,8 @@ class HealthMonitor:
         self.blocks = BlockWatch(ledger, self.spec.timeout)
 
     def _wants_poll(self, pool: PoolRun, now: float) -> bool:
-        if pool.awaiting:
-            return True
-        return self.blocks.wants_poll(pool, now)
+        blocked = self.blocks.wants_poll(pool, now)  # also sees a blocking end
+        return blocked or bool(pool.awaiting)
 
     async def run(self) -> None:
         """Poll every pool that needs it, each at most once per interval, until cancelled."""

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from fleet_reimage.units import Amount, format_duration
 
-from .model import AccountSpec, Plan, PoolSelector
+from .model import AccountSpec, Plan, PoolSelector, SharedKeyAuth
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,8 +168,9 @@ def _auth(account: AccountSpec) -> str:
     auth = account.auth
     if auth is None:
         return "none"
+    kind = "shared-key" if isinstance(auth, SharedKeyAuth) else "entra"
     shown = {k: v for k, v in dataclasses.asdict(auth).items() if v is not None}
-    return ", ".join(f"{k} {text(v)}" for k, v in shown.items())
+    return ", ".join([f"type {kind}", *(f"{k} {text(v)}" for k, v in shown.items())])
 
 
 def _fields(prefix: str, spec: object) -> dict[str, str]:
@@ -203,7 +204,7 @@ def text(value: object) -> str:
     if isinstance(value, Enum):
         return str(value.value)
     if isinstance(value, float):
-        return format_duration(value)
+        return format_duration(value) if value else "0s"
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, Amount | Path | int | str):
