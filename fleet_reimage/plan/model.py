@@ -81,6 +81,7 @@ class NodeSelector:
     exclude: tuple[str, ...]  # globs on node ids; a node matching one is skipped
     states: frozenset[str]  # eligible current states
     booted_before: datetime | None  # nodes with lastBootTime at/after this are skipped
+    skip_booted_within: float | None = None  # seconds: nodes booted that recently are skipped
 
     def matches_id(self, node_id: str) -> bool:
         """The node id is included and not excluded (globs are case-sensitive)."""
