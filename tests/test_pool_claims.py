@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
+import pgserver
 import pytest
 from clihelpers import emulator_process, fleet_reimage
 from runhelpers import (
@@ -30,6 +32,7 @@ from runhelpers import (
 from fleet_reimage import api
 from fleet_reimage.batch.transport import HttpRequest, HttpResponse, Transport, default_transport
 from fleet_reimage.emulator.server import RunningEmulator
+from fleet_reimage.engine import poolclaim
 from fleet_reimage.engine.executor import RunSettings
 from fleet_reimage.journal import RunStatus, TargetState
 from fleet_reimage.rollout.poolclaim import CLAIM_KEY
@@ -202,3 +205,89 @@ def test_plan_and_run_warn_about_nodes_booted_within_the_hour_and_the_plan_can_s
     assert reason.startswith("booted within the last 2h (") and reason.endswith(
         " ago; nodes.skip_booted_within): another run may have just reimaged it"
     )
+
+
+async def test_claims_are_renewed_and_a_claim_lost_to_another_run_stops_the_pool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(poolclaim, "CLAIM_TTL", 0.6)  # renewed every 0.2 s
+    pools = [{"id": "p", "nodes": 4, "metadata": dict([TEAM])}, {"id": "q", "nodes": 4}]
+    async with emulator(pools) as emu:
+        plan = write_plan(tmp_path, emu.url, rollout=rollout("confirm_after_wave: 1"))
+        recorder = Recorder()
+        renewals: list[str] = []  # pool p's claim values, as each renewal wrote them
+        renewed, stopped = anyio.Event(), anyio.Event()
+
+        def on_renewal(fields: dict[str, Any]) -> None:
+            if fields["pool"] == "p":
+                renewals.append(fields["claim"])
+                if len({value.rsplit("expires=", 1)[1] for value in renewals}) >= 2:
+                    renewed.set()  # expiries are to the second: renewed until one moved on
+
+        recorder.callbacks["pool_claim_renewed"] = on_renewal
+        recorder.callbacks["pool_stopped"] = lambda _: stopped.set()
+        other = "run=r20991231-000000-other1 host=ops-9 expires=2099-12-31T00:00:00Z"
+
+        async def confirm(_: str) -> bool:  # held at the checkpoint while the claims renew
+            await renewed.wait()
+            emu.state.pool_ops.patch_metadata("p", [TEAM, (CLAIM_KEY, other)])  # taken over
+            await stopped.wait()  # the next renewal finds it
+            return True
+
+        with anyio.fail_after(60):
+            result = await run_with(
+                plan, tmp_path / "j.db", api.RunHooks(observer=recorder), confirm=confirm
+            )
+        assert metadata(emu) == [TEAM, (CLAIM_KEY, other)]  # theirs, left alone
+        assert metadata(emu, "q") == []  # ours, released at the end
+    expiries = [value.rsplit("expires=", 1)[1] for value in renewals]
+    assert expiries == sorted(expiries) and expiries[0] < expiries[-1]  # moved on
+    assert (result.status, result.exit_code) == (RunStatus.STOPPED, 3)
+    assert result.stopped_pools["emu/p"].startswith(
+        "claimed by run r20991231-000000-other1 on host ops-9 (until 2099-12-31T00:00:00Z)"
+    )
+    states = {(t.pool, t.state) for t in await journal_targets(tmp_path / "j.db")}
+    assert ("p", TargetState.PENDING) in states and ("q", TargetState.HEALTHY) in states
+
+
+@pytest.fixture(scope="module")
+def pg_server() -> Iterator[pgserver.PgServer]:
+    yield from pgserver.session_server()
+
+
+@pytest.fixture
+def pg_url(pg_server: pgserver.PgServer) -> Iterator[str]:
+    with pgserver.fresh_database(pg_server) as url:
+        yield url
+
+
+@pytest.mark.postgres
+async def test_in_a_shared_run_the_claim_is_the_runs_not_a_runners(
+    tmp_path: Path, pg_url: str
+) -> None:
+    pools = [{"id": "p", "nodes": 8, "metadata": dict([TEAM])}]
+    async with emulator(pools, timings=SLOW) as emu:
+        # A pause after the canary: the run is far from done when the second runner joins.
+        text = rollout("pause_between_waves: 2s")
+        plan = api.load_plan(write_plan(tmp_path, emu.url, rollout=text))
+        first, second = Recorder(), Recorder()
+        claimed = anyio.Event()
+        first.callbacks["pool_claimed"] = lambda _: claimed.set()
+        results: dict[str, Any] = {}
+
+        async def runner(name: str, recorder: Recorder, join: bool) -> None:
+            hooks = api.RunHooks(observer=recorder, handle_signals=False)
+            results[name] = await api.run_plan(plan, journal=pg_url, hooks=hooks, join=join)
+
+        with anyio.fail_after(90):
+            async with anyio.create_task_group() as group:
+                group.start_soon(runner, "first", first, False)
+                await claimed.wait()
+                group.start_soon(runner, "second", second, True)
+        assert set(reimages(emu).values()) == {1}
+        assert metadata(emu) == [TEAM]  # released once the pool finished
+    run_id = first.kinds("run_started")[0]["run_id"]
+    joined = second.kinds("pool_claimed")  # the joiner took the run's claim as its own
+    assert [c["claim"].split(" host=")[0] for c in joined] == [f"run={run_id}"]
+    assert not second.kinds("pool_stopped")
+    assert {r.status for r in results.values()} == {RunStatus.FINISHED}

@@ -57,14 +57,15 @@ class PoolClaims:
         ledger: RunLedger,
         control: RunControl,
         *,
-        ttl: float = CLAIM_TTL,
+        ttl: float | None = None,
         clock: Callable[[], float] = time.time,
         others_alive: Callable[[], bool] = lambda: False,
     ) -> None:
-        """``others_alive``: other runners share the run now (they keep its claims)."""
+        """``ttl``: how long a claim holds unrenewed (default ``CLAIM_TTL``); ``others_alive``:
+        other runners share the run now (they keep its claims)."""
         self.ledger = ledger
         self.control = control
-        self.ttl = ttl
+        self.ttl = CLAIM_TTL if ttl is None else ttl
         self.clock = clock
         self.others_alive = others_alive
         self.host = socket.gethostname()
@@ -198,6 +199,9 @@ class PoolClaims:
         if pool not in self.held:
             self.held.add(pool)
             self.ledger.pool_event("pool_claimed", pool, {"claim": mine.value()})
+        else:  # for --events only: the journal need not keep every renewal
+            where = {"account": pool.account.name, "pool": pool.pool_id}
+            self.ledger.observer.event("pool_claim_renewed", {**where, "claim": mine.value()})
 
 
 def _retryable(error: BatchError) -> bool:
