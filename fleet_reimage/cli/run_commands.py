@@ -12,7 +12,7 @@ from typing import Any
 
 import anyio
 
-from fleet_reimage import api
+from fleet_reimage import api, logs
 from fleet_reimage.cli.collector import tune_for_run
 from fleet_reimage.cli.options import command_parser, journal_option, parse_deadline
 from fleet_reimage.engine.events import EventsFile, Observers, RunObserver
@@ -361,7 +361,11 @@ async def _run_with_views(
     async with anyio.create_task_group() as group:
         if events:
             group.start_soon(events.run)
-        progress = start_progress(group, executors, recoveries=recoveries)
+        # Without the live table, progress lines reach standard error even when the log
+        # goes to a file (cli/logsetup.py).
+        setup = getattr(args, "log_setup", None)
+        echo = sys.stderr if setup is not None and setup.file else None
+        progress = start_progress(group, executors, recoveries=recoveries, echo=echo)
         try:
             result = await start(hooks)
         finally:
@@ -454,6 +458,7 @@ def _print_plan_changes(changes: Sequence[PlanChange]) -> None:
 
 
 def _print_result(result: RunResult, location: str) -> int:
+    logs.flush()  # every log line first, whole: none lands in the middle of the summary
     journal = shown_location(location)  # a PostgreSQL URL without its password
     counts = ", ".join(
         f"{number} {state.replace('_', ' ')}" for state, number in result.counts.items() if number

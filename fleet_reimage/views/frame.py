@@ -243,6 +243,32 @@ def budget_in_use(executor: Executor) -> Budget:
     return Budget(budget.counted, budget.limit, budget.forgiven)
 
 
+_MOVING = (
+    ("in_flight", "in flight"),
+    ("awaiting_health", "awaiting health"),
+    ("gone", "gone"),
+    ("skipped", "skipped"),
+)
+
+
+def progress_text(frame: Frame) -> str:
+    """The progress line in words, for standard error when the log goes to a file:
+    ``progress: 12/59 finished (20%), 4 in flight, 2 awaiting health, failed 1/5, ...``."""
+    totals = frame.totals
+    selected = totals["selected"]
+    share = 100.0 * frame.finished / selected if selected else 100.0
+    parts = [f"{frame.finished}/{selected} finished ({share:.0f}%)"]
+    parts += [f"{totals[key]} {label}" for key, label in _MOVING if totals[key]]
+    parts.append(f"failed {frame.budget.cell(totals['failed'])}")
+    if frame.rate is not None:
+        parts.append(f"{frame.rate:.1f} nodes/min")
+    if frame.eta is not None and frame.finished < selected:
+        parts.append(f"ETA {span(frame.eta)}")
+    if frame.stopping:
+        parts.append(f"stopping ({frame.stopping})")
+    return f"progress of run {frame.run_id}: " + ", ".join(parts)
+
+
 def log_fields(frame: Frame) -> dict[str, Any]:
     """The ``progress`` log event's fields: one line, totals first; nothing unknown."""
     waves = sorted({f"{p.snap.wave}/{p.snap.waves}" for p in frame.pools if p.snap.waves})
