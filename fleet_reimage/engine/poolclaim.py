@@ -45,6 +45,7 @@ log = structlog.get_logger("fleet_reimage.claims")
 
 TRIES = 6  # reads and writes of one claim before giving up (412s and transient errors)
 CHECK_INTERVAL = 0.25  # seconds between looks for pools that are done
+RELEASE_WITHIN = 15.0  # seconds a stopping run spends removing its claims (they expire anyway)
 
 
 class ClaimLost(Exception):
@@ -98,10 +99,11 @@ class PoolClaims:
         """The run ends: release every pool still held (a shared run's, if no runner is left
         or the pool is finished)."""
         keep = self.ledger.shared and self.others_alive()
-        async with anyio.create_task_group() as group:
-            for pool in list(self.held):
-                if not keep or _finished(pool):
-                    group.start_soon(self._release, pool)
+        with anyio.move_on_after(RELEASE_WITHIN):  # a service that does not answer: they expire
+            async with anyio.create_task_group() as group:
+                for pool in list(self.held):
+                    if not keep or _finished(pool):
+                        group.start_soon(self._release, pool)
 
     # --- one pool ---
 

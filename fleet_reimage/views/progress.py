@@ -25,6 +25,7 @@ table on screen.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -189,8 +190,8 @@ async def _log_lines(
                 last = tracker.clock()
                 await _progress_line(frame, echo)
     finally:
-        with anyio.CancelScope(shield=True):  # how it ended, however it ended
-            await _progress_line(tracker.frame(), echo)
+        with anyio.CancelScope(shield=True):  # how it ended (why it stopped: the summary)
+            await _progress_line(dataclasses.replace(tracker.frame(), stopping=None), echo)
 
 
 async def _progress_line(frame: Frame, echo: TextIO | None) -> None:
