@@ -17,7 +17,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from fleet_reimage.engine.resumeopts import (
     OVERRIDES,
     OverrideRefused,
     ResumeOptions,
-    overridden_keys,
+    accept_changed_plan,
     plan_with_overrides,
 )
 from fleet_reimage.engine.runner import create_run, execute, owner_label
@@ -48,13 +48,7 @@ from .journal import (
     is_postgres_url,
     open_journal,
 )
-from .plan.changes import (
-    PlanChange,
-    PlanChangeRefused,
-    check_resumable,
-    effective_plan,
-    plan_changes,
-)
+from .plan.changes import PlanChange, PlanChangeRefused
 from .plan.load import load_plan as _load_plan
 from .plan.load import parse_plan
 from .plan.model import Plan
@@ -221,7 +215,7 @@ async def resume_run(
     ``failure_budget``, ``max_unavailable``, ``concurrency`` and ``per_account_concurrency``
     override the run's (kept for later resumes, journaled as ``override`` events); with
     ``force_plan``, a changed plan's settings take effect or are listed with why not
-    (``hooks.on_plan_changes``).
+    (``hooks.on_plan_changes``). See ``engine/resumeopts.py``.
     """
     hooks = hooks or RunHooks()
     settings = settings or RunSettings()
@@ -246,10 +240,7 @@ async def resume_run(
             hooks.on_plan_changes(resume.plan_changes)
         if settings.deadline is None:
             settings.deadline = _deadline_of(run, resume)
-        try:
-            plan_with_overrides(plan, {**run.options, OVERRIDES: _all_overrides(run, resume)})
-        except OverrideRefused as exc:
-            raise RefusedError(str(exc)) from None
+        _check_overrides(plan, run, resume)
         async with connect(plan, transport=transport) as connections:
             return await _execute(
                 run,
@@ -264,8 +255,13 @@ async def resume_run(
             )
 
 
-def _all_overrides(run: RunRecord, resume: ResumeOptions) -> dict[str, Any]:
-    return {**(run.options.get(OVERRIDES) or {}), **resume.given()}
+def _check_overrides(plan: Plan, run: RunRecord, resume: ResumeOptions) -> None:
+    """Refuse overrides that do not fit together, before anything is sent."""
+    overrides = {**(run.options.get(OVERRIDES) or {}), **resume.given()}
+    try:
+        plan_with_overrides(plan, {**run.options, OVERRIDES: overrides})
+    except OverrideRefused as exc:
+        raise RefusedError(str(exc)) from None
 
 
 def _deadline_of(run: RunRecord, resume: ResumeOptions) -> float | None:
@@ -381,37 +377,12 @@ async def _plan_for_resume(
                 )
             ]
         )
-    new = parse_plan(text, path)
     try:
-        old = parse_plan(run.plan_text, path)
-    except InputError:  # e.g. a key file it named is gone: nothing to compare with
-        await store.replace_plan(run.run_id, text, new.source.sha256)
-        return new, replace(resume, plan_changes=(_unreadable_plan(),))
-    accounts = {label.partition("/")[0] for label in run.options.get("pool_limits") or {}}
-    try:
-        check_resumable(old, new, accounts)
+        plan, resume = accept_changed_plan(run, text, path, resume)
     except PlanChangeRefused as exc:
         raise RefusedError(f"{path}: cannot continue run {run.run_id}: {exc}") from None
-    overridden = overridden_keys(run.options, resume)
-    changes = plan_changes(old, new, overridden=overridden)
-    deadline = new.rollout.deadline.timestamp() if new.rollout.deadline else None
-    ladder = None
-    if any(c.key == "rollout.waves" for c in changes):
-        ladder = [str(step) for step in old.rollout.waves]
-    await store.replace_plan(run.run_id, text, new.source.sha256)
-    resume = replace(resume, plan_changes=tuple(changes), plan_deadline=deadline, ladder=ladder)
-    return effective_plan(old, new), resume
-
-
-def _unreadable_plan() -> PlanChange:
-    return PlanChange(
-        "plan",
-        "as the run started",
-        "as it is now",
-        True,
-        "the run's earlier plan no longer validates here (a file it named is gone?), so the "
-        "changes cannot be listed one by one: every setting is read from the plan as it is now",
-    )
+    await store.replace_plan(run.run_id, text, plan.source.sha256)
+    return plan, resume
 
 
 async def _hint(store: Journal, run: RunRecord, *, force_plan: bool = False) -> Hint:

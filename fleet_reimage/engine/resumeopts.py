@@ -27,10 +27,12 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import anyio
 
+from fleet_reimage.errors import InputError
 from fleet_reimage.journal.model import (
     Journal,
     RunEvent,
@@ -40,7 +42,8 @@ from fleet_reimage.journal.model import (
     TargetRecord,
     TargetState,
 )
-from fleet_reimage.plan.changes import PlanChange
+from fleet_reimage.plan.changes import PlanChange, check_resumable, effective_plan, plan_changes
+from fleet_reimage.plan.load import parse_plan
 from fleet_reimage.plan.model import Plan
 from fleet_reimage.units import Amount, parse_amount
 
@@ -246,6 +249,40 @@ async def _record(
         events.append(RunEvent(run.run_id, now, "plan_changed", data=changed))
     for event in events:
         await journal.record_event(event)
+
+
+def accept_changed_plan(
+    run: RunRecord, text: str, path: Path, resume: ResumeOptions
+) -> tuple[Plan, ResumeOptions]:
+    """The plan ``text`` (``resume --force-plan``) as the run can take it, and the resume
+    with its changes (``plan/changes.py``); ``PlanChangeRefused`` when it cannot continue
+    the run."""
+    new = parse_plan(text, path)
+    try:
+        old = parse_plan(run.plan_text, path)
+    except InputError:  # e.g. a key file it named is gone: nothing to compare with
+        return new, dataclasses.replace(resume, plan_changes=(_UNREADABLE,))
+    accounts = {label.partition("/")[0] for label in run.options.get("pool_limits") or {}}
+    check_resumable(old, new, accounts)
+    changes = plan_changes(old, new, overridden=overridden_keys(run.options, resume))
+    deadline = new.rollout.deadline.timestamp() if new.rollout.deadline else None
+    ladder = None
+    if any(c.key == "rollout.waves" for c in changes):
+        ladder = [str(step) for step in old.rollout.waves]
+    resume = dataclasses.replace(
+        resume, plan_changes=tuple(changes), plan_deadline=deadline, ladder=ladder
+    )
+    return effective_plan(old, new), resume
+
+
+_UNREADABLE = PlanChange(
+    "plan",
+    "as the run started",
+    "as it is now",
+    True,
+    "the run's earlier plan no longer validates here (a file it named is gone?), so the "
+    "changes cannot be listed one by one: every setting is read from the plan as it is now",
+)
 
 
 def parse_max_unavailable(text: str) -> Amount:
