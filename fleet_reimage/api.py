@@ -15,7 +15,7 @@ from __future__ import annotations
 import difflib
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +26,13 @@ import anyio
 from fleet_reimage.engine.connect import Connections, connect
 from fleet_reimage.engine.events import NullObserver, RunObserver
 from fleet_reimage.engine.executor import Executor, RunResult, RunSettings
+from fleet_reimage.engine.resumeopts import (
+    OVERRIDES,
+    OverrideRefused,
+    ResumeOptions,
+    accept_changed_plan,
+    plan_with_overrides,
+)
 from fleet_reimage.engine.runner import create_run, execute, owner_label
 from fleet_reimage.engine.sharedrun import DEFAULT_LEASE, SharedSettings, new_runner
 from fleet_reimage.errors import FleetReimageError, InputError, Problem, RefusedError
@@ -36,15 +43,18 @@ from .journal import (
     JournalError,
     RunRecord,
     RunStatus,
+    TargetState,
     UnfinishedRun,
     is_postgres_url,
     open_journal,
 )
+from .plan.changes import PlanChange, PlanChangeRefused
 from .plan.load import load_plan as _load_plan
 from .plan.load import parse_plan
 from .plan.model import Plan
 from .plan.narrow import Narrowing, describe
 from .plan.resolve import Resolution, resolve
+from .units import Amount
 from .views.hints import Hint, continue_hint, run_hint
 
 DEFAULT_JOURNAL = "fleet-reimage.db"
@@ -72,6 +82,8 @@ class RunHooks:
     observer: RunObserver | None = None
     confirm_start: Callable[[Resolution], Awaitable[bool]] | None = None
     on_executor: Callable[[Executor], None] | None = None  # e.g. to show live progress
+    # told what a changed plan changes in a resumed run (``resume --force-plan``)
+    on_plan_changes: Callable[[Sequence[PlanChange]], None] | None = None
     handle_signals: bool = True  # SIGINT/SIGTERM: stop gracefully, a second time at once
 
 
@@ -185,6 +197,10 @@ async def resume_run(
     force_plan: bool = False,
     accept_failures: bool = False,
     failure_budget: int | None = None,
+    retry_skipped: bool = False,
+    max_unavailable: Amount | None = None,
+    concurrency: int | None = None,
+    per_account_concurrency: int | None = None,
     settings: RunSettings | None = None,
     hooks: RunHooks | None = None,
     transport: Transport | None = None,
@@ -193,19 +209,38 @@ async def resume_run(
 ) -> RunResult | RunRecord:
     """Continue a run (the latest unfinished one by default).
 
-    Returns the finished ``RunRecord`` unchanged when there is nothing left to do. With a
-    PostgreSQL journal, ``join`` takes a share of a run other runners are still driving.
+    Returns the finished ``RunRecord`` unchanged when there is nothing left to do (unless
+    ``retry_skipped`` finds skipped nodes to try again). With a PostgreSQL journal, ``join``
+    takes a share of a run other runners are still driving. ``settings.deadline``,
+    ``failure_budget``, ``max_unavailable``, ``concurrency`` and ``per_account_concurrency``
+    override the run's (kept for later resumes, journaled as ``override`` events); with
+    ``force_plan``, a changed plan's settings take effect or are listed with why not
+    (``hooks.on_plan_changes``). See ``engine/resumeopts.py``.
     """
     hooks = hooks or RunHooks()
     settings = settings or RunSettings()
     shared = _shared(journal, join=join, lease=lease)
     async with _writable_journal(journal, owner_label(run_id, "resuming a run")) as store:
         run = await _find_run(store, run_id)
-        if run.status is RunStatus.FINISHED:
+        if run.status is RunStatus.FINISHED and not (
+            retry_skipped and await _has_skipped(store, run)
+        ):
             return run
-        plan = await _plan_for_resume(store, run, force_plan)
-        if settings.deadline is None and run.options.get("deadline"):
-            settings.deadline = float(run.options["deadline"])
+        resume = ResumeOptions(
+            accept_failures=accept_failures,
+            failure_budget=failure_budget,
+            retry_skipped=retry_skipped,
+            max_unavailable=max_unavailable,
+            concurrency=concurrency,
+            per_account_concurrency=per_account_concurrency,
+            deadline=settings.deadline,
+        )
+        plan, resume = await _plan_for_resume(store, run, force_plan, resume)
+        if hooks.on_plan_changes is not None and resume.plan_changes:
+            hooks.on_plan_changes(resume.plan_changes)
+        if settings.deadline is None:
+            settings.deadline = _deadline_of(run, resume)
+        _check_overrides(plan, run, resume)
         async with connect(plan, transport=transport) as connections:
             return await _execute(
                 run,
@@ -215,10 +250,31 @@ async def resume_run(
                 settings,
                 hooks,
                 resuming=True,
-                accept_failures=accept_failures,
-                failure_budget=failure_budget,
+                resume=resume,
                 shared=shared,
             )
+
+
+def _check_overrides(plan: Plan, run: RunRecord, resume: ResumeOptions) -> None:
+    """Refuse overrides that do not fit together, before anything is sent."""
+    overrides = {**(run.options.get(OVERRIDES) or {}), **resume.given()}
+    try:
+        plan_with_overrides(plan, {**run.options, OVERRIDES: overrides})
+    except OverrideRefused as exc:
+        raise RefusedError(str(exc)) from None
+
+
+def _deadline_of(run: RunRecord, resume: ResumeOptions) -> float | None:
+    """The resumed run's deadline when --deadline is not given: a changed plan's (when that
+    change takes effect), else the run's own."""
+    if resume.plan_changed("rollout.deadline"):
+        return resume.plan_deadline
+    recorded = run.options.get("deadline")
+    return float(recorded) if recorded else None
+
+
+async def _has_skipped(store: Journal, run: RunRecord) -> bool:
+    return any(t.state is TargetState.SKIPPED for t in await store.targets(run.run_id))
 
 
 async def _execute(
@@ -287,15 +343,18 @@ async def _find_run(store: Journal, run_id: str | None) -> RunRecord:
     return unfinished[0]
 
 
-async def _plan_for_resume(store: Journal, run: RunRecord, force_plan: bool) -> Plan:
-    """The plan file as it is now; refused if it changed, unless ``force_plan``."""
+async def _plan_for_resume(
+    store: Journal, run: RunRecord, force_plan: bool, resume: ResumeOptions
+) -> tuple[Plan, ResumeOptions]:
+    """The plan file as it is now, and what its changes do to the run (``plan/changes.py``);
+    refused if it changed, unless ``force_plan``."""
     path = Path(run.plan_path)
     try:
         text = await anyio.Path(path).read_text(encoding="utf-8")
     except OSError:
-        return parse_plan(run.plan_text, path)  # the file is gone: the journal has the text
+        return parse_plan(run.plan_text, path), resume  # the file is gone: the journal has it
     if text == run.plan_text:
-        return parse_plan(text, path)
+        return parse_plan(text, path), resume
     if not force_plan:
         hint = await _hint(store, run, force_plan=True)
         diff = "".join(
@@ -318,9 +377,12 @@ async def _plan_for_resume(store: Journal, run: RunRecord, force_plan: bool) -> 
                 )
             ]
         )
-    plan = parse_plan(text, path)
+    try:
+        plan, resume = accept_changed_plan(run, text, path, resume)
+    except PlanChangeRefused as exc:
+        raise RefusedError(f"{path}: cannot continue run {run.run_id}: {exc}") from None
     await store.replace_plan(run.run_id, text, plan.source.sha256)
-    return plan
+    return plan, resume
 
 
 async def _hint(store: Journal, run: RunRecord, *, force_plan: bool = False) -> Hint:

@@ -7,7 +7,12 @@ formatting (``make_filtering_bound_logger``), so debug events cost almost nothin
 Lines are rendered on the caller's thread but written by a background thread in batches:
 a run logs one summary line per node, and a write per line on the event loop would be
 blocking I/O on the hot path (and a terminal that stops reading would stall the run).
-``flush()`` (also at exit) writes what is left.
+``flush()`` (also at exit) writes what is left, and returns only once it is written, even
+if the background thread was writing at that moment: a line printed after it (a run's
+summary) then never lands in the middle of a log line.
+
+With a log file, ``echo`` (the terminal) still gets the lines at ``echo_level`` and above,
+in console form: the file has every node's line, the operator sees the warnings.
 
 Why not structlog's standard-library pipeline (``ProcessorFormatter`` with the standard
 library's ``QueueHandler``/``QueueListener``)? It was measured against this one (issue 14,
@@ -134,6 +139,7 @@ class BackgroundWriter:
         self._stream = stream
         self._lines: list[str] = []
         self._lock = threading.Lock()
+        self._writing = threading.Lock()  # held while lines are written: flush waits for it
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
         self._thread.start()
@@ -151,14 +157,15 @@ class BackgroundWriter:
             self.flush()
 
     def flush(self) -> None:
-        with self._lock:
-            lines, self._lines = self._lines, []
-        if lines:
-            try:
-                self._stream.write("\n".join(lines) + "\n")
-                self._stream.flush()
-            except (OSError, ValueError):  # a closed or broken stream must not kill the run
-                pass
+        with self._writing:
+            with self._lock:
+                lines, self._lines = self._lines, []
+            if lines:
+                try:
+                    self._stream.write("\n".join(lines) + "\n")
+                    self._stream.flush()
+                except (OSError, ValueError):  # a closed or broken stream must not kill the run
+                    pass
 
 
 class _LineLogger:
@@ -172,13 +179,31 @@ class _LineLogger:
 
 
 class _Current:
-    writer: BackgroundWriter | None = None
+    writers: tuple[BackgroundWriter, ...] = ()
 
 
 def flush() -> None:
     """Write every log line rendered so far (call before exiting)."""
-    if _Current.writer is not None:
-        _Current.writer.flush()
+    for writer in _Current.writers:
+        writer.flush()
+
+
+class _Echo:
+    """A processor that also writes lines at ``level`` and above to a second writer, in
+    console form (the terminal beside a log file)."""
+
+    def __init__(self, writer: BackgroundWriter, level: int, colors: bool) -> None:
+        self._writer = writer
+        self._level = level
+        self._render = structlog.dev.ConsoleRenderer(colors=colors)
+
+    def __call__(
+        self, logger: Any, method: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        if LEVELS.get(str(event.get("level", method)), logging.INFO) >= self._level:
+            shown = drop_unknown(logger, method, dict(event))
+            self._writer.write_line(str(self._render(logger, method, shown)))
+        return event
 
 
 atexit.register(flush)
@@ -190,11 +215,14 @@ def configure(
     level: str = "info",
     log_file: str | None = None,
     stream: TextIO | None = None,
+    echo: TextIO | None = None,
+    echo_level: str = "warning",
 ) -> None:
     """Configure structlog for the process. ``log_format``: auto, console or json.
 
     ``log_file`` is opened for appending as a file of our own (``safefiles``): raises
-    ``UnsafeFile`` or ``OSError`` when it cannot be."""
+    ``UnsafeFile`` or ``OSError`` when it cannot be. ``echo``: with a log file, where lines
+    at ``echo_level`` and above are shown too (in console form)."""
     out: TextIO = stream or sys.stderr
     if log_file:
         # A file of ours: not a link, a FIFO or someone else's file (UnsafeFile; OSError).
@@ -204,7 +232,13 @@ def configure(
     flush()
     factory: Any
     renderer: Any = structlog.dev.ConsoleRenderer(colors=out.isatty()) if pretty else render_json
-    writer = _Current.writer = BackgroundWriter(out)
+    writer = BackgroundWriter(out)
+    echoes: list[_Echo] = []
+    _Current.writers = (writer,)
+    if echo is not None and log_file:
+        shown = BackgroundWriter(echo)
+        _Current.writers = (writer, shown)
+        echoes.append(_Echo(shown, LEVELS.get(echo_level, logging.WARNING), echo.isatty()))
     factory = lambda *_: _LineLogger(writer)  # noqa: E731
     structlog.configure(
         processors=[
@@ -212,6 +246,7 @@ def configure(
             structlog.processors.add_log_level,
             UtcTimestamp(),
             _redact,
+            *echoes,
             *((drop_unknown,) if pretty else ()),
             renderer,
         ],

@@ -295,7 +295,7 @@ async def test_a_version_1_journal_migrates_and_keeps_its_data(
         conn = await admin(pg.url)
         async with conn:
             version = await (await conn.execute(meta)).fetchall()
-    assert version == [(str(pgschema.SCHEMA_VERSION),)] and pgschema.SCHEMA_VERSION == 3
+    assert version == [(str(pgschema.SCHEMA_VERSION),)] and pgschema.SCHEMA_VERSION == 4
     assert after == before and [e.kind for e in events] == ["wave_started"]
     assert [t.target_id for t in resumed.takeovers] == ids[1:2]  # accepted, owned by nobody
     assert resumed.wave == 0 and resumed.targets == []

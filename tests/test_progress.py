@@ -65,7 +65,11 @@ class FakeExecutor:
         self.snaps = snaps
         self.pools = [
             SimpleNamespace(
-                rollout=r, awaiting={}, account=SimpleNamespace(name=s.account), pool_id=s.pool_id
+                rollout=r,
+                awaiting={},
+                account=SimpleNamespace(name=s.account),
+                pool_id=s.pool_id,
+                blocked_since=None,
             )
             for s, r in zip(snaps, rollouts, strict=True)
         ]
@@ -74,7 +78,10 @@ class FakeExecutor:
         self.budget = budget or FailureBudget(limit=2)
         self.shared = None
         self.targets = targets or {}
-        self.plan = SimpleNamespace(rollout=SimpleNamespace(pause_between_waves=pause))
+        health = SimpleNamespace(timeout=120.0)
+        self.plan = SimpleNamespace(
+            rollout=SimpleNamespace(pause_between_waves=pause, health=health)
+        )
 
     def snapshots(self) -> list[PoolSnapshot]:
         return self.snaps
@@ -220,9 +227,8 @@ def test_a_pool_over_its_limit_says_why() -> None:
     assert " 4/3 " in row
     said = " ".join(text.split())
     assert (
-        "render-a: 4 unavailable, over max_unavailable 3: 1 node down for other reasons "
-        "(went down or came back broken) beside 3 of ours; nothing starts until fewer than 3 "
-        "are down" in said
+        "render-a: 4 unavailable, over max_unavailable 3: 1 node went down for other reasons "
+        "after 3 of ours started; nothing starts until fewer than 3 are down" in said
     )
 
 

@@ -78,3 +78,14 @@ def test_what_blocks_after_a_take() -> None:
     assert decision.after_taking(1, more_pending=False) == "wave"
     paused = decide(RULES, state(PoolProgress(0, opens_at=1e9), 0))
     assert paused.after_taking(0, more_pending=True) == "pause"
+
+
+def test_targets_failed_after_the_action_hold_room_while_down_unless_the_plan_frees_it() -> None:
+    holds = RolloutRules(max_unavailable=3)
+    frees = RolloutRules(max_unavailable=3, failed_holds_availability=False)
+    # 1 node down for reasons of its own, 1 of ours in progress, 1 failed after the action.
+    down = PoolState(100.0, PoolProgress(0), 0, 1, 1, 1, failed_down=1)
+    assert (decide(holds, down).admit, decide(holds, down).blocked) == (0, "unavailable")
+    assert (decide(frees, down).admit, decide(frees, down).blocked) == (1, None)
+    back = PoolState(100.0, PoolProgress(0), 0, 1, 1, 1, failed_down=0)  # a poll saw it ready
+    assert decide(holds, back).admit == 1

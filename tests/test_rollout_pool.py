@@ -137,3 +137,29 @@ def test_random_schedules_never_exceed_the_limit_and_finish(
     for earlier, later in itertools.pairwise(waves):
         if earlier and later:
             assert max(position[t] for t in earlier) < min(position[t] for t in later)
+
+
+def test_a_target_judged_failed_keeps_its_room_without_a_gap_until_its_node_is_back() -> None:
+    """The "28/27" finding: a node that comes back broken leaves "ours" when it is judged
+    failed; it must hold its room from that very step, not rejoin the count at a later poll."""
+    rollout = PoolRollout([[1, 2, 3, 4, 5]], max_unavailable=2)
+    assert [rollout.take_next(0.0) for _ in range(3)] == [1, 2, None]
+    rollout.set_baseline(0, down=[1, 2])  # the poll that judges 1: both not ready
+    rollout.settle(1, 1.0, failed_after_action=True)
+    assert (rollout.unavailable, rollout.failed_down) == (2, 1)  # no dip to 1
+    assert rollout.take_next(1.0) is None
+    rollout.set_baseline(0, down=[1])  # 2 is back; 1 still down
+    rollout.settle(2, 2.0)
+    assert rollout.take_next(2.0) == 3 and rollout.take_next(2.0) is None
+    rollout.set_baseline(0, down=[3])  # someone fixed node 1: it frees its room
+    assert (rollout.failed_down, rollout.unavailable) == (0, 1)
+    assert rollout.take_next(3.0) == 4
+
+
+def test_the_plan_may_free_the_room_of_failed_nodes() -> None:
+    rollout = PoolRollout([[1, 2, 3]], max_unavailable=1, failed_holds_availability=False)
+    assert rollout.take_next(0.0) == 1
+    rollout.set_baseline(0, down=[1])
+    rollout.settle(1, 1.0, failed_after_action=True)
+    assert (rollout.failed_down, rollout.unavailable) == (1, 0)  # counted, holding nothing
+    assert rollout.take_next(1.0) == 2

@@ -11,7 +11,6 @@ import argparse
 import gc
 import sys
 from collections.abc import Sequence
-from typing import TextIO, cast
 
 import anyio
 
@@ -19,12 +18,12 @@ from fleet_reimage import __version__, api, logs
 from fleet_reimage.batch.errors import BatchError, ConfigurationError
 from fleet_reimage.batch.explain import describe
 from fleet_reimage.cli.collector import collector_for
+from fleet_reimage.cli.logsetup import configure_logging, log_setup
 from fleet_reimage.cli.options import logging_options, quiet_stdout
 from fleet_reimage.cli.run_commands import add_run_commands
 from fleet_reimage.cli.view_commands import add_view_commands
 from fleet_reimage.errors import InputError
 from fleet_reimage.journal import JournalError
-from fleet_reimage.views.termstream import CURRENT_STDERR
 
 EXAMPLES = """\
 examples:
@@ -108,18 +107,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "completion":
         sys.stdout.write(completion_script(args.shell))
         return 0
-    # Through CURRENT_STDERR: the live progress display can then print log lines above itself.
     try:
-        logs.configure(
-            log_format=args.log_format,
-            level=args.log_level,
-            log_file=args.log_file,
-            stream=cast(TextIO, CURRENT_STDERR),
-        )
+        args.log_setup = configure_logging(args)  # see cli/logsetup.py
     except api.RefusedError as exc:  # UnsafeFile: a link, a FIFO, someone else's file
         return _fail(f"fleet-reimage: {exc}", 2)
     except OSError as exc:
-        return _fail(f"fleet-reimage: cannot open the log file {args.log_file}: {exc.strerror}", 2)
+        where = log_setup(args).file
+        return _fail(f"fleet-reimage: cannot open the log file {where}: {exc.strerror}", 2)
+    if args.log_setup.notice:
+        print(args.log_setup.notice, file=sys.stderr)
     try:
         with collector_for(args.command):  # see cli/collector.py
             code: int = _run_unwrapped(args)

@@ -69,7 +69,13 @@ def logging_options() -> argparse.ArgumentParser:
         help="console on a terminal, JSON lines otherwise (default: auto)",
     )
     group.add_argument("--log-level", choices=tuple(logs.LEVELS), default="info")
-    group.add_argument("--log-file", metavar="PATH", help="write logs to this file instead")
+    group.add_argument(
+        "--log-file",
+        metavar="PATH",
+        help="write logs to this file (warnings show on the terminal too); run and resume "
+        "with the live table log to a file next to the journal by default; - for standard "
+        "error",
+    )
     return parent
 
 

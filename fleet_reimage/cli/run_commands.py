@@ -6,24 +6,27 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from fleet_reimage import api
+from fleet_reimage import api, logs
 from fleet_reimage.cli.collector import tune_for_run
 from fleet_reimage.cli.options import command_parser, journal_option, parse_deadline
 from fleet_reimage.engine.events import EventsFile, Observers, RunObserver
 from fleet_reimage.engine.executor import Executor, RunResult, RunSettings
+from fleet_reimage.engine.resumeopts import parse_max_unavailable
 from fleet_reimage.engine.sharedrun import DEFAULT_LEASE
 from fleet_reimage.journal import RunRecord, shown_location
+from fleet_reimage.plan.changes import PlanChange
 from fleet_reimage.plan.environment import as_warnings, environment_problems
 from fleet_reimage.plan.model import Plan
 from fleet_reimage.plan.narrow import Narrowing, PoolGlob, read_node_list
 from fleet_reimage.plan.resolve import Resolution
-from fleet_reimage.units import UnitError, count, parse_duration
+from fleet_reimage.plan.sections import MAX_CONCURRENCY
+from fleet_reimage.units import Amount, UnitError, count, parse_duration
 from fleet_reimage.views.dryrun import assumption, render_simulation, simulate
 from fleet_reimage.views.eta import RecoveryMeter
 from fleet_reimage.views.hints import continue_hint
@@ -140,6 +143,47 @@ def add_run_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         metavar="N",
         help="replace the failure budget with N failed nodes",
     )
+    _override_options(p)
+
+
+def _override_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "overrides (kept by the run for later resumes, and shown in status and report)"
+    )
+    group.add_argument(
+        "--max-unavailable",
+        type=_max_unavailable,
+        metavar="N|P%",
+        help="replace each pool's max_unavailable: a count, or a percent of the pool's nodes "
+        "in the run",
+    )
+    group.add_argument(
+        "--concurrency", type=_concurrency, metavar="N", help="requests in flight at once, run"
+    )
+    group.add_argument(
+        "--per-account-concurrency",
+        type=_concurrency,
+        metavar="N",
+        help="requests in flight at once per account (at most --concurrency)",
+    )
+    group.add_argument(
+        "--retry-skipped",
+        action="store_true",
+        help="try the run's skipped nodes again (they become pending)",
+    )
+
+
+def _max_unavailable(text: str) -> Amount:
+    try:
+        return parse_max_unavailable(text)
+    except (UnitError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _concurrency(text: str) -> int:
+    if not text.strip().isdigit() or not 1 <= int(text) <= MAX_CONCURRENCY:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to {MAX_CONCURRENCY}")
+    return int(text)
 
 
 def _narrowing_options(parser: argparse.ArgumentParser) -> None:
@@ -317,7 +361,11 @@ async def _run_with_views(
     async with anyio.create_task_group() as group:
         if events:
             group.start_soon(events.run)
-        progress = start_progress(group, executors, recoveries=recoveries)
+        # Without the live table, progress lines reach standard error even when the log
+        # goes to a file (cli/logsetup.py).
+        setup = getattr(args, "log_setup", None)
+        echo = sys.stderr if setup is not None and setup.file else None
+        progress = start_progress(group, executors, recoveries=recoveries, echo=echo)
         try:
             result = await start(hooks)
         finally:
@@ -371,12 +419,17 @@ async def cmd_run(args: argparse.Namespace) -> int:
 async def cmd_resume(args: argparse.Namespace) -> int:
     async def start(hooks: api.RunHooks) -> RunResult | RunRecord:
         settings = RunSettings(deadline=args.deadline, confirm=_ask if _interactive() else None)
+        hooks.on_plan_changes = _print_plan_changes
         return await api.resume_run(
             args.run_id,
             journal=args.journal,
             force_plan=args.force_plan,
             accept_failures=args.accept_failures,
             failure_budget=args.failure_budget,
+            retry_skipped=args.retry_skipped,
+            max_unavailable=args.max_unavailable,
+            concurrency=args.concurrency,
+            per_account_concurrency=args.per_account_concurrency,
             settings=settings,
             hooks=hooks,
             join=args.join,
@@ -394,7 +447,18 @@ async def cmd_resume(args: argparse.Namespace) -> int:
     return _print_result(result, args.journal)
 
 
+def _print_plan_changes(changes: Sequence[PlanChange]) -> None:
+    """What a changed plan (--force-plan) changes in the run, before anything is sent."""
+    late = [c for c in changes if not c.applies]
+    lines = [f"the plan changed since the run started ({count(len(changes), 'setting')}):"]
+    lines += [f"  {change.line()}" for change in changes]
+    if late:
+        lines.append(f"  not taking effect in this run: {count(len(late), 'change')} (see above)")
+    print("\n".join(lines), file=sys.stderr)
+
+
 def _print_result(result: RunResult, location: str) -> int:
+    logs.flush()  # every log line first, whole: none lands in the middle of the summary
     journal = shown_location(location)  # a PostgreSQL URL without its password
     counts = ", ".join(
         f"{number} {state.replace('_', ' ')}" for state, number in result.counts.items() if number

@@ -34,6 +34,7 @@ from fleet_reimage.engine.events import RunObserver
 from fleet_reimage.engine.health import HealthMonitor
 from fleet_reimage.engine.ledger import RunLedger
 from fleet_reimage.engine.node_work import NodeWork
+from fleet_reimage.engine.poolclaim import PoolClaims
 from fleet_reimage.engine.runstate import (
     AccountRun,
     JobKind,
@@ -125,6 +126,9 @@ class Executor:
         self.work = NodeWork(self.ledger, self, self.slots, plan, runner_id=runner_id)
         on_baseline = None if self.shared is None else self.shared.publish_baseline
         self.health = HealthMonitor(self.ledger, self, plan, on_baseline=on_baseline)
+        self.claims: PoolClaims | None = None  # rollout.claim_pools: see poolclaim.py
+        if plan.rollout.claim_pools:
+            self.claims = PoolClaims(self.ledger, self, others_alive=self._others_alive)
         self._live_jobs = 0  # job tasks launched and not finished
         self._wake = Wakeup()
         self._checkpoint_open = False
@@ -199,6 +203,9 @@ class Executor:
                     group.start_soon(self._worker, receive.clone())
                 if self.shared is not None:
                     group.start_soon(self.shared.run)
+                if self.claims is not None:  # before the first change to any pool
+                    await self.claims.start()
+                    group.start_soon(self.claims.run)
                 await self._dispatch_loop()
                 group.cancel_scope.cancel()
             self._group = None
@@ -341,6 +348,10 @@ class Executor:
             self.request_stop("checkpoint", "the operator chose to stop at the checkpoint")
         self.wake()
 
+    def _others_alive(self) -> bool:
+        """Other runners share this run now (a shared run's claims stay theirs)."""
+        return self.shared is not None and self.shared.live_runners > 1
+
     def _all_done(self) -> bool:
         return self._live_jobs == 0 and all(
             p.rollout.done and not p.awaiting and not p.retry_heap for p in self.pools
@@ -351,6 +362,8 @@ class Executor:
     async def _finish(self) -> RunResult:
         """Leave every target in a state resume understands, then record the run's end."""
         with anyio.CancelScope(shield=True):
+            if self.claims is not None:
+                await self.claims.finish()
             try:
                 result = await self._record_end()
             except JournalError:  # the run ends whatever the journal can still take

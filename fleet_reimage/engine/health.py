@@ -10,15 +10,19 @@ pool's unavailability baseline) plus every node that booted since. An accepted n
 is missing from the answer is read on its own (it may have left the pool).
 
 A pool is also polled while ``max_unavailable`` blocks it with nothing of ours in progress,
-so that nodes recovering by themselves free the budget; if it stays blocked for a whole
-health timeout, the pool stops with the reason.
+so that nodes recovering by themselves free the budget (``blockwatch.py``: said aloud while it
+waits; blocked for a whole health timeout, the pool stops resumable, its nodes pending).
+
+Each poll also tells the pool's rollout which of its targets are down: one that failed after
+the action holds its room while its node stays down (``failed_holds_availability``), and
+stops holding it once a poll sees the node ready again.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 import anyio
@@ -27,6 +31,7 @@ import structlog
 from fleet_reimage.batch.errors import AuthFailed, BatchError, NotFound
 from fleet_reimage.batch.explain import describe
 from fleet_reimage.batch.models import NodeInfo
+from fleet_reimage.engine.blockwatch import BlockWatch
 from fleet_reimage.engine.control import RunControl
 from fleet_reimage.engine.ledger import RunLedger
 from fleet_reimage.engine.runstate import Phase, PoolRun, RunTarget
@@ -34,7 +39,6 @@ from fleet_reimage.journal.model import TargetChange, TargetState
 from fleet_reimage.plan.model import Plan
 from fleet_reimage.plan.where import locate_in_plan
 from fleet_reimage.rollout.outcomes import health_verdict
-from fleet_reimage.units import count, plural
 
 log = structlog.get_logger("fleet_reimage.health")
 
@@ -56,38 +60,21 @@ class HealthMonitor:
         control: RunControl,
         plan: Plan,
         *,
-        on_baseline: Callable[[PoolRun, int], None] | None = None,
+        on_baseline: Callable[[PoolRun, int, Sequence[str]], Awaitable[None]] | None = None,
     ) -> None:
-        """``on_baseline``: told each pool's baseline after a poll (a shared run shares it)."""
+        """``on_baseline``: told each pool's baseline and its targets seen down after a poll,
+        before any target is judged (a shared run shares them through the journal)."""
         self.ledger = ledger
         self.control = control
         self.plan = plan  # its health spec, and where an account is written (messages)
         self.spec = plan.rollout.health
         self.on_baseline = on_baseline
         self.polls = 0  # list calls made, for the calls-per-node figure
+        self.blocks = BlockWatch(ledger, self.spec.timeout)
 
     def _wants_poll(self, pool: PoolRun, now: float) -> bool:
-        if pool.awaiting:
-            return True
-        blocked = pool.rollout.blocked_by_unavailability() and pool.rollout.active == 0
-        if not blocked:
-            pool.blocked_since = None
-            return False
-        if pool.blocked_since is None:
-            pool.blocked_since = now
-        # In a shared run the blocking nodes may be other runners' own: never stop for them.
-        if not self.ledger.shared and now - pool.blocked_since > self.spec.timeout:
-            self.ledger.stop_pool(
-                pool,
-                (
-                    f"blocked for {self.spec.timeout:g}s: {count(pool.rollout.baseline, 'node')} "
-                    f"{plural('is', pool.rollout.baseline)} unavailable for other reasons, "
-                    "max_unavailable is "
-                    f"{pool.rollout.max_unavailable}"
-                ),
-            )
-            return False
-        return True
+        blocked = self.blocks.wants_poll(pool, now)  # also sees a blocking end
+        return blocked or bool(pool.awaiting)
 
     async def run(self) -> None:
         """Poll every pool that needs it, each at most once per interval, until cancelled."""
@@ -121,7 +108,7 @@ class HealthMonitor:
         finally:
             pool.last_poll = time.monotonic()
             pool.polling = False
-        self._refresh_baseline(pool, nodes)
+        await self._refresh_baseline(pool, nodes)
         await self._judge(pool, nodes)
         self.control.wake()
 
@@ -142,15 +129,13 @@ class HealthMonitor:
                 nodes[node.id] = node
         return nodes
 
-    def _refresh_baseline(self, pool: PoolRun, nodes: dict[str, NodeInfo]) -> None:
+    async def _refresh_baseline(self, pool: PoolRun, nodes: dict[str, NodeInfo]) -> None:
         ready = self.spec.ready_states
-        ours = self.ledger.active_node_ids(pool)
-        baseline = sum(
-            1 for node in nodes.values() if node.state not in ready and node.id not in ours
-        )
-        pool.rollout.set_baseline(baseline)
-        if self.on_baseline is not None:
-            self.on_baseline(pool, baseline)
+        down = {node.id for node in nodes.values() if node.state not in ready}
+        baseline, down_targets = self.ledger.unavailability(pool, down)
+        pool.rollout.set_baseline(baseline, [t.id for t in down_targets])
+        if self.on_baseline is not None:  # before any judgement, so no claim sees a gap
+            await self.on_baseline(pool, baseline, [t.record.node_id for t in down_targets])
 
     async def _judge(self, pool: PoolRun, nodes: dict[str, NodeInfo]) -> None:
         now = time.monotonic()

@@ -58,6 +58,7 @@ class RunLedger:
         self.health_wait = health_wait
         self.shared = shared  # other runners share the run (and its journal)
         self._seq = 0
+        self._by_node: dict[tuple[str, str], dict[str, RunTarget]] = {}
 
     # --- a target's state ---
 
@@ -118,14 +119,20 @@ class RunLedger:
         )
         log.info("node finished", **fields)
         self.observer.event(f"node_{state.value}", fields)
-        completed = pool.rollout.settle(target.id, time.monotonic())
+        # Failed after the action: it holds its room from this very step (the plan's rule).
+        failed_after = failed_after_action(target.record)
+        completed = pool.rollout.settle(
+            target.id, time.monotonic(), failed_after_action=failed_after
+        )
         if completed is not None:
             self.wave_completed(pool, completed)
         if state is TargetState.FAILED and self.budget.record_failure():
             self._budget_exceeded()
 
-    def stop_pool(self, pool: PoolRun, reason: str) -> None:
-        """No further calls to this pool; its untouched targets become skipped."""
+    def stop_pool(self, pool: PoolRun, reason: str, *, resumable: bool = False) -> None:
+        """No further calls to this pool. Its untouched targets become skipped, or with
+        ``resumable`` stay pending (the run then ends stopped, and ``resume`` continues them).
+        """
         if pool.rollout.stopped is not None:
             return
         never = pool.rollout.stop(reason)
@@ -136,16 +143,44 @@ class RunLedger:
         ]
         pool.retry_heap.clear()
         log.warning("pool stopped", pool=pool.pool_id, account=pool.account.name, reason=reason)
-        self.observer.event(
-            "pool_stopped", {"account": pool.account.name, "pool": pool.pool_id, "reason": reason}
-        )
-        self.record_event(
-            "pool_stopped", account=pool.account.name, pool=pool.pool_id, data={"reason": reason}
-        )
+        data = {"reason": reason, "resumable": resumable}
+        if resumable:
+            data["pending"] = len(never) + len(queued)
+        self.pool_event("pool_stopped", pool, data)
+        if resumable:  # retries waiting their turn were not applied: pending again
+            for target_id in queued:
+                target = self.targets[target_id]
+                self.requeue(target)
+                self.control.start_background(self.change, target, TargetState.PENDING, None)
+            return
         for target_id in [*never, *queued]:
             target = self.targets[target_id]
             self.settle(target, TargetState.SKIPPED, reason)
             self.control.start_background(self.change, target, TargetState.SKIPPED, reason)
+
+    def pool_event(self, kind: str, pool: PoolRun, data: Mapping[str, object]) -> None:
+        """An event about one pool, for ``--events`` and the journal's log alike."""
+        account, pool_id = pool.account.name, pool.pool_id
+        self.observer.event(kind, {"account": account, "pool": pool_id, **data})
+        self.record_event(kind, account=account, pool=pool_id, data=data)
+
+    def unavailability(self, pool: PoolRun, down: set[str]) -> tuple[int, list[RunTarget]]:
+        """From the node ids a health poll saw not ready: how many are down for reasons of
+        their own (not a target in progress, nor one that failed after the action), and
+        which of the pool's targets are down."""
+        targets = self._targets_by_node(pool)
+        busy = self.active_node_ids(pool)
+        down_targets = [targets[node] for node in down if node in targets]
+        failed = {t.record.node_id for t in down_targets if failed_after_action(t.record)}
+        return len(down - busy - failed), down_targets
+
+    def _targets_by_node(self, pool: PoolRun) -> dict[str, RunTarget]:
+        by_node = self._by_node.get(pool.key)
+        if by_node is None:
+            by_node = self._by_node[pool.key] = {
+                t.record.node_id: t for t in self.targets.values() if t.pool is pool
+            }
+        return by_node
 
     def active_node_ids(self, pool: PoolRun) -> set[str]:
         """Node ids of the pool's targets between dispatch and a terminal state.
@@ -240,6 +275,11 @@ class RunLedger:
             "client_request_id": target.last_client_request_id,
             **extra,
         }
+
+
+def failed_after_action(record: TargetRecord) -> bool:
+    """The target failed after its action took effect (back broken, or not back in time)."""
+    return record.state is TargetState.FAILED and record.accepted_at is not None
 
 
 def _wall(monotonic_time: float | None) -> float | None:

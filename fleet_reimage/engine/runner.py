@@ -14,7 +14,7 @@ import socket
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -22,9 +22,16 @@ import anyio
 
 from fleet_reimage.batch.client import BatchClient
 from fleet_reimage.batch.errors import BatchError, NotFound
-from fleet_reimage.batch.models import NODE_SELECT, READY_STATES, NodeInfo
+from fleet_reimage.batch.models import NODE_SELECT, NodeInfo
 from fleet_reimage.engine.events import RunObserver
 from fleet_reimage.engine.executor import Executor, RunResult, RunSettings, Sharing
+from fleet_reimage.engine.ledger import failed_after_action
+from fleet_reimage.engine.resumeopts import (
+    ResumeOptions,
+    plan_with_overrides,
+    pool_limits,
+    take_up,
+)
 from fleet_reimage.engine.runstate import AccountRun, JobKind, Phase, PoolKey, PoolRun, RunTarget
 from fleet_reimage.engine.sharedrun import SharedSettings
 from fleet_reimage.journal.model import (
@@ -32,9 +39,7 @@ from fleet_reimage.journal.model import (
     Journal,
     NewRun,
     NewTarget,
-    RunEvent,
     RunRecord,
-    RunStatus,
     TargetChange,
     TargetRecord,
     TargetState,
@@ -66,6 +71,7 @@ def owner_label(run_id: str | None, doing: str = "starting a new run") -> str:
 class PoolLimits:
     max_unavailable: int
     baseline_unavailable: int
+    down: frozenset[str] | None = None  # node ids of the pool's targets not ready (a resume's)
 
 
 async def create_run(
@@ -119,8 +125,11 @@ async def create_run(
     return record, records
 
 
-def _limits_from_options(run: RunRecord) -> dict[str, PoolLimits]:
-    raw = run.options.get("pool_limits", {})
+def _limits_from_options(
+    run: RunRecord, changed: Mapping[str, list[int]] | None
+) -> dict[str, PoolLimits]:
+    """Each pool's limits as the run recorded them (``changed``: a resume's new ones)."""
+    raw = {**run.options.get("pool_limits", {}), **(changed or {})}
     return {key: PoolLimits(int(value[0]), int(value[1])) for key, value in raw.items()}
 
 
@@ -132,8 +141,7 @@ async def execute(
     *,
     settings: RunSettings,
     observer: RunObserver,
-    accept_failures: bool = False,
-    failure_budget: int | None = None,
+    resume: ResumeOptions | None = None,
     resuming: bool = False,
     executor_ready: Any = None,
     shared: SharedSettings | None = None,
@@ -141,57 +149,28 @@ async def execute(
 ) -> RunResult:
     """Run (or resume, or join) ``run`` to its end or a stop; returns the result.
 
+    ``resume``: what a resume changes (overrides, a changed plan: ``resumeopts.py``);
     ``records``: the run's targets as ``create_run`` just recorded them (read from the
     journal when not given).
     """
     if records is None:
         records = await journal.targets(run.run_id)
-    limits = _limits_from_options(run)
+    resume = resume or ResumeOptions()
+    changed = pool_limits(run.options, records, plan, resume)
+    limits = _limits_from_options(run, changed)
     if resuming and shared is None:
         limits = await _reconcile_on_resume(run, plan, journal, clients, records, limits)
     if resuming or shared is not None:
-        run = await _take_up(run, journal, records, resuming, accept_failures, failure_budget)
+        run = await take_up(run, journal, records, resume, resuming=resuming, limits=changed)
     if resuming and shared is not None:  # resuming is the operator's go-ahead past a checkpoint
         await cast(SharedRuns, journal).resume_pools(run.run_id)
+    plan = plan_with_overrides(plan, run.options)
     executor = build_executor(
-        run,
-        plan,
-        journal,
-        clients,
-        records,
-        limits,
-        settings,
-        observer,
-        accept_failures=accept_failures,
-        failure_budget=failure_budget,
-        shared=shared,
+        run, plan, journal, clients, records, limits, settings, observer, shared=shared
     )
     if executor_ready is not None:
         executor_ready(executor)
     return await executor.run()
-
-
-async def _take_up(
-    run: RunRecord,
-    journal: Journal,
-    records: Sequence[TargetRecord],
-    resuming: bool,
-    accept_failures: bool,
-    failure_budget: int | None,
-) -> RunRecord:
-    """A resumed or joined run: running again, with the resume's overrides in its options."""
-    options = dict(run.options)
-    if accept_failures:  # joined runners read it from the run, so all forgive the same
-        options["forgiven_failures"] = sum(r.state is TargetState.FAILED for r in records)
-    if failure_budget is not None:
-        options["failure_budget"] = failure_budget
-    status = "resumed" if resuming else "running"
-    await journal.set_run_status(run.run_id, RunStatus.RUNNING, status, time.time(), options)
-    data = {"host": socket.gethostname(), "pid": os.getpid(),
-            "accept_failures": accept_failures, "failure_budget": failure_budget}  # fmt: skip
-    kind = "run_resumed" if resuming else "runner_joined"
-    await journal.record_event(RunEvent(run.run_id, time.time(), kind, data=data))
-    return replace(run, options=options)
 
 
 def build_executor(
@@ -204,8 +183,6 @@ def build_executor(
     settings: RunSettings,
     observer: RunObserver,
     *,
-    accept_failures: bool = False,
-    failure_budget: int | None = None,
     shared: SharedSettings | None = None,
 ) -> Executor:
     """The executor's in-memory state from the journal's targets (new or resumed alike)."""
@@ -216,7 +193,7 @@ def build_executor(
             clients[account.name],
             AdaptiveThrottle(plan.execution.per_account_concurrency),
         )
-    budget = _failure_budget(run, plan, records, accept_failures, failure_budget)
+    budget = _failure_budget(run, plan, records)
     by_pool: dict[PoolKey, list[TargetRecord]] = defaultdict(list)
     for record in records:
         by_pool[(record.account, record.pool)].append(record)
@@ -226,9 +203,9 @@ def build_executor(
     for (account_name, pool_id), pool_records in by_pool.items():
         limit = limits.get(f"{account_name}/{pool_id}")
         rules = _rules(plan, pool_records, limit, budget)
-        baseline = limit.baseline_unavailable if limit else 0
+        known = limit or PoolLimits(rules.max_unavailable, 0)
         pool, pool_targets = make_pool(
-            plan, accounts[account_name], pool_id, pool_records, rules, baseline, budget
+            plan, accounts[account_name], pool_id, pool_records, rules, known, budget
         )
         pools.append(pool)
         targets.extend(pool_targets)
@@ -239,24 +216,14 @@ def build_executor(
                     sharing=sharing)  # fmt: skip
 
 
-def _failure_budget(
-    run: RunRecord,
-    plan: Plan,
-    records: Sequence[TargetRecord],
-    accept_failures: bool,
-    failure_budget: int | None,
-) -> FailureBudget:
-    """The run's budget: the plan's, or the resume's override; less the failures forgiven.
-    (In a shared run every runner's claims tell it the whole run's failures.)"""
-    if failure_budget is None and "failure_budget" in run.options:
-        failure_budget = int(run.options["failure_budget"])
-    limit = (
-        failure_budget
-        if failure_budget is not None
-        else plan.rollout.failure_budget.of(len(records))
-    )
+def _failure_budget(run: RunRecord, plan: Plan, records: Sequence[TargetRecord]) -> FailureBudget:
+    """The run's budget: the plan's, or a resume's override; less the failures forgiven
+    (both kept in the run's options). In a shared run every runner's claims tell it the
+    whole run's failures."""
+    override = run.options.get("failure_budget")
+    limit = int(override) if override is not None else plan.rollout.failure_budget.of(len(records))
     failed = sum(1 for r in records if r.state is TargetState.FAILED)
-    forgiven = failed if accept_failures else int(run.options.get("forgiven_failures", 0))
+    forgiven = int(run.options.get("forgiven_failures", 0))
     return FailureBudget(limit=limit, failures=failed, forgiven=forgiven)
 
 
@@ -275,6 +242,7 @@ def _rules(
         plan.rollout.pause_between_waves,
         None if checkpoint is None else checkpoint - 1,
         budget.rule,
+        plan.rollout.failed_holds_availability,
     )
 
 
@@ -284,11 +252,13 @@ def _claimed_pool_run(
     pool_id: str,
     records: list[TargetRecord],
     rules: RolloutRules,
-    baseline: int,
+    limit: PoolLimits,
     budget: FailureBudget,
 ) -> tuple[PoolRun, list[RunTarget]]:
     """A pool of a shared run: nothing is ours until the journal's claims say so."""
-    rollout = ClaimedPoolRollout(len(plan.rollout.waves), rules, baseline=baseline)
+    rollout = ClaimedPoolRollout(
+        len(plan.rollout.waves), rules, baseline=limit.baseline_unavailable
+    )
     pool = PoolRun(account, pool_id, rollout, selected=len(records))
     targets = []
     for record in sorted(records, key=lambda r: r.position):
@@ -305,7 +275,7 @@ def _pool_run(
     pool_id: str,
     records: list[TargetRecord],
     rules: RolloutRules,
-    baseline: int,
+    limit: PoolLimits,
     budget: FailureBudget,
 ) -> tuple[PoolRun, list[RunTarget]]:
     records.sort(key=lambda r: r.position)
@@ -317,15 +287,19 @@ def _pool_run(
     active = [
         r.target_id for r in records if r.state in (TargetState.IN_FLIGHT, TargetState.ACCEPTED)
     ]
+    down = limit.down
     rollout = PoolRollout(
         waves,
         max_unavailable=rules.max_unavailable,
-        baseline_unavailable=baseline,
+        baseline_unavailable=limit.baseline_unavailable,
         pause_between_waves=rules.pause,
         checkpoint_after_wave=rules.checkpoint_after_wave,
         settled=settled,
         active=active,
         budget=budget,
+        failed_holds_availability=rules.failed_holds_availability,
+        failed_after_action=[r.target_id for r in records if failed_after_action(r)],
+        down=None if down is None else [r.target_id for r in records if r.node_id in down],
     )
     pool = PoolRun(account, pool_id, rollout, selected=len(records))
     now = time.monotonic()
@@ -355,7 +329,9 @@ async def _reconcile_on_resume(
 ) -> dict[str, PoolLimits]:
     """List each unfinished pool once: settle what was in flight, refresh the baselines."""
     unfinished: dict[PoolKey, list[TargetRecord]] = defaultdict(list)
+    every: dict[PoolKey, list[TargetRecord]] = defaultdict(list)
     for record in records:
+        every[(record.account, record.pool)].append(record)
         if not record.state.terminal:
             unfinished[(record.account, record.pool)].append(record)
     listings: dict[PoolKey, dict[str, NodeInfo] | None] = {}
@@ -376,14 +352,27 @@ async def _reconcile_on_resume(
     for key, pool_records in unfinished.items():
         nodes = listings[key]
         label = f"{key[0]}/{key[1]}"
-        ours = {r.node_id for r in pool_records if r.state is not TargetState.PENDING}
         if nodes is not None and label in limits:
-            baseline = sum(
-                1 for n in nodes.values() if n.state not in READY_STATES and n.id not in ours
-            )
-            fresh[label] = PoolLimits(limits[label].max_unavailable, baseline)
+            fresh[label] = _limits_now(limits[label], every[key], nodes, plan)
         await _settle_in_doubt(run, plan, journal, pool_records, nodes)
     return fresh
+
+
+def _limits_now(
+    limit: PoolLimits, records: Sequence[TargetRecord], nodes: Mapping[str, NodeInfo], plan: Plan
+) -> PoolLimits:
+    """The pool's unavailability as its listing shows it now: nodes down for reasons of their
+    own (not a target in progress, nor one that failed after the action), and which of its
+    targets are down (a failed one among them holds its room, under the plan's rule)."""
+    ready = plan.rollout.health.ready_states
+    down = {node.id for node in nodes.values() if node.state not in ready}
+    ours = {
+        r.node_id
+        for r in records
+        if (not r.state.terminal and r.state is not TargetState.PENDING) or failed_after_action(r)
+    }
+    targets = {r.node_id for r in records}
+    return PoolLimits(limit.max_unavailable, len(down - ours), frozenset(down & targets))
 
 
 async def _settle_in_doubt(

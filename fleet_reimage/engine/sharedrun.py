@@ -233,6 +233,7 @@ class SharedRunCoordinator:
             taken=len(claim.targets),
             more_pending=claim.more_pending,
             next_wave_at=opens_at if math.isfinite(opens_at) else -math.inf,
+            failed_down=claim.state.failed_down,
         )
         if decision.completed is not None:
             done = decision.completed
@@ -268,15 +269,18 @@ class SharedRunCoordinator:
             target.maybe_applied = True
             self.ledger.schedule(pool, target, JobKind.RECONCILE, 0.0)
 
-    def publish_baseline(self, pool: PoolRun, baseline: int) -> None:
-        """Share a pool's baseline from a health poll (in the background)."""
-        self.control.start_background(
-            self.store.set_pool_baseline,
-            self.ledger.run_id,
-            pool.account.name,
-            pool.pool_id,
-            baseline,
-        )
+    async def publish_baseline(
+        self, pool: PoolRun, baseline: int, down_targets: Sequence[str]
+    ) -> None:
+        """Share a pool's baseline and its targets seen down, from a health poll. Awaited
+        before the poll judges any target: a target judged failed after the action is then
+        already among the down ones when a claim counts it (no claim sees a gap)."""
+        try:
+            await self.store.set_pool_baseline(
+                self.ledger.run_id, pool.account.name, pool.pool_id, baseline, down_targets
+            )
+        except JournalError as error:  # the next poll tries again
+            log.warning("sharing the pool's baseline failed", pool=pool.pool_id, error=str(error))
 
     # --- leaving ---
 

@@ -250,9 +250,17 @@ class PostgresJournal(JournalBase[Work]):
         """Give back claimed targets that were never sent (owner cleared)."""
         await self._sharing().release(run_id, runner_id, target_ids)
 
-    async def set_pool_baseline(self, run_id: str, account: str, pool: str, baseline: int) -> None:
-        """Record the pool's nodes unavailable for other reasons (from a health poll)."""
-        await self._sharing().set_pool_baseline(run_id, account, pool, baseline)
+    async def set_pool_baseline(
+        self,
+        run_id: str,
+        account: str,
+        pool: str,
+        baseline: int,
+        down_targets: Sequence[str] | None = None,
+    ) -> None:
+        """Record the pool's nodes unavailable for other reasons, and its targets seen not
+        ready (from a health poll)."""
+        await self._sharing().set_pool_baseline(run_id, account, pool, baseline, down_targets)
 
     async def share_pause(self, run_id: str, account: str, pause_for: float) -> float:
         """Make the account's shared pause last ``pause_for`` s more at least; its rest (s)."""

@@ -15,7 +15,9 @@ crash leaves the journal at a whole version.
 Schema 2 adds what several runners sharing one run need (``postgres_shared``): a target's
 ``owner`` and ``lease_until``, the ``runners``, ``run_pools`` and ``run_accounts`` tables, and
 partial indexes for the claim queries. Schema 3 gives each pool's row the rollout policy's
-memory of the pool. An older journal migrates up in place, data kept.
+memory of the pool. Schema 4 gives it the node ids of its targets that the latest health poll
+saw not ready, so that a claim can count the run's failed targets still down. An older journal
+migrates up in place, data kept.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from psycopg import sql
 from fleet_reimage.journal.base import newer_journal, older_journal, tool_version
 from fleet_reimage.journal.model import JournalError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Advisory lock keys are (class, key) pairs of int4. The classes spell "FRJL" / "FRJM" / "FRJR"
 # / "FRJP"; the key is derived from the schema name (and the run for RUN_LOCK_CLASS, the plan's
@@ -194,8 +196,13 @@ _V3: tuple[str, ...] = (
     " ADD COLUMN finished boolean NOT NULL DEFAULT false",
 )
 
+# Schema 4: the node ids of the pool's targets that the latest health poll (of any runner) saw
+# not ready. NULL until a poll records them: every target that failed after the action then
+# counts as down (see ``postgres_shared_claim``, ``failed_down``).
+_V4: tuple[str, ...] = ("ALTER TABLE run_pools ADD COLUMN down_targets text[]",)
+
 # MIGRATIONS[n] takes a journal from schema n - 1 to schema n.
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3}
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
 
 
 def lock_key(schema: str) -> int:

@@ -218,13 +218,24 @@ class SharedStore:
         async with self._transaction(what) as conn:
             return await claim_in(conn, request, policy)
 
-    async def set_pool_baseline(self, run_id: str, account: str, pool: str, baseline: int) -> None:
-        """Record the pool's nodes unavailable for other reasons (used by later claims)."""
+    async def set_pool_baseline(
+        self,
+        run_id: str,
+        account: str,
+        pool: str,
+        baseline: int,
+        down_targets: Sequence[str] | None = None,
+    ) -> None:
+        """Record the pool's nodes unavailable for other reasons, and the node ids of its
+        targets seen not ready (None: leave them as they are); later claims use both."""
+        down = None if down_targets is None else sorted(set(down_targets))
         async with self._transaction(f"baseline of pool {pool} ({account})") as conn:
             await conn.execute(
-                "INSERT INTO run_pools (run_id, account, pool, baseline) VALUES (%s, %s, %s, %s)"
-                " ON CONFLICT (run_id, account, pool) DO UPDATE SET baseline = excluded.baseline",
-                (run_id, account, pool, max(0, baseline)),
+                "INSERT INTO run_pools (run_id, account, pool, baseline, down_targets)"
+                " VALUES (%s, %s, %s, %s, %s)"
+                " ON CONFLICT (run_id, account, pool) DO UPDATE SET baseline = excluded.baseline,"
+                "  down_targets = COALESCE(excluded.down_targets, run_pools.down_targets)",
+                (run_id, account, pool, max(0, baseline), down),
             )
 
     async def share_pause(self, run_id: str, account: str, pause_for: float) -> float:

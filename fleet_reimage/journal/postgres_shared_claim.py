@@ -10,7 +10,9 @@ journal decides nothing here; it supplies what the policy needs and applies what
    the policy's memory of the pool (``PoolProgress``).
 2. One query reads the database's clock and the pool's state: its open wave (the lowest wave
    with a target that is not terminal), its active targets (in flight or accepted, by anyone,
-   plus pending ones claimed under a live lease), the run's failures, and whether this runner
+   plus pending ones claimed under a live lease), the run's failures, the pool's targets that
+   failed after the action (``accepted_at`` set) whose nodes the latest health poll saw not
+   ready (``run_pools.down_targets``; all of them before any poll), and whether this runner
    is still registered with a live lease (else ``LeaseLost``: it must not take more work).
 3. Takeovers, whatever the policy decides: the pool's in-flight and accepted targets that have
    no owner or whose owner's lease expired become this runner's.
@@ -65,7 +67,8 @@ _POOL = "run_id = %(run)s AND account = %(account)s AND pool = %(pool)s"
 _FREE = "(owner IS NULL OR lease_until IS NULL OR lease_until < %(now)s)"
 
 _LOCK_POOL = (
-    f"SELECT baseline, wave, opens_at, held, finished FROM run_pools WHERE {_POOL} FOR UPDATE"
+    "SELECT baseline, wave, opens_at, held, finished, down_targets FROM run_pools"
+    f" WHERE {_POOL} FOR UPDATE"
 )
 
 # Each sub-select has an index of its own: targets_open (its first entry), targets_held,
@@ -78,7 +81,10 @@ _STATE = (
     f" (SELECT min(wave) FROM targets WHERE {_POOL} AND {OPEN}),"
     f" (SELECT count(*) FROM targets WHERE {_POOL} AND {HELD}"
     "   AND (state <> 'pending' OR lease_until >= c.now)),"
-    " (SELECT count(*) FROM targets WHERE run_id = %(run)s AND state = 'failed')"
+    " (SELECT count(*) FROM targets WHERE run_id = %(run)s AND state = 'failed'),"
+    f" (SELECT count(*) FROM targets WHERE {_POOL} AND state = 'failed'"
+    "   AND accepted_at IS NOT NULL"
+    "   AND (%(down)s::text[] IS NULL OR node_id = ANY(%(down)s::text[])))"
     " FROM c"
 )
 
@@ -119,7 +125,7 @@ _TAKE_PENDING = _take(_PENDING)
 async def claim_in(conn: Conn, request: ClaimRequest, policy: ClaimPolicy[A]) -> Claim[A]:
     """The claim (see the module docstring), inside the caller's transaction on ``conn``."""
     params = request.params()
-    baseline, progress = await _lock_pool(conn, params)
+    baseline, progress, params["down"] = await _lock_pool(conn, params)
     state = await _pool_state(conn, params, request, baseline, progress)
     params["now"] = state.now
     takeovers: list[TargetRecord] = []
@@ -140,8 +146,11 @@ async def claim_in(conn: Conn, request: ClaimRequest, policy: ClaimPolicy[A]) ->
     return Claim(claimed, takeovers, state, decision, more_pending)
 
 
-async def _lock_pool(conn: Conn, params: dict[str, Any]) -> tuple[int, PoolProgress]:
-    """Create the pool's row if missing, lock it, and return its baseline and progress."""
+async def _lock_pool(
+    conn: Conn, params: dict[str, Any]
+) -> tuple[int, PoolProgress, list[str] | None]:
+    """Create the pool's row if missing, lock it, and return its baseline, progress and the
+    targets its latest health poll saw down (None: no poll yet)."""
     # Not INSERT ... ON CONFLICT DO UPDATE: that would write a new row version every claim.
     await conn.execute(
         "INSERT INTO run_pools (run_id, account, pool, baseline)"
@@ -152,10 +161,10 @@ async def _lock_pool(conn: Conn, params: dict[str, Any]) -> tuple[int, PoolProgr
     cursor = await conn.execute(_LOCK_POOL, params)
     row = await cursor.fetchone()
     if row is None:  # pragma: no cover - inserted just above, and never deleted
-        return 0, PoolProgress()
-    baseline, wave, opens_at, held, finished = row
+        return 0, PoolProgress(), None
+    baseline, wave, opens_at, held, finished, down = row
     opens = -math.inf if opens_at is None else float(opens_at)
-    return int(baseline), PoolProgress(wave, opens, bool(held), bool(finished))
+    return int(baseline), PoolProgress(wave, opens, bool(held), bool(finished)), down
 
 
 async def _pool_state(
@@ -164,14 +173,16 @@ async def _pool_state(
     cursor = await conn.execute(_STATE, params)
     row = await cursor.fetchone()
     assert row is not None  # one row, from the CTE
-    now, live, open_wave, active, failures = row
+    now, live, open_wave, active, failures, failed_down = row
     if not live:
         raise LeaseLost(
             f"runner {request.runner_id} has no live registration in run {request.run_id} "
             "(its lease expired, it left, or it never registered); it must not claim"
         )
     wave = None if open_wave is None else int(open_wave)
-    return PoolState(float(now), progress, wave, int(active), baseline, int(failures))
+    return PoolState(
+        float(now), progress, wave, int(active), baseline, int(failures), int(failed_down)
+    )
 
 
 def _progress_row(progress: PoolProgress) -> dict[str, Any]:

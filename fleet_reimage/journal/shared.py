@@ -54,6 +54,9 @@ class PoolState:
     active: int  # targets started and not terminal (in a shared run: by any runner)
     baseline: int  # nodes of the pool unavailable for reasons of their own
     failures: int  # failed targets of the whole run
+    # Targets of the pool that failed after the action (they came back broken, or not in
+    # time) whose nodes are still down: the policy's rule decides whether they hold room.
+    failed_down: int = 0
 
 
 class Admission(Protocol):
@@ -123,8 +126,18 @@ class SharedRuns(Protocol):
     async def release(self, run_id: str, runner_id: str, target_ids: Sequence[int]) -> None:
         """Give back claimed targets that were never sent (owner cleared)."""
 
-    async def set_pool_baseline(self, run_id: str, account: str, pool: str, baseline: int) -> None:
-        """Record the pool's nodes unavailable for other reasons (from a health poll)."""
+    async def set_pool_baseline(
+        self,
+        run_id: str,
+        account: str,
+        pool: str,
+        baseline: int,
+        down_targets: Sequence[str] | None = None,
+    ) -> None:
+        """Record the pool's nodes unavailable for other reasons (from a health poll), and
+        ``down_targets``: the node ids of the pool's targets that poll saw not ready (a
+        claim counts the failed ones among them as ``failed_down``; until a poll records
+        them, every target that failed after the action counts as down)."""
 
     async def share_pause(self, run_id: str, account: str, pause_for: float) -> float:
         """Make the account's shared Retry-After pause last at least ``pause_for`` seconds

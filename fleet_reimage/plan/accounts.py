@@ -31,7 +31,7 @@ from .reader import Checker, Node, did_you_mean, shown
 
 ACCOUNT_KEYS = ("name", "endpoint", "emulator", "auth", "pools", "custom_cloud")
 POOL_KEYS = ("match", "nodes")
-NODE_KEYS = ("include", "exclude", "states", "booted_before")
+NODE_KEYS = ("include", "exclude", "states", "booted_before", "skip_booted_within")
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 NAME_RULE = "1 to 64 letters, digits, '-', '_' or '.', starting with a letter or digit"
@@ -266,10 +266,17 @@ def read_nodes(checker: Checker, at: Node | None) -> NodeSelector | None:
     booted_before = None
     if "booted_before" in fields:
         booted_before = checker.timestamp(fields["booted_before"])
+    within = None
+    if "skip_booted_within" in fields:  # see plan/booted.py
+        within = checker.duration(fields["skip_booted_within"], high=30 * 86400.0, positive=True)
     if checker.error_count > errors:
         return None
     return NodeSelector(
-        include=include, exclude=exclude, states=states, booted_before=booted_before
+        include=include,
+        exclude=exclude,
+        states=states,
+        booted_before=booted_before,
+        skip_booted_within=within,
     )
 
 

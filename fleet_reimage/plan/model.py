@@ -81,6 +81,7 @@ class NodeSelector:
     exclude: tuple[str, ...]  # globs on node ids; a node matching one is skipped
     states: frozenset[str]  # eligible current states
     booted_before: datetime | None  # nodes with lastBootTime at/after this are skipped
+    skip_booted_within: float | None = None  # seconds: nodes booted that recently are skipped
 
     def matches_id(self, node_id: str) -> bool:
         """The node id is included and not excluded (globs are case-sensitive)."""
@@ -147,6 +148,12 @@ class RolloutSpec:
     failure_budget: Amount
     deadline: datetime | None
     confirm_after_wave: int | None  # 1-based index into ``waves``
+    # A node that failed after the action (back broken, or not in time) keeps holding its
+    # room in max_unavailable while it is down (its capacity is down); False frees it.
+    failed_holds_availability: bool = True
+    # Claim each pool in its metadata before the first request, against other runs
+    # (other journals, other machines): ``engine/poolclaim.py``.
+    claim_pools: bool = False
 
 
 @dataclass(frozen=True, slots=True)

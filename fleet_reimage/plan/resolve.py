@@ -25,6 +25,7 @@ from fleet_reimage.errors import InputError, Problem
 from ..batch.client import BatchClient
 from ..batch.errors import BatchError
 from ..batch.models import NODE_SELECT, POOL_SELECT, READY_STATES, NodeInfo
+from .booted import booted_lately, booted_within_reason, recent_boot_warning
 from .model import AccountSpec, Plan, PoolSelector
 from .narrow import NOT_IN_FILE, Narrowing, unmatched_pools, unselected_nodes
 from .waves import cumulative_targets
@@ -56,6 +57,7 @@ class PoolResolution:
     max_unavailable: int
     warnings: list[str] = field(default_factory=list)
     skipped_reason: str | None = None  # the whole pool is not rolled (and why)
+    booted_lately: int = 0  # selected nodes that booted within the last hour (booted.py)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -90,10 +92,14 @@ def select_nodes(
     account: str,
     configuration: str | None,
     narrowing: Narrowing | None = None,
+    now: float | None = None,
 ) -> PoolResolution:
     """Apply a pool selector to a listing (pure): targets in order, exclusions, waves.
 
-    ``narrowing`` (``--nodes-from``) only ever leaves out nodes the selector selects."""
+    ``narrowing`` (``--nodes-from``) only ever leaves out nodes the selector selects;
+    ``now``: what "booted within" is measured from (default: the time of the call)."""
+    now = time.time() if now is None else now
+    within = selector.nodes.skip_booted_within
     selected: list[SelectedNode] = []
     excluded: list[tuple[str, str]] = []
     baseline = 0
@@ -107,6 +113,8 @@ def select_nodes(
             else None
         )
         reason = selector.nodes.skip_reason(node.id, node.state, boot)
+        if reason is None:
+            reason = booted_within_reason(node.last_boot_time, within, now)
         if reason is None and narrowing is not None:
             reason = narrowing.node_reason(node.id)
         if reason is None:
@@ -136,6 +144,7 @@ def select_nodes(
         node_count=len(nodes),
         baseline_unavailable=baseline,
         max_unavailable=max(1, plan.rollout.max_unavailable.of(len(selected))),
+        booted_lately=booted_lately((n.last_boot_time for n in selected), now),
     )
     if not selected and nodes:
         resolution.warnings.append("no node of this pool is selected")
@@ -151,6 +160,7 @@ async def _resolve_pool(
     plan: Plan,
     out: list[PoolResolution],
     narrowing: Narrowing | None,
+    now: float,
 ) -> None:
     selector = account.selector_for(pool_id)
     assert selector is not None
@@ -172,7 +182,9 @@ async def _resolve_pool(
         )
         return
     nodes = [node async for node in client.list_nodes(pool_id, select=NODE_SELECT)]
-    out.append(select_nodes(pool_id, nodes, selector, plan, account.name, configuration, narrowing))
+    out.append(
+        select_nodes(pool_id, nodes, selector, plan, account.name, configuration, narrowing, now)
+    )
 
 
 @contextmanager
@@ -192,6 +204,7 @@ async def _resolve_account(
     warnings: list[Problem],
     narrowing: Narrowing | None,
     planned: list[tuple[str, str]],
+    now: float,
 ) -> None:
     with _located(account, client):
         pools = [pool async for pool in client.list_pools(select=POOL_SELECT)]
@@ -217,7 +230,7 @@ async def _resolve_account(
         async with limiter:
             with _located(account, client):
                 await _resolve_pool(
-                    client, account, pool_id, configuration, state, plan, out, narrowing
+                    client, account, pool_id, configuration, state, plan, out, narrowing, now
                 )
 
     async with anyio.create_task_group() as group:
@@ -236,6 +249,7 @@ async def resolve(
 
     ``narrowing`` (``--pool``, ``--nodes-from``) keeps part of that selection, never more.
     """
+    now = time.time() if now is None else now
     pools: list[PoolResolution] = []
     warnings: list[Problem] = list(plan.warnings)
     planned: list[tuple[str, str]] = []
@@ -253,12 +267,17 @@ async def resolve(
                 warnings,
                 narrowing,
                 planned,
+                now,
             )
     order = {account.name: index for index, account in enumerate(plan.accounts)}
     pools.sort(key=lambda p: (order[p.account], p.pool_id))
     if narrowing is not None:
         warnings += narrowing_warnings(narrowing, pools, planned)
-    return Resolution(plan, pools, warnings, now if now is not None else time.time(), narrowing)
+    lately = {f"{p.account}/{p.pool_id}": p.booted_lately for p in pools}
+    recent = recent_boot_warning(lately, str(plan.source.path))
+    if recent is not None:
+        warnings.append(recent)
+    return Resolution(plan, pools, warnings, now, narrowing)
 
 
 def narrowing_warnings(

@@ -7,6 +7,7 @@ _REASON_GROUPS = (
     ("state", "state not eligible"),
     ("node id not selected", "excluded by pattern"),
     ("booted at", "already booted after the cutoff"),
+    ("booted within", "booted within skip_booted_within"),
     ("not in --nodes-from", "not in the --nodes-from file"),
 )
 

@@ -25,6 +25,8 @@ ROLLOUT_KEYS = (
     "failure_budget",
     "deadline",
     "confirm_after_wave",
+    "failed_holds_availability",
+    "claim_pools",
 )
 HEALTH_KEYS = ("wait", "ready_states", "timeout", "poll_interval")
 EXECUTION_KEYS = (
@@ -89,7 +91,9 @@ def read_rollout(checker: Checker, at: Node | None) -> RolloutSpec | None:
     confirm = None
     if got["confirm_after_wave"] is not None:
         confirm = _read_confirm(checker, got["confirm_after_wave"], ladder, waves is not None)
-    if checker.error_count > errors or health is None:
+    holds = _flag(checker, got["failed_holds_availability"], default=True)
+    claim_pools = _flag(checker, got["claim_pools"], default=False)
+    if checker.error_count > errors or health is None or holds is None or claim_pools is None:
         return None
     if not health.wait and got["max_unavailable"] is not None and not is_all(max_unavailable):
         checker.warning(
@@ -108,7 +112,14 @@ def read_rollout(checker: Checker, at: Node | None) -> RolloutSpec | None:
         failure_budget=budget,
         deadline=deadline,
         confirm_after_wave=confirm,
+        failed_holds_availability=holds,
+        claim_pools=claim_pools,
     )
+
+
+def _flag(checker: Checker, at: Node | None, *, default: bool) -> bool | None:
+    """A boolean key's value, its default when it is not written (None: it is wrong)."""
+    return default if at is None else checker.boolean(at)
 
 
 def _read_waves(checker: Checker, at: Node) -> tuple[Amount, ...] | None:

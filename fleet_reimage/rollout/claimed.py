@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
-from fleet_reimage.rollout.policy import Blocked, Decision, RolloutRules
+from fleet_reimage.rollout.policy import Blocked, Decision, RolloutRules, held_by_failures
 
 
 class ClaimedPoolRollout:
@@ -31,6 +31,7 @@ class ClaimedPoolRollout:
         self.stopped: str | None = None
         self.finished = False  # every target of the pool is terminal (per the last claim)
         self.blocked: Blocked | None = None
+        self.failed_down = 0  # the run's failed targets of the pool still down (last claim)
         self._queue: deque[int] = deque()
         self._active: set[int] = set()
 
@@ -44,7 +45,7 @@ class ClaimedPoolRollout:
 
     @property
     def unavailable(self) -> int:
-        return self.baseline + len(self._active)
+        return self.baseline + len(self._active) + held_by_failures(self.rules, self.failed_down)
 
     @property
     def active(self) -> int:
@@ -71,11 +72,19 @@ class ClaimedPoolRollout:
         return target
 
     def learn(
-        self, decision: Decision, *, taken: int, more_pending: bool, next_wave_at: float
+        self,
+        decision: Decision,
+        *,
+        taken: int,
+        more_pending: bool,
+        next_wave_at: float,
+        failed_down: int = 0,
     ) -> None:
         """What the policy decided in the journal's claim that gave ``taken`` targets
-        (``next_wave_at``: when the pause ends, on this runner's monotonic clock)."""
+        (``next_wave_at``: when the pause ends, on this runner's monotonic clock;
+        ``failed_down``: what the claim counted of the pool's failed targets still down)."""
         self.blocked = decision.after_taking(taken, more_pending)
+        self.failed_down = failed_down
         self.finished = decision.finished
         self.held = decision.progress.held
         if decision.wave is not None:
@@ -88,9 +97,11 @@ class ClaimedPoolRollout:
         else:
             self._queue.extend(t for t in target_ids if t not in self._active)
 
-    def settle(self, target: int, now: float) -> None:
+    def settle(self, target: int, now: float, *, failed_after_action: bool = False) -> None:
         """A target of ours settled; a claim sees what that means for the wave (``learn``)."""
         self._active.discard(target)
+        if failed_after_action:  # until the next claim counts it
+            self.failed_down += 1
 
     def release_to_queue(self, target: int) -> None:
         if target in self._active:
@@ -101,7 +112,8 @@ class ClaimedPoolRollout:
         """A target this runner no longer owns (its lease was lost)."""
         self._active.discard(target)
 
-    def set_baseline(self, unavailable_not_ours: int) -> None:
+    def set_baseline(self, unavailable_not_ours: int, down: Iterable[int] | None = None) -> None:
+        """A health poll's count (which failed targets are down, the journal's claims count)."""
         self.baseline = max(0, unavailable_not_ours)
 
     def release_checkpoint(self) -> None:

@@ -12,9 +12,13 @@ on a simulated clock (``views/dryrun.py``). One decision, ``decide``, in this or
    Ladder steps that are empty for this pool are skipped without a pause.
 2. **Failure budget** (the run's, ``budget.py``): past it, nothing new starts anywhere.
 3. **Checkpoint**, then **pause**: nothing new starts while held, or before the wave opens.
-4. **max_unavailable**, at every instant: ``room = max_unavailable - baseline - active``, where
-   ``active`` counts targets from their start until they are terminal (by any runner) and
-   ``baseline`` the pool's nodes unavailable for reasons of their own.
+4. **max_unavailable**, at every instant: ``room = max_unavailable - baseline - active
+   - failed_down``, where ``active`` counts targets from their start until they are terminal
+   (by any runner), ``baseline`` the pool's nodes unavailable for reasons of their own, and
+   ``failed_down`` the targets that failed *after* the action (back broken, or not back in
+   time) whose nodes are still down: they hold their room seamlessly from the instant they
+   are judged failed, unless the plan says ``failed_holds_availability: false`` (then that
+   capacity is written off, and the room goes to the next node).
 
 The decision is data (``Decision``): how many may start (``admit``), why no more may
 (``blocked``), the wave it saw complete (``completed``, a policy event), and the progress to
@@ -43,6 +47,7 @@ class RolloutRules:
     pause: float = 0.0  # pause_between_waves, seconds
     checkpoint_after_wave: int | None = None  # 0-based ladder step, or None
     budget: BudgetRule = NO_BUDGET
+    failed_holds_availability: bool = True  # a node that failed after the action holds room
 
     def __post_init__(self) -> None:
         if self.max_unavailable < 1:
@@ -90,9 +95,14 @@ class Decision:
         return None if more_pending else "wave"
 
 
-def room(rules: RolloutRules, baseline: int, active: int) -> int:
+def held_by_failures(rules: RolloutRules, failed_down: int) -> int:
+    """How much room the pool's failed, still-down targets hold under the plan's rule."""
+    return failed_down if rules.failed_holds_availability else 0
+
+
+def room(rules: RolloutRules, baseline: int, active: int, failed_down: int = 0) -> int:
     """How many more nodes of the pool may be unavailable now (max_unavailable)."""
-    return rules.max_unavailable - baseline - active
+    return rules.max_unavailable - baseline - active - held_by_failures(rules, failed_down)
 
 
 def decide(rules: RolloutRules, state: PoolState) -> Decision:
@@ -107,7 +117,7 @@ def decide(rules: RolloutRules, state: PoolState) -> Decision:
         blocked = "held"
     elif state.now < progress.opens_at:
         blocked = "pause"
-    free = room(rules, state.baseline, state.active)
+    free = room(rules, state.baseline, state.active, state.failed_down)
     if blocked is None and free <= 0:
         blocked = "unavailable"
     return Decision(progress, 0 if blocked else free, blocked, completed)

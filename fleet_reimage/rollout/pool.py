@@ -10,8 +10,11 @@ clock, exactly as a shared run's claim asks it with the state it read from the j
     active      = our targets from their first request until they are settled (including
                   retries and backoff)
     baseline    = nodes of the pool that are not ready (idle/running) for reasons of their
-                  own (unusable, starttaskfailed, offline, ... and nodes we reimaged that came
-                  back broken), refreshed by every health poll
+                  own (unusable, starttaskfailed, offline, ...), refreshed by every health poll
+    failed_down = our targets that failed after the action (back broken, or not back in
+                  time) whose nodes the last poll saw still down (before any poll: all of
+                  them); counted from the instant a target is judged failed, so it holds its
+                  room without a gap if the plan's ``failed_holds_availability`` says so
     failures    = the run's failures (``FailureBudget``)
 """
 
@@ -31,6 +34,7 @@ from fleet_reimage.rollout.policy import (
     WaveCompleted,
     advance,
     decide,
+    held_by_failures,
     room,
 )
 
@@ -48,16 +52,24 @@ class PoolRollout:
         active: Iterable[int] = (),
         next_wave_at: float = -math.inf,
         budget: FailureBudget | None = None,
+        failed_holds_availability: bool = True,
+        failed_after_action: Iterable[int] = (),
+        down: Iterable[int] | None = None,
     ) -> None:
         """``settled``/``active`` restore a resumed run (terminal, and dispatched targets);
-        ``budget``: the run's failure budget, which gates every pool."""
+        ``budget``: the run's failure budget, which gates every pool;
+        ``failed_after_action``: settled targets that failed after the action, and ``down``
+        the targets whose nodes are not ready now (None: not known; see ``failed_down``)."""
         self.rules = RolloutRules(
             max_unavailable,
             pause_between_waves,
             checkpoint_after_wave,  # 0-based ladder step, or None
             NO_BUDGET if budget is None else budget.rule,
+            failed_holds_availability,
         )
         self.baseline = baseline_unavailable
+        self._failed_after = set(failed_after_action)
+        self._down: frozenset[int] | None = None if down is None else frozenset(down)
         self.stopped: str | None = None
         self._budget = budget
         self._waves = [list(w) for w in waves]  # empty waves kept: indices are ladder steps
@@ -78,8 +90,17 @@ class PoolRollout:
         return self.rules.max_unavailable
 
     @property
+    def failed_down(self) -> int:
+        """Our targets that failed after the action and are still down (see the docstring)."""
+        if self._down is None:
+            return len(self._failed_after)
+        return len(self._failed_after & self._down)
+
+    @property
     def unavailable(self) -> int:
-        return self.baseline + len(self._active)
+        """Nodes that count against max_unavailable now (under the plan's rules)."""
+        held = held_by_failures(self.rules, self.failed_down)
+        return self.baseline + len(self._active) + held
 
     @property
     def active(self) -> int:
@@ -115,7 +136,8 @@ class PoolRollout:
         return self.progress.opens_at
 
     def blocked_by_unavailability(self) -> bool:
-        return bool(self._queue) and room(self.rules, self.baseline, len(self._active)) <= 0
+        free = room(self.rules, self.baseline, len(self._active), self.failed_down)
+        return bool(self._queue) and free <= 0
 
     def next_start_time(self, now: float) -> float | None:
         """When this pool may start its next new node, if it is waiting for a wave pause."""
@@ -146,12 +168,20 @@ class PoolRollout:
 
     # --- what happened ---
 
-    def settle(self, target: int, now: float) -> WaveCompleted | None:
-        """A target reached a terminal state; returns the wave completion it caused, if any."""
+    def settle(
+        self, target: int, now: float, *, failed_after_action: bool = False
+    ) -> WaveCompleted | None:
+        """A target reached a terminal state; returns the wave completion it caused, if any.
+
+        ``failed_after_action``: it failed after the action took effect (its node came back
+        broken, or not in time): from now on it is one of ``failed_down`` while its node is
+        down, in the same step that takes it out of ``active``."""
         if target in self._settled:
             return None
         self._settled.add(target)
         self._active.discard(target)
+        if failed_after_action:
+            self._failed_after.add(target)
         index = self._wave_of.get(target)
         if index is not None:
             self._remaining[index] -= 1
@@ -173,8 +203,12 @@ class PoolRollout:
         """A dispatched target this runner no longer owns (shared runs only)."""
         self._active.discard(target)
 
-    def set_baseline(self, unavailable_not_ours: int) -> None:
+    def set_baseline(self, unavailable_not_ours: int, down: Iterable[int] | None = None) -> None:
+        """A health poll's findings: the pool's nodes down for reasons of their own, and
+        ``down``, our targets whose nodes it saw not ready (None: unchanged)."""
         self.baseline = max(0, unavailable_not_ours)
+        if down is not None:
+            self._down = frozenset(down)
 
     def release_checkpoint(self) -> None:
         self.progress = replace(self.progress, held=False)
@@ -191,7 +225,9 @@ class PoolRollout:
     def _state(self, progress: PoolProgress, now: float) -> PoolState:
         open_wave = self._current if self._current < len(self._waves) else None
         failures = 0 if self._budget is None else self._budget.failures
-        return PoolState(now, progress, open_wave, len(self._active), self.baseline, failures)
+        return PoolState(
+            now, progress, open_wave, len(self._active), self.baseline, failures, self.failed_down
+        )
 
     def _find_open_wave(self) -> None:
         while self._current < len(self._waves) and self._remaining[self._current] == 0:

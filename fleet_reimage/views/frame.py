@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from fleet_reimage.engine.blockwatch import Blockage, blockage, is_blocked
 from fleet_reimage.engine.runstate import PoolRun, PoolSnapshot
 from fleet_reimage.units import count
 from fleet_reimage.views.eta import RateMeter, RecoveryMeter, ladder_eta
@@ -85,37 +86,48 @@ def processed(snap: PoolSnapshot) -> int:
     return snap.healthy + snap.done_unverified + snap.failed
 
 
-def pool_note(pool: PoolRun, now: float) -> str | None:
-    """Why a pool is not starting nodes, from its rollout state (read-only)."""
+def pool_note(pool: PoolRun, now: float, stops_after: float | None = None) -> str | None:
+    """Why a pool is not starting nodes, from its rollout state (read-only).
+
+    ``stops_after``: how long a blocked pool waits before it stops (the health timeout;
+    None in a shared run, where a runner never stops a pool for being blocked)."""
     rollout = pool.rollout
     if rollout.stopped is not None:
         return f"stopped: {rollout.stopped}"
     if rollout.done:
         return None if pool.awaiting else "done"
+    why = blockage(pool)
     if rollout.unavailable > rollout.max_unavailable:
-        return over_limit_note(rollout.unavailable, rollout.max_unavailable, rollout.baseline)
+        return over_limit_note(rollout.unavailable, why)
     if rollout.held:
         return "held at the checkpoint"
     if now < rollout.next_wave_at:
         return f"next wave in {span(rollout.next_wave_at - now)}"
-    if rollout.blocked_by_unavailability() and rollout.baseline:
-        down = rollout.baseline
-        return f"{count(down, 'node')} down for other reasons"
+    if is_blocked(pool) and pool.blocked_since is not None:
+        wait = "waiting for nodes to come back"
+        if stops_after is not None:
+            left = stops_after - (now - pool.blocked_since)
+            wait += f"; stops (resumable, nodes kept pending) in {span(left)}"
+        return f"blocked: {why.reason()}; {wait}"
+    if rollout.blocked_by_unavailability() and (why.others or why.failed_down):
+        return why.reason()
     return None
 
 
-def over_limit_note(unavailable: int, limit: int, others: int) -> str:
+def over_limit_note(unavailable: int, why: Blockage) -> str:
     """Why a pool shows more nodes unavailable than its limit (it never starts one past it).
 
-    The limit is checked before each dispatch. Nodes that go down on their own afterwards,
-    or come back broken from our request and are then counted as down for other reasons
-    (at the next poll), can take the pool past it; nothing new starts until it is back under.
+    The limit is checked before each dispatch, and a node of ours that fails after the
+    action keeps its room without a gap (unless ``failed_holds_availability: false``); only
+    nodes that go down on their own after ours started can take the pool past it, and
+    nothing new starts there until it is back under.
     """
-    ours = unavailable - others
+    ours = unavailable - why.others - why.failed_down
+    held = f", {why.failed_down} failed ones of ours still down" if why.failed_down else ""
     return (
-        f"{unavailable} unavailable, over max_unavailable {limit}: {count(others, 'node')} "
-        f"down for other reasons (went down or came back broken) beside {ours} of ours; "
-        f"nothing starts until fewer than {limit} are down"
+        f"{unavailable} unavailable, over max_unavailable {why.limit}: "
+        f"{count(why.others, 'node')} went down for other reasons after {ours} of ours "
+        f"started{held}; nothing starts until fewer than {why.limit} are down"
     )
 
 
@@ -135,6 +147,8 @@ class Tracker:
         self.total_meter = RateMeter()
         self.meters: dict[tuple[str, str], RateMeter] = {}
         self.wave_sizes = _wave_sizes(executor)
+        # How long a blocked pool waits before it stops (never, in a shared run).
+        self.stops_after = None if executor.shared else executor.plan.rollout.health.timeout
         self.frame()  # the first sample: rates count from here
 
     def frame(self) -> Frame:
@@ -149,7 +163,8 @@ class Tracker:
             eta = self.pool_eta(snap, pool, now)
             if not snap.stopped:
                 etas.append(eta)
-            lines.append(PoolLine(snap, meter.per_minute(), eta, pool_note(pool, now)))
+            note = pool_note(pool, now, self.stops_after)
+            lines.append(PoolLine(snap, meter.per_minute(), eta, note))
         totals = sum_counts(snaps)
         self.total_meter.add(now, sum(processed(s) for s in snaps))
         stopping = None
@@ -226,6 +241,32 @@ def budget_in_use(executor: Executor) -> Budget:
     its budget the whole run's failures)."""
     budget = executor.budget
     return Budget(budget.counted, budget.limit, budget.forgiven)
+
+
+_MOVING = (
+    ("in_flight", "in flight"),
+    ("awaiting_health", "awaiting health"),
+    ("gone", "gone"),
+    ("skipped", "skipped"),
+)
+
+
+def progress_text(frame: Frame) -> str:
+    """The progress line in words, for standard error when the log goes to a file:
+    ``progress: 12/59 finished (20%), 4 in flight, 2 awaiting health, failed 1/5, ...``."""
+    totals = frame.totals
+    selected = totals["selected"]
+    share = 100.0 * frame.finished / selected if selected else 100.0
+    parts = [f"{frame.finished}/{selected} finished ({share:.0f}%)"]
+    parts += [f"{totals[key]} {label}" for key, label in _MOVING if totals[key]]
+    parts.append(f"failed {frame.budget.cell(totals['failed'])}")
+    if frame.rate is not None:
+        parts.append(f"{frame.rate:.1f} nodes/min")
+    if frame.eta is not None and frame.finished < selected:
+        parts.append(f"ETA {span(frame.eta)}")
+    if frame.stopping:
+        parts.append(f"stopping ({frame.stopping})")
+    return f"progress of run {frame.run_id}: " + ", ".join(parts)
 
 
 def log_fields(frame: Frame) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from typing import Any, TextIO
 from fleet_reimage.journal.model import AttemptRecord, TargetRecord, TargetState
 from fleet_reimage.units import count
 from fleet_reimage.views.hints import run_hint
+from fleet_reimage.views.runchanges import overrides_phrase
 from fleet_reimage.views.runview import (
     STATE_LABELS,
     STATES,
@@ -266,6 +267,8 @@ def write_table(report: Report, out: TextIO) -> None:
         lines.append(f"  reason   {one_line(run.reason)}")
     if narrowed(run):
         lines.append(f"  narrowed {narrowed(run)}")
+    if overrides_phrase(run):
+        lines.append(f"  overrides {overrides_phrase(run)} (set on resume)")
     resume = _resume(report)
     if resume:
         lines.append(f"  resume   {resume}")
@@ -397,6 +400,8 @@ def write_markdown(report: Report, out: TextIO) -> None:
         facts.append(("Reason", md_cell(run.reason)))
     if narrowed(run):
         facts.append(("Narrowed to", f"`{md_cell(narrowed(run))}`"))
+    if overrides_phrase(run):
+        facts.append(("Overrides (on resume)", md_cell(overrides_phrase(run) or "")))
     resume = _resume(report)
     if resume:
         facts.append(("To continue", f"`{resume}`"))

@@ -409,6 +409,7 @@ def run_json(run: RunRecord) -> dict[str, Any]:
         "host": run.host,
         "pid": run.pid,
         "narrowing": run.options.get("narrowing"),
+        "overrides": run.options.get("overrides") or None,
     }
 
 

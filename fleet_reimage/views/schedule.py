@@ -97,6 +97,7 @@ def _pool_json(pool: PoolResolution, option: NodeOption) -> dict[str, Any]:
         "tasks": _tasks_json(option, running_tasks),
         "max_unavailable": pool.max_unavailable,
         "already_unavailable": pool.baseline_unavailable,
+        "booted_within_the_hour": pool.booted_lately,
         "targets": [
             {
                 "node": node.id,

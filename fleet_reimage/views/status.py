@@ -17,6 +17,7 @@ from fleet_reimage.journal.model import RunRecord, RunStatus, TargetRecord, Targ
 from fleet_reimage.units import count
 from fleet_reimage.views.hints import Hint, run_hint
 from fleet_reimage.views.report import failure_lines, one_line, totals_lines
+from fleet_reimage.views.runchanges import blocked_now, overrides_phrase
 from fleet_reimage.views.runview import (
     RunData,
     attempts_by_target,
@@ -114,6 +115,8 @@ def run_text(data: RunData, now: float) -> str:
         lines.append(f"  reason   {one_line(run.reason)}")
     if narrowed(run):
         lines.append(f"  narrowed {narrowed(run)}")
+    if overrides_phrase(run):
+        lines.append(f"  overrides {overrides_phrase(run)} (set on resume)")
     ended = clock(run.ended_at, run.created_at) if run.ended_at else "-"
     lines.append(
         f"  started  {when(run.created_at)}   last write {clock(run.updated_at, run.created_at)} "
@@ -126,6 +129,7 @@ def run_text(data: RunData, now: float) -> str:
     if doubts:
         lines += ["", doubts]
     lines += ["", *_in_flight_lines(data.targets, run, now)]
+    lines += _blocked_lines(data, now)
     failures = failure_groups(data.targets, by_target)
     lines += ["", "Not done (by error code, else reason)"]
     lines += ["  " + line for line in failure_lines(failures)] or ["  none"]
@@ -190,6 +194,23 @@ def _in_flight_lines(targets: Sequence[TargetRecord], run: RunRecord, now: float
     return lines
 
 
+def _blocked_lines(data: RunData, now: float) -> list[str]:
+    """The pools a running run has waiting for room (max_unavailable) right now, and why."""
+    if in_flight_clock(data.run, now) != now:
+        return []
+    waiting = blocked_now(data.events)
+    day = data.run.created_at
+    return (
+        [
+            "",
+            f"Waiting for room now: {count(len(waiting), 'pool')}",
+            *(f"  {w.pool} since {clock(w.since, day)}: {w.text}" for w in waiting),
+        ]
+        if waiting
+        else []
+    )
+
+
 def next_steps(hint: Hint | None, run: RunRecord, location: str) -> list[str]:
     """What to type next, given the run's status and the command that continues it."""
     report = f"fleet-reimage report {run.run_id} --journal {location}"
@@ -222,6 +243,10 @@ def run_status_json(data: RunData, now: float) -> dict[str, Any]:
     until = in_flight_clock(run, now)
     return {
         "run": {**run_json(run), "runner_alive": alive},
+        "waiting_for_room": [
+            {"pool": w.pool, "since": iso(w.since), "why": w.text}
+            for w in (blocked_now(data.events) if in_flight_clock(run, now) == now else [])
+        ],
         "totals": counts_json(total_counts(pools)),
         "pools": [pool.as_json() for pool in pools],
         "reconciled": doubt_counts(data.targets, by_target).as_json(),

@@ -22,6 +22,7 @@ from typing import Any
 
 from fleet_reimage.journal.model import AttemptRecord, RunEvent, TargetRecord
 from fleet_reimage.units import count
+from fleet_reimage.views.runchanges import EVENT_KINDS, event_text
 from fleet_reimage.views.runview import clock, iso, span
 from fleet_reimage.views.textgrid import grid
 from fleet_reimage.views.words import details, plain
@@ -302,7 +303,9 @@ def _milestone(event: RunEvent) -> Milestone:
     data = event.data
     pool = f"{event.account}/{event.pool}" if event.pool else event.account
     kind = event.kind
-    if kind == "pool_stopped":
+    if kind in EVENT_KINDS or (kind == "pool_stopped" and data.get("resumable")):
+        text = event_text(event)  # what resumes changed, and pools waiting for room
+    elif kind == "pool_stopped":
         text = f"pool stopped: {plain(data.get('reason'))}"
     elif kind == "budget_exceeded":
         text = (
