@@ -30,7 +30,8 @@ from runhelpers import (
 )
 
 from fleet_reimage import api
-from fleet_reimage.batch.transport import HttpRequest, HttpResponse, Transport, default_transport
+from fleet_reimage.batch.aiohttp_transport import AiohttpTransport
+from fleet_reimage.batch.transport import HttpRequest, HttpResponse, Transport
 from fleet_reimage.emulator.server import RunningEmulator
 from fleet_reimage.engine import poolclaim
 from fleet_reimage.engine.executor import RunSettings
@@ -154,7 +155,7 @@ async def test_a_412_race_reads_again_and_keeps_what_the_other_writer_wrote(
     pools = [{"id": "p", "nodes": 3, "metadata": dict([TEAM])}]
     async with emulator(pools) as emu:
         plan = write_plan(tmp_path, emu.url, rollout=rollout())
-        transport = ChangesThePoolFirst(default_transport(8), emu)
+        transport = ChangesThePoolFirst(AiohttpTransport(pool_size=8), emu)
         with anyio.fail_after(60):
             result = await api.run_plan(
                 api.load_plan(plan),
