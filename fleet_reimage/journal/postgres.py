@@ -51,6 +51,7 @@ from fleet_reimage.journal.model import (
     TargetRecord,
 )
 from fleet_reimage.journal.postgres_conn import DEFAULT_SCHEMA
+from fleet_reimage.journal.poolops import PoolOpRecord
 from fleet_reimage.journal.postgres_lock import WriterLock, default_owner
 from fleet_reimage.journal.postgres_shared import SharedStore
 from fleet_reimage.journal.postgres_shared_claim import ClaimRequest
@@ -309,6 +310,10 @@ class PostgresJournal(JournalBase[Work]):
     async def events(self, run_id: str) -> list[RunEvent]:
         """The run's events by time (then by the order they were recorded)."""
         return await self._read(lambda conn: sql.read_events(conn, run_id))
+
+    async def pool_ops(self, run_id: str) -> list[PoolOpRecord]:
+        """The run's pool operations (``action: replace``), in the order recorded."""
+        return await self._read(lambda conn: sql.read_pool_ops(conn, run_id))
 
 
 # --- opening ------------------------------------------------------------------------------

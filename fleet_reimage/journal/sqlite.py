@@ -40,6 +40,7 @@ from fleet_reimage.journal import sqlite_sql as sql
 from fleet_reimage.journal.base import JournalBase
 from fleet_reimage.journal.codec import encode_mapping
 from fleet_reimage.journal.lockfile import WriterLock
+from fleet_reimage.journal.poolops import PoolOpRecord
 from fleet_reimage.journal.model import (
     AttemptRecord,
     Exclusion,
@@ -235,6 +236,10 @@ class SqliteJournal(JournalBase[Work]):
     async def events(self, run_id: str) -> list[RunEvent]:
         """The run's events by time (then by the order they were recorded)."""
         return await self._read(functools.partial(sql.read_events, run_id=run_id))
+
+    async def pool_ops(self, run_id: str) -> list[PoolOpRecord]:
+        """The run's pool operations (``action: replace``), in the order recorded."""
+        return await self._read(functools.partial(sql.read_pool_ops, run_id=run_id))
 
 
 # --- opening (blocking: runs on a worker thread) ----------------------------------------

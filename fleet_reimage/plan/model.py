@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from fractions import Fraction
 from pathlib import Path
 
 from fleet_reimage.batch.versions import DEFAULT_API_VERSION
@@ -27,10 +28,12 @@ DEFAULT_STATES: frozenset[str] = frozenset({"idle", "running"})
 class Action(StrEnum):
     REIMAGE = "reimage"
     REBOOT = "reboot"
+    REPLACE = "replace"  # remove nodes and resize back: fresh nodes from the pool's image
 
 
 class NodeOption(StrEnum):
-    """What happens to tasks running on the node (``nodeReimageOption``/``nodeRebootOption``)."""
+    """What happens to tasks running on the node (``nodeReimageOption``/``nodeRebootOption``;
+    for ``replace``, ``nodeDeallocationOption``: the same four values)."""
 
     REQUEUE = "requeue"
     TERMINATE = "terminate"
@@ -154,6 +157,10 @@ class RolloutSpec:
     # Claim each pool in its metadata before the first request, against other runs
     # (other journals, other machines): ``engine/poolclaim.py``.
     claim_pools: bool = False
+    # action: replace only (``rollout/replace.py``): capacity added before old nodes leave,
+    # and whether an auto-scaled pool may be replaced (its formula brings capacity back).
+    surge: Amount = Amount(Fraction(0), percent=False)
+    autoscale_allow: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,8 @@ ROLLOUT_KEYS = (
     "confirm_after_wave",
     "failed_holds_availability",
     "claim_pools",
+    "surge",
+    "autoscale",
 )
 HEALTH_KEYS = ("wait", "ready_states", "timeout", "poll_interval")
 EXECUTION_KEYS = (
@@ -40,6 +42,8 @@ RETRY_KEYS = ("max_attempts", "initial_backoff", "max_backoff", "busy_timeout")
 
 DEFAULT_MAX_UNAVAILABLE = Amount(Fraction(10), percent=True)
 DEFAULT_FAILURE_BUDGET = Amount(Fraction(5), percent=True)
+NO_SURGE = Amount(Fraction(0), percent=False)
+AUTOSCALE_CHOICES = ("refuse", "allow")
 DEFAULT_HEALTH = HealthSpec(
     wait=True, ready_states=DEFAULT_STATES, timeout=1200.0, poll_interval=15.0
 )
@@ -69,7 +73,7 @@ _NOT_READY = frozenset(
 )
 
 
-def read_rollout(checker: Checker, at: Node | None) -> RolloutSpec | None:
+def read_rollout(checker: Checker, at: Node | None, replace: bool = False) -> RolloutSpec | None:
     fields = checker.mapping(at, ROLLOUT_KEYS, defaults=True) if at is not None else {}
     if fields is None:
         return None
@@ -93,6 +97,15 @@ def read_rollout(checker: Checker, at: Node | None) -> RolloutSpec | None:
         confirm = _read_confirm(checker, got["confirm_after_wave"], ladder, waves is not None)
     holds = _flag(checker, got["failed_holds_availability"], default=True)
     claim_pools = _flag(checker, got["claim_pools"], default=False)
+    for key in ("surge", "autoscale"):
+        if got[key] is not None and not replace:
+            checker.warning(got[key], f"rollout.{key} applies to action: replace only; ignored")
+    surge = NO_SURGE
+    if got["surge"] is not None:
+        surge = checker.amount(got["surge"], zero=True) or surge
+    autoscale = "refuse"
+    if got["autoscale"] is not None:
+        autoscale = checker.choice(got["autoscale"], AUTOSCALE_CHOICES) or autoscale
     if checker.error_count > errors or health is None or holds is None or claim_pools is None:
         return None
     if not health.wait and got["max_unavailable"] is not None and not is_all(max_unavailable):
@@ -114,6 +127,8 @@ def read_rollout(checker: Checker, at: Node | None) -> RolloutSpec | None:
         confirm_after_wave=confirm,
         failed_holds_availability=holds,
         claim_pools=claim_pools,
+        surge=surge,
+        autoscale_allow=autoscale == "allow",
     )
 
 
