@@ -14,14 +14,15 @@ The same dictionary is served at ``GET /_emulator/stats`` and returned by
      "nodes": [{"pool": P, "id": ID, "state": S, "scheduling_state": "enabled",
                 "running_tasks": N, "reimages": N, "reboots": N, "deallocations": N,
                 "starts": N, "scheduling_disables": N, "scheduling_enables": N,
-                "removals": N, "removed": false}, ...],
+                "removals": N, "removed": false, "added": false, "dedicated": true}, ...],
      "requests": {"total": N, "by_operation": {OP: N}, "by_status": {"202": N},
                   "by_api_version": {VERSION: N}, "faults": {KIND: N},
                   "rate_limited": N, "mutating": N}}
 
 ``ready`` counts nodes that could take a new task now (idle or running, scheduling
 enabled, no operation waiting for their tasks); ``min_ready`` is the fewest there were at
-any instant since the emulator started. Removed nodes stay in ``nodes`` (``removed: true``).
+any instant since the emulator started. Removed nodes stay in ``nodes`` (``removed: true``);
+``added`` marks the nodes a resize (or auto-scale) allocated, ``dedicated`` their kind.
 """
 
 from __future__ import annotations
@@ -122,6 +123,8 @@ def node_stats(node: Node) -> dict[str, Any]:
         "scheduling_enables": node.scheduling_enables,
         "removals": node.removals,
         "removed": node.removed,
+        "added": node.added,
+        "dedicated": node.is_dedicated,
     }
 
 

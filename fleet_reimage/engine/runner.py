@@ -34,6 +34,7 @@ from fleet_reimage.engine.resumeopts import (
 )
 from fleet_reimage.engine.runstate import AccountRun, JobKind, Phase, PoolKey, PoolRun, RunTarget
 from fleet_reimage.engine.sharedrun import SharedSettings
+from fleet_reimage.errors import RefusedError
 from fleet_reimage.journal.model import (
     Exclusion,
     Journal,
@@ -45,7 +46,7 @@ from fleet_reimage.journal.model import (
     TargetState,
 )
 from fleet_reimage.journal.shared import SharedRuns
-from fleet_reimage.plan.model import Plan
+from fleet_reimage.plan.model import Action, Plan
 from fleet_reimage.plan.resolve import Resolution
 from fleet_reimage.plan.where import locate_in_plan
 from fleet_reimage.rollout.budget import FailureBudget
@@ -53,6 +54,7 @@ from fleet_reimage.rollout.claimed import ClaimedPoolRollout
 from fleet_reimage.rollout.outcomes import Accepted, Settle, after_reconcile
 from fleet_reimage.rollout.policy import RolloutRules
 from fleet_reimage.rollout.pool import PoolRollout
+from fleet_reimage.rollout.replace import policy_room, surge_nodes
 from fleet_reimage.rollout.throttle import AdaptiveThrottle
 
 
@@ -153,12 +155,17 @@ async def execute(
     ``records``: the run's targets as ``create_run`` just recorded them (read from the
     journal when not given).
     """
+    if shared is not None and plan.action is Action.REPLACE:
+        raise RefusedError(
+            "action: replace runs with one runner per journal for now: run it without --join "
+            "(a PostgreSQL journal works, one runner at a time)"
+        )
     if records is None:
         records = await journal.targets(run.run_id)
     resume = resume or ResumeOptions()
     changed = pool_limits(run.options, records, plan, resume)
     limits = _limits_from_options(run, changed)
-    if resuming and shared is None:
+    if resuming and shared is None and plan.action is not Action.REPLACE:  # replace: its own
         limits = await _reconcile_on_resume(run, plan, journal, clients, records, limits)
     if resuming or shared is not None:
         run = await take_up(run, journal, records, resume, resuming=resuming, limits=changed)
@@ -236,6 +243,10 @@ def _rules(
         max_unavailable = limit.max_unavailable
     else:
         max_unavailable = max(1, plan.rollout.max_unavailable.of(len(records)))
+    if plan.action is Action.REPLACE:  # old nodes being replaced stay ready with surge
+        max_unavailable = policy_room(
+            max_unavailable, surge_nodes(plan.rollout.surge, len(records))
+        )
     checkpoint = plan.rollout.confirm_after_wave
     return RolloutRules(
         max_unavailable,

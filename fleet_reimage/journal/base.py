@@ -32,7 +32,6 @@ from typing import Any, Generic, Protocol, Self, TypeVar
 import anyio
 
 from fleet_reimage.journal.codec import decode_mapping, encode_mapping
-from fleet_reimage.journal.poolops import PoolOpEnd, PoolOpStart
 from fleet_reimage.journal.model import (
     OUTCOMES_BY_VALUE,
     AttemptEnd,
@@ -47,6 +46,7 @@ from fleet_reimage.journal.model import (
     TargetChange,
     WriterStats,
 )
+from fleet_reimage.journal.poolops import PoolOpEnd, PoolOpStart
 
 W = TypeVar("W")  # a backend's write unit
 W_contra = TypeVar("W_contra", contravariant=True)

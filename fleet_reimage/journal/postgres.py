@@ -50,8 +50,8 @@ from fleet_reimage.journal.model import (
     RunRecord,
     TargetRecord,
 )
-from fleet_reimage.journal.postgres_conn import DEFAULT_SCHEMA
 from fleet_reimage.journal.poolops import PoolOpRecord
+from fleet_reimage.journal.postgres_conn import DEFAULT_SCHEMA
 from fleet_reimage.journal.postgres_lock import WriterLock, default_owner
 from fleet_reimage.journal.postgres_shared import SharedStore
 from fleet_reimage.journal.postgres_shared_claim import ClaimRequest

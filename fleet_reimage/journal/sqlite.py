@@ -40,7 +40,6 @@ from fleet_reimage.journal import sqlite_sql as sql
 from fleet_reimage.journal.base import JournalBase
 from fleet_reimage.journal.codec import encode_mapping
 from fleet_reimage.journal.lockfile import WriterLock
-from fleet_reimage.journal.poolops import PoolOpRecord
 from fleet_reimage.journal.model import (
     AttemptRecord,
     Exclusion,
@@ -52,6 +51,7 @@ from fleet_reimage.journal.model import (
     TargetRecord,
     TargetState,
 )
+from fleet_reimage.journal.poolops import PoolOpRecord
 from fleet_reimage.journal.sqlite_writer import GroupWriter, Work
 
 T = TypeVar("T")

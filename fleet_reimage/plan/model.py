@@ -23,6 +23,7 @@ from fleet_reimage.units import Amount
 
 # Defaults, named so the docs, the loader and the tests agree.
 DEFAULT_STATES: frozenset[str] = frozenset({"idle", "running"})
+NO_SURGE = Amount(Fraction(0), percent=False)  # rollout.surge's default
 
 
 class Action(StrEnum):
@@ -159,7 +160,7 @@ class RolloutSpec:
     claim_pools: bool = False
     # action: replace only (``rollout/replace.py``): capacity added before old nodes leave,
     # and whether an auto-scaled pool may be replaced (its formula brings capacity back).
-    surge: Amount = Amount(Fraction(0), percent=False)
+    surge: Amount = NO_SURGE
     autoscale_allow: bool = False
 
 

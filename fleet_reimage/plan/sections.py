@@ -13,7 +13,7 @@ from fleet_reimage.units import Amount
 
 from ..batch.versions import API_VERSIONS, DEFAULT_API_VERSION
 from .accounts import read_states
-from .model import DEFAULT_STATES, ExecutionSpec, HealthSpec, RetrySpec, RolloutSpec
+from .model import DEFAULT_STATES, NO_SURGE, ExecutionSpec, HealthSpec, RetrySpec, RolloutSpec
 from .reader import Checker, Node
 from .waves import is_all, normalise_ladder
 
@@ -42,7 +42,6 @@ RETRY_KEYS = ("max_attempts", "initial_backoff", "max_backoff", "busy_timeout")
 
 DEFAULT_MAX_UNAVAILABLE = Amount(Fraction(10), percent=True)
 DEFAULT_FAILURE_BUDGET = Amount(Fraction(5), percent=True)
-NO_SURGE = Amount(Fraction(0), percent=False)
 AUTOSCALE_CHOICES = ("refuse", "allow")
 DEFAULT_HEALTH = HealthSpec(
     wait=True, ready_states=DEFAULT_STATES, timeout=1200.0, poll_interval=15.0
@@ -98,8 +97,9 @@ def read_rollout(checker: Checker, at: Node | None, replace: bool = False) -> Ro
     holds = _flag(checker, got["failed_holds_availability"], default=True)
     claim_pools = _flag(checker, got["claim_pools"], default=False)
     for key in ("surge", "autoscale"):
-        if got[key] is not None and not replace:
-            checker.warning(got[key], f"rollout.{key} applies to action: replace only; ignored")
+        node = got[key]
+        if node is not None and not replace:
+            checker.warning(node, f"rollout.{key} applies to action: replace only; ignored")
     surge = NO_SURGE
     if got["surge"] is not None:
         surge = checker.amount(got["surge"], zero=True) or surge
