@@ -1,0 +1,61 @@
+"""Helpers for ``action: replace`` tests: a fast emulator fleet, a plan, the stats oracle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from runhelpers import write_plan
+
+from fleet_reimage.emulator.server import RunningEmulator
+
+# Every pool change and boot scaled down to tens of milliseconds.
+FAST = {
+    "reimaging": "50ms",
+    "rebooting": "50ms",
+    "starting": "50ms",
+    "waitingforstarttask": "0s",
+    "creating": "50ms",
+    "allocating": "50ms",
+    "leavingpool": "50ms",
+    "stopping": "50ms",
+}
+
+
+def replace_plan(
+    folder: Path,
+    endpoint: str,
+    *,
+    surge: str = "0",
+    max_unavailable: str = "2",
+    waves: str = '["100%"]',
+    budget: str = '"100%"',
+    extra: str = "",
+    option: str = "requeue",
+    timeout: str = "20s",
+) -> Path:
+    rollout = f"""
+        waves: {waves}
+        max_unavailable: {max_unavailable}
+        surge: {surge}
+        health: {{wait: true, poll_interval: 50ms, timeout: {timeout}}}
+        failure_budget: {budget}
+        {extra}
+    """
+    path = write_plan(folder, endpoint, action="replace", rollout=rollout)
+    text = path.read_text().replace("action: replace\n", f"action: replace\noption: {option}\n")
+    path.write_text(text)
+    return path
+
+
+def pool_nodes(emu: RunningEmulator, pool: str) -> list[dict[str, Any]]:
+    return [n for n in emu.stats()["nodes"] if n["pool"] == pool]
+
+
+def live_ids(emu: RunningEmulator, pool: str) -> set[str]:
+    return {n["id"] for n in pool_nodes(emu, pool) if not n["removed"]}
+
+
+def removals(emu: RunningEmulator, pool: str, ids: set[str]) -> dict[str, int]:
+    """How many times the emulator saw each of ``ids`` asked to leave (exactly-once: 1)."""
+    return {n["id"]: n["removals"] for n in pool_nodes(emu, pool) if n["id"] in ids}
