@@ -8,6 +8,8 @@ from typing import Any
 from runhelpers import write_plan
 
 from fleet_reimage.emulator.server import RunningEmulator
+from fleet_reimage.journal import open_journal
+from fleet_reimage.journal.poolops import PoolOpRecord
 
 # Every pool change and boot scaled down to tens of milliseconds.
 FAST = {
@@ -59,3 +61,12 @@ def live_ids(emu: RunningEmulator, pool: str) -> set[str]:
 def removals(emu: RunningEmulator, pool: str, ids: set[str]) -> dict[str, int]:
     """How many times the emulator saw each of ``ids`` asked to leave (exactly-once: 1)."""
     return {n["id"]: n["removals"] for n in pool_nodes(emu, pool) if n["id"] in ids}
+
+
+async def pool_ops(journal: Path) -> list[PoolOpRecord]:
+    store = await open_journal(journal, readonly=True)
+    try:
+        run_id = (await store.runs())[0].run_id
+        return await store.pool_ops(run_id)
+    finally:
+        await store.close()

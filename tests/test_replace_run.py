@@ -8,7 +8,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from replacehelpers import FAST, live_ids, removals, replace_plan
+from replacehelpers import FAST, live_ids, pool_ops, removals, replace_plan
 from runhelpers import KEY, KEY_ENV, emulator, journal_targets, run
 
 from fleet_reimage.journal import RunStatus, TargetState
@@ -46,3 +46,122 @@ async def test_replace_removes_each_old_node_once_and_keeps_capacity(
         assert new_states == {"idle"}
     targets = await journal_targets(tmp_path / "j.db")
     assert {t.state for t in targets} == {TargetState.HEALTHY}
+
+
+async def _grow(emu: object, dedicated: int, low_priority: int) -> None:
+    """Give the pool a mix of kinds before the run (the emulator's own resize)."""
+    state = emu.state  # type: ignore[attr-defined]
+    state.pool_ops.resize("p", dedicated, low_priority, 300.0, "requeue")
+    with anyio.fail_after(10):
+        while emu.stats("p")["pools"]["p"]["states"] != {"idle": dedicated + low_priority}:  # type: ignore[attr-defined]
+            await anyio.sleep(0.02)
+    pool = state.pools["p"]
+    pool.min_ready = pool.ready_count  # the fewest ready nodes are counted from the run on
+
+
+@pytest.mark.parametrize("surge", ["3", "0"])
+async def test_replace_keeps_dedicated_and_low_priority_apart(tmp_path: Path, surge: str) -> None:
+    async with emulator([{"id": "p", "nodes": 4, "running_tasks": 0}], timings=FAST) as emu:
+        await _grow(emu, 4, 3)
+        before = [n for n in emu.stats()["nodes"] if not n["removed"]]
+        old = {n["id"] for n in before}
+        plan = replace_plan(tmp_path, emu.url, surge=surge, max_unavailable="3")
+        with anyio.fail_after(60):
+            result = await run(plan, tmp_path / "j.db")
+        assert result.status is RunStatus.FINISHED, result.reason
+        stats = emu.stats()
+        pool = stats["pools"]["p"]
+        assert removals(emu, "p", old) == dict.fromkeys(old, 1)
+        assert (pool["target_dedicated"], pool["target_low_priority"]) == (4, 3)
+        assert (pool["current_dedicated"], pool["current_low_priority"]) == (4, 3)
+        fresh = [n for n in stats["nodes"] if not n["removed"]]
+        assert sum(n["dedicated"] for n in fresh) == 4 and all(n["added"] for n in fresh)
+        assert pool["min_ready"] == (7 if surge != "0" else 4)
+
+
+async def test_replace_removal_in_doubt_is_reconciled_not_repeated(tmp_path: Path) -> None:
+    """Every removenodes is applied but its answer lost: the run lists the pool, sees the
+    nodes leaving, and never sends the removal again."""
+    faults = {"seed": 5, "remove_nodes": {"reset_after": 1.0}}
+    async with emulator(POOL, timings=FAST, faults=faults) as emu:
+        old = live_ids(emu, "p")
+        plan = replace_plan(tmp_path, emu.url, surge="0", max_unavailable="3")
+        with anyio.fail_after(60):
+            result = await run(plan, tmp_path / "j.db")
+        stats = emu.stats()
+        assert result.status is RunStatus.FINISHED, result.reason
+        assert removals(emu, "p", old) == dict.fromkeys(old, 1)
+        assert stats["requests"]["faults"]["reset_after"] == 2  # two steps of three
+        assert stats["pools"]["p"]["min_ready"] == 3
+    ops = await pool_ops(tmp_path / "j.db")
+    outcomes = [op.outcome for op in ops if op.operation == "removenodes"]
+    assert outcomes == ["reconciled_applied", "reconciled_applied"]
+
+
+async def test_replace_quota_failure_stops_the_pool_with_the_services_message(
+    tmp_path: Path,
+) -> None:
+    pools = [{"id": "p", "nodes": 6, "running_tasks": 0, "core_quota": {"dedicated": 12}}]
+    async with emulator(pools, timings=FAST) as emu:
+        old = live_ids(emu, "p")
+        plan = replace_plan(tmp_path, emu.url, surge="2", max_unavailable="1")
+        with anyio.fail_after(60):
+            result = await run(plan, tmp_path / "j.db")
+        pool = emu.stats()["pools"]["p"]
+        assert result.status is RunStatus.STOPPED
+        assert "AccountCoreQuotaReached" in (result.reason or "")
+        assert set(removals(emu, "p", old).values()) == {0}  # nothing removed there
+        assert pool["min_ready"] == 6 and pool["current_dedicated"] == 6
+    targets = await journal_targets(tmp_path / "j.db")
+    assert {t.state for t in targets} == {TargetState.PENDING}  # resume continues
+
+
+async def test_replace_refuses_an_auto_scaled_pool_unless_allowed(tmp_path: Path) -> None:
+    pools = [{"id": "p", "nodes": 6, "running_tasks": 0,
+              "auto_scale": {"target_dedicated": 6, "interval": "100ms"}}]  # fmt: skip
+    async with emulator(pools, timings=FAST) as emu:
+        old = live_ids(emu, "p")
+        plan = replace_plan(tmp_path, emu.url, max_unavailable="2")
+        with anyio.fail_after(60):
+            result = await run(plan, tmp_path / "j.db")
+        assert "auto-scaled" in (result.reason or ""), result.reason
+        assert set(removals(emu, "p", old).values()) == {0}
+    targets = await journal_targets(tmp_path / "j.db")
+    assert {t.state for t in targets} == {TargetState.SKIPPED}
+
+
+async def test_replace_allowed_on_an_auto_scaled_pool_waits_for_the_formula(
+    tmp_path: Path,
+) -> None:
+    pools = [{"id": "p", "nodes": 6, "running_tasks": 0,
+              "auto_scale": {"target_dedicated": 6, "interval": "100ms"}}]  # fmt: skip
+    async with emulator(pools, timings=FAST) as emu:
+        old = live_ids(emu, "p")
+        plan = replace_plan(
+            tmp_path, emu.url, max_unavailable="2", surge="1", extra="autoscale: allow"
+        )
+        with anyio.fail_after(60):
+            result = await run(plan, tmp_path / "j.db")
+        stats = emu.stats()
+        pool = stats["pools"]["p"]
+        assert result.status is RunStatus.FINISHED, result.reason
+        assert removals(emu, "p", old) == dict.fromkeys(old, 1)
+        assert pool["min_ready"] >= 4 and pool["target_dedicated"] == 6
+        assert stats["requests"]["by_operation"].get("resize_pool", 0) == 0
+
+
+async def test_replace_new_nodes_failing_count_against_the_budget(tmp_path: Path) -> None:
+    """Every new node comes up starttaskfailed: the first step's failures spend the budget,
+    and no more old nodes leave."""
+    async with emulator(POOL, timings=FAST, outcomes={"starttaskfailed": 1.0}) as emu:
+        old = live_ids(emu, "p")
+        plan = replace_plan(tmp_path, emu.url, surge="0", max_unavailable="2", budget="1")
+        with anyio.fail_after(60):
+            result = await run(plan, tmp_path / "j.db")
+        stats = emu.stats()
+        assert result.stop_kind == "budget", result.reason
+        removed = removals(emu, "p", old)
+        assert sum(removed.values()) == 2 and set(removed.values()) == {0, 1}
+        assert stats["pools"]["p"]["min_ready"] == 4
+    targets = await journal_targets(tmp_path / "j.db")
+    assert sorted(t.state.value for t in targets).count("failed") == 2
