@@ -189,8 +189,7 @@ class ReplacePool:
     async def _surge_step(self, batch: list[RunTarget]) -> None:
         """Resize to T + b, gate the new nodes, then remove the old ones they replace."""
         extra = self._kinds(batch)
-        await self.calls.resize((self.target[0] + extra[0], self.target[1] + extra[1]))
-        self._check(await self.calls.steady())
+        await self._resize((self.target[0] + extra[0], self.target[1] + extra[1]))
         judged = await self._gate(len(batch))
         if judged is None:  # stopping while new nodes boot: the targets start over on resume
             for target in batch:
@@ -216,6 +215,7 @@ class ReplacePool:
             olds = [by_node[n] for n in chunk]
             await self._mark_all(olds, TargetState.IN_FLIGHT)
             await self.calls.remove(chunk, self._after_removing(olds))
+            self._say("nodes_removed", {"nodes": chunk})
             await self._mark_all(olds, TargetState.ACCEPTED)
         if batch:
             await self.calls.steady()
@@ -232,8 +232,7 @@ class ReplacePool:
         if not waiting:
             return
         if not self.autoscale:
-            await self.calls.resize(self.target)
-            self._check(await self.calls.steady())
+            await self._resize(self.target)
         judged = await self._gate(len(waiting))
         if judged is None:
             return  # stopping: resume gates them
@@ -241,6 +240,16 @@ class ReplacePool:
         await self._judge(ready + failed, self._pair(waiting, len(ready)))
         for target in waiting:
             await self._settle(target, self.verdicts[target.record.node_id], None)
+
+    async def _resize(self, targets: Targets) -> None:
+        await self.calls.resize(targets)
+        self._say("pool_resized", {"target": list(targets)})
+        self._check(await self.calls.steady())
+
+    def _say(self, kind: str, data: dict[str, object]) -> None:
+        """For --events (the journal has the call itself, in its pool-operations rows)."""
+        account, pool_id = self.pool.key
+        self.ledger.observer.event(kind, {"account": account, "pool": pool_id, **data})
 
     # --- new nodes ---
 
@@ -277,6 +286,7 @@ class ReplacePool:
         account, pool_id = self.pool.key
         event = RunEvent(self.ledger.run_id, time.time(), JUDGED, account, pool_id, data)
         await self.ledger.journal.record_event(event)
+        self._say(JUDGED, data)
 
     # --- targets ---
 
@@ -357,8 +367,7 @@ class ReplacePool:
             "surge": self.surge,
             "calls": self.calls.calls,
         }
-        self.ledger.observer.event(kind, {"account": self.pool.account.name,
-                                          "pool": self.pool.pool_id, **data})  # fmt: skip
+        self._say(kind, data)
         await self.ledger.journal.record_event(RunEvent(
             self.ledger.run_id, time.time(), kind, self.pool.account.name, self.pool.pool_id, data
         ))  # fmt: skip
