@@ -11,6 +11,7 @@ import pytest
 from replacehelpers import FAST, live_ids, pool_ops, removals, replace_plan
 from runhelpers import KEY, KEY_ENV, emulator, journal_targets, run
 
+from fleet_reimage.emulator.server import RunningEmulator
 from fleet_reimage.journal import RunStatus, TargetState
 
 pytestmark = pytest.mark.anyio
@@ -48,12 +49,16 @@ async def test_replace_removes_each_old_node_once_and_keeps_capacity(
     assert {t.state for t in targets} == {TargetState.HEALTHY}
 
 
-async def _grow(emu: object, dedicated: int, low_priority: int) -> None:
-    """Give the pool a mix of kinds before the run (the emulator's own resize)."""
-    state = emu.state  # type: ignore[attr-defined]
+async def _grow(emu: RunningEmulator, dedicated: int, low_priority: int) -> None:
+    """Give the pool a mix of kinds before the run (the emulator's own resize), and wait
+    until every node is idle (the emulator's clock moves as it is read)."""
+    state = emu.state
     state.pool_ops.resize("p", dedicated, low_priority, 300.0, "requeue")
+    wanted = {"idle": dedicated + low_priority}
     with anyio.fail_after(10):
-        while emu.stats("p")["pools"]["p"]["states"] != {"idle": dedicated + low_priority}:  # type: ignore[attr-defined]
+        for _ in range(1000):
+            if emu.stats("p")["pools"]["p"]["states"] == wanted:
+                break
             await anyio.sleep(0.02)
     pool = state.pools["p"]
     pool.min_ready = pool.ready_count  # the fewest ready nodes are counted from the run on

@@ -99,7 +99,7 @@ def read_rollout(checker: Checker, at: Node | None, replace: bool = False) -> Ro
     for key in ("surge", "autoscale"):
         node = got[key]
         if node is not None and not replace:
-            checker.warning(node, f"rollout.{key} applies to action: replace only; ignored")
+            checker.warning(node, "applies to action: replace only; ignored")
     surge = NO_SURGE
     if got["surge"] is not None:
         surge = checker.amount(got["surge"], zero=True) or surge
