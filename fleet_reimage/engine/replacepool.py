@@ -92,6 +92,8 @@ class ReplacePool:
             self.target = (info.target_dedicated or 0, info.target_low_priority or 0)
             self.known = set(nodes)
             await self.calls.record_start(self.target, sorted(nodes))
+            await self._note("replace_started", {"target": list(self.target),
+                                                 "surge": self.surge})  # fmt: skip
             return
         self.target = (start.target_dedicated, start.target_low_priority)
         self.known = set(start.node_ids)
@@ -214,8 +216,9 @@ class ReplacePool:
         for chunk in steps.chunks(list(by_node)):
             olds = [by_node[n] for n in chunk]
             await self._mark_all(olds, TargetState.IN_FLIGHT)
-            await self.calls.remove(chunk, self._after_removing(olds))
-            self._say("nodes_removed", {"nodes": chunk})
+            after = self._after_removing(olds)
+            await self.calls.remove(chunk, after)
+            await self._note("nodes_removed", {"nodes": chunk, "target_after": list(after)})
             await self._mark_all(olds, TargetState.ACCEPTED)
         if batch:
             await self.calls.steady()
@@ -243,12 +246,15 @@ class ReplacePool:
 
     async def _resize(self, targets: Targets) -> None:
         await self.calls.resize(targets)
-        self._say("pool_resized", {"target": list(targets)})
+        await self._note("pool_resized", {"target": list(targets)})
         self._check(await self.calls.steady())
 
-    def _say(self, kind: str, data: dict[str, object]) -> None:
-        """For --events (the journal has the call itself, in its pool-operations rows)."""
+    async def _note(self, kind: str, data: dict[str, object]) -> None:
+        """An event of the pool, journaled (durably, before what follows from it) and
+        told to --events. The calls themselves are the pool-operations rows."""
         account, pool_id = self.pool.key
+        event = RunEvent(self.ledger.run_id, time.time(), kind, account, pool_id, data)
+        await self.ledger.journal.record_event(event)
         self.ledger.observer.event(kind, {"account": account, "pool": pool_id, **data})
 
     # --- new nodes ---
@@ -282,11 +288,7 @@ class ReplacePool:
         """Journal the verdict (durably) before anything follows from it."""
         self.known.update(new)
         self.verdicts.update(verdicts)
-        data: dict[str, object] = {"new": new, "old": verdicts}
-        account, pool_id = self.pool.key
-        event = RunEvent(self.ledger.run_id, time.time(), JUDGED, account, pool_id, data)
-        await self.ledger.journal.record_event(event)
-        self._say(JUDGED, data)
+        await self._note(JUDGED, {"new": new, "old": verdicts})
 
     # --- targets ---
 
@@ -367,7 +369,4 @@ class ReplacePool:
             "surge": self.surge,
             "calls": self.calls.calls,
         }
-        self._say(kind, data)
-        await self.ledger.journal.record_event(RunEvent(
-            self.ledger.run_id, time.time(), kind, self.pool.account.name, self.pool.pool_id, data
-        ))  # fmt: skip
+        await self._note(kind, data)

@@ -7,13 +7,26 @@ T − max_unavailable.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from fleet_reimage.journal.model import RunEvent, TargetRecord
 from fleet_reimage.plan.model import Plan
 from fleet_reimage.plan.resolve import PoolResolution
 from fleet_reimage.rollout.replace import Step, lowest_capacity, plan_steps, surge_nodes
 from fleet_reimage.units import count
 
+REPLACE_EVENTS = frozenset(
+    {
+        "replace_started",
+        "pool_resized",
+        "nodes_removed",
+        "replace_judged",
+        "pool_replaced",
+        "replace_stopped",
+    }
+)
 SHOWN_STEPS = 12  # a long ladder shows its first steps, then a count of the rest
 
 
@@ -63,3 +76,87 @@ def replace_lines(pool: PoolResolution, plan: Plan) -> list[str]:
     if len(steps) > SHOWN_STEPS:
         lines.append(f"      ... and {count(len(steps) - SHOWN_STEPS, 'more step')}")
     return lines
+
+
+# --- status and report: what a replace did, from the journal's events ---
+
+
+@dataclass(slots=True)
+class ReplaceSummary:
+    """One pool of a replace run: T, its target now (final once done), old and new nodes."""
+
+    account: str
+    pool: str
+    target: tuple[int, int] | None = None  # T: (dedicated, low-priority)
+    current: tuple[int, int] | None = None  # the latest target the run set or saw
+    finished: bool = False
+    old_removed: int = 0
+    new_ready: int = 0
+    new_failed: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "account": self.account,
+            "pool": self.pool,
+            "target": None if self.target is None else list(self.target),
+            "current_target": None if self.current is None else list(self.current),
+            "finished": self.finished,
+            "old_removed": self.old_removed,
+            "new_ready": self.new_ready,
+            "new_failed": self.new_failed,
+        }
+
+
+def _pair(value: object) -> tuple[int, int] | None:
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return value[0], value[1]
+    return None
+
+
+def _apply(summary: ReplaceSummary, event: RunEvent) -> None:
+    data = event.data
+    if event.kind == "replace_started":
+        summary.target = summary.current = _pair(data.get("target"))
+    elif event.kind == "pool_resized":
+        summary.current = _pair(data.get("target")) or summary.current
+    elif event.kind == "nodes_removed":
+        summary.current = _pair(data.get("target_after")) or summary.current
+    elif event.kind == "replace_judged":
+        verdicts = data.get("old", {})
+        if isinstance(verdicts, dict):
+            ready = sum(1 for v in verdicts.values() if v == "healthy")
+            summary.new_ready += ready
+            summary.new_failed += len(verdicts) - ready
+    elif event.kind in ("pool_replaced", "replace_stopped"):
+        summary.current = _pair(data.get("final_target")) or summary.current
+        summary.finished = event.kind == "pool_replaced"
+
+
+def replace_summaries(
+    events: Sequence[RunEvent], targets: Sequence[TargetRecord]
+) -> list[ReplaceSummary]:
+    """Each replaced pool's summary (empty for a run of another action)."""
+    pools: dict[tuple[str, str], ReplaceSummary] = {}
+    for event in events:
+        if event.kind not in REPLACE_EVENTS or event.account is None or event.pool is None:
+            continue
+        key = (event.account, event.pool)
+        _apply(pools.setdefault(key, ReplaceSummary(*key)), event)
+    for target in targets:
+        summary = pools.get((target.account, target.pool))
+        if summary is not None and target.accepted_at is not None:
+            summary.old_removed += 1
+    return list(pools.values())
+
+
+def _kinds(pair: tuple[int, int] | None) -> str:
+    return "?" if pair is None else f"{pair[0]} dedicated + {pair[1]} low-priority"
+
+
+def summary_lines(summaries: Sequence[ReplaceSummary]) -> list[str]:
+    return [
+        f"{s.account}/{s.pool}: T {_kinds(s.target)}; target "
+        f"{'final' if s.finished else 'now'} {_kinds(s.current)}; "
+        f"old removed {s.old_removed}; new ready {s.new_ready}, failed {s.new_failed}"
+        for s in summaries
+    ]

@@ -27,6 +27,7 @@ from typing import Any, TextIO
 from fleet_reimage.journal.model import AttemptRecord, TargetRecord, TargetState
 from fleet_reimage.units import count
 from fleet_reimage.views.hints import run_hint
+from fleet_reimage.views.replaceview import replace_summaries, summary_lines
 from fleet_reimage.views.runchanges import overrides_phrase
 from fleet_reimage.views.runview import (
     STATE_LABELS,
@@ -191,6 +192,7 @@ def report_header_json(report: Report) -> dict[str, Any]:
         "resume": _resume(report),
         "totals": counts_json(report.totals),
         "pools": [pool.as_json() for pool in report.pools],
+        "replace": [s.as_json() for s in replace_summaries(data.events, data.targets)],
         "failures": [group.as_json() for group in report.failures],
         "reconciled": report.doubts.as_json(),
         "timeline": report.timeline.as_json(),
@@ -273,6 +275,9 @@ def write_table(report: Report, out: TextIO) -> None:
     if resume:
         lines.append(f"  resume   {resume}")
     lines += ["", "Totals", *("  " + line for line in totals_lines(report.pools))]
+    replaced = replace_summaries(report.data.events, report.data.targets)
+    if replaced:
+        lines += ["", "Replace per pool", *("  " + line for line in summary_lines(replaced))]
     doubts = report.doubts.phrase()
     if doubts:
         lines += ["", doubts]
@@ -414,6 +419,14 @@ def write_markdown(report: Report, out: TextIO) -> None:
         "",
         *_md_totals(report.pools),
     ]
+    replaced = replace_summaries(report.data.events, report.data.targets)
+    if replaced:
+        parts += [
+            "",
+            "## Replace per pool",
+            "",
+            *(f"- {md_cell(t)}" for t in summary_lines(replaced)),
+        ]
     doubts = report.doubts.phrase()
     if doubts:
         parts += ["", md_cell(doubts) + "."]

@@ -16,6 +16,7 @@ from typing import Any
 from fleet_reimage.journal.model import RunRecord, RunStatus, TargetRecord, TargetState
 from fleet_reimage.units import count
 from fleet_reimage.views.hints import Hint, run_hint
+from fleet_reimage.views.replaceview import replace_summaries, summary_lines
 from fleet_reimage.views.report import failure_lines, one_line, totals_lines
 from fleet_reimage.views.runchanges import blocked_now, overrides_phrase
 from fleet_reimage.views.runview import (
@@ -125,6 +126,9 @@ def run_text(data: RunData, now: float) -> str:
     if line.restarts:
         lines.append(f"  restarts {_restarts_phrase(line)}")
     lines += ["", "Nodes per pool", *("  " + line for line in totals_lines(pools))]
+    replaced = replace_summaries(data.events, data.targets)
+    if replaced:
+        lines += ["", "Replace per pool", *("  " + line for line in summary_lines(replaced))]
     doubts = doubt_counts(data.targets, by_target).phrase()
     if doubts:
         lines += ["", doubts]
@@ -249,6 +253,7 @@ def run_status_json(data: RunData, now: float) -> dict[str, Any]:
         ],
         "totals": counts_json(total_counts(pools)),
         "pools": [pool.as_json() for pool in pools],
+        "replace": [s.as_json() for s in replace_summaries(data.events, data.targets)],
         "reconciled": doubt_counts(data.targets, by_target).as_json(),
         "in_flight": [
             {
