@@ -30,15 +30,17 @@ import anyio
 import structlog
 
 from fleet_reimage.engine.control import RunControl
-from fleet_reimage.engine.ledger import RunLedger
+from fleet_reimage.engine.ledger import RunLedger, failed_after_action
 from fleet_reimage.engine.poolcalls import PoolCallFailed, PoolCalls
 from fleet_reimage.engine.replacepool import JUDGED, ReplacePool
-from fleet_reimage.engine.runstate import PoolRun
-from fleet_reimage.journal.model import RunEvent
-from fleet_reimage.journal.poolops import PoolOpRecord
+from fleet_reimage.engine.runstate import Phase, PoolRun
+from fleet_reimage.journal.model import RunEvent, TargetState
+from fleet_reimage.journal.poolops import PoolOpRecord, PoolTurns
 from fleet_reimage.plan.model import Plan
+from fleet_reimage.rollout.pool import PoolRollout
 
 log = structlog.get_logger("fleet_reimage.replace")
+ACTIVE = frozenset({TargetState.IN_FLIGHT, TargetState.ACCEPTED})
 
 
 class ReplaceDriver:
@@ -76,6 +78,44 @@ class ReplaceDriver:
             await anyio.sleep(0.25)
 
     async def _pool(self, pool: PoolRun, ops: list[PoolOpRecord], judged: list[RunEvent]) -> None:
+        journal = self.ledger.journal
+        if not isinstance(journal, PoolTurns):  # a SQLite journal: this runner alone
+            await self._replace(pool, ops, judged)
+            return
+        async with journal.pool_turn(self.ledger.run_id, *pool.key):
+            if self.control.stopping:
+                return
+            await self._adopt(pool)  # another runner may have moved the pool on
+            if pool.rollout.done:
+                return
+            ops = await journal.pool_ops(self.ledger.run_id)
+            events = await journal.events(self.ledger.run_id)
+            await self._replace(pool, ops, [e for e in events if e.kind == JUDGED])
+
+    async def _adopt(self, pool: PoolRun) -> None:
+        """The pool's targets as the journal has them now."""
+        ledger = self.ledger
+        records = {
+            r.target_id: r
+            for r in await ledger.journal.targets(ledger.run_id)
+            if (r.account, r.pool) == pool.key
+        }
+        mine = [t for t in ledger.targets.values() if t.pool is pool]
+        for target in mine:
+            ledger.refresh_record(target, records[target.id])
+            if target.record.state.terminal:
+                target.phase = Phase.DONE
+        rollout = pool.rollout
+        assert isinstance(rollout, PoolRollout)  # replace pools are local (runner.py)
+        rollout.adopt(
+            [t.id for t in mine if t.record.state.terminal],
+            [t.id for t in mine if t.record.state in ACTIVE],
+            [t.id for t in mine if failed_after_action(t.record)],
+        )
+
+    async def _replace(
+        self, pool: PoolRun, ops: list[PoolOpRecord], judged: list[RunEvent]
+    ) -> None:
         calls = PoolCalls(self.ledger.journal, self.ledger.run_id, pool, self.plan)
         self.calls[pool.key] = calls
         mine = [e for e in judged if (e.account, e.pool) == pool.key]

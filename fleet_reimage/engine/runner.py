@@ -34,7 +34,6 @@ from fleet_reimage.engine.resumeopts import (
 )
 from fleet_reimage.engine.runstate import AccountRun, JobKind, Phase, PoolKey, PoolRun, RunTarget
 from fleet_reimage.engine.sharedrun import SharedSettings
-from fleet_reimage.errors import RefusedError
 from fleet_reimage.journal.model import (
     Exclusion,
     Journal,
@@ -155,11 +154,6 @@ async def execute(
     ``records``: the run's targets as ``create_run`` just recorded them (read from the
     journal when not given).
     """
-    if shared is not None and plan.action is Action.REPLACE:
-        raise RefusedError(
-            "action: replace runs with one runner per journal for now: run it without --join "
-            "(a PostgreSQL journal works, one runner at a time)"
-        )
     if records is None:
         records = await journal.targets(run.run_id)
     resume = resume or ResumeOptions()
@@ -172,8 +166,10 @@ async def execute(
     if resuming and shared is not None:  # resuming is the operator's go-ahead past a checkpoint
         await cast(SharedRuns, journal).resume_pools(run.run_id)
     plan = plan_with_overrides(plan, run.options)
+    # A replace run's runners take turns per pool (engine/replace.py), not claims per node.
+    claims = None if plan.action is Action.REPLACE else shared
     executor = build_executor(
-        run, plan, journal, clients, records, limits, settings, observer, shared=shared
+        run, plan, journal, clients, records, limits, settings, observer, shared=claims
     )
     if executor_ready is not None:
         executor_ready(executor)

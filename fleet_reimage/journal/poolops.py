@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 START = "start"  # the pool's T and its nodes, before the first change
 REMOVE = "removenodes"
@@ -70,6 +71,15 @@ class PoolOpRecord:
     @property
     def in_doubt(self) -> bool:
         return self.outcome is None or self.outcome == IN_DOUBT
+
+
+@runtime_checkable
+class PoolTurns(Protocol):
+    """A journal shared by runners (PostgreSQL): one runner at a time per pool."""
+
+    def pool_turn(
+        self, run_id: str, account: str, pool: str
+    ) -> AbstractAsyncContextManager[None]: ...
 
 
 INSERT = (
