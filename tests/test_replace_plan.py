@@ -46,13 +46,13 @@ def test_replace_reads_surge_autoscale_and_the_deallocation_option(tmp_path: Pat
     plan = parse(HEAD.format(action="replace") + '  surge: "25%"\n  autoscale: allow\n', tmp_path)
     assert plan.action is Action.REPLACE and plan.option is NodeOption.TASKCOMPLETION
     assert plan.rollout.surge == Amount(Fraction(25), percent=True)
-    assert plan.rollout.autoscale_allow is True
+    assert plan.rollout.autoscale == "allow"
     assert not plan.warnings
 
 
 def test_replace_defaults_to_no_surge_and_refusing_auto_scaled_pools(tmp_path: Path) -> None:
     plan = parse(HEAD.format(action="replace"), tmp_path)
-    assert plan.rollout.surge.of(10) == 0 and plan.rollout.autoscale_allow is False
+    assert plan.rollout.surge.of(10) == 0 and plan.rollout.autoscale == "refuse"
 
 
 def test_surge_on_a_reimage_plan_is_a_warning_with_its_line(tmp_path: Path) -> None:

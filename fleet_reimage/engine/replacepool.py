@@ -58,7 +58,7 @@ class ReplacePool:
 
     async def run(self, ops: list[PoolOpRecord], judged: list[RunEvent]) -> None:
         info = await self.calls.steady()
-        if info.enable_auto_scale and not self.plan.rollout.autoscale_allow:
+        if info.enable_auto_scale and self.plan.rollout.autoscale != "allow":
             await self.stopped(
                 "the pool is auto-scaled, and Batch refuses to resize it by hand; replace it "
                 "with rollout.autoscale: allow (then its formula brings capacity back), or "

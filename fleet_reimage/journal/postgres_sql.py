@@ -330,7 +330,8 @@ def pool_op_started(s: poolops.PoolOpStart) -> Work:
 
 
 def pool_op_finished(e: poolops.PoolOpEnd) -> Work:
-    return Work((Statement(poolops.FINISH.format(p="%s"), poolops.finish_params(e)),))
+    missing = f"no pool operation {e.client_request_id} in run {e.run_id}"
+    return Work((Statement(poolops.FINISH.format(p="%s"), poolops.finish_params(e), missing),))
 
 
 async def read_pool_ops(conn: Conn, run_id: str) -> list[poolops.PoolOpRecord]:

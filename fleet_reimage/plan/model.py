@@ -161,7 +161,7 @@ class RolloutSpec:
     # action: replace only (``rollout/replace.py``): capacity added before old nodes leave,
     # and whether an auto-scaled pool may be replaced (its formula brings capacity back).
     surge: Amount = NO_SURGE
-    autoscale_allow: bool = False
+    autoscale: str = "refuse"  # refuse | allow
 
 
 @dataclass(frozen=True, slots=True)

@@ -128,7 +128,7 @@ def read_rollout(checker: Checker, at: Node | None, replace: bool = False) -> Ro
         failed_holds_availability=holds,
         claim_pools=claim_pools,
         surge=surge,
-        autoscale_allow=autoscale == "allow",
+        autoscale=autoscale,
     )
 
 
