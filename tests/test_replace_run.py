@@ -170,3 +170,23 @@ async def test_replace_new_nodes_failing_count_against_the_budget(tmp_path: Path
         assert stats["pools"]["p"]["min_ready"] == 4
     targets = await journal_targets(tmp_path / "j.db")
     assert sorted(t.state.value for t in targets).count("failed") == 2
+
+
+async def test_surge_keeps_old_nodes_whose_replacements_failed_beyond_the_room(
+    tmp_path: Path,
+) -> None:
+    """Surge 2, max_unavailable 1, every new node broken: the first step removes one old
+    node (the room allows one), keeps the other in service; the second removes none (the
+    failed one holds the room); the budget (2) then stops the run. Capacity never goes
+    below T - 1."""
+    async with emulator(POOL, timings=FAST, outcomes={"starttaskfailed": 1.0}) as emu:
+        old = live_ids(emu, "p")
+        plan = replace_plan(tmp_path, emu.url, surge="2", max_unavailable="1", budget="2")
+        with anyio.fail_after(60):
+            result = await run(plan, tmp_path / "j.db")
+        pool = emu.stats()["pools"]["p"]
+        assert result.stop_kind == "budget", result.reason
+        assert sum(removals(emu, "p", old).values()) == 1
+        assert pool["min_ready"] == 5
+        assert pool["target_dedicated"] == 9  # T 6, + 1 kept, + 2 of the second step
+        assert pool["states"]["starttaskfailed"] == 4

@@ -191,7 +191,8 @@ class ReplacePool:
     async def _surge_step(self, batch: list[RunTarget]) -> None:
         """Resize to T + b, gate the new nodes, then remove the old ones they replace."""
         extra = self._kinds(batch)
-        await self._resize((self.target[0] + extra[0], self.target[1] + extra[1]))
+        base = self._base()
+        await self._resize((base[0] + extra[0], base[1] + extra[1]))
         judged = await self._gate(len(batch))
         if judged is None:  # stopping while new nodes boot: the targets start over on resume
             for target in batch:
@@ -235,7 +236,7 @@ class ReplacePool:
         if not waiting:
             return
         if not self.autoscale:
-            await self._resize(self.target)
+            await self._resize(self._base())
         judged = await self._gate(len(waiting))
         if judged is None:
             return  # stopping: resume gates them
@@ -317,13 +318,24 @@ class ReplacePool:
         dedicated = sum(1 for t in batch if self.dedicated.get(t.record.node_id, True))
         return dedicated, len(batch) - dedicated
 
+    def _base(self) -> Targets:
+        """What the pool returns to after a step: T, plus the old nodes a surge step kept in
+        service because their replacements failed (their new nodes stay in the pool)."""
+        kept = [
+            t
+            for t in self.targets
+            if t.record.state is TargetState.FAILED and t.record.accepted_at is None
+        ]
+        extra = self._kinds(kept)
+        return self.target[0] + extra[0], self.target[1] + extra[1]
+
     def _after_removing(self, olds: list[RunTarget]) -> Targets:
         """The pool's targets once ``olds`` left: T with surge (it stood at T + b), else
         T less them (informational: the service lowers each kind's target itself)."""
         if self.surge > 0 and not self.autoscale:
-            return self.target
-        kinds = self._kinds(olds)
-        return self.target[0] - kinds[0], self.target[1] - kinds[1]
+            return self._base()
+        kinds, base = self._kinds(olds), self._base()
+        return base[0] - kinds[0], base[1] - kinds[1]
 
     def _check(self, info: PoolInfo) -> None:
         """A resize that could not be met stops the pool, in the service's words."""
