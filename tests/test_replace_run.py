@@ -9,9 +9,11 @@ from pathlib import Path
 import anyio
 import pytest
 from replacehelpers import FAST, live_ids, pool_ops, removals, replace_plan
-from runhelpers import KEY, KEY_ENV, emulator, journal_targets, run
+from runhelpers import KEY, KEY_ENV, Recorder, emulator, journal_targets, resume, run, run_with
 
+from fleet_reimage import api
 from fleet_reimage.emulator.server import RunningEmulator
+from fleet_reimage.engine.executor import Executor
 from fleet_reimage.journal import RunStatus, TargetState
 
 pytestmark = pytest.mark.anyio
@@ -190,3 +192,33 @@ async def test_surge_keeps_old_nodes_whose_replacements_failed_beyond_the_room(
         assert pool["min_ready"] == 5
         assert pool["target_dedicated"] == 9  # T 6, + 1 kept, + 2 of the second step
         assert pool["states"]["starttaskfailed"] == 4
+
+
+async def test_a_stop_mid_step_states_the_target_and_resume_continues_to_t(
+    tmp_path: Path,
+) -> None:
+    """Stopped (as Ctrl-C or the deadline would) right after the first removal: the run
+    ends stopped with the pool at T - 2, says so (``replace_stopped``), and resume brings
+    it back to T, every old node removed once."""
+    recorder = Recorder()
+    executors: list[Executor] = []
+    recorder.callbacks["nodes_removed"] = lambda _: executors[0].request_stop(
+        "interrupted", "the operator pressed Ctrl-C"
+    )
+    hooks = api.RunHooks(observer=recorder, on_executor=executors.append)
+    async with emulator(POOL, timings=FAST) as emu:
+        old = live_ids(emu, "p")
+        plan = replace_plan(tmp_path, emu.url, surge="0", max_unavailable="2")
+        with anyio.fail_after(60):
+            stopped = await run_with(plan, tmp_path / "j.db", hooks)
+        pool = emu.stats()["pools"]["p"]
+        [said] = recorder.kinds("replace_stopped")
+        assert stopped.status is RunStatus.INTERRUPTED
+        assert said["target"] == [6, 0] and said["final_target"] == [4, 0]
+        assert pool["target_dedicated"] == 4 and pool["min_ready"] == 4
+        with anyio.fail_after(60):
+            resumed = await resume(tmp_path / "j.db")
+        pool = emu.stats()["pools"]["p"]
+        assert resumed.status is RunStatus.FINISHED, resumed.reason
+        assert removals(emu, "p", old) == dict.fromkeys(old, 1)
+        assert (pool["target_dedicated"], pool["min_ready"]) == (6, 4)
