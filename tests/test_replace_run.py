@@ -86,19 +86,27 @@ async def test_replace_keeps_dedicated_and_low_priority_apart(tmp_path: Path, su
         assert pool["min_ready"] == (7 if surge != "0" else 4)
 
 
-async def test_replace_removal_in_doubt_is_reconciled_not_repeated(tmp_path: Path) -> None:
+@pytest.mark.parametrize("option", ["requeue", "taskcompletion"])
+async def test_replace_removal_in_doubt_is_reconciled_not_repeated(
+    tmp_path: Path, option: str
+) -> None:
     """Every removenodes is applied but its answer lost: the run lists the pool, sees the
-    nodes leaving, and never sends the removal again."""
+    nodes leaving (or, with taskcompletion, still running their tasks while the pool's
+    target already dropped), and never sends the removal again."""
     faults = {"seed": 5, "remove_nodes": {"reset_after": 1.0}}
-    async with emulator(POOL, timings=FAST, faults=faults) as emu:
+    pools = [{"id": "p", "nodes": 6, "running_tasks": 1, "task_duration": "300ms"}]
+    async with emulator(pools, timings=FAST, faults=faults) as emu:
         old = live_ids(emu, "p")
-        plan = replace_plan(tmp_path, emu.url, surge="0", max_unavailable="3")
+        plan = replace_plan(tmp_path, emu.url, surge="0", max_unavailable="3", option=option)
         with anyio.fail_after(60):
             result = await run(plan, tmp_path / "j.db")
         stats = emu.stats()
         assert result.status is RunStatus.FINISHED, result.reason
         assert removals(emu, "p", old) == dict.fromkeys(old, 1)
         assert stats["requests"]["faults"]["reset_after"] == 2  # two steps of three
+        tasks = stats["pools"]["p"]["tasks"]
+        if option == "taskcompletion":  # the old nodes' tasks were left to finish
+            assert (tasks["requeued"], tasks["terminated"]) == (0, 0), tasks
         assert stats["pools"]["p"]["min_ready"] == 3
     ops = await pool_ops(tmp_path / "j.db")
     outcomes = [op.outcome for op in ops if op.operation == "removenodes"]

@@ -128,7 +128,7 @@ class PoolCalls:
                 )  # fmt: skip
             except RequestInDoubt as error:
                 await self._finished(cid, poolops.IN_DOUBT, error)
-                if await self.removal_applied(cid, node_ids):
+                if await self.removal_applied(cid, node_ids, after):
                     return
             except BatchError as error:
                 await self._refused(cid, error, attempt, "removing nodes")
@@ -138,11 +138,17 @@ class PoolCalls:
                 return
         raise PoolCallFailed(f"removing {len(node_ids)} nodes did not succeed in {TRIES} tries")
 
-    async def removal_applied(self, cid: str, node_ids: list[str]) -> bool:
-        """An in-doubt removal: did the nodes leave (or start leaving)? Recorded either way."""
+    async def removal_applied(self, cid: str, node_ids: list[str], after: Targets) -> bool:
+        """An in-doubt removal: did the nodes leave (or start leaving)? A node waiting for its
+        tasks (``taskcompletion``) may not show it yet, but the pool's targets already
+        dropped to ``after`` (this run alone changes them). Recorded either way."""
         nodes = await self.nodes()
+        info = await self.steady()
         applied = all(
             node_id not in nodes or nodes[node_id].state == "leavingpool" for node_id in node_ids
+        ) or (
+            not info.enable_auto_scale
+            and (info.target_dedicated, info.target_low_priority) == after
         )
         await self._finished(cid, poolops.APPLIED if applied else poolops.NOT_APPLIED)
         log.info("removal in doubt reconciled", pool=self.pool.pool_id, applied=applied,

@@ -104,7 +104,8 @@ class ReplacePool:
     async def _resume(self, nodes: dict[str, NodeInfo], ops: list[PoolOpRecord]) -> None:
         """Settle what a dead run left: removals in doubt, and targets between states."""
         for op in self.calls.doubtful(ops):
-            await self.calls.removal_applied(op.client_request_id, list(op.node_ids))
+            after = (op.target_dedicated, op.target_low_priority)
+            await self.calls.removal_applied(op.client_request_id, list(op.node_ids), after)
         fresh = await self.ledger.journal.pool_ops(self.ledger.run_id)
         removed = {
             node_id
