@@ -65,19 +65,24 @@ class Step:
     lowest: int  # the lowest ready capacity expected during the step
 
 
-def plan_steps(wave_sizes: list[int], target: int, max_unavailable: int, surge: int) -> list[Step]:
-    """Every step of a pool's replace when nothing fails (``target``: T, the whole pool)."""
+def plan_steps(
+    wave_sizes: list[int], target: int, max_unavailable: int, surge: int, down: int = 0
+) -> list[Step]:
+    """Every step of a pool's replace when nothing fails (``target``: T, the whole pool;
+    ``down``: its nodes not ready now, for reasons of their own: they use up room)."""
+    room = max(1, max_unavailable - down)
+    ready = target - down
     steps: list[Step] = []
     for wave, size in enumerate(wave_sizes):
         left = size
         while left > 0:
-            count = min(left, surge if surge > 0 else max_unavailable)
+            count = min(left, surge if surge > 0 else room)
             if surge > 0:
                 steps.append(Step(wave, count, f"resize to {target + count}",
-                                  f"remove {count} old", target))  # fmt: skip
+                                  f"remove {count} old", ready))  # fmt: skip
             else:
                 steps.append(Step(wave, count, f"remove {count} old",
-                                  f"resize to {target}", target - count))  # fmt: skip
+                                  f"resize to {target}", ready - count))  # fmt: skip
             left -= count
     return steps
 

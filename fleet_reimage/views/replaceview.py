@@ -34,7 +34,8 @@ def pool_steps(pool: PoolResolution, plan: Plan) -> tuple[int, int, list[Step]]:
     """(T, surge, steps) of the pool when nothing fails."""
     target = pool.node_count
     surge = surge_nodes(plan.rollout.surge, len(pool.selected))
-    return target, surge, plan_steps(pool.wave_sizes, target, pool.max_unavailable, surge)
+    down = pool.baseline_unavailable
+    return target, surge, plan_steps(pool.wave_sizes, target, pool.max_unavailable, surge, down)
 
 
 def replace_json(pool: PoolResolution, plan: Plan) -> dict[str, Any]:
@@ -68,14 +69,27 @@ def replace_lines(pool: PoolResolution, plan: Plan) -> list[str]:
         f"{count(len(steps), 'step')}; lowest ready capacity {lowest} "
         f"(limit {target - pool.max_unavailable})"
     ]
-    for number, step in enumerate(steps[:SHOWN_STEPS], start=1):
+    runs = _alike(steps)
+    for first, last, step in runs[:SHOWN_STEPS]:
+        numbers = f"step {first}" if first == last else f"steps {first}-{last}"
         lines.append(
-            f"      step {number} (wave {step.wave + 1}): {step.first}, then {step.then}; "
+            f"      {numbers} (wave {step.wave + 1}): {step.first}, then {step.then}; "
             f"lowest {step.lowest}"
         )
-    if len(steps) > SHOWN_STEPS:
-        lines.append(f"      ... and {count(len(steps) - SHOWN_STEPS, 'more step')}")
+    if len(runs) > SHOWN_STEPS:
+        lines.append(f"      ... and {count(len(steps) - runs[SHOWN_STEPS][0] + 1, 'more step')}")
     return lines
+
+
+def _alike(steps: list[Step]) -> list[tuple[int, int, Step]]:
+    """Consecutive equal steps as one (first and last 1-based step numbers)."""
+    runs: list[tuple[int, int, Step]] = []
+    for number, step in enumerate(steps, start=1):
+        if runs and runs[-1][2] == step:
+            runs[-1] = (runs[-1][0], number, step)
+        else:
+            runs.append((number, number, step))
+    return runs
 
 
 # --- status and report: what a replace did, from the journal's events ---
