@@ -28,8 +28,8 @@ def _key(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("surge", "step", "lowest"),
     [
-        ("0", "step 1 (wave 1): remove 2 old, then resize to 6; lowest 4", 4),
-        ("2", "step 1 (wave 1): resize to 8, then remove 2 old; lowest 6", 6),
+        ("0", "steps 1-3 (wave 1): remove 2 old, then resize to 6; lowest 4", 4),
+        ("2", "steps 1-3 (wave 1): resize to 8, then remove 2 old; lowest 6", 6),
     ],
 )
 async def test_plan_shows_t_the_surge_each_step_and_the_lowest_capacity(
