@@ -45,8 +45,7 @@ async def test_replace_removes_each_old_node_once_and_keeps_capacity(
         assert (pool["target_dedicated"], pool["target_low_priority"]) == (6, 0)
         fresh = live_ids(emu, "p")
         assert not fresh & old and len(fresh) == 6
-        new_states = {n["state"] for n in stats["nodes"] if n["id"] in fresh}
-        assert new_states == {"idle"}
+        assert pool["added_states"] == {"idle": 6}
     targets = await journal_targets(tmp_path / "j.db")
     assert {t.state for t in targets} == {TargetState.HEALTHY}
 
@@ -178,6 +177,7 @@ async def test_replace_new_nodes_failing_count_against_the_budget(tmp_path: Path
         removed = removals(emu, "p", old)
         assert sum(removed.values()) == 2 and set(removed.values()) == {0, 1}
         assert stats["pools"]["p"]["min_ready"] == 4
+        assert stats["pools"]["p"]["added_states"] == {"starttaskfailed": 2}
     targets = await journal_targets(tmp_path / "j.db")
     assert sorted(t.state.value for t in targets).count("failed") == 2
 
