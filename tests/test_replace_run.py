@@ -230,3 +230,20 @@ async def test_a_stop_mid_step_states_the_target_and_resume_continues_to_t(
         assert resumed.status is RunStatus.FINISHED, resumed.reason
         assert removals(emu, "p", old) == dict.fromkeys(old, 1)
         assert (pool["target_dedicated"], pool["min_ready"]) == (6, 4)
+
+
+async def test_a_step_of_more_than_100_nodes_goes_in_removals_of_at_most_100(
+    tmp_path: Path,
+) -> None:
+    async with emulator([{"id": "p", "nodes": 120, "running_tasks": 0}], timings=FAST) as emu:
+        old = live_ids(emu, "p")
+        plan = replace_plan(tmp_path, emu.url, surge="0", max_unavailable="110")
+        with anyio.fail_after(60):
+            result = await run(plan, tmp_path / "j.db")
+        stats = emu.stats()
+        assert result.status is RunStatus.FINISHED, result.reason
+        assert removals(emu, "p", old) == dict.fromkeys(old, 1)
+        assert stats["requests"]["by_operation"]["remove_nodes"] == 3  # 100 + 10, then 10
+        assert stats["pools"]["p"]["min_ready"] == 10
+    ops = await pool_ops(tmp_path / "j.db")
+    assert [len(op.node_ids) for op in ops if op.operation == "removenodes"] == [100, 10, 10]
