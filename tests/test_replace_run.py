@@ -247,3 +247,24 @@ async def test_a_step_of_more_than_100_nodes_goes_in_removals_of_at_most_100(
         assert stats["pools"]["p"]["min_ready"] == 10
     ops = await pool_ops(tmp_path / "j.db")
     assert [len(op.node_ids) for op in ops if op.operation == "removenodes"] == [100, 10, 10]
+
+
+@pytest.mark.parametrize("answer", [True, False])
+async def test_a_checkpoint_asks_once_every_pool_is_held(tmp_path: Path, answer: bool) -> None:
+    asked: list[str] = []
+
+    async def confirm(message: str) -> bool:
+        asked.append(message)
+        return answer
+
+    async with emulator(POOL, timings=FAST) as emu:
+        old = live_ids(emu, "p")
+        plan = replace_plan(tmp_path, emu.url, waves='[2, "100%"]', extra="confirm_after_wave: 1")
+        with anyio.fail_after(60):
+            result = await run(plan, tmp_path / "j.db", confirm=confirm)
+        removed = sum(removals(emu, "p", old).values())
+    assert len(asked) == 1 and "wave 1" in asked[0]
+    if answer:
+        assert result.status is RunStatus.FINISHED and removed == 6
+    else:
+        assert result.stop_kind == "checkpoint" and removed == 2

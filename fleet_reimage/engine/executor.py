@@ -132,7 +132,8 @@ class Executor:
             self.claims = PoolClaims(self.ledger, self, others_alive=self._others_alive)
         self.replace: ReplaceDriver | None = None  # action: replace runs pools, not nodes
         if plan.action is Action.REPLACE:
-            self.replace = ReplaceDriver(self.ledger, self, plan, deadline=self._check_deadline)
+            self.replace = ReplaceDriver(self.ledger, self, plan, deadline=self._check_deadline,
+                                         checkpoint=self._maybe_checkpoint)  # fmt: skip
         self._live_jobs = 0  # job tasks launched and not finished
         self._wake = Wakeup()
         self._checkpoint_open = False

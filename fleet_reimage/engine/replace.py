@@ -53,11 +53,13 @@ class ReplaceDriver:
         plan: Plan,
         *,
         deadline: Callable[[], None],
+        checkpoint: Callable[[], None],
     ) -> None:
         self.ledger = ledger
         self.control = control
         self.plan = plan
         self.check_deadline = deadline
+        self.checkpoint = checkpoint  # every pool held (or done): ask the operator, or stop
         self.calls: dict[tuple[str, str], PoolCalls] = {}
 
     async def run(self) -> None:
@@ -73,8 +75,10 @@ class ReplaceDriver:
             group.cancel_scope.cancel()
 
     async def _deadline_watch(self, _scope: anyio.CancelScope) -> None:
+        """The deadline, and the checkpoint once every pool is held at it (the executor's)."""
         while True:
             self.check_deadline()
+            self.checkpoint()
             await anyio.sleep(0.25)
 
     async def _pool(self, pool: PoolRun, ops: list[PoolOpRecord], judged: list[RunEvent]) -> None:

@@ -153,12 +153,9 @@ class ReplacePool:
             if decision.blocked == "pause" and decision.opens_at is not None:
                 await anyio.sleep(min(decision.opens_at - now, 1.0))
                 continue
-            if decision.blocked == "held":
-                wave = self.plan.rollout.confirm_after_wave
-                self.control.request_stop(
-                    "checkpoint", f"paused after wave {wave} for the operator; resume to continue"
-                )
-                return None
+            if decision.blocked == "held":  # the executor asks once every pool is held
+                await anyio.sleep(0.1)
+                continue
             use_surge = self.surge > 0 and not self.autoscale
             limit = steps.step_limit(decision.admit, self.surge, use_surge)
             if decision.blocked is not None or limit <= 0:
