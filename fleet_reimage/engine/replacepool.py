@@ -144,23 +144,23 @@ class ReplacePool:
     async def _take(self) -> list[RunTarget] | None:
         """The next step's targets, once the policy allows one; None when the pool is done."""
         rollout = self.pool.rollout
-        assert isinstance(rollout, PoolRollout)  # a shared run refuses replace (runner.py)
+        assert isinstance(rollout, PoolRollout)  # replace pools are local (runner.py)
         while True:
             if rollout.done or self.control.stopping:
                 return None
             now = time.monotonic()
             decision = rollout.decision(now)
-            if decision.blocked == "pause" and decision.opens_at is not None:
-                await anyio.sleep(min(decision.opens_at - now, 1.0))
-                continue
-            if decision.blocked == "held":  # the executor asks once every pool is held
-                await anyio.sleep(0.1)
-                continue
             use_surge = self.surge > 0 and not self.autoscale
             limit = steps.step_limit(decision.admit, self.surge, use_surge)
-            if decision.blocked is not None or limit <= 0:
+            if decision.blocked in ("budget", "unavailable") or (
+                decision.blocked is None and limit <= 0
+            ):  # nothing of ours is in progress here: no room will come back by waiting
                 await self.stopped(self._blocked_reason(decision.blocked), resumable=True)
                 return None
+            if decision.blocked is not None:  # a pause, a checkpoint (the executor asks),
+                wait = 0.1 if decision.opens_at is None else decision.opens_at - now
+                await anyio.sleep(min(max(wait, 0.05), 1.0))  # or any other wave condition
+                continue
             return self._take_targets(now, limit)
 
     def _take_targets(self, now: float, limit: int) -> list[RunTarget]:
