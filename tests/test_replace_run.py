@@ -161,7 +161,7 @@ async def test_replace_allowed_on_an_auto_scaled_pool_waits_for_the_formula(
         assert result.status is RunStatus.FINISHED, result.reason
         assert removals(emu, "p", old) == dict.fromkeys(old, 1)
         assert pool["min_ready"] >= 4 and pool["target_dedicated"] == 6
-        assert stats["requests"]["by_operation"].get("resize_pool", 0) == 0
+        assert stats["requests"]["by_operation"].get("resize", 0) == 0
 
 
 async def test_replace_new_nodes_failing_count_against_the_budget(tmp_path: Path) -> None:
@@ -268,3 +268,19 @@ async def test_a_checkpoint_asks_once_every_pool_is_held(tmp_path: Path, answer:
         assert result.status is RunStatus.FINISHED and removed == 6
     else:
         assert result.stop_kind == "checkpoint" and removed == 2
+
+
+async def test_a_resize_in_doubt_is_read_back_not_sent_twice(tmp_path: Path) -> None:
+    faults = {"seed": 5, "resize": {"reset_after": 1.0}}
+    async with emulator(POOL, timings=FAST, faults=faults) as emu:
+        old = live_ids(emu, "p")
+        plan = replace_plan(tmp_path, emu.url, surge="2", max_unavailable="2")
+        with anyio.fail_after(60):
+            result = await run(plan, tmp_path / "j.db")
+        stats = emu.stats()
+        assert result.status is RunStatus.FINISHED, result.reason
+        assert removals(emu, "p", old) == dict.fromkeys(old, 1)
+        assert stats["requests"]["by_operation"]["resize"] == 3  # one a step
+        assert stats["pools"]["p"]["min_ready"] == 6
+    ops = await pool_ops(tmp_path / "j.db")
+    assert {op.outcome for op in ops if op.operation == "resize"} == {"reconciled_applied"}

@@ -159,9 +159,14 @@ class PoolCalls:
 
     async def resize(self, targets: Targets) -> None:
         """Resize to ``targets``; returns once the service took the call."""
+        doubtful: str | None = None  # a call of ours whose answer was lost
         for attempt in range(1, TRIES + 1):
             info = await self.steady()
-            if (info.target_dedicated, info.target_low_priority) == targets:
+            there = (info.target_dedicated, info.target_low_priority) == targets
+            if doubtful is not None:  # the pool's targets tell whether it took effect
+                await self._finished(doubtful, poolops.APPLIED if there else poolops.NOT_APPLIED)
+                doubtful = None
+            if there:
                 return  # already there (an earlier call in doubt took effect)
             cid = await self._started(poolops.RESIZE, [], targets)
             self.calls += 1
@@ -173,7 +178,8 @@ class PoolCalls:
                 )  # fmt: skip
             except RequestInDoubt as error:
                 await self._finished(cid, poolops.IN_DOUBT, error)
-                continue  # the next look at the pool tells whether it took effect
+                doubtful = cid
+                continue
             except BatchError as error:
                 await self._refused(cid, error, attempt, "resizing the pool")
                 continue
