@@ -12,9 +12,17 @@ from typing import Any
 
 import anyio
 import pytest
-from runhelpers import KEY, KEY_ENV, Recorder, emulator, journal_targets, reimages, run_with
+from runhelpers import (
+    KEY,
+    KEY_ENV,
+    Recorder,
+    emulator,
+    journal_targets,
+    reimages,
+    run_with,
+    write_plan,
+)
 from runhelpers import resume as resume_run
-from runhelpers import write_plan
 
 from fleet_reimage import api
 from fleet_reimage.journal import RunStatus, TargetState, open_journal
@@ -30,13 +38,13 @@ mode = oct(os.stat(os.environ["FLEET_REIMAGE_NODES_FILE"]).st_mode & 0o777)
 with open(log, "a") as out:
     out.write(json.dumps({"argv": sys.argv[3:], "wave": os.environ.get("FLEET_REIMAGE_WAVE"),
                           "pool": os.environ.get("FLEET_REIMAGE_POOL"), "nodes": nodes,
-                          "mode": mode, "key": os.environ.get("%s"),
+                          "mode": mode, "key": os.environ.get("KEY_ENV_NAME"),
                           "path": os.environ["FLEET_REIMAGE_NODES_FILE"]}) + "\\n")
 print("checking the SLO")
 if not os.path.exists(go) and sys.argv[3] != "1":
     print("error budget burning: 3 alerts firing")
     sys.exit(4)
-""" % KEY_ENV
+""".replace("KEY_ENV_NAME", KEY_ENV)
 
 SLEEPER = "import time\nprint('waiting for prometheus', flush=True)\ntime.sleep(60)\n"
 
@@ -46,7 +54,7 @@ def _key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(KEY_ENV, KEY)
 
 
-def rollout(extra: str, waves: str = "[2, \"100%\"]") -> str:
+def rollout(extra: str, waves: str = '[2, "100%"]') -> str:
     return f"""
         waves: {waves}
         max_unavailable: "100%"
@@ -66,6 +74,10 @@ def gate_line(tmp_path: Path, script: str, args: list[str], *, timeout: str = "2
 
 def gates(*lines: str) -> str:
     return f"gates: [{', '.join(lines)}]"
+
+
+def any_left(paths: list[str]) -> bool:
+    return any(Path(path).exists() for path in paths)
 
 
 async def journal_events(path: Path) -> list[tuple[str, str | None, dict[str, Any]]]:
@@ -114,7 +126,7 @@ async def test_a_gate_failing_after_wave_1_stops_resumable_and_resume_finishes(
     assert all(entry["mode"] == "0o600" and entry["key"] is None for entry in asked)
     kinds = [kind for kind, _, _ in await journal_events(tmp_path / "j.db")]
     assert kinds.count("gate_failed") == 1 and kinds.count("gate_passed") == 2
-    assert not any(Path(entry["path"]).exists() for entry in asked)  # removed after each
+    assert not any_left([entry["path"] for entry in asked])  # each removed after its gate
 
 
 async def test_a_gate_that_times_out_is_killed_and_stops_the_run(tmp_path: Path) -> None:
@@ -195,9 +207,7 @@ async def test_a_soak_the_nodes_pass_holds_the_next_wave_then_lets_it_start(
         plan = write_plan(tmp_path, emu.url, rollout=rollout("soak: 500ms"))
         recorder = Recorder()
         seen: list[int] = []
-        recorder.callbacks["soak_started"] = lambda _: seen.append(
-            sum(reimages(emu).values())
-        )
+        recorder.callbacks["soak_started"] = lambda _: seen.append(sum(reimages(emu).values()))
         with anyio.fail_after(60):
             result = await run_with(plan, tmp_path / "j.db", api.RunHooks(observer=recorder))
     assert result.exit_code == 0 and result.counts["healthy"] == 4

@@ -98,6 +98,8 @@ def read_rollout(checker: Checker, at: Node | None) -> RolloutSpec | None:
     claim_pools = _flag(checker, got["claim_pools"], default=False)
     gates = read_gates(checker, got["gates"]) if got["gates"] is not None else ()
     soak = read_soak(checker, got["soak"]) if got["soak"] is not None else 0.0
+    if soak and health is not None and not health.wait and got["soak"] is not None:
+        checker.error(got["soak"], "a soak watches the nodes' health: it needs health.wait: true")
     if checker.error_count > errors or health is None or holds is None or claim_pools is None:
         return None
     if not health.wait and got["max_unavailable"] is not None and not is_all(max_unavailable):

@@ -1,0 +1,126 @@
+"""``rollout.gates`` and ``rollout.soak`` in the plan: the form a gate must have (argv, known
+placeholders, a positive timeout, unique names), each mistake at its line; ``validate``
+exits 2 with file:line; ``plan`` lists the gates and the soak."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from clihelpers import fleet_reimage
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fleet_reimage.errors import InputError, Problem
+from fleet_reimage.plan import parse_plan
+from fleet_reimage.plan.gates import PLACEHOLDERS, GatePer, GateWhen, fill, placeholder_problem
+
+PLAN = """\
+version: 1
+name: gated
+accounts:
+  - name: west
+    endpoint: https://acct.westus2.batch.azure.com
+    auth: {type: shared-key, account: acct, key_env: BATCH_KEY}
+    pools: [{match: "render-*"}]
+rollout:
+  waves: [1, "100%"]
+"""
+
+
+def parse(rollout_tail: str, tmp_path: Path) -> object:
+    return parse_plan(PLAN + rollout_tail, tmp_path / "plan.yaml", environ={"BATCH_KEY": "x"})
+
+
+def problems(rollout_tail: str, tmp_path: Path) -> list[Problem]:
+    with pytest.raises(InputError) as caught:
+        parse(rollout_tail, tmp_path)
+    return caught.value.errors
+
+
+def test_gates_and_soak_are_read_with_their_defaults(tmp_path: Path) -> None:
+    plan = parse_plan(
+        PLAN
+        + "  soak: 10m\n"
+        + "  gates:\n"
+        + '    - {name: slo, command: ["./check-slo.sh", "--pool", "{pool}"], timeout: 5m}\n'
+        + '    - {name: smoke, command: ["smoke", "{run}"], timeout: 30s, when: after_run}\n'
+        + '    - {name: ticket, command: [tkt, "{wave}"], timeout: 1m, per: step}\n',
+        tmp_path / "plan.yaml",
+        environ={"BATCH_KEY": "x"},
+    )
+    rollout = plan.rollout
+    assert rollout.soak == 600.0
+    slo, smoke, ticket = rollout.gates
+    assert slo.command == ("./check-slo.sh", "--pool", "{pool}") and slo.timeout == 300.0
+    assert (slo.when, slo.per) == (GateWhen.BEFORE_WAVE, GatePer.POOL)
+    assert (smoke.when, ticket.per) == (GateWhen.AFTER_RUN, GatePer.STEP)
+    assert slo.line == 12 and smoke.line == 13  # PLAN is 9 lines, then soak, gates
+
+
+# (rollout lines, 1-based line of the error within them, words the message holds)
+BAD: list[tuple[str, int, str]] = [
+    ('  gates: [{name: a, command: "./check.sh --pool x", timeout: 1m}]\n', 1, "never a shell"),
+    ("  gates: [{name: a, command: [], timeout: 1m}]\n", 1, "the list is empty"),
+    ("  gates: [{name: a, command: [check, 3], timeout: 1m}]\n", 1, "(quote it)"),
+    ('  gates: [{name: a, command: [check, "{node}"], timeout: 1m}]\n', 1, "unknown placeholder"),
+    ('  gates: [{name: a, command: [check, "{pool"], timeout: 1m}]\n', 1, "malformed"),
+    ("  gates: [{name: a, command: [check], timeout: 0s}]\n", 1, "longer than 0s"),
+    ("  gates: [{name: a, command: [check], timeout: 30}]\n", 1, "has no unit"),
+    ("  gates: [{name: a, command: [check]}]\n", 1, "missing required key 'timeout'"),
+    ("  gates: [{name: a, command: [check], timeout: 1m, when: after}]\n", 1, "before_wave"),
+    (
+        "  gates:\n"
+        "    - {name: a, command: [x], timeout: 1m}\n"
+        "    - {name: a, command: [y], timeout: 1m}\n",
+        3,
+        "used twice (first on line",
+    ),
+    (
+        '  gates: [{name: a, command: [x, "{pool}"], timeout: 1m, when: after_run}]\n',
+        1,
+        "no value here",
+    ),
+    ('  gates: [{name: a, command: [x, "{pool}"], timeout: 1m, per: step}]\n', 1, "no value here"),
+    ("  gates: [{name: a, command: [x], timeout: 1m, shell: true}]\n", 1, "unknown key 'shell'"),
+    ("  soak: soon\n", 1, "a duration"),
+    ("  soak: 2d\n", 1, "must be from"),
+]
+
+
+@pytest.mark.parametrize(("lines", "line", "words"), BAD)
+def test_a_bad_gate_or_soak_is_one_error_at_its_line(
+    lines: str, line: int, words: str, tmp_path: Path
+) -> None:
+    (problem,) = problems(lines, tmp_path)
+    assert problem.line == PLAN.count("\n") + line
+    assert words in problem.message, problem.message
+
+
+def test_soak_needs_the_health_gate(tmp_path: Path) -> None:
+    (problem,) = problems("  soak: 1m\n  health: {wait: false}\n", tmp_path)
+    assert "health.wait" in problem.message and problem.path == "rollout.soak"
+
+
+def test_validate_exits_2_with_file_and_line(tmp_path: Path) -> None:
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(PLAN + '  gates: [{name: a, command: [check, "{nodes}"], timeout: 1m}]\n')
+    result = fleet_reimage("validate", str(plan), cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"{plan}:10:" in result.stderr and "unknown placeholder {nodes}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@given(st.text(alphabet="{}abcdeklnoprstuvw_!:", max_size=16))
+def test_an_argument_the_check_accepts_always_fills_and_one_it_refuses_never_does(
+    arg: str,
+) -> None:
+    values = {name: f"<{name}>" for name in PLACEHOLDERS}
+    if placeholder_problem(arg, PLACEHOLDERS) is None:
+        filled = fill(arg, values)
+        assert not any(
+            f"{{{name}}}" in filled for name in PLACEHOLDERS if f"{{{{{name}}}}}" not in arg
+        )
+    else:
+        with pytest.raises((KeyError, ValueError, IndexError, AttributeError)):
+            fill(arg, values)
