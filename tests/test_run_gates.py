@@ -25,6 +25,7 @@ from runhelpers import (
 from runhelpers import resume as resume_run
 
 from fleet_reimage import api
+from fleet_reimage.errors import RefusedError
 from fleet_reimage.journal import RunStatus, TargetState, open_journal
 
 pytestmark = pytest.mark.anyio
@@ -218,3 +219,44 @@ async def test_a_soak_the_nodes_pass_holds_the_next_wave_then_lets_it_start(
     assert seen == [2]  # wave 2 had not started when the soak began
     kinds = [kind for kind, _, _ in await journal_events(tmp_path / "j.db")]
     assert kinds.index("soak_ended") < [i for i, k in enumerate(kinds) if k == "wave_started"][1]
+
+
+async def test_a_step_gate_runs_once_per_step_for_every_pool(tmp_path: Path) -> None:
+    go, log = tmp_path / "go", tmp_path / "gate.log"
+    go.write_text("ok")
+    path = tmp_path / "ticket.py"
+    path.write_text(GATE_SCRIPT, encoding="utf-8")
+    command = json.dumps([sys.executable, str(path), str(go), str(log), "{wave}"])
+    line = f"{{name: ticket, command: {command}, timeout: 20s, per: step}}"
+    pools = [{"id": p, "nodes": 2, "states": {"idle": 1.0}} for p in ("p", "q")]
+    async with emulator(pools) as emu:
+        plan = write_plan(tmp_path, emu.url, rollout=rollout(gates(line), waves='[1, "100%"]'))
+        recorder = Recorder()
+        with anyio.fail_after(60):
+            result = await run_with(plan, tmp_path / "j.db", api.RunHooks(observer=recorder))
+        counts = reimages(emu)
+    assert result.exit_code == 0 and sorted(counts.values()) == [1, 1, 1, 1]
+    asked = [json.loads(text) for text in log.read_text().splitlines()]
+    assert [entry["wave"] for entry in asked] == ["1", "2"]
+    assert all(entry["pool"] is None for entry in asked)  # no single pool: not set
+    for entry in asked:  # one node of each pool in each step
+        assert sorted(node.split("/")[1] for node in entry["nodes"]) == ["p", "q"]
+    passed = recorder.kinds("gate_passed")
+    assert len(passed) == 2 and all("pool" not in fields for fields in passed)
+
+
+async def test_a_shared_journal_refuses_gates_and_soak_before_anything_is_sent(
+    tmp_path: Path,
+) -> None:
+    pools = [{"id": "p", "nodes": 2, "states": {"idle": 1.0}}]
+    async with emulator(pools) as emu:
+        plan = write_plan(tmp_path, emu.url, rollout=rollout("soak: 1s"))
+        with pytest.raises(RefusedError) as refused:
+            await api.run_plan(
+                api.load_plan(plan),
+                journal="postgresql://nobody@127.0.0.1:9/none",  # never reached
+                hooks=api.RunHooks(handle_signals=False),
+            )
+        sent = sum(reimages(emu).values())
+    assert "rollout.soak" in str(refused.value) and "SQLite" in str(refused.value)
+    assert sent == 0
