@@ -260,3 +260,33 @@ async def test_a_shared_journal_refuses_gates_and_soak_before_anything_is_sent(
         sent = sum(reimages(emu).values())
     assert "rollout.soak" in str(refused.value) and "SQLite" in str(refused.value)
     assert sent == 0
+
+
+async def test_a_run_stopped_during_a_soak_soaks_that_wave_again_on_resume(
+    tmp_path: Path,
+) -> None:
+    pools = [{"id": "p", "nodes": 4, "states": {"idle": 1.0}}]
+    async with emulator(pools) as emu:
+        plan = write_plan(tmp_path, emu.url, rollout=rollout("soak: 300ms"))
+        executors: list[Any] = []
+        first_events = Recorder()
+        first_events.callbacks["soak_started"] = lambda _: executors[0].request_stop(
+            "deadline", "stopped by the test during the soak"
+        )
+        hooks = api.RunHooks(observer=first_events, on_executor=executors.append)
+        with anyio.fail_after(60):
+            first = await run_with(plan, tmp_path / "j.db", hooks)
+        sent_first = sum(reimages(emu).values())
+        again = Recorder()
+        with anyio.fail_after(60):
+            second = await api.resume_run(
+                journal=tmp_path / "j.db", hooks=api.RunHooks(observer=again, handle_signals=False)
+            )
+        sent = reimages(emu)
+    assert first.exit_code == 3 and first.counts["pending"] == 2 and sent_first == 2
+    assert first_events.kinds("soak_ended") == []  # stopped before its end
+    assert second.exit_code == 0 and sorted(sent.values()) == [1, 1, 1, 1]
+    order = [
+        (kind, f.get("wave")) for kind, f in again.events if kind.startswith(("soak", "wave_s"))
+    ]
+    assert order[:3] == [("soak_started", 1), ("soak_ended", 1), ("wave_started", 2)]
