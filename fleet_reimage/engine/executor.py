@@ -10,6 +10,9 @@ for a send slot (``slots.py``: ``concurrency``, and per account its current conc
 may this pool start a node now (the rollout policy: waves, pauses, checkpoints,
 ``max_unavailable``, the failure budget)? Retries of nodes already dispatched go first; they
 do not add to a pool's unavailability.
+A pool whose next wave waits for its gates has them asked beside the run
+(``gates.py``), and the ``after_run`` gates are asked once every node is finished; a soak
+is watched by the health monitor's polls (``soak.py``).
 
 The executor is composed, not inherited: node work, the health gate and a shared run's
 coordinator each get the run's ledger (``ledger.py``, the state and its changes) and this
@@ -127,12 +130,7 @@ class Executor:
         runner_id = None if self.shared is None else self.shared.runner_id
         self.work = NodeWork(self.ledger, self, self.slots, plan, runner_id=runner_id)
         on_baseline = None if self.shared is None else self.shared.publish_baseline
-        self.gates = GateKeeper(self.ledger, self, plan) if plan.rollout.gates else None
-        self.soak: SoakWatch | None = None  # rollout.soak: see soak.py
-        if plan.rollout.soak > 0:
-            ready = plan.rollout.health.ready_states
-            self.soak = SoakWatch(self.ledger, self, seconds=plan.rollout.soak, ready=ready)
-            self.ledger.on_wave_completed = self.soak.started
+        self.gates, self.soak = self._next_wave_waits(plan)
         self.health = HealthMonitor(
             self.ledger, self, plan, on_baseline=on_baseline, soak=self.soak
         )
@@ -144,6 +142,16 @@ class Executor:
         self._checkpoint_open = False
         self._cancel: anyio.CancelScope | None = None
         self._group: TaskGroup | None = None
+
+    def _next_wave_waits(self, plan: Plan) -> tuple[GateKeeper | None, SoakWatch | None]:
+        """The plan's gates (``gates.py``) and soak (``soak.py``), when it has them."""
+        gates = GateKeeper(self.ledger, self, plan) if plan.rollout.gates else None
+        if plan.rollout.soak <= 0:
+            return gates, None
+        ready = plan.rollout.health.ready_states
+        soak = SoakWatch(self.ledger, self, seconds=plan.rollout.soak, ready=ready)
+        self.ledger.on_wave_completed = soak.started
+        return gates, soak
 
     @property
     def pools(self) -> list[PoolRun]:
