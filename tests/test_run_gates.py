@@ -17,6 +17,7 @@ from runhelpers import (
     KEY_ENV,
     Recorder,
     emulator,
+    journal_kinds,
     journal_targets,
     reimages,
     run_with,
@@ -26,7 +27,7 @@ from runhelpers import resume as resume_run
 
 from fleet_reimage import api
 from fleet_reimage.errors import RefusedError
-from fleet_reimage.journal import RunStatus, TargetState, open_journal
+from fleet_reimage.journal import RunStatus, TargetState
 
 pytestmark = pytest.mark.anyio
 
@@ -77,17 +78,20 @@ def gates(*lines: str) -> str:
     return f"gates: [{', '.join(lines)}]"
 
 
+def idle_pools(*names: str, nodes: int) -> list[dict[str, Any]]:
+    return [{"id": name, "nodes": nodes, "states": {"idle": 1.0}} for name in names]
+
+
+async def recorded_run(plan: Path, journal: Path, seconds: float = 60) -> tuple[Any, Recorder]:
+    """Run the plan to its end or stop, with every event it sent kept."""
+    recorder = Recorder()
+    with anyio.fail_after(seconds):
+        result = await run_with(plan, journal, api.RunHooks(observer=recorder))
+    return result, recorder
+
+
 def any_left(paths: list[str]) -> bool:
     return any(Path(path).exists() for path in paths)
-
-
-async def journal_events(path: Path) -> list[tuple[str, str | None, dict[str, Any]]]:
-    store = await open_journal(path, readonly=True)
-    try:
-        run_id = (await store.runs())[0].run_id
-        return [(e.kind, e.pool, dict(e.data)) for e in await store.events(run_id)]
-    finally:
-        await store.close()
 
 
 async def test_a_gate_failing_after_wave_1_stops_resumable_and_resume_finishes(
@@ -95,12 +99,10 @@ async def test_a_gate_failing_after_wave_1_stops_resumable_and_resume_finishes(
 ) -> None:
     go, log = tmp_path / "go", tmp_path / "gate.log"
     line = gate_line(tmp_path, GATE_SCRIPT, [str(go), str(log), "{wave}", "{pool}", "{run}"])
-    pools = [{"id": "p", "nodes": 6, "states": {"idle": 1.0}}]
+    pools = idle_pools("p", nodes=6)
     async with emulator(pools) as emu:
         plan = write_plan(tmp_path, emu.url, rollout=rollout(gates(line)))
-        recorder = Recorder()
-        with anyio.fail_after(60):
-            first = await run_with(plan, tmp_path / "j.db", api.RunHooks(observer=recorder))
+        first, recorder = await recorded_run(plan, tmp_path / "j.db", 60)
         touched = {node for node, count in reimages(emu).items() if count}
         records = await journal_targets(tmp_path / "j.db")
         wave_1 = {r.node_id for r in records if r.wave == 0}
@@ -125,19 +127,17 @@ async def test_a_gate_failing_after_wave_1_stops_resumable_and_resume_finishes(
     assert asked[1]["argv"] == ["2", "p", first.run_id]
     assert sorted(asked[1]["nodes"]) == sorted(r.node_id for r in records if r.wave == 1)
     assert all(entry["mode"] == "0o600" and entry["key"] is None for entry in asked)
-    kinds = [kind for kind, _, _ in await journal_events(tmp_path / "j.db")]
+    kinds = await journal_kinds(tmp_path / "j.db")
     assert kinds.count("gate_failed") == 1 and kinds.count("gate_passed") == 2
     assert not any_left([entry["path"] for entry in asked])  # each removed after its gate
 
 
 async def test_a_gate_that_times_out_is_killed_and_stops_the_run(tmp_path: Path) -> None:
     line = gate_line(tmp_path, SLEEPER, [], timeout="300ms", name="prom")
-    pools = [{"id": "p", "nodes": 3, "states": {"idle": 1.0}}]
+    pools = idle_pools("p", nodes=3)
     async with emulator(pools) as emu:
         plan = write_plan(tmp_path, emu.url, rollout=rollout(gates(line)))
-        recorder = Recorder()
-        with anyio.fail_after(30):
-            result = await run_with(plan, tmp_path / "j.db", api.RunHooks(observer=recorder))
+        result, recorder = await recorded_run(plan, tmp_path / "j.db", 30)
         touched = sum(reimages(emu).values())
     assert result.exit_code == 3 and result.stop_kind == "gate"
     assert touched == 0 and result.counts["pending"] == 3
@@ -152,7 +152,7 @@ async def test_an_after_run_gate_failure_stops_and_resume_asks_it_again(tmp_path
     line = gate_line(
         tmp_path, GATE_SCRIPT, [str(go), str(log), "after", "{run}"], when="after_run", name="smoke"
     )
-    pools = [{"id": "p", "nodes": 3, "states": {"idle": 1.0}}]
+    pools = idle_pools("p", nodes=3)
     async with emulator(pools) as emu:
         plan = write_plan(tmp_path, emu.url, rollout=rollout(gates(line), waves='["100%"]'))
         with anyio.fail_after(30):
@@ -171,7 +171,7 @@ async def test_an_after_run_gate_failure_stops_and_resume_asks_it_again(tmp_path
 
 
 async def test_a_node_that_degrades_during_soak_fails_and_counts(tmp_path: Path) -> None:
-    pools = [{"id": "p", "nodes": 4, "states": {"idle": 1.0}}]
+    pools = idle_pools("p", nodes=4)
     async with emulator(pools) as emu:
         plan = write_plan(tmp_path, emu.url, rollout=rollout("soak: 1s"))
         recorder = Recorder()
@@ -203,7 +203,7 @@ async def test_a_node_that_degrades_during_soak_fails_and_counts(tmp_path: Path)
 async def test_a_soak_the_nodes_pass_holds_the_next_wave_then_lets_it_start(
     tmp_path: Path,
 ) -> None:
-    pools = [{"id": "p", "nodes": 4, "states": {"idle": 1.0}}]
+    pools = idle_pools("p", nodes=4)
     async with emulator(pools) as emu:
         plan = write_plan(tmp_path, emu.url, rollout=rollout("soak: 500ms"))
         recorder = Recorder()
@@ -217,7 +217,7 @@ async def test_a_soak_the_nodes_pass_holds_the_next_wave_then_lets_it_start(
     (ended,) = recorder.kinds("soak_ended")
     assert ended["failed"] == 0
     assert seen == [2]  # wave 2 had not started when the soak began
-    kinds = [kind for kind, _, _ in await journal_events(tmp_path / "j.db")]
+    kinds = await journal_kinds(tmp_path / "j.db")
     assert kinds.index("soak_ended") < [i for i, k in enumerate(kinds) if k == "wave_started"][1]
 
 
@@ -228,12 +228,10 @@ async def test_a_step_gate_runs_once_per_step_for_every_pool(tmp_path: Path) -> 
     path.write_text(GATE_SCRIPT, encoding="utf-8")
     command = json.dumps([sys.executable, str(path), str(go), str(log), "{wave}"])
     line = f"{{name: ticket, command: {command}, timeout: 20s, per: step}}"
-    pools = [{"id": p, "nodes": 2, "states": {"idle": 1.0}} for p in ("p", "q")]
+    pools = idle_pools("p", "q", nodes=2)
     async with emulator(pools) as emu:
         plan = write_plan(tmp_path, emu.url, rollout=rollout(gates(line), waves='[1, "100%"]'))
-        recorder = Recorder()
-        with anyio.fail_after(60):
-            result = await run_with(plan, tmp_path / "j.db", api.RunHooks(observer=recorder))
+        result, recorder = await recorded_run(plan, tmp_path / "j.db")
         counts = reimages(emu)
     assert result.exit_code == 0 and sorted(counts.values()) == [1, 1, 1, 1]
     asked = [json.loads(text) for text in log.read_text().splitlines()]
@@ -248,7 +246,7 @@ async def test_a_step_gate_runs_once_per_step_for_every_pool(tmp_path: Path) -> 
 async def test_a_shared_journal_refuses_gates_and_soak_before_anything_is_sent(
     tmp_path: Path,
 ) -> None:
-    pools = [{"id": "p", "nodes": 2, "states": {"idle": 1.0}}]
+    pools = idle_pools("p", nodes=2)
     async with emulator(pools) as emu:
         plan = write_plan(tmp_path, emu.url, rollout=rollout("soak: 1s"))
         with pytest.raises(RefusedError) as refused:
@@ -265,7 +263,7 @@ async def test_a_shared_journal_refuses_gates_and_soak_before_anything_is_sent(
 async def test_a_run_stopped_during_a_soak_soaks_that_wave_again_on_resume(
     tmp_path: Path,
 ) -> None:
-    pools = [{"id": "p", "nodes": 4, "states": {"idle": 1.0}}]
+    pools = idle_pools("p", nodes=4)
     async with emulator(pools) as emu:
         plan = write_plan(tmp_path, emu.url, rollout=rollout("soak: 300ms"))
         executors: list[Any] = []

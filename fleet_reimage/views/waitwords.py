@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from fleet_reimage.journal.model import RunEvent
 from fleet_reimage.units import count
+from fleet_reimage.views.runchanges import open_by_pool
 from fleet_reimage.views.runview import span
 from fleet_reimage.views.words import plain
 
@@ -64,16 +65,7 @@ def last_gate_failure(events: Iterable[RunEvent]) -> GateFailure | None:
 
 def soaking_now(events: Iterable[RunEvent]) -> dict[str, RunEvent]:
     """The pools (account/pool) whose latest soak is still on (no end, stop or resume after)."""
-    open_soaks: dict[str, RunEvent] = {}
-    for event in events:
-        where = f"{event.account}/{event.pool}"
-        if event.kind == "soak_started":
-            open_soaks[where] = event
-        elif event.kind in ("soak_ended", "pool_stopped"):
-            open_soaks.pop(where, None)
-        elif event.kind in ("run_stopping", "run_resumed"):
-            open_soaks.clear()
-    return open_soaks
+    return open_by_pool(events, "soak_started", ("soak_ended", "pool_stopped"))
 
 
 def _int(data: Mapping[str, object], key: str) -> int:
