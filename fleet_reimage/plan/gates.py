@@ -151,7 +151,9 @@ def placeholder_problem(arg: str, allowed: tuple[str, ...]) -> str | None:
                 if field not in PLACEHOLDERS
                 else "a placeholder with no value here"
             )
-            return f"{what} {{{field}}}; known here: {known}"
+            return (
+                f"{what} {{{field}}}; known here: {known} (write {{{{ and }}}} for a literal brace)"
+            )
     return None
 
 
