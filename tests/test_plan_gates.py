@@ -4,12 +4,15 @@ exits 2 with file:line; ``plan`` lists the gates and the soak."""
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
 import pytest
-from clihelpers import fleet_reimage
+from clihelpers import emulator_process, fleet_reimage
 from hypothesis import given
 from hypothesis import strategies as st
+from runhelpers import write_plan
 
 from fleet_reimage.errors import InputError, Problem
 from fleet_reimage.plan import parse_plan
@@ -124,3 +127,42 @@ def test_an_argument_the_check_accepts_always_fills_and_one_it_refuses_never_doe
     else:
         with pytest.raises((KeyError, ValueError, IndexError, AttributeError)):
             fill(arg, values)
+
+
+def test_plan_and_run_show_every_gate_and_a_failed_gate_exits_3_with_its_output(
+    tmp_path: Path,
+) -> None:
+    check = tmp_path / "check.py"
+    check.write_text("print('SLO burn rate 14x over budget')\nraise SystemExit(1)\n")
+    gate = json.dumps([sys.executable, "check.py", "--pool", "{pool}"])  # relative: plan folder
+    rollout = f"""
+        waves: ["100%"]
+        max_unavailable: "100%"
+        soak: 2s
+        health: {{wait: true, poll_interval: 100ms, timeout: 20s}}
+        gates: [{{name: slo, command: {gate}, timeout: 30s}}]
+    """
+    with emulator_process(tmp_path, [{"id": "p", "nodes": 3}]) as emu:
+        plan = write_plan(tmp_path, emu.url, rollout=rollout)
+        shown = fleet_reimage("plan", str(plan), cwd=tmp_path)
+        as_json = fleet_reimage("plan", str(plan), "--output", "json", cwd=tmp_path)
+        journal = str(tmp_path / "j.db")
+        ran = fleet_reimage("run", str(plan), "--yes", "--journal", journal, cwd=tmp_path)
+        status = fleet_reimage("status", "--latest", "--journal", journal, cwd=tmp_path)
+        sent = emu.stats()["requests"]["mutating"]
+    assert shown.returncode == 0, shown.stderr
+    assert "soak 2s" in shown.stdout
+    assert f"slo: {sys.executable} check.py --pool {{pool}} (before each wave, per pool" in (
+        shown.stdout
+    )
+    schedule = json.loads(as_json.stdout)
+    assert schedule["soak"] == 2.0 and schedule["gates"][0]["command"][1:] == [
+        "check.py",
+        "--pool",
+        "{pool}",
+    ]
+    assert "slo: " in ran.stderr  # --yes: the gates are still shown before anything runs
+    assert ran.returncode == 3 and sent == 0
+    assert "gate 'slo' failed before wave 1 of emu/p (exit 1)" in ran.stdout
+    assert "Gate failed (emu/p): 'slo' before wave 1 failed (exit 1)" in status.stdout
+    assert "  | SLO burn rate 14x over budget" in status.stdout

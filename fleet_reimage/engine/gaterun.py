@@ -29,11 +29,12 @@ from pathlib import Path
 import anyio
 from anyio.abc import ByteReceiveStream, Process
 
-from fleet_reimage.plan.gates import GateSpec, fill
+from fleet_reimage.plan.gates import PLACEHOLDERS, GateSpec, fill
 
 TAIL_LINES = 20
 MAX_LINE = 400
 ENV_PREFIX = "FLEET_REIMAGE_"
+GATE_ENV = frozenset(ENV_PREFIX + name.upper() for name in PLACEHOLDERS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +91,7 @@ def _environment(values: Mapping[str, str], hidden: Collection[str]) -> dict[str
     env = {
         key: value
         for key, value in os.environ.items()
-        if key not in hidden and not key.startswith(ENV_PREFIX)
+        if key not in hidden and key not in GATE_ENV  # none left over from an outer run
     }
     env.update({ENV_PREFIX + key.upper(): value for key, value in values.items()})
     return env
