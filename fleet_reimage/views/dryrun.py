@@ -178,6 +178,11 @@ def render_simulation(
             f"  plus the wait at the checkpoint after wave {plan.rollout.confirm_after_wave}, "
             "for the operator's answer"
         )
+    if plan.rollout.gates:
+        lines.append(
+            f"  plus the time the gates take ({', '.join(g.name for g in plan.rollout.gates)}): "
+            "each is assumed to pass at once"
+        )
     if deadline is not None:
         lines.append(_deadline_line(overall, deadline, resolution.resolved_at))
     return "\n".join(lines)
