@@ -149,6 +149,9 @@ def test_plan_and_run_show_every_gate_and_a_failed_gate_exits_3_with_its_output(
         journal = str(tmp_path / "j.db")
         ran = fleet_reimage("run", str(plan), "--yes", "--journal", journal, cwd=tmp_path)
         status = fleet_reimage("status", "--latest", "--journal", journal, cwd=tmp_path)
+        status_json = fleet_reimage(
+            "status", "--latest", "--journal", journal, "--output", "json", cwd=tmp_path
+        )
         sent = emu.stats()["requests"]["mutating"]
     assert shown.returncode == 0, shown.stderr
     assert "soak 2s" in shown.stdout
@@ -166,3 +169,9 @@ def test_plan_and_run_show_every_gate_and_a_failed_gate_exits_3_with_its_output(
     assert "gate 'slo' failed before wave 1 of emu/p (exit 1)" in ran.stdout
     assert "Gate failed (emu/p): 'slo' before wave 1 failed (exit 1)" in status.stdout
     assert "  | SLO burn rate 14x over budget" in status.stdout
+    failed = json.loads(status_json.stdout)["gate_failed"]
+    assert failed == {
+        "pool": "emu/p",
+        "what": "'slo' before wave 1 failed (exit 1)",
+        "output": ["SLO burn rate 14x over budget"],
+    }

@@ -79,7 +79,6 @@ class GateKeeper:
         )
         self._asking: set[tuple[str, str, int]] = set()  # (account, pool, wave) being asked
         self._steps: dict[int, _StepAnswer] = {}
-        self.outcomes: list[GateOutcome] = []
 
     def check(self, pool: PoolRun, now: float) -> None:
         """The pool started nothing now: if its wave waits for its gates, ask them."""
@@ -165,7 +164,6 @@ class GateKeeper:
             values.update(account=pool.account.name, pool=pool.pool_id)
         log.info("gate started", gate=gate.name, wave=values.get("wave"), pool=values.get("pool"))
         outcome = await run_gate(gate, values, nodes, cwd=self.cwd, hidden_env=self.hidden_env)
-        self.outcomes.append(outcome)
         self._announce(outcome, gate, wave, pool)
         return outcome
 
