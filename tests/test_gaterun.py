@@ -74,7 +74,7 @@ async def test_a_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
         "print(child.pid, flush=True)\n"
         "time.sleep(120)\n"
     )
-    spec = gate(sys.executable, "-c", script, timeout=1.0)
+    spec = gate(sys.executable, "-c", script, timeout=3.0)  # time to print, even when loaded
     with anyio.fail_after(30):
         outcome = await run_gate(spec, {}, [], cwd=tmp_path)
     assert outcome.timed_out and not outcome.passed and outcome.exit_code is None

@@ -133,7 +133,8 @@ async def test_a_gate_failing_after_wave_1_stops_resumable_and_resume_finishes(
 
 
 async def test_a_gate_that_times_out_is_killed_and_stops_the_run(tmp_path: Path) -> None:
-    line = gate_line(tmp_path, SLEEPER, [], timeout="300ms", name="prom")
+    # 3 s: long enough for the script to start and print on a loaded machine
+    line = gate_line(tmp_path, SLEEPER, [], timeout="3s", name="prom")
     pools = idle_pools("p", nodes=3)
     async with emulator(pools) as emu:
         plan = write_plan(tmp_path, emu.url, rollout=rollout(gates(line)))
