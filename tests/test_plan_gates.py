@@ -16,6 +16,7 @@ from runhelpers import write_plan
 
 from fleet_reimage.errors import InputError, Problem
 from fleet_reimage.plan import parse_plan
+from fleet_reimage.plan.changes import plan_changes
 from fleet_reimage.plan.gates import PLACEHOLDERS, GatePer, GateWhen, fill, placeholder_problem
 
 PLAN = """\
@@ -175,3 +176,16 @@ def test_plan_and_run_show_every_gate_and_a_failed_gate_exits_3_with_its_output(
         "what": "'slo' before wave 1 failed (exit 1)",
         "output": ["SLO burn rate 14x over budget"],
     }
+
+
+def test_a_resumed_run_takes_changed_gates_and_soak_and_says_so(tmp_path: Path) -> None:
+    gate = '  gates: [{name: slo, command: [check, "{pool}"], timeout: 1m}]\n'
+    old = parse(gate + "  soak: 5m\n", tmp_path)
+    new = parse(gate.replace("1m", "2m") + "  soak: 10m\n", tmp_path)
+    changes = {c.key: c for c in plan_changes(old, new)}  # type: ignore[arg-type]
+    assert set(changes) == {"rollout.gates", "rollout.soak"}
+    assert (
+        changes["rollout.gates"].now
+        == "[slo: check {pool} (before each wave, per pool, timeout 120s)]"
+    )
+    assert changes["rollout.soak"].was == "5m" and changes["rollout.soak"].applies
