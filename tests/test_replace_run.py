@@ -14,7 +14,7 @@ from runhelpers import KEY, KEY_ENV, Recorder, emulator, journal_targets, resume
 from fleet_reimage import api
 from fleet_reimage.emulator.server import RunningEmulator
 from fleet_reimage.engine.executor import Executor
-from fleet_reimage.journal import RunStatus, TargetState
+from fleet_reimage.journal import RunStatus, TargetState, open_journal
 
 pytestmark = pytest.mark.anyio
 
@@ -284,3 +284,27 @@ async def test_a_resize_in_doubt_is_read_back_not_sent_twice(tmp_path: Path) -> 
         assert stats["pools"]["p"]["min_ready"] == 6
     ops = await pool_ops(tmp_path / "j.db")
     assert {op.outcome for op in ops if op.operation == "resize"} == {"reconciled_applied"}
+
+
+async def test_gates_are_asked_before_each_wave_and_after_the_run(tmp_path: Path) -> None:
+    """The plan's gates hold a replace's waves as a reimage's; a failing one stops the run."""
+    marker = tmp_path / "asked.txt"
+    gate = '{name: g, command: ["sh", "-c", "echo {wave} >> ' + str(marker) + '"], timeout: 10s}'
+    after = '{name: after, command: ["true"], timeout: 10s, when: after_run}'
+    async with emulator(POOL, timings=FAST) as emu:
+        old = live_ids(emu, "p")
+        plan = replace_plan(
+            tmp_path, emu.url, waves='[2, "100%"]', extra=f"gates: [{gate}, {after}]"
+        )
+        with anyio.fail_after(60):
+            result = await run(plan, tmp_path / "j.db")
+        assert result.status is RunStatus.FINISHED, result.reason
+        assert removals(emu, "p", old) == dict.fromkeys(old, 1)
+    assert marker.read_text().split() == ["1", "2"]
+    store = await open_journal(tmp_path / "j.db", readonly=True)
+    try:
+        events = await store.events((await store.runs())[0].run_id)
+    finally:
+        await store.close()
+    passed = [e.data.get("when") for e in events if e.kind == "gate_passed"]
+    assert passed == ["before_wave", "before_wave", "after_run"]

@@ -54,12 +54,14 @@ class ReplaceDriver:
         *,
         deadline: Callable[[], None],
         checkpoint: Callable[[], None],
+        gates: Callable[[PoolRun, float], None],
     ) -> None:
         self.ledger = ledger
         self.control = control
         self.plan = plan
         self.check_deadline = deadline
         self.checkpoint = checkpoint  # every pool held (or done): ask the operator, or stop
+        self.gates = gates  # a pool's wave waits for its gates: ask them
         self.calls: dict[tuple[str, str], PoolCalls] = {}
 
     async def run(self) -> None:
@@ -123,7 +125,7 @@ class ReplaceDriver:
         calls = PoolCalls(self.ledger.journal, self.ledger.run_id, pool, self.plan)
         self.calls[pool.key] = calls
         mine = [e for e in judged if (e.account, e.pool) == pool.key]
-        work = ReplacePool(self.ledger, self.control, self.plan, pool, calls)
+        work = ReplacePool(self.ledger, self.control, self.plan, pool, calls, self.gates)
         try:
             await work.run(ops, mine)
         except PoolCallFailed as error:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import anyio
 import structlog
@@ -36,12 +37,14 @@ class ReplacePool:
         plan: Plan,
         pool: PoolRun,
         calls: PoolCalls,
+        gates: Callable[[PoolRun, float], None] = lambda pool, now: None,
     ) -> None:
         self.ledger = ledger
         self.control = control
         self.plan = plan
         self.pool = pool
         self.calls = calls
+        self.ask_gates = gates
         self.health = plan.rollout.health
         self.surge = steps.surge_nodes(plan.rollout.surge, pool.selected)
         self.autoscale = False
@@ -157,6 +160,8 @@ class ReplacePool:
             ):  # nothing of ours is in progress here: no room will come back by waiting
                 await self.stopped(self._blocked_reason(decision.blocked), resumable=True)
                 return None
+            if decision.blocked == "gate":
+                self.ask_gates(self.pool, now)
             if decision.blocked is not None:  # a pause, a checkpoint (the executor asks),
                 wait = 0.1 if decision.opens_at is None else decision.opens_at - now
                 await anyio.sleep(min(max(wait, 0.05), 1.0))  # or any other wave condition

@@ -21,6 +21,8 @@ from fleet_reimage.batch.versions import DEFAULT_API_VERSION
 from fleet_reimage.errors import Problem
 from fleet_reimage.units import Amount
 
+from .gates import GateSpec
+
 # Defaults, named so the docs, the loader and the tests agree.
 DEFAULT_STATES: frozenset[str] = frozenset({"idle", "running"})
 NO_SURGE = Amount(Fraction(0), percent=False)  # rollout.surge's default
@@ -162,6 +164,10 @@ class RolloutSpec:
     # and whether an auto-scaled pool may be replaced (its formula brings capacity back).
     surge: Amount = NO_SURGE
     autoscale: str = "refuse"  # refuse | allow
+    # Commands asked before each wave / after the run, and how long a wave's nodes must
+    # stay healthy before the pool's next wave (``plan/gates.py``, ``engine/gates.py``).
+    gates: tuple[GateSpec, ...] = ()
+    soak: float = 0.0  # seconds
 
 
 @dataclass(frozen=True, slots=True)

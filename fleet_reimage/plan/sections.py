@@ -13,6 +13,7 @@ from fleet_reimage.units import Amount
 
 from ..batch.versions import API_VERSIONS, DEFAULT_API_VERSION
 from .accounts import read_states
+from .gates import read_gates, read_soak
 from .model import DEFAULT_STATES, NO_SURGE, ExecutionSpec, HealthSpec, RetrySpec, RolloutSpec
 from .reader import Checker, Node
 from .waves import is_all, normalise_ladder
@@ -29,6 +30,8 @@ ROLLOUT_KEYS = (
     "claim_pools",
     "surge",
     "autoscale",
+    "gates",
+    "soak",
 )
 HEALTH_KEYS = ("wait", "ready_states", "timeout", "poll_interval")
 EXECUTION_KEYS = (
@@ -106,6 +109,16 @@ def read_rollout(checker: Checker, at: Node | None, replace: bool = False) -> Ro
     autoscale = "refuse"
     if got["autoscale"] is not None:
         autoscale = checker.choice(got["autoscale"], AUTOSCALE_CHOICES) or autoscale
+    gates = read_gates(checker, got["gates"]) if got["gates"] is not None else ()
+    soak = read_soak(checker, got["soak"]) if got["soak"] is not None else 0.0
+    if soak and replace and got["soak"] is not None:
+        checker.error(
+            got["soak"],
+            "a soak watches a wave's nodes after their action; with action: replace they are "
+            "gone (their new nodes are health-gated instead): remove rollout.soak",
+        )
+    if soak and health is not None and not health.wait and got["soak"] is not None:
+        checker.error(got["soak"], "a soak watches the nodes' health: it needs health.wait: true")
     if checker.error_count > errors or health is None or holds is None or claim_pools is None:
         return None
     if not health.wait and got["max_unavailable"] is not None and not is_all(max_unavailable):
@@ -129,6 +142,8 @@ def read_rollout(checker: Checker, at: Node | None, replace: bool = False) -> Ro
         claim_pools=claim_pools,
         surge=surge,
         autoscale=autoscale,
+        gates=gates or (),
+        soak=soak or 0.0,
     )
 
 
