@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from runhelpers import write_plan
+import anyio
+from runhelpers import run, write_plan
 
 from fleet_reimage.emulator.server import RunningEmulator
-from fleet_reimage.journal import open_journal
+from fleet_reimage.journal import RunStatus, open_journal
 from fleet_reimage.journal.poolops import PoolOpRecord
 
 # Every pool change and boot scaled down to tens of milliseconds.
@@ -70,3 +71,16 @@ async def pool_ops(journal: Path) -> list[PoolOpRecord]:
         return await store.pool_ops(run_id)
     finally:
         await store.close()
+
+
+async def replace_all(
+    emu: RunningEmulator, plan: Path, journal: Path, pool: str = "p"
+) -> dict[str, Any]:
+    """Run ``plan`` to its end: it must finish with every old node of ``pool`` removed
+    exactly once (the emulator's count). Returns the emulator's stats after it."""
+    old = live_ids(emu, pool)
+    with anyio.fail_after(60):
+        result = await run(plan, journal)
+    assert result.status is RunStatus.FINISHED, result.reason
+    assert removals(emu, pool, old) == dict.fromkeys(old, 1)
+    return emu.stats()
