@@ -283,3 +283,13 @@ async def test_gates_are_asked_before_each_wave_and_after_the_run(tmp_path: Path
         await store.close()
     passed = [e.data.get("when") for e in events if e.kind == "gate_passed"]
     assert passed == ["before_wave", "before_wave", "after_run"]
+
+
+async def test_without_the_health_gate_targets_are_done_unverified(tmp_path: Path) -> None:
+    async with emulator(POOL, timings=FAST) as emu:
+        plan = replace_plan(tmp_path, emu.url, surge="0", max_unavailable="3")
+        text = plan.read_text().replace("wait: true", "wait: false")
+        plan.write_text(text)
+        await replace_all(emu, plan, tmp_path / "j.db")
+    targets = await journal_targets(tmp_path / "j.db")
+    assert {t.state for t in targets} == {TargetState.DONE_UNVERIFIED}

@@ -267,8 +267,9 @@ class ReplacePool:
         """The step's new nodes (ready, failed) once ``expected`` of them are judged (ready,
         or broken), or the health timeout passed (the missing count as failed); None when
         the run stops first."""
-        if not self.health.wait:
-            return [f"?{i}" for i in range(expected)], []
+        if not self.health.wait:  # not waited for: whatever the pool added, unjudged
+            nodes = await self.calls.nodes()
+            return [n for n in nodes if n not in self.known][:expected], []
         deadline = time.monotonic() + self.health.timeout
         while True:
             nodes = await self.calls.nodes()
@@ -312,6 +313,11 @@ class ReplacePool:
         state = TargetState.HEALTHY if verdict == HEALTHY else TargetState.FAILED
         if state is TargetState.FAILED and reason is None:
             reason = "its replacement did not come up ready (starttaskfailed, unusable or late)"
+        elif not self.health.wait:
+            state, reason = (
+                TargetState.DONE_UNVERIFIED,
+                "replaced; the plan does not wait for health",
+            )
         elif reason is None:
             reason = "replaced: removed, and its new node is ready"
         await self.ledger.change(target, state, reason)
