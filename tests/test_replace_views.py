@@ -13,6 +13,7 @@ from replacehelpers import FAST, replace_plan
 from runhelpers import KEY, KEY_ENV, emulator, run
 
 from fleet_reimage import api
+from fleet_reimage.views.dryrun import assumption, simulate
 from fleet_reimage.views.schedule import render_schedule, resolution_json
 
 pytestmark = pytest.mark.anyio
@@ -65,3 +66,11 @@ async def test_status_and_report_show_old_removed_new_ready_and_targets(tmp_path
     [pool] = json.loads(report.stdout)["replace"]
     assert pool["target"] == pool["current_target"] == [6, 0] and pool["finished"]
     assert (pool["old_removed"], pool["new_ready"], pool["new_failed"]) == (6, 6, 0)
+
+
+async def test_the_dry_run_timeline_takes_a_step_of_surge_nodes_at_a_time(tmp_path: Path) -> None:
+    async with emulator(POOL, timings=FAST) as emu:
+        plan = api.load_plan(replace_plan(tmp_path, emu.url, surge="3", max_unavailable="1"))
+        resolution = await api.resolve_plan(plan)
+    [pool] = simulate(resolution, assumption(plan, 10.0))
+    assert pool.slots == 3 and pool.duration == 20.0  # 6 nodes, 3 a step, 10 s a step
