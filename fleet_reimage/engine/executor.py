@@ -30,6 +30,7 @@ import structlog
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from fleet_reimage.engine.drain import Drains
 from fleet_reimage.engine.events import RunObserver
 from fleet_reimage.engine.health import HealthMonitor
 from fleet_reimage.engine.ledger import RunLedger
@@ -56,6 +57,8 @@ log = structlog.get_logger("fleet_reimage.run")
 
 TICK = 0.25  # seconds between the dispatcher's periodic wake-ups
 Job = tuple[PoolRun, RunTarget, JobKind]
+_PHASE_OF = {JobKind.ACTION: Phase.REQUEST, JobKind.RECONCILE: Phase.RECONCILE,
+             JobKind.DRAIN: Phase.DRAINING}  # fmt: skip
 Confirm = Callable[[str], Awaitable[bool]]
 
 
@@ -100,7 +103,9 @@ class Executor:
         settings: RunSettings,
         observer: RunObserver,
         sharing: Sharing | None = None,
+        drained_before: Sequence[int] = (),
     ) -> None:
+        """``drained_before``: targets a previous run drained and acted on (a resume's)."""
         self.run_id = run_id
         self.plan = plan
         self.journal = journal
@@ -124,8 +129,16 @@ class Executor:
             )  # fmt: skip
         runner_id = None if self.shared is None else self.shared.runner_id
         self.work = NodeWork(self.ledger, self, self.slots, plan, runner_id=runner_id)
+        self.drains: Drains | None = None  # rollout.drain: see drain.py
+        if plan.rollout.drain is not None:
+            self.drains = Drains(self.ledger, self, self.slots, plan.rollout.drain,
+                                 plan_option=plan.option.value,
+                                 poll_interval=plan.rollout.health.poll_interval,
+                                 runner_id=runner_id, drained_before=drained_before)  # fmt: skip
         on_baseline = None if self.shared is None else self.shared.publish_baseline
-        self.health = HealthMonitor(self.ledger, self, plan, on_baseline=on_baseline)
+        self.health = HealthMonitor(
+            self.ledger, self, plan, on_baseline=on_baseline, drains=self.drains
+        )
         self.claims: PoolClaims | None = None  # rollout.claim_pools: see poolclaim.py
         if plan.rollout.claim_pools:
             self.claims = PoolClaims(self.ledger, self, others_alive=self._others_alive)
@@ -199,6 +212,8 @@ class Executor:
                 self._group = group
                 group.start_soon(self.health.run)
                 group.start_soon(self._ticker)
+                if self.drains is not None:
+                    group.start_soon(self.drains.run)
                 for _ in range(2 * self.plan.execution.concurrency):
                     group.start_soon(self._worker, receive.clone())
                 if self.shared is not None:
@@ -271,18 +286,24 @@ class Executor:
         due = pool.due_job(now)
         if due is not None:
             return self.targets[due[0]], due[1]
+        if self.drains is not None and not self.drains.ready(pool):
+            return None  # what its nodes run is not known yet: a poll will wake us
         target_id = pool.rollout.take_next(now)
         if target_id is None:
             return None
         target = self.targets[target_id]
         target.started = now
         self.ledger.wave_started(pool, now)
+        if self.drains is not None:
+            return target, self.drains.first_step(pool, target)
         return target, JobKind.ACTION
 
     def _launch(self, pool: PoolRun, target: RunTarget, kind: JobKind) -> None:
         self._live_jobs += 1
         self.slots.launch(pool.account)
-        target.phase = Phase.REQUEST if kind is JobKind.ACTION else Phase.RECONCILE
+        target.phase = _PHASE_OF[kind]
+        if self.drains is not None and kind is JobKind.ACTION:
+            self.drains.launched(target)
         self._jobs_out.send_nowait((pool, target, kind))
 
     async def _worker(self, jobs: MemoryObjectReceiveStream[Job]) -> None:
@@ -299,7 +320,10 @@ class Executor:
 
     async def _job(self, pool: PoolRun, target: RunTarget, kind: JobKind) -> None:
         try:
-            await self.work.run(pool, target, kind)
+            if kind is JobKind.DRAIN and self.drains is not None:
+                await self.drains.job(pool, target)
+            else:
+                await self.work.run(pool, target, kind)
         except JournalError as error:
             # Nothing more can be recorded, so nothing more may be sent: stop at once.
             # What was in flight stays "sent, no answer" and is reconciled on resume.
@@ -364,6 +388,8 @@ class Executor:
         with anyio.CancelScope(shield=True):
             if self.claims is not None:
                 await self.claims.finish()
+            if self.drains is not None:  # scheduling is never left disabled by us
+                await self.drains.finish()
             try:
                 result = await self._record_end()
             except JournalError:  # the run ends whatever the journal can still take

@@ -33,6 +33,7 @@ from fleet_reimage.batch.explain import describe
 from fleet_reimage.batch.models import NodeInfo
 from fleet_reimage.engine.blockwatch import BlockWatch
 from fleet_reimage.engine.control import RunControl
+from fleet_reimage.engine.drain import DRAIN_SELECT, Drains
 from fleet_reimage.engine.ledger import RunLedger
 from fleet_reimage.engine.runstate import Phase, PoolRun, RunTarget
 from fleet_reimage.journal.model import TargetChange, TargetState
@@ -61,9 +62,12 @@ class HealthMonitor:
         plan: Plan,
         *,
         on_baseline: Callable[[PoolRun, int, Sequence[str]], Awaitable[None]] | None = None,
+        drains: Drains | None = None,
     ) -> None:
         """``on_baseline``: told each pool's baseline and its targets seen down after a poll,
-        before any target is judged (a shared run shares them through the journal)."""
+        before any target is judged (a shared run shares them through the journal).
+        ``drains``: a planned drain's; its polls also list the nodes running tasks, with
+        their ``runningTasksCount`` and ``schedulingState`` (``drain.py``)."""
         self.ledger = ledger
         self.control = control
         self.plan = plan  # its health spec, and where an account is written (messages)
@@ -71,10 +75,15 @@ class HealthMonitor:
         self.on_baseline = on_baseline
         self.polls = 0  # list calls made, for the calls-per-node figure
         self.blocks = BlockWatch(ledger, self.spec.timeout)
+        self.drains = drains
+        self.select = HEALTH_SELECT if drains is None else DRAIN_SELECT
+        # With a drain, running nodes are listed too: what runs tasks, and what drained.
+        self.listed_states = self.spec.ready_states - ({"running"} if drains else set())
 
     def _wants_poll(self, pool: PoolRun, now: float) -> bool:
         blocked = self.blocks.wants_poll(pool, now)  # also sees a blocking end
-        return blocked or bool(pool.awaiting)
+        draining = self.drains is not None and self.drains.wants_poll(pool)
+        return blocked or bool(pool.awaiting) or draining
 
     async def run(self) -> None:
         """Poll every pool that needs it, each at most once per interval, until cancelled."""
@@ -110,6 +119,8 @@ class HealthMonitor:
             pool.polling = False
         await self._refresh_baseline(pool, nodes)
         await self._judge(pool, nodes)
+        if self.drains is not None:
+            self.drains.after_poll(pool, nodes)
         self.control.wake()
 
     async def _list(self, pool: PoolRun) -> dict[str, NodeInfo]:
@@ -117,11 +128,12 @@ class HealthMonitor:
         earliest = min(
             (t.record.last_sent_at or time.time() for t in awaiting), default=time.time()
         )
-        query = health_filter(self.spec.ready_states, earliest - FILTER_MARGIN)
+        since = earliest - FILTER_MARGIN
+        query = health_filter(self.listed_states, since) if self.listed_states else None
         nodes: dict[str, NodeInfo] = {}
         self.polls += 1
         async for page in pool.account.client.list_node_pages(
-            pool.pool_id, filter=query, select=HEALTH_SELECT
+            pool.pool_id, filter=query, select=self.select
         ):
             self.polls += 1 if page.next_link else 0
             for item in page.items:
@@ -140,6 +152,7 @@ class HealthMonitor:
     async def _judge(self, pool: PoolRun, nodes: dict[str, NodeInfo]) -> None:
         now = time.monotonic()
         settled: list[tuple[RunTarget, TargetState, str]] = []
+        back: list[tuple[RunTarget, NodeInfo]] = []  # out of the action, for the drains
         for target in list(pool.awaiting.values()):
             node = nodes.get(target.record.node_id)
             if node is None:
@@ -151,6 +164,8 @@ class HealthMonitor:
             )
             if verdict.state is not None:
                 settled.append((target, verdict.state, verdict.reason))
+                if node is not None:
+                    back.append((target, node))
             elif now - target.health_since > self.spec.timeout:
                 settled.append(
                     (
@@ -161,6 +176,8 @@ class HealthMonitor:
                 )
         if not settled:
             return
+        if self.drains is not None:  # enabled again before the node counts as done
+            await self.drains.enable_settled(pool, back)
         async with anyio.create_task_group() as group:
             for target, state, reason in settled:
                 group.start_soon(
@@ -176,7 +193,7 @@ class HealthMonitor:
         self.polls += 1
         try:
             return True, await pool.account.client.get_node(
-                pool.pool_id, target.record.node_id, select=HEALTH_SELECT
+                pool.pool_id, target.record.node_id, select=self.select
             )
         except NotFound:
             return True, None

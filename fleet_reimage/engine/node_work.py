@@ -136,7 +136,7 @@ class NodeWork:
         # The attempt's time is when it really left: that is what lastBootTime is compared to.
         record.last_sent_at = time.time()
         started = time.perf_counter()
-        answer = await self._send(pool, record.node_id, client_request_id)
+        answer = await self._send(pool, target, client_request_id)
         latency_ms = (time.perf_counter() - started) * 1000.0
         log.debug("attempt answered", client_request_id=client_request_id, attempt=attempt_no,
                   answer=type(answer).__name__)  # fmt: skip
@@ -154,12 +154,13 @@ class NodeWork:
         )
         self._apply(pool, target, step, answer)
 
-    async def _send(self, pool: PoolRun, node_id: str, client_request_id: str) -> Answer:
+    async def _send(self, pool: PoolRun, target: RunTarget, client_request_id: str) -> Answer:
         """The request, on a slot already held; the slot is free again when this returns."""
         client = pool.account.client
         send = client.reimage_node if self.action == "reimage" else client.reboot_node
         try:
-            answer: Answer = await send(pool.pool_id, node_id, option=self.plan.option.value,
+            option = target.action_option or self.plan.option.value  # a drain's ``then``
+            answer: Answer = await send(pool.pool_id, target.record.node_id, option=option,
                                         client_request_id=client_request_id)  # fmt: skip
         except AuthFailed as error:  # a run-wide stop: its reason names the account
             answer = locate_in_plan(error, self.plan, pool.account.name, client.endpoint)

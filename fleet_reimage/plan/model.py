@@ -20,6 +20,8 @@ from fleet_reimage.batch.versions import DEFAULT_API_VERSION
 from fleet_reimage.errors import Problem
 from fleet_reimage.units import Amount
 
+from .drain import DrainSpec, NotifySpec
+
 # Defaults, named so the docs, the loader and the tests agree.
 DEFAULT_STATES: frozenset[str] = frozenset({"idle", "running"})
 
@@ -154,6 +156,8 @@ class RolloutSpec:
     # Claim each pool in its metadata before the first request, against other runs
     # (other journals, other machines): ``engine/poolclaim.py``.
     claim_pools: bool = False
+    # Drain a node that runs tasks before its action (``plan/drain.py``); None: no drain.
+    drain: DrainSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,3 +195,4 @@ class Plan:
     execution: ExecutionSpec
     source: PlanSource
     warnings: tuple[Problem, ...]
+    notify: tuple[NotifySpec, ...] = ()  # webhooks, by environment variable (``plan/drain.py``)

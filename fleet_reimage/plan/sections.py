@@ -13,6 +13,7 @@ from fleet_reimage.units import Amount
 
 from ..batch.versions import API_VERSIONS, DEFAULT_API_VERSION
 from .accounts import read_states
+from .drain import read_drain
 from .model import DEFAULT_STATES, ExecutionSpec, HealthSpec, RetrySpec, RolloutSpec
 from .reader import Checker, Node
 from .waves import is_all, normalise_ladder
@@ -27,6 +28,7 @@ ROLLOUT_KEYS = (
     "confirm_after_wave",
     "failed_holds_availability",
     "claim_pools",
+    "drain",
 )
 HEALTH_KEYS = ("wait", "ready_states", "timeout", "poll_interval")
 EXECUTION_KEYS = (
@@ -93,7 +95,15 @@ def read_rollout(checker: Checker, at: Node | None) -> RolloutSpec | None:
         confirm = _read_confirm(checker, got["confirm_after_wave"], ladder, waves is not None)
     holds = _flag(checker, got["failed_holds_availability"], default=True)
     claim_pools = _flag(checker, got["claim_pools"], default=False)
+    drain = read_drain(checker, got["drain"]) if got["drain"] is not None else None
     if checker.error_count > errors or health is None or holds is None or claim_pools is None:
+        return None
+    if drain is not None and not health.wait and got["drain"] is not None:
+        checker.error(
+            got["drain"],
+            "a drain needs health.wait: true (running tasks are read from the health polls, "
+            "and a drained node's scheduling is enabled again once it is back)",
+        )
         return None
     if not health.wait and got["max_unavailable"] is not None and not is_all(max_unavailable):
         checker.warning(
@@ -114,6 +124,7 @@ def read_rollout(checker: Checker, at: Node | None) -> RolloutSpec | None:
         confirm_after_wave=confirm,
         failed_holds_availability=holds,
         claim_pools=claim_pools,
+        drain=drain,
     )
 
 
