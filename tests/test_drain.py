@@ -12,6 +12,7 @@ from typing import Any
 
 import anyio
 import pytest
+from clihelpers import emulator_process, fleet_reimage, start_fleet_reimage, wait_for_events
 from runhelpers import KEY, KEY_ENV, Recorder, emulator, resume, run_with, write_plan
 
 from fleet_reimage import api
@@ -187,3 +188,34 @@ async def test_a_run_stopped_mid_drain_enables_scheduling_and_resume_acts_once(
         assert {s["reimages"] for s in after.values()} == {1}  # each node acted on once
         assert {s["scheduling_state"] for s in after.values()} == {"enabled"}
         assert emu.stats()["pools"]["p"]["tasks"]["requeued"] == 4 * 2
+
+
+def test_resume_undoes_the_drains_a_killed_run_left_and_acts_once(tmp_path: Path) -> None:
+    """A run killed mid-drain (SIGKILL: nothing of it runs after) leaves nodes with scheduling
+    disabled; ``resume`` finds them in the journal, enables them, and finishes the run."""
+    pools = [{"id": "p", "nodes": 3, "states": {"running": 1.0},
+              "running_tasks": 1, "task_duration": "1h"}]  # fmt: skip
+    with emulator_process(tmp_path, pools, timings=TIMINGS) as emu:
+        plan = drain_plan(tmp_path, emu.url, "{timeout: 1h, then: requeue}")
+        events = tmp_path / "events.jsonl"
+        first = start_fleet_reimage("run", str(plan), "--yes", "--journal", "j.db",
+                                    "--events", str(events), cwd=tmp_path)  # fmt: skip
+        try:
+            wait_for_events(first, events, "drain_started", 3)
+            assert first.poll() is None
+            first.kill()
+            first.communicate(timeout=10)
+        finally:
+            if first.poll() is None:
+                first.kill()
+        left = {n["id"]: n for n in emu.stats()["nodes"]}
+        assert {n["scheduling_state"] for n in left.values()} == {"disabled"}
+        assert {n["reimages"] for n in left.values()} == {0}
+        plan.write_text(plan.read_text().replace("timeout: 1h", "timeout: 200ms"))
+        resumed = fleet_reimage("resume", "--force-plan", "--journal", "j.db", cwd=tmp_path)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        done = {n["id"]: n for n in emu.stats()["nodes"]}
+        assert {n["reimages"] for n in done.values()} == {1}
+        assert {n["scheduling_state"] for n in done.values()} == {"enabled"}
+        # Enabled by the resume (its undo), then drained again and enabled after the action.
+        assert {n["scheduling_disables"] for n in done.values()} == {2}
