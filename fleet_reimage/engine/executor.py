@@ -71,6 +71,8 @@ class RunResult:
     counts: dict[str, int]
     stopped_pools: dict[str, str] = field(default_factory=dict)
     stop_kind: str | None = None  # why it stopped: budget, deadline, auth, interrupted, ...
+    notifications: dict[str, int] | None = None  # webhooks: sent, failed, dropped
+    drains: dict[str, int] | None = None  # started, drained, timed_out, undone, enabled
 
 
 @dataclass(slots=True)
@@ -445,4 +447,6 @@ class Executor:
             bad = counts["failed"] + counts["skipped"]
             code = 3 if (stopped or self.stop_kind) else (1 if bad else 0)
         reason = self.stop_reason or ("; ".join(f"{k}: {v}" for k, v in stopped.items()) or None)
-        return RunResult(self.run_id, status, code, reason, counts, stopped, self.stop_kind)
+        drains = None if self.drains is None else dict(self.drains.counts)
+        return RunResult(self.run_id, status, code, reason, counts, stopped, self.stop_kind,
+                         drains=drains)  # fmt: skip
