@@ -42,7 +42,9 @@ def drain_plan(folder: Path, url: str, drain: str, option: str = "requeue", wave
             drain: {drain}
         """,
     )
-    path.write_text(path.read_text().replace("action: reimage", f"action: reimage\noption: {option}"))
+    path.write_text(
+        path.read_text().replace("action: reimage", f"action: reimage\noption: {option}")
+    )
     return path
 
 

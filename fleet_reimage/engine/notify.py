@@ -98,6 +98,7 @@ class Notifier:
         self.queue_limit = queue_limit
         self.run_id: str | None = None
         self.sent = self.failed = self.dropped = 0
+        self.broken = False  # the sender failed: nothing more is queued
         self._queue: deque[dict[str, Any]] = deque()
         self._more = Wakeup()
         self._busy = False
@@ -111,9 +112,9 @@ class Notifier:
         body = notification(kind, fields, run_id=self.run_id, plan=self.plan, at=time.time())
         if body is None:
             return
-        if len(self._queue) >= self.queue_limit:
+        if self.broken or len(self._queue) >= self.queue_limit:
             self.dropped += len(self.hooks)
-            log.warning("notification dropped: the queue is full", event=kind)
+            log.warning("notification dropped: the queue is full", kind=kind)
             return
         self._queue.append(body)
         self._more.set()
@@ -124,7 +125,20 @@ class Notifier:
     # --- the sender ---
 
     async def run(self) -> None:
-        """Send what is queued, in order, until cancelled (``close`` cancels it)."""
+        """Send what is queued, in order, until cancelled (``close`` cancels it). A fault of
+        the sender's own is logged, never raised: the run goes on without notifications."""
+        try:
+            await self._run()
+        except Exception as exc:  # a notification must never fail the run
+            log.error("notifications stopped", error=type(exc).__name__)  # no text: a URL
+            self.broken = True
+            self._busy = False
+            self.dropped += len(self._queue) * len(self.hooks)
+            self._queue.clear()
+            if self._idle is not None:
+                self._idle.set()
+
+    async def _run(self) -> None:
         routes = [await _route(hook) for hook in self.hooks]
         async with _session() as session:
             while True:
@@ -178,7 +192,7 @@ class Notifier:
             except (aiohttp.ClientError, OSError) as exc:
                 error = type(exc).__name__  # its text may quote the URL
         self.failed += 1
-        log.warning("notification failed", webhook=hook.label, event=kind, error=error)
+        log.warning("notification failed", webhook=hook.label, kind=kind, error=error)
 
 
 _HEADERS = {"Content-Type": "application/json", "User-Agent": "fleet-reimage"}

@@ -14,7 +14,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .reader import Checker, Node
+from fleet_reimage.yamlsafe import MarkedMap
+
+from .reader import Checker, Node, join
 
 DRAIN_KEYS = ("timeout", "then")
 DRAIN_THEN = ("requeue", "terminate")
@@ -55,8 +57,19 @@ def read_notify(
     errors = checker.error_count
     specs: list[NotifySpec] = []
     for item in items:
-        fields = checker.mapping(item, NOTIFY_KEYS, required=NOTIFY_KEYS)
-        if fields is None or "url_env" not in fields:
+        fields = checker.mapping(item, NOTIFY_KEYS, ignore=("url",))
+        if fields is None:
+            continue
+        if isinstance(item.value, MarkedMap) and "url" in item.value:
+            line, column = item.value.key_positions["url"]
+            checker.error(
+                Node("url", join(item.path, "url"), line, column),
+                "a webhook URL is a secret and never goes in the plan: put it in an "
+                "environment variable and name the variable with url_env",
+            )
+            continue
+        if "url_env" not in fields:
+            checker.error(item, "missing required key 'url_env'")
             continue
         name = checker.text(fields["url_env"], "the name of an environment variable")
         if name is None:
