@@ -7,10 +7,12 @@ requeued, scheduling state now), and the journal's attempts and events.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
+import pgserver
 import pytest
 from clihelpers import emulator_process, fleet_reimage, start_fleet_reimage, wait_for_events
 from runhelpers import KEY, KEY_ENV, Recorder, emulator, resume, run_with, write_plan
@@ -190,6 +192,11 @@ async def test_a_run_stopped_mid_drain_enables_scheduling_and_resume_acts_once(
         assert {s["reimages"] for s in after.values()} == {1}  # each node acted on once
         assert {s["scheduling_state"] for s in after.values()} == {"enabled"}
         assert emu.stats()["pools"]["p"]["tasks"]["requeued"] == 4 * 2
+        # The stop's enables are in the journal: the resume did not send them again (one at
+        # the stop, one after the action).
+        assert all(after[n]["scheduling_enables"] == 2 for n in drained)
+        kinds = [k for k, _ in await events_of(journal)]
+        assert kinds.count("scheduling_enabled") == 4 + 2
 
 
 def test_resume_undoes_the_drains_a_killed_run_left_and_acts_once(tmp_path: Path) -> None:
@@ -221,3 +228,30 @@ def test_resume_undoes_the_drains_a_killed_run_left_and_acts_once(tmp_path: Path
         assert {n["scheduling_state"] for n in done.values()} == {"enabled"}
         # Enabled by the resume (its undo), then drained again and enabled after the action.
         assert {n["scheduling_disables"] for n in done.values()} == {2}
+
+
+@pytest.fixture(scope="module")
+def pg_server() -> Iterator[pgserver.PgServer]:
+    yield from pgserver.session_server()
+
+
+@pytest.mark.postgres
+async def test_a_shared_run_on_postgresql_drains_too(
+    tmp_path: Path, pg_server: pgserver.PgServer
+) -> None:
+    """The same drains when the journal is PostgreSQL (a shared run: claims with leases)."""
+    pools = [{"id": "p", "nodes": 6, "states": {"idle": 0.5, "running": 0.5},
+              "running_tasks": 2, "task_duration": "1h"}]  # fmt: skip
+    with pgserver.fresh_database(pg_server) as url:
+        async with emulator(pools, timings=TIMINGS) as emu:
+            busy = {n for n, s in nodes_of(emu, "p").items() if s["running_tasks"]}
+            plan = drain_plan(tmp_path, emu.url, "{timeout: 300ms, then: terminate}")
+            recorder = Recorder()
+            with anyio.fail_after(60):
+                result = await run_with(plan, url, api.RunHooks(observer=recorder))  # type: ignore[arg-type]
+            assert result.exit_code == 0, result
+            after = nodes_of(emu, "p")
+            assert {s["reimages"] for s in after.values()} == {1}
+            assert {n for n, s in after.items() if s["scheduling_disables"]} == busy
+            assert {s["scheduling_state"] for s in after.values()} == {"enabled"}
+            assert emu.stats()["pools"]["p"]["tasks"]["terminated"] == 2 * len(busy)

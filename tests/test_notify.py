@@ -176,7 +176,7 @@ def test_bodies_have_a_text_line_and_the_structured_fields() -> None:
     stop = notification("run_stopping", {"kind": "gate", "reason": "slo check failed"},
                         run_id="r1", plan="patch", at=0.0)  # fmt: skip
     assert stop is not None and stop["kind"] == "gate"
-    assert stop["text"] == "fleet-reimage patch (run r1): stopping (gate stop): slo check failed"
+    assert stop["text"] == "fleet-reimage patch (run r1): stopping (gate): slo check failed"
     assert notification("node_healthy", {}, run_id="r1", plan="p", at=0.0) is None
     started = notification("run_started", {"run_id": "r9", "selected": 5}, run_id=None,
                            plan="p", at=0.0)  # fmt: skip

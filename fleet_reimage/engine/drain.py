@@ -22,6 +22,7 @@ on the node, and it must not make the target look in flight to a resume.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -48,7 +49,9 @@ from fleet_reimage.journal.model import (
     AttemptEnd,
     AttemptOutcome,
     AttemptStart,
+    JournalError,
     LeaseLost,
+    RunEvent,
     TargetState,
 )
 from fleet_reimage.plan.drain import DrainSpec
@@ -97,6 +100,7 @@ class Drains:
         self.draining: dict[int, Drain] = {}
         self.ours: set[int] = set(drained_before)  # scheduling disabled by us, not enabled
         self.tries: dict[int, int] = {}
+        self._finishing = False
         self.counts = {"started": 0, "drained": 0, "timed_out": 0, "undone": 0, "enabled": 0}
 
     # --- what the dispatcher and the health polls ask ---
@@ -271,11 +275,12 @@ class Drains:
     async def finish(self) -> None:
         """The run ends: undo the drains not acted on, enable every node of ours still
         disabled (at most ``concurrency`` calls at a time)."""
+        self._finishing = True  # the run's task group is gone: events are written here
         for target_id, drain in list(self.draining.items()):
             target = self.ledger.targets[target_id]
             if not drain.ended:
                 self.counts["undone"] += 1
-                self.ledger.pool_event("drain_ended", target.pool, {
+                await self._note("drain_ended", target.pool, {
                     "node": target.record.node_id, "target": target_id,
                     "duration_s": round(time.monotonic() - drain.started, 3),
                     "timed_out": False, "undone": True,
@@ -306,15 +311,27 @@ class Drains:
             log.info("enable scheduling: nothing to do", node=node_id, error=str(error))
         except BatchError as error:
             log.warning("could not enable scheduling", node=node_id, error=str(error))
-            self.ledger.pool_event("scheduling_enable_failed", pool,
+            await self._note("scheduling_enable_failed", pool,
                                    {"node": node_id, "client_request_id": crid,
                                     "error": str(error)})  # fmt: skip
             return
         self.ours.discard(target.id)
         self.counts["enabled"] += 1
-        self.ledger.pool_event("scheduling_enabled", pool,
+        await self._note("scheduling_enabled", pool,
                                {"node": node_id, "target": target.id, "why": why,
                                 "client_request_id": crid})  # fmt: skip
+
+    async def _note(self, kind: str, pool: PoolRun, data: dict[str, object]) -> None:
+        """An event for ``--events`` and the journal; written before returning once the run
+        is finishing (nothing runs beside it any more)."""
+        if not self._finishing:
+            self.ledger.pool_event(kind, pool, data)
+            return
+        account = pool.account.name
+        self.ledger.observer.event(kind, {"account": account, "pool": pool.pool_id, **data})
+        event = RunEvent(self.ledger.run_id, time.time(), kind, account, pool.pool_id, data)
+        with contextlib.suppress(JournalError):  # events are for people: never a failure
+            await self.ledger.journal.record_event(event)
 
 
 def _outcome(answer: HttpAccepted | BatchError) -> AttemptOutcome:

@@ -58,7 +58,7 @@ def notification_text(kind: str, fields: Mapping[str, Any], *, run: object, plan
     if kind == "pool_stopped":
         return f"{who}: {pool} stopped: {fields.get('reason')}"
     if kind == "run_stopping":
-        return f"{who}: stopping ({fields.get('kind')} stop): {fields.get('reason')}"
+        return f"{who}: stopping ({fields.get('kind')}): {fields.get('reason')}"
     verb = "finished" if kind == "run_finished" else "stopped"
     return f"{who}: {verb}, exit {fields.get('exit_code')}: {counts_text(fields)}"
 

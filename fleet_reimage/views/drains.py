@@ -13,6 +13,9 @@ from fleet_reimage.engine.executor import RunResult
 from fleet_reimage.journal.model import RunEvent
 from fleet_reimage.units import count
 
+# One per drained node: summed up in one line (``drain_lines``), not each in the timeline.
+PER_NODE_KINDS = frozenset({"drain_started", "drain_ended", "scheduling_enabled"})
+
 
 def extra_lines(result: RunResult) -> list[str]:
     """The summary's lines about drains and notifications (none when there were none)."""
