@@ -178,6 +178,9 @@ def test_bodies_have_a_text_line_and_the_structured_fields() -> None:
     assert stop is not None and stop["kind"] == "gate"
     assert stop["text"] == "fleet-reimage patch (run r1): stopping (gate): slo check failed"
     assert notification("node_healthy", {}, run_id="r1", plan="p", at=0.0) is None
+    held = notification("checkpoint", {"wave": 1}, run_id="r1", plan="p", at=0.0)
+    assert held is not None
+    assert held["text"].endswith("wave 1 is complete in every pool: checkpoint")
     started = notification("run_started", {"run_id": "r9", "selected": 5}, run_id=None,
                            plan="p", at=0.0)  # fmt: skip
     assert started is not None and started["run"] == "r9" and "5 nodes" in started["text"]

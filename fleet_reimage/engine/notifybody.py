@@ -18,6 +18,7 @@ NOTIFIED = frozenset(
         "wave_started",
         "wave_completed",
         "pool_stopped",
+        "checkpoint",
         "run_stopping",
         "run_finished",
         "run_stopped",
@@ -57,6 +58,8 @@ def notification_text(kind: str, fields: Mapping[str, Any], *, run: object, plan
         return f"{who}: {pool} wave {fields.get('wave')} completed{held}"
     if kind == "pool_stopped":
         return f"{who}: {pool} stopped: {fields.get('reason')}"
+    if kind == "checkpoint":
+        return f"{who}: wave {fields.get('wave')} is complete in every pool: checkpoint"
     if kind == "run_stopping":
         return f"{who}: stopping ({fields.get('kind')}): {fields.get('reason')}"
     verb = "finished" if kind == "run_finished" else "stopped"
