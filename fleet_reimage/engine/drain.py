@@ -43,6 +43,7 @@ from fleet_reimage.batch.errors import (
 from fleet_reimage.batch.models import NodeInfo
 from fleet_reimage.engine.control import RunControl
 from fleet_reimage.engine.ledger import RunLedger
+from fleet_reimage.engine.node_work import journal_attempt
 from fleet_reimage.engine.runstate import JobKind, Phase, PoolKey, PoolRun, RunTarget
 from fleet_reimage.engine.slots import SendSlots
 from fleet_reimage.journal.model import (
@@ -50,7 +51,6 @@ from fleet_reimage.journal.model import (
     AttemptOutcome,
     AttemptStart,
     JournalError,
-    LeaseLost,
     RunEvent,
     TargetState,
 )
@@ -176,15 +176,8 @@ class Drains:
             attempt=record.attempts + 1)  # fmt: skip
         start = AttemptStart(ledger.run_id, target.id, record.attempts + 1, DISABLE, crid,
                              time.time(), self.runner_id)  # fmt: skip
-        try:
-            await ledger.journal.attempt_started(start)
-        except LeaseLost:  # another runner owns it now: forget it, send nothing
-            self.slots.abandon(pool.account)
-            target.phase = Phase.QUEUED
-            pool.rollout.drop(target.id)
+        if not await journal_attempt(ledger, self.slots, pool, target, start):
             return
-        ledger.set_state(target, TargetState.IN_FLIGHT)
-        record.attempts = start.attempt_no
         if not await self.slots.acquire(pool.account, time.monotonic()):
             await self._finished(target, crid, AttemptOutcome.NOT_SENT, None)
             ledger.requeue(target)

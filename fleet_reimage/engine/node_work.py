@@ -71,6 +71,23 @@ def retry_policy(plan: Plan) -> RetryPolicy:
     )
 
 
+async def journal_attempt(
+    ledger: RunLedger, slots: SendSlots, pool: PoolRun, target: RunTarget, start: AttemptStart
+) -> bool:
+    """Make an attempt durable before it is sent (the target is then in flight); False when
+    another runner of a shared run owns the target now: it is forgotten, nothing is sent."""
+    try:
+        await ledger.journal.attempt_started(start)
+    except LeaseLost:
+        slots.abandon(pool.account)
+        target.phase = Phase.QUEUED
+        pool.rollout.drop(target.id)
+        return False
+    ledger.set_state(target, TargetState.IN_FLIGHT)
+    target.record.attempts = start.attempt_no
+    return True
+
+
 class NodeWork:
     """The jobs of a run's nodes (see the module docstring)."""
 
@@ -119,15 +136,8 @@ class NodeWork:
         sent_at = time.time()
         start = AttemptStart(ledger.run_id, record.target_id, attempt_no, self.action,
                              client_request_id, sent_at, self.runner_id)  # fmt: skip
-        try:
-            await ledger.journal.attempt_started(start)
-        except LeaseLost:  # another runner owns it now: forget it, send nothing
-            self.slots.abandon(pool.account)
-            target.phase = Phase.QUEUED
-            pool.rollout.drop(target.id)
+        if not await journal_attempt(ledger, self.slots, pool, target, start):
             return
-        ledger.set_state(target, TargetState.IN_FLIGHT)
-        record.attempts = attempt_no
         record.first_sent_at = record.first_sent_at or sent_at
         target.last_client_request_id = client_request_id
         if not await self.slots.acquire(pool.account, time.monotonic()):
