@@ -24,12 +24,11 @@ Reported:
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 from typing import Any
 
+import bench_rolling as rolling
 import common
-from bench_rolling import amount, rollout_phase
+from bench_rolling import amount
 from common import Series
 
 TASKS = 2
@@ -51,15 +50,9 @@ def ideal_of(schedule: dict[str, Any], limit: int, recovery: float, drain: float
 
 def main(argv: list[str]) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="bench/run.py drain")
-    parser.add_argument("--pools", type=int, default=4)
-    parser.add_argument("--nodes-per-pool", type=int, default=200)
+    rolling.add_options(parser, nodes_per_pool=200)
     parser.add_argument("--busy", type=float, default=0.1, help="share of nodes running tasks")
     parser.add_argument("--drain-timeout", type=float, default=2.0, help="seconds")
-    parser.add_argument("--max-unavailable", default="10%")
-    parser.add_argument("--reimaging", type=float, default=2.0, help="seconds")
-    parser.add_argument("--starting", type=float, default=1.0, help="seconds")
-    parser.add_argument("--poll-interval", type=float, default=1.0, help="seconds")
-    parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args(argv)
     nodes = args.pools * args.nodes_per_pool
     recovery = args.reimaging + args.starting
@@ -75,15 +68,7 @@ def main(argv: list[str]) -> dict[str, Any]:
          "states": {"idle": 1.0 - args.busy, "running": args.busy}}
         for p in common.pools_of(nodes, args.pools)
     ]  # fmt: skip
-    fleet = common.fleet_text(
-        pools,
-        timings={
-            "reimaging": f"{args.reimaging:g}s",
-            "rebooting": "1s",
-            "starting": f"{args.starting:g}s",
-            "waitingforstarttask": "0s",
-        },
-    )
+    fleet = common.fleet_text(pools, timings=rolling.timings(args))
     calls, wall, phase, peak_seen = Series(), Series(), Series(), Series()
     ideal: float | None = None
     ops_total: dict[str, int] = {}
@@ -91,53 +76,19 @@ def main(argv: list[str]) -> dict[str, Any]:
     for round_no in range(args.rounds):
         with common.workdir("drain") as folder, common.emulator(folder / "emu", fleet) as emu:
             plan = folder / "plan.yaml"
-            text = common.plan_text(
-                emu.url,
-                name="drain",
-                waves='[1, 10, "25%", "100%"]',
-                max_unavailable=f'"{args.max_unavailable}"',
-                health=f"{{wait: true, poll_interval: {args.poll_interval:g}s, timeout: 5m}}",
-                failure_budget='"5%"',
-                concurrency=64,
-                per_account=32,
-            )
-            text = text.replace(
+            text = rolling.plan_text(emu.url, args, "drain").replace(
                 "  failure_budget:",
                 f"  drain: {{timeout: {args.drain_timeout:g}s, then: requeue}}\n  failure_budget:",
             )
             plan.write_text(text, encoding="utf-8")
             if ideal is None:
-                shown = common.check(
-                    common.run(
-                        common.fleet_reimage("plan", str(plan), "--output", "json"),
-                        folder,
-                        tag="plan",
-                    ),
-                    "plan",
-                )
-                schedule = json.loads(shown.stdout)
+                schedule = rolling.plan_json(plan, folder)
                 ideal = ideal_of(schedule, limit, recovery, args.drain_timeout)
                 busy_nodes = sum(p["running_nodes"] for p in schedule["pools"])
                 print(f"  {busy_nodes} busy nodes; ideal {ideal:.1f} s")
-            before = emu.stats(nodes=False)["requests"]
-            journal = folder / "journal.db"
-            child = common.check(
-                common.run(
-                    common.run_command(plan, journal, folder / "log.jsonl"),
-                    folder,
-                    tag="run",
-                    timeout=900,
-                ),
-                "run",
-            )
-            stats = emu.stats()
-            first, last = rollout_phase(Path(journal))
+            child, stats, total, (first, last) = rolling.measured_run(plan, folder, emu, ops_total)
         _check(stats, nodes)
         requeued = sum(p["tasks"]["requeued"] for p in stats["pools"].values())
-        after = stats["requests"]
-        total = after["total"] - before["total"]
-        for op, n in after["by_operation"].items():
-            ops_total[op] = ops_total.get(op, 0) + n - before["by_operation"].get(op, 0)
         calls.add(total / nodes)
         wall.add(child.wall_s)
         phase.add(last - first)
@@ -186,10 +137,7 @@ def main(argv: list[str]) -> dict[str, Any]:
 
 def _check(stats: dict[str, Any], nodes: int) -> None:
     """Every node reimaged exactly once, and no node left with scheduling disabled."""
-    counts = {(n["pool"], n["id"]): n["reimages"] for n in stats["nodes"]}
-    wrong = common.duplicates(counts)
-    if len(counts) != nodes or wrong:
-        raise RuntimeError(f"{len(wrong)} nodes not reimaged exactly once")
+    rolling.check_once(stats, nodes)
     disabled = [n["id"] for n in stats["nodes"] if n["scheduling_state"] != "enabled"]
     if disabled:
         raise RuntimeError(f"{len(disabled)} nodes left with scheduling disabled")
