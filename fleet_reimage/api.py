@@ -52,6 +52,7 @@ from .journal import (
     open_journal,
 )
 from .plan.changes import PlanChange, PlanChangeRefused
+from .plan.environment import environment_problems
 from .plan.load import load_plan as _load_plan
 from .plan.load import parse_plan
 from .plan.model import Plan
@@ -330,6 +331,11 @@ async def _execute(
 
 def _webhooks(plan: Plan, hooks: RunHooks) -> list[Webhook]:
     """The run's webhooks: --notify's, then the plan's (their URLs from the environment)."""
+    if plan.notify:  # an unset variable is a plan problem, said with its line
+        missing = environment_problems(plan.source.text, plan.source.path, os.environ)
+        missing = [p for p in missing if p.path.startswith("notify")]
+        if missing:
+            raise InputError(missing)
     from_plan = urls_from_environment([n.url_env for n in plan.notify], os.environ)
     return webhooks([*hooks.notify, *from_plan])
 

@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 import pytest
 from aiohttp import web
+from clihelpers import cli_env, emulator_process, fleet_reimage
 from runhelpers import KEY, KEY_ENV, Recorder, emulator, run_with, write_plan
 
 from fleet_reimage import api
@@ -218,3 +219,24 @@ def test_plan_webhook_variables_must_be_set() -> None:
     assert notify.urls_from_environment(["A"], {"A": "https://x/y"}) == ["https://x/y"]
     with pytest.raises(RefusedError, match="environment variable B is not set"):
         notify.urls_from_environment(["A", "B"], {"A": "https://x/y", "B": ""})
+
+
+def test_the_command_line_checks_the_plans_webhook_variable_where_a_run_needs_it(
+    tmp_path: Path,
+) -> None:
+    with emulator_process(tmp_path, POOLS) as emu:
+        plan = write_plan(tmp_path, emu.url, rollout=ROLLOUT)
+        plan.write_text(plan.read_text() + "notify:\n  - url_env: FR_UNSET_WEBHOOK\n")
+        line = len(plan.read_text().splitlines())
+        env = cli_env()
+        env.pop("FR_UNSET_WEBHOOK", None)
+        shown = fleet_reimage("plan", str(plan), cwd=tmp_path, env=env)  # read-only: no need
+        assert shown.returncode == 0, shown.stderr
+        assert "notify: 1 webhook from $FR_UNSET_WEBHOOK" in shown.stdout
+        checked = fleet_reimage("validate", str(plan), cwd=tmp_path, env=env)
+        assert checked.returncode == 0 and "FR_UNSET_WEBHOOK is not set" in checked.stderr
+        ran = fleet_reimage("run", str(plan), "--yes", "--journal", "j.db", cwd=tmp_path, env=env)
+        assert ran.returncode == 2, ran.stdout + ran.stderr
+        assert f"{plan}:{line}:" in ran.stderr and "FR_UNSET_WEBHOOK is not set" in ran.stderr
+        assert "Traceback" not in ran.stderr
+        assert sum(emu.reimages().values()) == 0
