@@ -255,3 +255,25 @@ async def test_a_shared_run_on_postgresql_drains_too(
             assert {n for n, s in after.items() if s["scheduling_disables"]} == busy
             assert {s["scheduling_state"] for s in after.values()} == {"enabled"}
             assert emu.stats()["pools"]["p"]["tasks"]["terminated"] == 2 * len(busy)
+
+
+async def test_a_pool_that_stops_mid_drain_gives_its_nodes_their_scheduling_back(
+    tmp_path: Path,
+) -> None:
+    """The pool refuses reimage (409 OperationNotValidOnNode): the idle nodes' answers stop
+    it while its busy nodes drain; those drains are undone at once, nothing is reimaged."""
+    pools = [{"id": "p", "nodes": 6, "states": {"idle": 0.5, "running": 0.5}, "reimage": "refused",
+              "running_tasks": 1, "task_duration": "1h"}]  # fmt: skip
+    async with emulator(pools, timings=TIMINGS) as emu:
+        busy = {n for n, s in nodes_of(emu, "p").items() if s["running_tasks"]}
+        plan = drain_plan(tmp_path, emu.url, "{timeout: 1h, then: requeue}")
+        recorder = Recorder()
+        with anyio.fail_after(30):
+            result = await run_with(plan, tmp_path / "j.db", api.RunHooks(observer=recorder))
+        assert result.exit_code == 3 and "p" in " ".join(result.stopped_pools)
+        after = nodes_of(emu, "p")
+        assert {s["reimages"] for s in after.values()} == {0}
+        assert {n for n, s in after.items() if s["scheduling_disables"]} == busy
+        assert {s["scheduling_state"] for s in after.values()} == {"enabled"}
+        undone = [e for e in recorder.kinds("drain_ended") if e.get("undone")]
+        assert {e["node"] for e in undone} == busy

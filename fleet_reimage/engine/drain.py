@@ -134,9 +134,15 @@ class Drains:
         self.check(time.monotonic())
 
     def check(self, now: float) -> None:
-        """End every drain whose tasks are done or whose timeout passed."""
+        """End every drain whose tasks are done or whose timeout passed (a stopping run's
+        drains are undone when it finishes; a stopped pool's at once)."""
+        if self.control.stopping:
+            return
         for target_id, drain in list(self.draining.items()):
             if drain.ended:
+                continue
+            if self.ledger.targets[target_id].pool.rollout.stopped is not None:
+                self._undo(self.ledger.targets[target_id], drain, "its pool stopped")
                 continue
             end = drain_end(drain.running_tasks, now - drain.started, self.spec.timeout,
                             plan_option=self.plan_option, then=self.spec.then)  # fmt: skip
@@ -153,6 +159,18 @@ class Drains:
             })  # fmt: skip
             self.ledger.schedule(target.pool, target, JobKind.ACTION, 0.0)
             self.control.wake()
+
+    def _undo(self, target: RunTarget, drain: Drain, why: str) -> None:
+        """No action follows: the node gets its scheduling back, the target is pending."""
+        del self.draining[target.id]
+        self.counts["undone"] += 1
+        self.ledger.pool_event("drain_ended", target.pool, {
+            "node": target.record.node_id, "target": target.id,
+            "duration_s": round(time.monotonic() - drain.started, 3),
+            "timed_out": False, "undone": True, "why": why,
+        })  # fmt: skip
+        self.ledger.requeue(target)
+        self.control.start_background(self._enable, target.pool, target, why)
 
     async def run(self) -> None:
         """Check the drains' timeouts between polls, until cancelled."""
