@@ -12,6 +12,7 @@ from typing import Any
 from fleet_reimage.engine.executor import RunResult
 from fleet_reimage.journal.model import RunEvent
 from fleet_reimage.units import count
+from fleet_reimage.views.runview import span
 
 # One per drained node: summed up in one line (``drain_lines``), not each in the timeline.
 PER_NODE_KINDS = frozenset({"drain_started", "drain_ended", "scheduling_enabled"})
@@ -21,7 +22,7 @@ def extra_lines(result: RunResult) -> list[str]:
     """The summary's lines about drains and notifications (none when there were none)."""
     lines = []
     if result.drains and result.drains.get("started"):
-        lines.append(f"drains: {drains_text(result.drains)}")
+        lines.append(drains_text(result.drains))
     notes = result.notifications
     if notes:
         lost = notes["failed"] + notes["dropped"]
@@ -33,11 +34,14 @@ def extra_lines(result: RunResult) -> list[str]:
 
 
 def drains_text(counts: Mapping[str, int]) -> str:
-    """ "3 nodes drained: 2 in time, 1 timed out, 0 undone" """
-    parts = [f"{counts.get('drained', 0)} in time", f"{counts.get('timed_out', 0)} timed out"]
+    """ "3 drains: 2 drained in time, 1 timed out" (and how many were undone)"""
+    parts = [
+        f"{counts.get('drained', 0)} drained in time",
+        f"{counts.get('timed_out', 0)} timed out",
+    ]
     if counts.get("undone"):
-        parts.append(f"{counts['undone']} undone (the run stopped first)")
-    return f"{count(counts.get('started', 0), 'node')} drained: {', '.join(parts)}"
+        parts.append(f"{counts['undone']} undone (stopped before the action)")
+    return f"{count(counts.get('started', 0), 'drain')}: {', '.join(parts)}"
 
 
 def drain_counts(events: Iterable[RunEvent]) -> dict[str, Any]:
@@ -68,7 +72,7 @@ def drain_lines(events: Iterable[RunEvent]) -> list[str]:
     found = drain_counts(events)
     if not found["started"]:
         return []
-    line = f"Drains: {drains_text(found)}; longest {found['longest_s']:g}s"
+    line = f"{drains_text(found)}; longest {span(found['longest_s'])}"
     if found["draining"]:
         line += f"; draining now (or left by a stopped run): {', '.join(found['draining'])}"
     return [line]
