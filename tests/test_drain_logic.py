@@ -10,11 +10,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fleet_reimage.errors import InputError
-from fleet_reimage.journal.model import AttemptOutcome, AttemptRecord
+from fleet_reimage.journal.model import AttemptOutcome, AttemptRecord, RunEvent
 from fleet_reimage.plan import parse_plan
 from fleet_reimage.plan.drain import DrainSpec, NotifySpec
 from fleet_reimage.plan.model import Plan
 from fleet_reimage.rollout.drain import drain_end, ever_drained, left_drains, needs_drain
+from fleet_reimage.views.drains import drain_counts, drain_lines
 
 PLAN = """\
 version: 1
@@ -115,3 +116,28 @@ def test_what_a_dead_run_left_drained() -> None:
     assert left_drains(attempts, {6: 9.0}) == {1, 3}
     assert left_drains(attempts) == {1, 3, 6}
     assert ever_drained(attempts) == {1, 2, 3, 6}
+
+
+def test_drains_in_words_from_a_runs_events() -> None:
+    def event(kind: str, target: int, **data: object) -> RunEvent:
+        return RunEvent("r", 0.0, kind, "a", "p", {"target": target, "node": f"n{target}", **data})
+
+    events = [
+        event("drain_started", 1), event("drain_started", 2), event("drain_started", 3),
+        event("drain_ended", 1, timed_out=False, duration_s=4.0),
+        event("drain_ended", 2, timed_out=True, duration_s=90.0),
+        event("scheduling_enabled", 1),
+    ]  # fmt: skip
+    counts = drain_counts(events)
+    assert counts == {"started": 3, "drained": 1, "timed_out": 1, "undone": 0,
+                      "longest_s": 90.0, "draining": ["n3"]}  # fmt: skip
+    assert drain_lines(events) == [
+        "3 drains: 1 drained in time, 1 timed out; longest 1m30s; "
+        "draining now (or left by a stopped run): n3"
+    ]
+    undone = [*events, event("drain_ended", 3, undone=True, timed_out=False)]
+    assert drain_lines(undone) == [
+        "3 drains: 1 drained in time, 1 timed out, 1 undone (stopped before the action); "
+        "longest 1m30s"
+    ]
+    assert drain_lines([event("wave_started", 0)]) == []
