@@ -277,3 +277,42 @@ async def test_a_pool_that_stops_mid_drain_gives_its_nodes_their_scheduling_back
         assert {s["scheduling_state"] for s in after.values()} == {"enabled"}
         undone = [e for e in recorder.kinds("drain_ended") if e.get("undone")]
         assert {e["node"] for e in undone} == busy
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    ("killed_after", "drain"),
+    [
+        ("drain_started", "{timeout: 5s, then: requeue}"),  # the next runner finishes the drain
+        ("node_accepted", "{timeout: 100ms, then: requeue}"),  # it takes the reimaging over
+    ],
+)
+def test_a_shared_runner_killed_mid_drain_is_taken_over_and_no_node_stays_disabled(
+    tmp_path: Path, pg_server: pgserver.PgServer, killed_after: str, drain: str
+) -> None:
+    pools = [{"id": "p", "nodes": 3, "states": {"running": 1.0},
+              "running_tasks": 1, "task_duration": "1h"}]  # fmt: skip
+    timings = {**TIMINGS, "reimaging": "3s"}
+    with (
+        pgserver.fresh_database(pg_server) as url,
+        emulator_process(tmp_path, pools, timings=timings) as emu,
+    ):
+        plan = drain_plan(tmp_path, emu.url, drain)
+        events = tmp_path / "events.jsonl"
+        common = ["--yes", "--journal", url, "--lease", "2s"]
+        first = start_fleet_reimage("run", str(plan), *common, "--events", str(events),
+                                    cwd=tmp_path)  # fmt: skip
+        try:
+            wait_for_events(first, events, killed_after, 3)
+            assert first.poll() is None, first.communicate()
+            first.kill()
+            first.communicate(timeout=10)
+        finally:
+            if first.poll() is None:
+                first.kill()
+        assert {n["scheduling_state"] for n in emu.stats()["nodes"]} == {"disabled"}
+        second = fleet_reimage("run", str(plan), *common, "--join", cwd=tmp_path, timeout=120)
+        assert second.returncode == 0, second.stdout + second.stderr
+        done = emu.stats()["nodes"]
+        assert {n["reimages"] for n in done} == {1}
+        assert {n["scheduling_state"] for n in done} == {"enabled"}

@@ -100,6 +100,7 @@ class Drains:
         self.draining: dict[int, Drain] = {}
         self.ours: set[int] = set(drained_before)  # scheduling disabled by us, not enabled
         self.tries: dict[int, int] = {}
+        self.taken: set[int] = set()  # taken over, maybe drained by a dead runner
         self._finishing = False
         self.counts = {"started": 0, "drained": 0, "timed_out": 0, "undone": 0, "enabled": 0}
 
@@ -179,6 +180,13 @@ class Drains:
             if self.draining:
                 self.check(time.monotonic())
 
+    def taken_over(self, target: RunTarget) -> None:
+        """A shared run's target taken over from a runner that died: if it was attempted, that
+        runner may have drained it, so its node is enabled once back from the action if it
+        is still disabled. (Its action is sent as the take-over decides, without a drain.)"""
+        if target.record.attempts > 0:
+            self.taken.add(target.id)
+
     def launched(self, target: RunTarget) -> None:
         """The target's action left the dispatcher: it is no longer draining."""
         self.draining.pop(target.id, None)
@@ -245,6 +253,11 @@ class Drains:
         if outcome in (AttemptOutcome.ACCEPTED, AttemptOutcome.IN_DOUBT):
             self._started(pool, target, crid)
             return
+        if _already_disabled(answer) and target.record.attempts > 1:
+            # Attempted before in this run: a runner of it that died (a shared run) or its
+            # in-doubt disable left it drained. Ours, then: finish that drain.
+            self._started(pool, target, crid)
+            return
         tries = self.tries[target.id] = self.tries.get(target.id, 0) + 1
         if _retryable(answer) and tries < MAX_DRAIN_TRIES and not self.control.stopping:
             target.phase = Phase.DRAINING
@@ -275,9 +288,10 @@ class Drains:
     ) -> None:
         """Targets back from their action: enable the ones we drained that are still
         disabled (before they count as done, so the run cannot end first)."""
-        todo = [(t, n) for t, n in seen if t.id in self.ours]
+        todo = [(t, n) for t, n in seen if t.id in self.ours or t.id in self.taken]
         async with anyio.create_task_group() as group:
             for target, node in todo:
+                self.taken.discard(target.id)
                 if node.scheduling_state == "enabled":
                     self.ours.discard(target.id)
                 else:
@@ -355,6 +369,10 @@ def _outcome(answer: HttpAccepted | BatchError) -> AttemptOutcome:
     if isinstance(answer, BatchHTTPError):
         return AttemptOutcome.REJECTED
     return AttemptOutcome.NOT_SENT
+
+
+def _already_disabled(answer: HttpAccepted | BatchError) -> bool:
+    return isinstance(answer, Conflict) and answer.code == "NodeAlreadyInTargetSchedulingState"
 
 
 def _retryable(answer: HttpAccepted | BatchError) -> bool:

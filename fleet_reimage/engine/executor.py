@@ -137,6 +137,8 @@ class Executor:
                                  plan_option=plan.option.value,
                                  poll_interval=plan.rollout.health.poll_interval,
                                  runner_id=runner_id, drained_before=drained_before)  # fmt: skip
+            if self.shared is not None:
+                self.shared.on_take_over = self.drains.taken_over
         on_baseline = None if self.shared is None else self.shared.publish_baseline
         self.health = HealthMonitor(
             self.ledger, self, plan, on_baseline=on_baseline, drains=self.drains
