@@ -107,8 +107,11 @@ class Drains:
     # --- what the dispatcher and the health polls ask ---
 
     def ready(self, pool: PoolRun) -> bool:
-        """May the pool's next node be taken? Only once a poll told what its nodes run."""
-        return pool.key in self.listed_at
+        """May the pool's next node be taken? Only while a recent poll (two intervals and a
+        second) told what its nodes run: never on what they ran before a long pause."""
+        listed = self.listed_at.get(pool.key)
+        fresh = 2 * self.poll_interval + 1.0
+        return listed is not None and time.monotonic() - listed <= fresh
 
     def first_step(self, pool: PoolRun, target: RunTarget) -> JobKind:
         running = self.running.get(pool.key, {}).get(target.record.node_id)
@@ -116,10 +119,10 @@ class Drains:
 
     def wants_poll(self, pool: PoolRun) -> bool:
         """Poll a pool with nodes still to take (before its first take, and to keep what
-        its nodes run fresh) or being drained."""
+        its nodes run fresh, pauses between waves included) or being drained."""
         if any(self.draining_in(pool)):
             return True
-        return pool.rollout.stopped is None and pool.rollout.queued > 0
+        return not pool.rollout.done
 
     def draining_in(self, pool: PoolRun) -> Iterable[int]:
         targets = self.ledger.targets
