@@ -131,14 +131,7 @@ class Executor:
             )  # fmt: skip
         runner_id = None if self.shared is None else self.shared.runner_id
         self.work = NodeWork(self.ledger, self, self.slots, plan, runner_id=runner_id)
-        self.drains: Drains | None = None  # rollout.drain: see drain.py
-        if plan.rollout.drain is not None:
-            self.drains = Drains(self.ledger, self, self.slots, plan.rollout.drain,
-                                 plan_option=plan.option.value,
-                                 poll_interval=plan.rollout.health.poll_interval,
-                                 runner_id=runner_id, drained_before=drained_before)  # fmt: skip
-            if self.shared is not None:
-                self.shared.on_take_over = self.drains.taken_over
+        self.drains = self._drains(runner_id, drained_before)  # rollout.drain: drain.py
         on_baseline = None if self.shared is None else self.shared.publish_baseline
         self.health = HealthMonitor(
             self.ledger, self, plan, on_baseline=on_baseline, drains=self.drains
@@ -151,6 +144,18 @@ class Executor:
         self._checkpoint_open = False
         self._cancel: anyio.CancelScope | None = None
         self._group: TaskGroup | None = None
+
+    def _drains(self, runner_id: str | None, drained_before: Sequence[int]) -> Drains | None:
+        plan = self.plan
+        if plan.rollout.drain is None:
+            return None
+        drains = Drains(self.ledger, self, self.slots, plan.rollout.drain,
+                        plan_option=plan.option.value,
+                        poll_interval=plan.rollout.health.poll_interval,
+                        runner_id=runner_id, drained_before=drained_before)  # fmt: skip
+        if self.shared is not None:  # a dead runner's drains are finished by the taker
+            self.shared.on_take_over = drains.taken_over
+        return drains
 
     @property
     def pools(self) -> list[PoolRun]:
