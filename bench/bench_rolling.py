@@ -10,6 +10,8 @@ Reported:
   calls for plan resolution and health polling), divided by the nodes reimaged (goal < 1.5);
 - the emulator's ``peak_unavailable`` per pool against the plan's limit (it counts nodes
   reimaging or starting, whoever caused it: it must never exceed the limit);
+- with ``--soak S``: each wave but the last is soaked S seconds (the health polls go on
+  meanwhile), which the ideal adds;
 - the run's time against the ladder's ideal. Pools go in parallel; within a pool each wave
   starts when the previous one is healthy, and at most ``m = max_unavailable`` nodes are
   down at once, each for R, so a wave of ``w`` nodes takes at least ``ceil(w / m) x R``:
@@ -76,7 +78,8 @@ def plan_text(url: str, args: argparse.Namespace, name: str) -> str:
         name=name,
         waves='[1, 10, "25%", "100%"]',
         max_unavailable=f'"{args.max_unavailable}"',
-        health=f"{{wait: true, poll_interval: {args.poll_interval:g}s, timeout: 5m}}",
+        health=f"{{wait: true, poll_interval: {args.poll_interval:g}s, timeout: 5m}}"
+        + (f"\n  soak: {args.soak:g}s" if getattr(args, "soak", 0) else ""),
         failure_budget='"5%"',
         concurrency=64,
         per_account=32,
@@ -123,6 +126,7 @@ def check_once(stats: dict[str, Any], nodes: int) -> None:
 def main(argv: list[str]) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="bench/run.py rolling")
     add_options(parser, nodes_per_pool=500)
+    parser.add_argument("--soak", type=float, default=0.0, help="rollout.soak, seconds")
     args = parser.parse_args(argv)
     nodes = args.pools * args.nodes_per_pool
     recovery = args.reimaging + args.starting
@@ -150,6 +154,7 @@ def main(argv: list[str]) -> dict[str, Any]:
                 schedule = plan_json(plan, folder)
                 waves = schedule["pools"][0]["wave_sizes"]
                 ideal = sum(math.ceil(w / limit) for w in waves) * recovery
+                ideal += args.soak * (len([w for w in waves if w]) - 1)  # every wave but the last
                 print(f"  waves per pool {waves}: ideal {ideal:.1f} s")
             child, stats, total, (first, last) = measured_run(plan, folder, emu, ops_total)
         check_once(stats, nodes)

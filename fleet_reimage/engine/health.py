@@ -36,6 +36,7 @@ from fleet_reimage.engine.control import RunControl
 from fleet_reimage.engine.drain import DRAIN_SELECT, Drains
 from fleet_reimage.engine.ledger import RunLedger
 from fleet_reimage.engine.runstate import Phase, PoolRun, RunTarget
+from fleet_reimage.engine.soak import SoakWatch
 from fleet_reimage.journal.model import TargetChange, TargetState
 from fleet_reimage.plan.model import Plan
 from fleet_reimage.plan.where import locate_in_plan
@@ -62,17 +63,20 @@ class HealthMonitor:
         plan: Plan,
         *,
         on_baseline: Callable[[PoolRun, int, Sequence[str]], Awaitable[None]] | None = None,
+        soak: SoakWatch | None = None,
         drains: Drains | None = None,
     ) -> None:
         """``on_baseline``: told each pool's baseline and its targets seen down after a poll,
-        before any target is judged (a shared run shares them through the journal).
-        ``drains``: a planned drain's; its polls also list the nodes running tasks, with
-        their ``runningTasksCount`` and ``schedulingState`` (``drain.py``)."""
+        before any target is judged (a shared run shares them through the journal);
+        ``soak``: polls also watch soaking pools (``soak.py``); ``drains``: a planned
+        drain's; its polls also list the nodes running tasks, with their
+        ``runningTasksCount`` and ``schedulingState`` (``drain.py``)."""
         self.ledger = ledger
         self.control = control
         self.plan = plan  # its health spec, and where an account is written (messages)
         self.spec = plan.rollout.health
         self.on_baseline = on_baseline
+        self.soak = soak
         self.polls = 0  # list calls made, for the calls-per-node figure
         self.blocks = BlockWatch(ledger, self.spec.timeout)
         self.drains = drains
@@ -82,8 +86,9 @@ class HealthMonitor:
 
     def _wants_poll(self, pool: PoolRun, now: float) -> bool:
         blocked = self.blocks.wants_poll(pool, now)  # also sees a blocking end
+        soaking = self.soak is not None and self.soak.soaking(pool)
         draining = self.drains is not None and self.drains.wants_poll(pool)
-        return blocked or bool(pool.awaiting) or draining
+        return blocked or soaking or bool(pool.awaiting) or draining
 
     async def run(self) -> None:
         """Poll every pool that needs it, each at most once per interval, until cancelled."""
@@ -104,6 +109,7 @@ class HealthMonitor:
                 await anyio.sleep(min(max(next_due - now, 0.01), interval, 0.25))
 
     async def _poll(self, pool: PoolRun) -> None:
+        polled_at = time.monotonic()
         try:
             nodes = await self._list(pool)
         except AuthFailed as error:
@@ -119,6 +125,8 @@ class HealthMonitor:
             pool.polling = False
         await self._refresh_baseline(pool, nodes)
         await self._judge(pool, nodes)
+        if self.soak is not None:
+            await self.soak.judge(pool, nodes, polled_at)
         if self.drains is not None:
             self.drains.after_poll(pool, nodes)
         self.control.wake()
@@ -128,6 +136,9 @@ class HealthMonitor:
         earliest = min(
             (t.record.last_sent_at or time.time() for t in awaiting), default=time.time()
         )
+        soaking_since = None if self.soak is None else self.soak.since(pool)
+        if soaking_since is not None:  # a soaking node that booted again must be in the answer
+            earliest = min(earliest, soaking_since)
         since = earliest - FILTER_MARGIN
         query = health_filter(self.listed_states, since) if self.listed_states else None
         nodes: dict[str, NodeInfo] = {}
@@ -162,6 +173,8 @@ class HealthMonitor:
             verdict = health_verdict(
                 node, sent_at=target.record.last_sent_at or 0.0, ready_states=self.spec.ready_states
             )
+            if verdict.state is TargetState.HEALTHY and node is not None:
+                target.healthy_boot = node.last_boot_time  # a soak tells a new boot by it
             if verdict.state is not None:
                 settled.append((target, verdict.state, verdict.reason))
                 if node is not None:

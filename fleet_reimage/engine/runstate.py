@@ -50,6 +50,7 @@ class RunTarget:
     health_since: float = 0.0  # monotonic: when the health wait started (or resumed)
     started: float | None = None  # monotonic: first dispatch in this process
     action_option: str | None = None  # the action's option when not the plan's (a drain's)
+    healthy_boot: float | None = None  # lastBootTime when judged healthy here (soak: soak.py)
 
     @property
     def id(self) -> int:

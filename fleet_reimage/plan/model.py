@@ -21,6 +21,7 @@ from fleet_reimage.errors import Problem
 from fleet_reimage.units import Amount
 
 from .drain import DrainSpec, NotifySpec
+from .gates import GateSpec
 
 # Defaults, named so the docs, the loader and the tests agree.
 DEFAULT_STATES: frozenset[str] = frozenset({"idle", "running"})
@@ -158,6 +159,10 @@ class RolloutSpec:
     claim_pools: bool = False
     # Drain a node that runs tasks before its action (``plan/drain.py``); None: no drain.
     drain: DrainSpec | None = None
+    # Commands asked before each wave / after the run, and how long a wave's nodes must
+    # stay healthy before the pool's next wave (``plan/gates.py``, ``engine/gates.py``).
+    gates: tuple[GateSpec, ...] = ()
+    soak: float = 0.0  # seconds
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from fleet_reimage.units import Amount
 from ..batch.versions import API_VERSIONS, DEFAULT_API_VERSION
 from .accounts import read_states
 from .drain import read_drain
+from .gates import read_gates, read_soak
 from .model import DEFAULT_STATES, ExecutionSpec, HealthSpec, RetrySpec, RolloutSpec
 from .reader import Checker, Node
 from .waves import is_all, normalise_ladder
@@ -29,6 +30,8 @@ ROLLOUT_KEYS = (
     "failed_holds_availability",
     "claim_pools",
     "drain",
+    "gates",
+    "soak",
 )
 HEALTH_KEYS = ("wait", "ready_states", "timeout", "poll_interval")
 EXECUTION_KEYS = (
@@ -96,14 +99,17 @@ def read_rollout(checker: Checker, at: Node | None) -> RolloutSpec | None:
     holds = _flag(checker, got["failed_holds_availability"], default=True)
     claim_pools = _flag(checker, got["claim_pools"], default=False)
     drain = read_drain(checker, got["drain"]) if got["drain"] is not None else None
-    if checker.error_count > errors or health is None or holds is None or claim_pools is None:
-        return None
-    if drain is not None and not health.wait and got["drain"] is not None:
+    gates = read_gates(checker, got["gates"]) if got["gates"] is not None else ()
+    soak = read_soak(checker, got["soak"]) if got["soak"] is not None else 0.0
+    if soak and health is not None and not health.wait and got["soak"] is not None:
+        checker.error(got["soak"], "a soak watches the nodes' health: it needs health.wait: true")
+    if drain is not None and health is not None and not health.wait and got["drain"] is not None:
         checker.error(
             got["drain"],
             "a drain needs health.wait: true (running tasks are read from the health polls, "
             "and a drained node's scheduling is enabled again once it is back)",
         )
+    if checker.error_count > errors or health is None or holds is None or claim_pools is None:
         return None
     if not health.wait and got["max_unavailable"] is not None and not is_all(max_unavailable):
         checker.warning(
@@ -125,6 +131,8 @@ def read_rollout(checker: Checker, at: Node | None) -> RolloutSpec | None:
         failed_holds_availability=holds,
         claim_pools=claim_pools,
         drain=drain,
+        gates=gates or (),
+        soak=soak or 0.0,
     )
 
 
