@@ -124,6 +124,7 @@ def resolution_json(resolution: Resolution) -> dict[str, Any]:
     plan = resolution.plan
     pools = [_pool_json(pool, plan.option) for pool in resolution.pools]
     running_tasks = sum(p["running_tasks"] for p in pools)
+    drain = plan.rollout.drain
     return {
         "plan": plan.name,
         "file": str(plan.source.path),
@@ -138,6 +139,8 @@ def resolution_json(resolution: Resolution) -> dict[str, Any]:
         "soak": plan.rollout.soak,
         "gates": gates_json(plan),
         "narrowing": resolution.narrowing.as_options() if resolution.narrowing else None,
+        "drain": None if drain is None else {"timeout_s": drain.timeout, "then": drain.then},
+        "notify": [n.url_env for n in plan.notify],
         "pools": pools,
         "warnings": [w.render() for w in resolution.warnings],
     }
@@ -174,6 +177,7 @@ def render_schedule(resolution: Resolution) -> str:
         lines.append(f"  running work: {work}{task_effect(plan.option, tasks)}")
     else:
         lines.append("  running work: none (no selected node is running a task)")
+    lines += _drain_and_notify_lines(plan)
     current = None
     for pool, waves in zip(resolution.pools, running, strict=True):
         if pool.account != current:
@@ -183,6 +187,22 @@ def render_schedule(resolution: Resolution) -> str:
     for warning in resolution.warnings:
         lines.append(warning.render())
     return "\n".join(lines)
+
+
+def _drain_and_notify_lines(plan: Plan) -> list[str]:
+    lines = []
+    drain = plan.rollout.drain
+    if drain is not None:
+        lines.append(
+            "  drain: a node running tasks when its turn comes is drained first (scheduling "
+            f"disabled, up to {format_duration(drain.timeout)} for its tasks), then acted on "
+            f"with option {plan.option.value}"
+            + ("" if drain.then == plan.option.value else f" ({drain.then} if tasks still run)")
+        )
+    if plan.notify:
+        names = ", ".join(f"${n.url_env}" for n in plan.notify)
+        lines.append(f"  notify: {count(len(plan.notify), 'webhook')} from {names}")
+    return lines
 
 
 def waits_lines(plan: Plan) -> list[str]:

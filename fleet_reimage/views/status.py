@@ -15,6 +15,7 @@ from typing import Any
 
 from fleet_reimage.journal.model import RunRecord, RunStatus, TargetRecord, TargetState
 from fleet_reimage.units import count
+from fleet_reimage.views.drains import drain_counts, drain_lines
 from fleet_reimage.views.hints import Hint, run_hint
 from fleet_reimage.views.report import failure_lines, one_line, totals_lines
 from fleet_reimage.views.runchanges import blocked_now, overrides_phrase
@@ -131,6 +132,8 @@ def run_text(data: RunData, now: float) -> str:
         lines += ["", doubts]
     lines += ["", *_in_flight_lines(data.targets, run, now)]
     lines += _blocked_lines(data, now) + _wait_lines(data, now)
+    drains = drain_lines(data.events)
+    lines += ["", *drains] if drains else []
     failures = failure_groups(data.targets, by_target)
     lines += ["", "Not done (by error code, else reason)"]
     lines += ["  " + line for line in failure_lines(failures)] or ["  none"]
@@ -290,5 +293,6 @@ def run_status_json(data: RunData, now: float) -> dict[str, Any]:
         ],
         "failures": [g.as_json() for g in failure_groups(data.targets, by_target)],
         "timeline": timeline(data.events, data.targets, data.attempts).as_json(),
+        "drains": drain_counts(data.events),
         "resume": _command(run_hint(run, data.location, data.events, now)),
     }
