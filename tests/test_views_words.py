@@ -235,6 +235,12 @@ def test_status_of_a_running_run_suggests_follow() -> None:
     text = run_text(dataclasses.replace(sample(), run=here), now=T0 + 700)
     assert f"Watch it live: fleet-reimage status {RUN} --journal patch.db --follow" in text
     assert "In flight now: 2" in text
+    # Already following (status --follow): the hint it gives is how to stop, not --follow.
+    following = run_text(dataclasses.replace(sample(), run=here), now=T0 + 700, following=5.0)
+    assert "--follow" not in following
+    assert "It is running now: shown again every 5.0s (Ctrl-C stops watching, not the run)" in (
+        following
+    )
 
 
 def test_the_console_leaves_out_fields_without_a_value() -> None:
