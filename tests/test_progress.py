@@ -232,6 +232,23 @@ def test_a_pool_over_its_limit_says_why() -> None:
     )
 
 
+def test_a_pool_at_its_limit_counts_its_own_nodes_in_the_reason() -> None:
+    """The rehearsal's table said "6 nodes down for other reasons: max_unavailable is 19"
+    for a pool full of its own nodes in progress: 6 is not 19, the note must add up."""
+    rollout = PoolRollout([[1, 2, 3, 4]], max_unavailable=3)
+    rollout.set_baseline(1)  # one node of the pool was down before we started
+    assert [rollout.take_next(0.0) for _ in range(3)] == [1, 2, None]
+    executor = FakeExecutor(
+        [snap("render-a", in_flight=2, pending=2, unavailable=3, max_unavailable=3)], [rollout]
+    )
+    tracker = Tracker(executor)  # type: ignore[arg-type]
+    said = " ".join(screen(render_frame(tracker.frame(), 40, 140), 140).split())
+    assert (
+        "render-a: at max_unavailable 3: 2 nodes of ours in progress and 1 node down for "
+        "other reasons" in said
+    )
+
+
 def ladder_steps(sizes: list[int]) -> list[list[int]]:
     """Target ids 1..n cut into waves of ``sizes``."""
     waves, next_id = [], 1

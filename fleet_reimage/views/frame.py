@@ -110,7 +110,11 @@ def pool_note(pool: PoolRun, now: float, stops_after: float | None = None) -> st
             wait += f"; stops (resumable, nodes kept pending) in {span(left)}"
         return f"blocked: {why.reason()}; {wait}"
     if rollout.blocked_by_unavailability() and (why.others or why.failed_down):
-        return why.reason()
+        if not rollout.active:
+            return why.reason()
+        # Full with nodes of ours in progress too: say them, or the counts do not add up.
+        ours = f"{count(rollout.active, 'node')} of ours in progress"
+        return f"at max_unavailable {why.limit}: {ours} and {why.held()}"
     return None
 
 
