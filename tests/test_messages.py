@@ -83,6 +83,8 @@ def test_retry_messages_count_and_say_when() -> None:
         "https://e answered HTTP 429: TooManyRequests: slow down: retrying (attempt 1, next in "
         "12 s)"
     )
+    # A rate limit's Retry-After of a few milliseconds: not "next in 0.0 s".
+    assert retry_message("https://e", throttled, 2, 0.003).endswith("(attempt 2, next in 3 ms)")
 
 
 def test_a_misspelt_account_name_is_named_with_its_endpoint(tmp_path: Path) -> None:
