@@ -16,7 +16,7 @@ from fleet_reimage.plan.model import NodeOption
 from fleet_reimage.plan.narrow import describe
 from fleet_reimage.plan.resolve import PoolResolution, Resolution
 from fleet_reimage.plan.schedule import reason_group
-from fleet_reimage.units import count, format_duration
+from fleet_reimage.units import Amount, count, format_duration
 from fleet_reimage.views.textgrid import grid
 
 
@@ -141,6 +141,11 @@ def resolution_json(resolution: Resolution) -> dict[str, Any]:
     }
 
 
+def _budget(nodes: int, written: Amount) -> str:
+    """``21 (3%)`` for a percent; a count is said once (``0``, not ``0 (0)``)."""
+    return f"{nodes} ({written})" if written.percent else str(nodes)
+
+
 def render_schedule(resolution: Resolution) -> str:
     """The schedule an operator reads before saying yes."""
     plan = resolution.plan
@@ -151,7 +156,7 @@ def render_schedule(resolution: Resolution) -> str:
         f"Plan {plan.name} ({plan.source.path}): {plan.action.value} with option "
         f"{plan.option.value} (running tasks are {meaning})",
         f"  {count(selected, 'node')} selected in {count(len(resolution.pools), 'pool')}; "
-        f"failure budget {resolution.failure_budget()} ({rollout.failure_budget}); "
+        f"failure budget {_budget(resolution.failure_budget(), rollout.failure_budget)}; "
         f"waves (cumulative) {', '.join(str(w) for w in rollout.waves)}; "
         f"pause {format_duration(rollout.pause_between_waves)}; "
         + (
