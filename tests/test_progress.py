@@ -249,6 +249,26 @@ def test_a_pool_at_its_limit_counts_its_own_nodes_in_the_reason() -> None:
     )
 
 
+def test_a_pool_over_its_limit_before_we_started_is_blocked_not_overrun() -> None:
+    """The rehearsal's narrowed run: 15 nodes of the pool were down before it started and
+    max_unavailable was 10. The table said "15 nodes went down for other reasons after 0 of
+    ours started", and not that the pool waits and when it stops."""
+    rollout = PoolRollout([[1, 2, 3, 4]], max_unavailable=10)
+    rollout.set_baseline(15)
+    executor = FakeExecutor(
+        [snap("render-b", pending=4, unavailable=15, max_unavailable=10)], [rollout]
+    )
+    now = [100.0]
+    tracker = Tracker(executor, clock=lambda: now[0])  # type: ignore[arg-type]
+    executor.pools[0].blocked_since = 90.0  # blocked 10 s ago (the health gate noticed it)
+    said = " ".join(screen(render_frame(tracker.frame(), 40, 140), 140).split())
+    assert "after 0 of ours" not in said
+    assert (
+        "render-b: blocked: 15 nodes down for other reasons: max_unavailable is 10; waiting "
+        "for nodes to come back; stops (resumable, nodes kept pending) in 1m50s" in said
+    )
+
+
 def ladder_steps(sizes: list[int]) -> list[list[int]]:
     """Target ids 1..n cut into waves of ``sizes``."""
     waves, next_id = [], 1

@@ -97,8 +97,8 @@ def pool_note(pool: PoolRun, now: float, stops_after: float | None = None) -> st
     if rollout.done:
         return None if pool.awaiting else "done"
     why = blockage(pool)
-    if rollout.unavailable > rollout.max_unavailable:
-        return over_limit_note(rollout.unavailable, why)
+    if rollout.unavailable > rollout.max_unavailable and rollout.active:
+        return over_limit_note(rollout.unavailable, why)  # (none of ours: it is blocked)
     if rollout.held:
         return "held at the checkpoint"
     if now < rollout.next_wave_at:
