@@ -112,7 +112,7 @@ def run_text(data: RunData, now: float, following: float | None = None) -> str:
         f"run {run.run_id}: plan {run.name} ({run.plan_path}), {run.action}",
         f"  status   {status_phrase(run)}",
     ]
-    if run.reason:
+    if run.reason and run.status is not RunStatus.RUNNING:  # a running run's is "resumed"
         lines.append(f"  reason   {one_line(run.reason)}")
     if narrowed(run):
         lines.append(f"  narrowed {narrowed(run)}")
