@@ -237,7 +237,7 @@ def test_status_of_a_running_run_suggests_follow() -> None:
     assert "In flight now: 2" in text
     # "reason resumed" under "status running": the restarts line says it, with numbers.
     resumed = dataclasses.replace(here, reason="resumed")
-    assert "reason" not in run_text(dataclasses.replace(sample(), run=resumed), now=T0 + 700)
+    assert "  reason   " not in run_text(dataclasses.replace(sample(), run=resumed), now=T0 + 700)
     # Already following (status --follow): the hint it gives is how to stop, not --follow.
     following = run_text(dataclasses.replace(sample(), run=here), now=T0 + 700, following=5.0)
     assert "--follow" not in following
