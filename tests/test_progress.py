@@ -138,7 +138,11 @@ def test_table_has_a_line_per_pool_a_total_and_says_why_a_pool_waits() -> None:
     assert any(line.startswith("prod/etl") and "stopped" in line for line in lines)
     assert any(line.startswith("total") for line in lines)
     assert "prod/etl stopped: too many failures" in wide
-    assert "stopping (budget: failure budget exceeded (1 of 1))" in wide
+    assert "stopping (budget: failure budget exceeded (1 of 1)); waiting for 2 requests" in wide
+    executor.snaps[0] = snap("render-a", pending=6, awaiting_health=1, healthy=1)
+    idle = " ".join(screen(render_frame(tracker.frame(), 40, 140), 140).split())
+    assert "waiting for 0 requests" not in idle  # the rehearsal's Ctrl-C on a blocked pool
+    assert "stopping (budget: failure budget exceeded (1 of 1)); nothing in flight" in idle
     narrow = screen(render_frame(tracker.frame(), 40, 90), 90)
     assert "retries" not in narrow and "ETA" in narrow and "…" not in narrow
 
