@@ -12,11 +12,12 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from fleet_reimage.plan.model import NodeOption
+from fleet_reimage.plan.model import NodeOption, Plan
 from fleet_reimage.plan.narrow import describe
 from fleet_reimage.plan.resolve import PoolResolution, Resolution
 from fleet_reimage.plan.schedule import reason_group
 from fleet_reimage.units import Amount, count, format_duration
+from fleet_reimage.views.dryrun import blocked_reason
 from fleet_reimage.views.textgrid import grid
 
 
@@ -182,9 +183,20 @@ def render_schedule(resolution: Resolution) -> str:
             current = pool.account
             lines.append(f"account {pool.account}")
         lines.extend(_pool_lines(pool, waves, plan.option))
+        if cannot_start(pool, plan):
+            lines.append(f"    {blocked_reason(pool, plan)}")
     for warning in resolution.warnings:
         lines.append(warning.render())
     return "\n".join(lines)
+
+
+def cannot_start(pool: PoolResolution, plan: Plan) -> bool:
+    """Nodes already down fill the pool's max_unavailable: not one of ours may start."""
+    return (
+        plan.rollout.health.wait
+        and bool(pool.selected)
+        and pool.baseline_unavailable >= pool.max_unavailable
+    )
 
 
 def _pool_lines(pool: PoolResolution, waves: list[WaveWork], option: NodeOption) -> list[str]:
