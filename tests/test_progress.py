@@ -251,6 +251,12 @@ def test_a_pool_at_its_limit_counts_its_own_nodes_in_the_reason() -> None:
         "render-a: at max_unavailable 3: 2 nodes of ours in progress and 1 node down for "
         "other reasons" in said
     )
+    rollout.settle(1, 0.0, failed_after_action=True)  # came back broken: holds its room
+    said = " ".join(screen(render_frame(tracker.frame(), 40, 140), 140).split())
+    assert (
+        "render-a: at max_unavailable 3: 1 node of ours in progress, 1 node down for other "
+        "reasons and 1 node of ours that failed after the action is still down" in said
+    )
 
 
 def test_a_pool_over_its_limit_before_we_started_is_blocked_not_overrun() -> None:

@@ -114,7 +114,8 @@ def pool_note(pool: PoolRun, now: float, stops_after: float | None = None) -> st
             return why.reason()
         # Full with nodes of ours in progress too: say them, or the counts do not add up.
         ours = f"{count(rollout.active, 'node')} of ours in progress"
-        return f"at max_unavailable {why.limit}: {ours} and {why.held()}"
+        joiner = ", " if why.others and why.failed_down else " and "
+        return f"at max_unavailable {why.limit}: {ours}{joiner}{why.held()}"
     return None
 
 
