@@ -10,6 +10,8 @@ Reported:
   calls for plan resolution and health polling), divided by the nodes reimaged (goal < 1.5);
 - the emulator's ``peak_unavailable`` per pool against the plan's limit (it counts nodes
   reimaging or starting, whoever caused it: it must never exceed the limit);
+- with ``--soak S``: each wave but the last is soaked S seconds (the health polls go on
+  meanwhile), which the ideal adds;
 - the run's time against the ladder's ideal. Pools go in parallel; within a pool each wave
   starts when the previous one is healthy, and at most ``m = max_unavailable`` nodes are
   down at once, each for R, so a wave of ``w`` nodes takes at least ``ceil(w / m) x R``:
@@ -58,6 +60,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--starting", type=float, default=1.0, help="seconds")
     parser.add_argument("--poll-interval", type=float, default=1.0, help="seconds")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--soak", type=float, default=0.0, help="rollout.soak, seconds")
     args = parser.parse_args(argv)
     nodes = args.pools * args.nodes_per_pool
     recovery = args.reimaging + args.starting
@@ -89,7 +92,8 @@ def main(argv: list[str]) -> dict[str, Any]:
                     name="rolling",
                     waves='[1, 10, "25%", "100%"]',
                     max_unavailable=f'"{args.max_unavailable}"',
-                    health=f"{{wait: true, poll_interval: {args.poll_interval:g}s, timeout: 5m}}",
+                    health=f"{{wait: true, poll_interval: {args.poll_interval:g}s, timeout: 5m}}"
+                    + (f"\n  soak: {args.soak:g}s" if args.soak else ""),
                     failure_budget='"5%"',
                     concurrency=64,
                     per_account=32,
@@ -110,6 +114,7 @@ def main(argv: list[str]) -> dict[str, Any]:
                 schedule = json.loads(shown.stdout)
                 waves = schedule["pools"][0]["wave_sizes"]
                 ideal = sum(math.ceil(w / limit) for w in waves) * recovery
+                ideal += args.soak * (len([w for w in waves if w]) - 1)  # every wave but the last
                 print(f"  waves per pool {waves}: ideal {ideal:.1f} s")
             before = emu.stats(nodes=False)["requests"]
             journal = folder / "journal.db"

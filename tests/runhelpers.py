@@ -121,6 +121,16 @@ async def journal_targets(journal: Path) -> list[TargetRecord]:
         await store.close()
 
 
+async def journal_kinds(journal: Path) -> list[str]:
+    """The kinds of the events the journal kept for its first run, in order."""
+    store = await open_journal(journal, readonly=True)
+    try:
+        run_id = (await store.runs())[0].run_id
+        return [event.kind for event in await store.events(run_id)]
+    finally:
+        await store.close()
+
+
 def reimages(emu: RunningEmulator) -> dict[str, int]:
     return {n["id"]: n["reimages"] for n in emu.stats()["nodes"]}
 

@@ -31,7 +31,7 @@ from fleet_reimage.views.dryrun import assumption, render_simulation, simulate
 from fleet_reimage.views.eta import RecoveryMeter
 from fleet_reimage.views.hints import continue_hint
 from fleet_reimage.views.progress import start_progress, suspended
-from fleet_reimage.views.schedule import render_schedule, resolution_json
+from fleet_reimage.views.schedule import render_schedule, resolution_json, waits_lines
 
 
 def add_run_commands(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -328,6 +328,8 @@ async def _warn_and_go(resolution: Resolution) -> bool:
     for warning in resolution.warnings:
         if warning not in resolution.plan.warnings:  # those were printed on loading
             print(warning.render(), file=sys.stderr)
+    for line in waits_lines(resolution.plan):  # never a gate the operator was not shown
+        print(line[2:], file=sys.stderr)
     return True
 
 

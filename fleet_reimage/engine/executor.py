@@ -10,6 +10,9 @@ for a send slot (``slots.py``: ``concurrency``, and per account its current conc
 may this pool start a node now (the rollout policy: waves, pauses, checkpoints,
 ``max_unavailable``, the failure budget)? Retries of nodes already dispatched go first; they
 do not add to a pool's unavailability.
+A pool whose next wave waits for its gates has them asked beside the run
+(``gates.py``), and the ``after_run`` gates are asked once every node is finished; a soak
+is watched by the health monitor's polls (``soak.py``).
 
 The executor is composed, not inherited: node work, the health gate and a shared run's
 coordinator each get the run's ledger (``ledger.py``, the state and its changes) and this
@@ -31,6 +34,7 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from fleet_reimage.engine.events import RunObserver
+from fleet_reimage.engine.gates import GateKeeper
 from fleet_reimage.engine.health import HealthMonitor
 from fleet_reimage.engine.ledger import RunLedger
 from fleet_reimage.engine.node_work import NodeWork
@@ -46,6 +50,7 @@ from fleet_reimage.engine.runstate import (
 )
 from fleet_reimage.engine.sharedrun import SharedRunCoordinator, SharedSettings
 from fleet_reimage.engine.slots import SendSlots
+from fleet_reimage.engine.soak import SoakWatch
 from fleet_reimage.engine.wakeup import Wakeup
 from fleet_reimage.journal.model import Journal, JournalError, RunStatus, TargetState
 from fleet_reimage.journal.shared import SharedRuns
@@ -125,7 +130,10 @@ class Executor:
         runner_id = None if self.shared is None else self.shared.runner_id
         self.work = NodeWork(self.ledger, self, self.slots, plan, runner_id=runner_id)
         on_baseline = None if self.shared is None else self.shared.publish_baseline
-        self.health = HealthMonitor(self.ledger, self, plan, on_baseline=on_baseline)
+        self.gates, self.soak = self._next_wave_waits(plan)
+        self.health = HealthMonitor(
+            self.ledger, self, plan, on_baseline=on_baseline, soak=self.soak
+        )
         self.claims: PoolClaims | None = None  # rollout.claim_pools: see poolclaim.py
         if plan.rollout.claim_pools:
             self.claims = PoolClaims(self.ledger, self, others_alive=self._others_alive)
@@ -134,6 +142,16 @@ class Executor:
         self._checkpoint_open = False
         self._cancel: anyio.CancelScope | None = None
         self._group: TaskGroup | None = None
+
+    def _next_wave_waits(self, plan: Plan) -> tuple[GateKeeper | None, SoakWatch | None]:
+        """The plan's gates (``gates.py``) and soak (``soak.py``), when it has them."""
+        gates = GateKeeper(self.ledger, self, plan) if plan.rollout.gates else None
+        if plan.rollout.soak <= 0:
+            return gates, None
+        ready = plan.rollout.health.ready_states
+        soak = SoakWatch(self.ledger, self, seconds=plan.rollout.soak, ready=ready)
+        self.ledger.on_wave_completed = soak.started
+        return gates, soak
 
     @property
     def pools(self) -> list[PoolRun]:
@@ -206,7 +224,10 @@ class Executor:
                 if self.claims is not None:  # before the first change to any pool
                     await self.claims.start()
                     group.start_soon(self.claims.run)
+                if self.soak is not None:  # a resumed run soaks again what it left soaking
+                    self.soak.restart(await self.journal.events(self.run_id))
                 await self._dispatch_loop()
+                await self._after_run()
                 group.cancel_scope.cancel()
             self._group = None
         if scope.cancelled_caught and self.stop_kind is None:
@@ -259,6 +280,8 @@ class Executor:
                 if self.shared is not None:
                     self.shared.running_low(pool)
                 if job is None:
+                    if self.gates is not None:  # its wave may wait for its gates
+                        self.gates.check(pool, now)
                     due = pool.next_due()
                     start = pool.rollout.next_start_time(now)
                     earliest = min(earliest, due or math.inf, start or math.inf)
@@ -309,6 +332,13 @@ class Executor:
         finally:
             self._live_jobs -= 1
             self.wake()
+
+    async def _after_run(self) -> None:
+        """Every node is finished and nothing stopped the run: ask the after_run gates."""
+        if self.gates is None or not self.gates.after_gates or self.stopping:
+            return
+        if self._all_done():
+            await self.gates.after_run()
 
     # --- stops and checkpoints ---
 
@@ -412,8 +442,8 @@ class Executor:
         all_terminal = all(state.terminal for state in states)
         if self.stop_kind == "interrupted":
             status, code = RunStatus.INTERRUPTED, 130
-        elif self.stop_kind is not None and not all_terminal:
-            status, code = RunStatus.STOPPED, 3
+        elif self.stop_kind is not None and (not all_terminal or self.stop_kind == "gate"):
+            status, code = RunStatus.STOPPED, 3  # a failed after_run gate is asked on resume
         else:
             status = RunStatus.FINISHED if all_terminal else RunStatus.STOPPED
             bad = counts["failed"] + counts["skipped"]

@@ -35,6 +35,7 @@ from fleet_reimage.engine.blockwatch import BlockWatch
 from fleet_reimage.engine.control import RunControl
 from fleet_reimage.engine.ledger import RunLedger
 from fleet_reimage.engine.runstate import Phase, PoolRun, RunTarget
+from fleet_reimage.engine.soak import SoakWatch
 from fleet_reimage.journal.model import TargetChange, TargetState
 from fleet_reimage.plan.model import Plan
 from fleet_reimage.plan.where import locate_in_plan
@@ -61,20 +62,24 @@ class HealthMonitor:
         plan: Plan,
         *,
         on_baseline: Callable[[PoolRun, int, Sequence[str]], Awaitable[None]] | None = None,
+        soak: SoakWatch | None = None,
     ) -> None:
         """``on_baseline``: told each pool's baseline and its targets seen down after a poll,
-        before any target is judged (a shared run shares them through the journal)."""
+        before any target is judged (a shared run shares them through the journal);
+        ``soak``: polls also watch soaking pools (``soak.py``)."""
         self.ledger = ledger
         self.control = control
         self.plan = plan  # its health spec, and where an account is written (messages)
         self.spec = plan.rollout.health
         self.on_baseline = on_baseline
+        self.soak = soak
         self.polls = 0  # list calls made, for the calls-per-node figure
         self.blocks = BlockWatch(ledger, self.spec.timeout)
 
     def _wants_poll(self, pool: PoolRun, now: float) -> bool:
         blocked = self.blocks.wants_poll(pool, now)  # also sees a blocking end
-        return blocked or bool(pool.awaiting)
+        soaking = self.soak is not None and self.soak.soaking(pool)
+        return blocked or soaking or bool(pool.awaiting)
 
     async def run(self) -> None:
         """Poll every pool that needs it, each at most once per interval, until cancelled."""
@@ -95,6 +100,7 @@ class HealthMonitor:
                 await anyio.sleep(min(max(next_due - now, 0.01), interval, 0.25))
 
     async def _poll(self, pool: PoolRun) -> None:
+        polled_at = time.monotonic()
         try:
             nodes = await self._list(pool)
         except AuthFailed as error:
@@ -110,6 +116,8 @@ class HealthMonitor:
             pool.polling = False
         await self._refresh_baseline(pool, nodes)
         await self._judge(pool, nodes)
+        if self.soak is not None:
+            await self.soak.judge(pool, nodes, polled_at)
         self.control.wake()
 
     async def _list(self, pool: PoolRun) -> dict[str, NodeInfo]:
@@ -117,6 +125,9 @@ class HealthMonitor:
         earliest = min(
             (t.record.last_sent_at or time.time() for t in awaiting), default=time.time()
         )
+        soaking_since = None if self.soak is None else self.soak.since(pool)
+        if soaking_since is not None:  # a soaking node that booted again must be in the answer
+            earliest = min(earliest, soaking_since)
         query = health_filter(self.spec.ready_states, earliest - FILTER_MARGIN)
         nodes: dict[str, NodeInfo] = {}
         self.polls += 1
@@ -149,6 +160,8 @@ class HealthMonitor:
             verdict = health_verdict(
                 node, sent_at=target.record.last_sent_at or 0.0, ready_states=self.spec.ready_states
             )
+            if verdict.state is TargetState.HEALTHY and node is not None:
+                target.healthy_boot = node.last_boot_time  # a soak tells a new boot by it
             if verdict.state is not None:
                 settled.append((target, verdict.state, verdict.reason))
             elif now - target.health_since > self.spec.timeout:

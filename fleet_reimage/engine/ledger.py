@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import structlog
 
@@ -30,6 +30,7 @@ from fleet_reimage.journal.model import (
 )
 from fleet_reimage.rollout.budget import FailureBudget
 from fleet_reimage.rollout.policy import WaveCompleted
+from fleet_reimage.rollout.pool import PoolRollout
 
 log = structlog.get_logger("fleet_reimage.run")
 
@@ -57,6 +58,8 @@ class RunLedger:
         self.budget = budget
         self.health_wait = health_wait
         self.shared = shared  # other runners share the run (and its journal)
+        # Told each wave the policy saw complete (the soak starts there: ``soak.py``).
+        self.on_wave_completed: Callable[[PoolRun, WaveCompleted], None] | None = None
         self._seq = 0
         self._by_node: dict[tuple[str, str], dict[str, RunTarget]] = {}
 
@@ -127,6 +130,21 @@ class RunLedger:
         if completed is not None:
             self.wave_completed(pool, completed)
         if state is TargetState.FAILED and self.budget.record_failure():
+            self._budget_exceeded()
+
+    def failed_later(self, target: RunTarget, reason: str) -> None:
+        """A settled target was found failed after all (it degraded during its soak; its
+        journal record is already written): it counts against the failure budget."""
+        self.set_state(target, TargetState.FAILED)
+        target.record.reason = reason
+        fields = self.node_fields(
+            target, outcome="failed", reason=reason, attempts=target.record.attempts
+        )
+        log.warning("node failed", **fields)
+        self.observer.event("node_failed", fields)
+        if isinstance(target.pool.rollout, PoolRollout):
+            target.pool.rollout.failed_later(target.id)
+        if self.budget.record_failure():
             self._budget_exceeded()
 
     def stop_pool(self, pool: PoolRun, reason: str, *, resumable: bool = False) -> None:
@@ -226,6 +244,8 @@ class RunLedger:
             data={**data, "next_wave_at": _wall(wave.next_wave_at)},
             at=_wall(wave.at),  # when the policy saw it complete: its pause counts from there
         )
+        if self.on_wave_completed is not None:
+            self.on_wave_completed(pool, wave)
 
     def failures_seen(self, failures: int) -> None:
         """The run has at least ``failures`` (a shared run's claim counts every runner's)."""

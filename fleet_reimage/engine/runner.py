@@ -45,11 +45,13 @@ from fleet_reimage.journal.model import (
     TargetState,
 )
 from fleet_reimage.journal.shared import SharedRuns
+from fleet_reimage.plan.gates import GateWhen
 from fleet_reimage.plan.model import Plan
 from fleet_reimage.plan.resolve import Resolution
 from fleet_reimage.plan.where import locate_in_plan
 from fleet_reimage.rollout.budget import FailureBudget
 from fleet_reimage.rollout.claimed import ClaimedPoolRollout
+from fleet_reimage.rollout.nextwave import NextWaveRules, NextWaveWaits
 from fleet_reimage.rollout.outcomes import Accepted, Settle, after_reconcile
 from fleet_reimage.rollout.policy import RolloutRules
 from fleet_reimage.rollout.pool import PoolRollout
@@ -246,6 +248,14 @@ def _rules(
     )
 
 
+def next_wave_waits(plan: Plan) -> NextWaveWaits | None:
+    """A pool's soak and gate state, when the plan soaks or has gates before waves."""
+    gated = any(g.when is GateWhen.BEFORE_WAVE for g in plan.rollout.gates)
+    if not gated and plan.rollout.soak <= 0:
+        return None
+    return NextWaveWaits(NextWaveRules(plan.rollout.soak, gated))
+
+
 def _claimed_pool_run(
     plan: Plan,
     account: AccountRun,
@@ -300,6 +310,7 @@ def _pool_run(
         failed_holds_availability=rules.failed_holds_availability,
         failed_after_action=[r.target_id for r in records if failed_after_action(r)],
         down=None if down is None else [r.target_id for r in records if r.node_id in down],
+        waits=next_wave_waits(plan),
     )
     pool = PoolRun(account, pool_id, rollout, selected=len(records))
     now = time.monotonic()

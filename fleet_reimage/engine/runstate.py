@@ -47,6 +47,7 @@ class RunTarget:
     last_client_request_id: str | None = None
     health_since: float = 0.0  # monotonic: when the health wait started (or resumed)
     started: float | None = None  # monotonic: first dispatch in this process
+    healthy_boot: float | None = None  # lastBootTime when judged healthy here (soak: soak.py)
 
     @property
     def id(self) -> int:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from fleet_reimage.units import Amount, format_duration
 
+from .gates import GateSpec
 from .model import AccountSpec, Plan, PoolSelector, SharedKeyAuth
 
 
@@ -68,6 +69,8 @@ _HOW = {
     "rollout.max_unavailable": "recomputed for each pool from the run's nodes",
     "rollout.deadline": "replaces the deadline the run had, unless --deadline is given",
     "rollout.failure_budget": "of all the run's nodes",
+    "rollout.gates": "asked before the next wave (and after the run) from now on",
+    "rollout.soak": "for the waves that complete from now on",
 }
 
 
@@ -207,6 +210,8 @@ def text(value: object) -> str:
         return format_duration(value) if value else "0s"
     if isinstance(value, datetime):
         return value.isoformat()
+    if isinstance(value, GateSpec):
+        return value.describe()
     if isinstance(value, Amount | Path | int | str):
         return str(value)
     if isinstance(value, frozenset):

@@ -20,6 +20,8 @@ from fleet_reimage.batch.versions import DEFAULT_API_VERSION
 from fleet_reimage.errors import Problem
 from fleet_reimage.units import Amount
 
+from .gates import GateSpec
+
 # Defaults, named so the docs, the loader and the tests agree.
 DEFAULT_STATES: frozenset[str] = frozenset({"idle", "running"})
 
@@ -154,6 +156,10 @@ class RolloutSpec:
     # Claim each pool in its metadata before the first request, against other runs
     # (other journals, other machines): ``engine/poolclaim.py``.
     claim_pools: bool = False
+    # Commands asked before each wave / after the run, and how long a wave's nodes must
+    # stay healthy before the pool's next wave (``plan/gates.py``, ``engine/gates.py``).
+    gates: tuple[GateSpec, ...] = ()
+    soak: float = 0.0  # seconds
 
 
 @dataclass(frozen=True, slots=True)

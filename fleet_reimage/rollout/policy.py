@@ -12,6 +12,8 @@ on a simulated clock (``views/dryrun.py``). One decision, ``decide``, in this or
    Ladder steps that are empty for this pool are skipped without a pause.
 2. **Failure budget** (the run's, ``budget.py``): past it, nothing new starts anywhere.
 3. **Checkpoint**, then **pause**: nothing new starts while held, or before the wave opens.
+   Then the **soak** and the **gates** (``nextwave.py``, when the plan has them): nothing new
+   starts while the last wave soaks, nor before the wave's gates passed.
 4. **max_unavailable**, at every instant: ``room = max_unavailable - baseline - active
    - failed_down``, where ``active`` counts targets from their start until they are terminal
    (by any runner), ``baseline`` the pool's nodes unavailable for reasons of their own, and
@@ -34,8 +36,9 @@ from typing import Literal
 
 from fleet_reimage.journal.shared import PoolProgress, PoolState
 from fleet_reimage.rollout.budget import BudgetRule
+from fleet_reimage.rollout.nextwave import NextWaveWaits
 
-Blocked = Literal["budget", "held", "pause", "unavailable", "wave"]
+Blocked = Literal["budget", "held", "pause", "soak", "gate", "unavailable", "wave"]
 NO_BUDGET = BudgetRule(limit=sys.maxsize)  # never exceeded (the dry run has no failures)
 
 
@@ -105,8 +108,9 @@ def room(rules: RolloutRules, baseline: int, active: int, failed_down: int = 0) 
     return rules.max_unavailable - baseline - active - held_by_failures(rules, failed_down)
 
 
-def decide(rules: RolloutRules, state: PoolState) -> Decision:
-    """The decision for the pool in ``state`` (see the module docstring)."""
+def decide(rules: RolloutRules, state: PoolState, waits: NextWaveWaits | None = None) -> Decision:
+    """The decision for the pool in ``state`` (see the module docstring); ``waits``: its
+    soak and gates, when the plan has them."""
     progress, completed = advance(rules, state)
     if progress.finished:
         return Decision(progress, 0, None, completed)
@@ -117,6 +121,8 @@ def decide(rules: RolloutRules, state: PoolState) -> Decision:
         blocked = "held"
     elif state.now < progress.opens_at:
         blocked = "pause"
+    elif waits is not None and progress.wave is not None:
+        blocked = waits.blocks(progress.wave, state.now)
     free = room(rules, state.baseline, state.active, state.failed_down)
     if blocked is None and free <= 0:
         blocked = "unavailable"

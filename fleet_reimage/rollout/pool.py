@@ -27,6 +27,7 @@ from dataclasses import replace
 
 from fleet_reimage.journal.shared import PoolProgress, PoolState
 from fleet_reimage.rollout.budget import FailureBudget
+from fleet_reimage.rollout.nextwave import NextWaveWaits
 from fleet_reimage.rollout.policy import (
     NO_BUDGET,
     Decision,
@@ -55,11 +56,13 @@ class PoolRollout:
         failed_holds_availability: bool = True,
         failed_after_action: Iterable[int] = (),
         down: Iterable[int] | None = None,
+        waits: NextWaveWaits | None = None,
     ) -> None:
         """``settled``/``active`` restore a resumed run (terminal, and dispatched targets);
         ``budget``: the run's failure budget, which gates every pool;
         ``failed_after_action``: settled targets that failed after the action, and ``down``
-        the targets whose nodes are not ready now (None: not known; see ``failed_down``)."""
+        the targets whose nodes are not ready now (None: not known; see ``failed_down``);
+        ``waits``: the pool's soak and gates (``nextwave.py``), when the plan has them."""
         self.rules = RolloutRules(
             max_unavailable,
             pause_between_waves,
@@ -68,6 +71,7 @@ class PoolRollout:
             failed_holds_availability,
         )
         self.baseline = baseline_unavailable
+        self.waits = waits
         self._failed_after = set(failed_after_action)
         self._down: frozenset[int] | None = None if down is None else frozenset(down)
         self.stopped: str | None = None
@@ -147,7 +151,7 @@ class PoolRollout:
 
     def decision(self, now: float) -> Decision:
         """What the policy decides for this pool now (nothing changes)."""
-        return decide(self.rules, self._state(self.progress, now))
+        return decide(self.rules, self._state(self.progress, now), self.waits)
 
     def take_next(self, now: float) -> int | None:
         """The next target that may start now (and mark it active), or None."""
@@ -191,7 +195,19 @@ class PoolRollout:
             self._find_open_wave()
         decision = self.decision(now)
         self.progress = decision.progress
-        return decision.completed
+        completed = decision.completed
+        if completed is not None and self.waits is not None:
+            self.waits.wave_completed(completed.wave, now, last=completed.next_wave_at is None)
+        return completed
+
+    def wave_targets(self, wave: int) -> list[int]:
+        """The targets of a wave (0-based ladder step), in dispatch order."""
+        return list(self._waves[wave]) if 0 <= wave < len(self._waves) else []
+
+    def failed_later(self, target: int) -> None:
+        """A settled target was found failed after all (it degraded during its soak): it is
+        one of ``failed_down`` while its node is down, like any that failed after the action."""
+        self._failed_after.add(target)
 
     def release_to_queue(self, target: int) -> None:
         """A dispatched target was not applied and must start over later (e.g. on stop)."""

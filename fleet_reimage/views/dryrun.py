@@ -5,8 +5,8 @@ opened. The simulation drives each pool's rollout policy (``rollout/pool.py`` an
 ``rollout/policy.py``, the very objects a run asks) on a simulated clock, with every node
 assumed to take the same time to come back (``--assume-recovery``). So, as in a run:
 
-* waves open one after another; the next opens ``pause_between_waves`` after the previous
-  one completed (empty ladder steps are skipped without a pause);
+* waves open one after another; the next opens ``pause_between_waves`` (or ``soak``, if
+  longer) after the previous one completed (empty ladder steps are skipped without a pause);
 * within a wave, a node starts whenever fewer than ``max_unavailable`` nodes of the pool are
   unavailable, counting the nodes already down for other reasons (so a wave of ``w`` nodes
   with ``s`` free slots takes ``ceil(w / s)`` recovery times);
@@ -140,7 +140,8 @@ def simulate(resolution: Resolution, assumed: Assumption) -> list[PoolSim]:
             pool.wave_sizes,
             slots=slots,
             per_node=assumed.per_node,
-            pause=plan.rollout.pause_between_waves,
+            # A soak runs beside the pause; gates are assumed to pass at once.
+            pause=max(plan.rollout.pause_between_waves, plan.rollout.soak),
         )
         sim.warned = bool(pool.warnings)
         out.append(sim)
@@ -177,6 +178,11 @@ def render_simulation(
         lines.append(
             f"  plus the wait at the checkpoint after wave {plan.rollout.confirm_after_wave}, "
             "for the operator's answer"
+        )
+    if plan.rollout.gates:
+        lines.append(
+            f"  plus the time the gates take ({', '.join(g.name for g in plan.rollout.gates)}): "
+            "each is assumed to pass at once"
         )
     if deadline is not None:
         lines.append(_deadline_line(overall, deadline, resolution.resolved_at))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fleet_reimage.engine.blockwatch import Blockage, blockage, is_blocked
+from fleet_reimage.engine.gates import waits_of
 from fleet_reimage.engine.runstate import PoolRun, PoolSnapshot
 from fleet_reimage.units import count
 from fleet_reimage.views.eta import RateMeter, RecoveryMeter, ladder_eta
@@ -103,6 +104,9 @@ def pool_note(pool: PoolRun, now: float, stops_after: float | None = None) -> st
         return "held at the checkpoint"
     if now < rollout.next_wave_at:
         return f"next wave in {span(rollout.next_wave_at - now)}"
+    waiting = next_wave_note(pool, now)
+    if waiting is not None:
+        return waiting
     if is_blocked(pool) and pool.blocked_since is not None:
         wait = "waiting for nodes to come back"
         if stops_after is not None:
@@ -116,6 +120,20 @@ def pool_note(pool: PoolRun, now: float, stops_after: float | None = None) -> st
         ours = f"{count(rollout.active, 'node')} of ours in progress"
         joiner = ", " if why.others and why.failed_down else " and "
         return f"at max_unavailable {why.limit}: {ours}{joiner}{why.held()}"
+    return None
+
+
+def next_wave_note(pool: PoolRun, now: float) -> str | None:
+    """The pool's next wave waits for its soak or its gates (``rollout.soak``, ``gates``)."""
+    waits = waits_of(pool)
+    if waits is None or not pool.rollout.queued:
+        return None
+    if waits.soaking is not None:
+        left = waits.soak_until - now
+        end = f"{span(left)} left" if left > 0 else "ends with the next poll"
+        return f"soaking wave {waits.soaking + 1}: {end}"
+    if waits.gate_due(pool.rollout.wave):
+        return f"asking the gates before wave {pool.rollout.wave + 1}"
     return None
 
 

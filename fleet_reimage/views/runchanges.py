@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from fleet_reimage.engine.resumeopts import OPTIONS, shown
@@ -104,13 +104,22 @@ class Waiting:
 
 def blocked_now(events: Iterable[RunEvent]) -> list[Waiting]:
     """Pools whose latest blocking is still on (no unblock, stop or end after it)."""
-    open_blocks: dict[str, RunEvent] = {}
+    open_blocks = open_by_pool(events, "pool_blocked", ("pool_unblocked", "pool_stopped"))
+    return [Waiting(pool, e.at, event_text(e)) for pool, e in open_blocks.items()]
+
+
+def open_by_pool(
+    events: Iterable[RunEvent], start: str, ends: Collection[str]
+) -> dict[str, RunEvent]:
+    """Each pool's (account/pool) latest ``start`` event that no ``ends`` event of the pool,
+    nor the run stopping or being resumed, came after."""
+    still_open: dict[str, RunEvent] = {}
     for event in events:
         where = f"{event.account}/{event.pool}"
-        if event.kind == "pool_blocked":
-            open_blocks[where] = event
-        elif event.kind in ("pool_unblocked", "pool_stopped"):
-            open_blocks.pop(where, None)
+        if event.kind == start:
+            still_open[where] = event
+        elif event.kind in ends:
+            still_open.pop(where, None)
         elif event.kind in ("run_stopping", "run_resumed"):
-            open_blocks.clear()
-    return [Waiting(pool, e.at, event_text(e)) for pool, e in open_blocks.items()]
+            still_open.clear()
+    return still_open

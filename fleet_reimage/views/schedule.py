@@ -136,6 +136,8 @@ def resolution_json(resolution: Resolution) -> dict[str, Any]:
         "running_tasks": running_tasks,
         "tasks": _tasks_json(plan.option, running_tasks),
         "failure_budget": resolution.failure_budget(),
+        "soak": plan.rollout.soak,
+        "gates": gates_json(plan),
         "narrowing": resolution.narrowing.as_options() if resolution.narrowing else None,
         "pools": pools,
         "warnings": [w.render() for w in resolution.warnings],
@@ -166,6 +168,7 @@ def render_schedule(resolution: Resolution) -> str:
             else "no health gate"
         ),
     ]
+    lines.extend(waits_lines(plan))
     if resolution.narrowing:
         narrowed = describe(resolution.narrowing.as_options())
         lines.append(f"  narrowed from the command line (never more than the plan): {narrowed}")
@@ -197,6 +200,30 @@ def cannot_start(pool: PoolResolution, plan: Plan) -> bool:
         and bool(pool.selected)
         and pool.baseline_unavailable >= pool.max_unavailable
     )
+
+
+def waits_lines(plan: Plan) -> list[str]:
+    """The soak and the gates, so that no gate runs without the operator having seen it."""
+    rollout = plan.rollout
+    lines = []
+    if rollout.soak:
+        lines.append(
+            f"  soak {format_duration(rollout.soak)}: a wave's nodes must stay healthy this "
+            "long before the pool's next wave starts"
+        )
+    if rollout.gates:
+        folder = plan.source.path.parent
+        lines.append(f"  gates (commands run with no shell, in {folder}):")
+        lines.extend(f"    {gate.describe()}" for gate in rollout.gates)
+    return lines
+
+
+def gates_json(plan: Plan) -> list[dict[str, Any]]:
+    return [
+        {"name": g.name, "command": list(g.command), "timeout": g.timeout,
+         "when": g.when.value, "per": g.per.value}
+        for g in plan.rollout.gates
+    ]  # fmt: skip
 
 
 def _pool_lines(pool: PoolResolution, waves: list[WaveWork], option: NodeOption) -> list[str]:

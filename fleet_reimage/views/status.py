@@ -39,6 +39,7 @@ from fleet_reimage.views.runview import (
 )
 from fleet_reimage.views.textgrid import grid
 from fleet_reimage.views.timeline import Timeline, timeline, timeline_lines
+from fleet_reimage.views.waitwords import last_gate_failure, soaking_now, wait_event_text
 
 IN_FLIGHT_SHOWN = 10
 
@@ -130,7 +131,7 @@ def run_text(data: RunData, now: float, following: float | None = None) -> str:
     if doubts:
         lines += ["", doubts]
     lines += ["", *_in_flight_lines(data.targets, run, now)]
-    lines += _blocked_lines(data, now)
+    lines += _blocked_lines(data, now) + _wait_lines(data, now)
     failures = failure_groups(data.targets, by_target)
     lines += ["", "Not done (by error code, else reason)"]
     lines += ["  " + line for line in failure_lines(failures)] or ["  none"]
@@ -213,6 +214,21 @@ def _blocked_lines(data: RunData, now: float) -> list[str]:
     )
 
 
+def _wait_lines(data: RunData, now: float) -> list[str]:
+    """The pools soaking now (a running run), and the gate that stopped the run."""
+    lines: list[str] = []
+    soaking = soaking_now(data.events) if in_flight_clock(data.run, now) == now else {}
+    if soaking:
+        lines += ["", f"Soaking now: {count(len(soaking), 'pool')}"]
+        lines += [f"  {pool}: {wait_event_text(event)}" for pool, event in soaking.items()]
+    failure = last_gate_failure(data.events) if data.run.status is not RunStatus.FINISHED else None
+    if failure is not None:
+        where = f" ({failure.pool})" if failure.pool else ""
+        lines += ["", f"Gate failed{where}: {failure.text}"]
+        lines += [f"  | {line}" for line in failure.output] or ["  (it printed nothing)"]
+    return lines
+
+
 def next_steps(
     hint: Hint | None, run: RunRecord, location: str, following: float | None = None
 ) -> list[str]:
@@ -242,6 +258,13 @@ def next_steps(
     return [f"Details: {report} --format markdown"]
 
 
+def _gate_failure_json(data: RunData) -> dict[str, Any] | None:
+    failure = last_gate_failure(data.events) if data.run.status is not RunStatus.FINISHED else None
+    if failure is None:
+        return None
+    return {"pool": failure.pool, "what": failure.text, "output": list(failure.output)}
+
+
 def _command(hint: Hint | None) -> str | None:
     return hint.command if hint else None
 
@@ -258,6 +281,8 @@ def run_status_json(data: RunData, now: float) -> dict[str, Any]:
             {"pool": w.pool, "since": iso(w.since), "why": w.text}
             for w in (blocked_now(data.events) if in_flight_clock(run, now) == now else [])
         ],
+        "soaking": sorted(soaking_now(data.events)) if until == now else [],
+        "gate_failed": _gate_failure_json(data),
         "totals": counts_json(total_counts(pools)),
         "pools": [pool.as_json() for pool in pools],
         "reconciled": doubt_counts(data.targets, by_target).as_json(),

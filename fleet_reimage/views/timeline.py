@@ -25,6 +25,7 @@ from fleet_reimage.units import count
 from fleet_reimage.views.runchanges import EVENT_KINDS, event_text
 from fleet_reimage.views.runview import clock, iso, span
 from fleet_reimage.views.textgrid import grid
+from fleet_reimage.views.waitwords import WAIT_KINDS, wait_event_text
 from fleet_reimage.views.words import details, plain
 
 THROTTLE_GROUP = 60.0  # seconds: throttle changes closer than this are one line
@@ -36,6 +37,7 @@ STOP_KINDS = {
     "interrupted": "interrupted",
     "journal": "journal",
     "lease": "lease lost",
+    "gate": "gate",
 }
 
 
@@ -305,6 +307,8 @@ def _milestone(event: RunEvent) -> Milestone:
     kind = event.kind
     if kind in EVENT_KINDS or (kind == "pool_stopped" and data.get("resumable")):
         text = event_text(event)  # what resumes changed, and pools waiting for room
+    elif kind in WAIT_KINDS:
+        text = wait_event_text(event)  # gates and soaks
     elif kind == "pool_stopped":
         text = f"pool stopped: {plain(data.get('reason'))}"
     elif kind == "budget_exceeded":
