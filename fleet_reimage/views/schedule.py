@@ -16,7 +16,8 @@ from fleet_reimage.plan.model import NodeOption, Plan
 from fleet_reimage.plan.narrow import describe
 from fleet_reimage.plan.resolve import PoolResolution, Resolution
 from fleet_reimage.plan.schedule import reason_group
-from fleet_reimage.units import count, format_duration
+from fleet_reimage.units import Amount, count, format_duration
+from fleet_reimage.views.dryrun import blocked_reason
 from fleet_reimage.views.textgrid import grid
 
 
@@ -146,6 +147,11 @@ def resolution_json(resolution: Resolution) -> dict[str, Any]:
     }
 
 
+def _budget(nodes: int, written: Amount) -> str:
+    """``21 (3%)`` for a percent; a count is said once (``0``, not ``0 (0)``)."""
+    return f"{nodes} ({written})" if written.percent else str(nodes)
+
+
 def render_schedule(resolution: Resolution) -> str:
     """The schedule an operator reads before saying yes."""
     plan = resolution.plan
@@ -156,7 +162,7 @@ def render_schedule(resolution: Resolution) -> str:
         f"Plan {plan.name} ({plan.source.path}): {plan.action.value} with option "
         f"{plan.option.value} (running tasks are {meaning})",
         f"  {count(selected, 'node')} selected in {count(len(resolution.pools), 'pool')}; "
-        f"failure budget {resolution.failure_budget()} ({rollout.failure_budget}); "
+        f"failure budget {_budget(resolution.failure_budget(), rollout.failure_budget)}; "
         f"waves (cumulative) {', '.join(str(w) for w in rollout.waves)}; "
         f"pause {format_duration(rollout.pause_between_waves)}; "
         + (
@@ -184,6 +190,8 @@ def render_schedule(resolution: Resolution) -> str:
             current = pool.account
             lines.append(f"account {pool.account}")
         lines.extend(_pool_lines(pool, waves, plan.option))
+        if cannot_start(pool, plan):
+            lines.append(f"    {blocked_reason(pool, plan)}")
     for warning in resolution.warnings:
         lines.append(warning.render())
     return "\n".join(lines)
@@ -203,6 +211,15 @@ def _drain_and_notify_lines(plan: Plan) -> list[str]:
         names = ", ".join(f"${n.url_env}" for n in plan.notify)
         lines.append(f"  notify: {count(len(plan.notify), 'webhook')} from {names}")
     return lines
+
+
+def cannot_start(pool: PoolResolution, plan: Plan) -> bool:
+    """Nodes already down fill the pool's max_unavailable: not one of ours may start."""
+    return (
+        plan.rollout.health.wait
+        and bool(pool.selected)
+        and pool.baseline_unavailable >= pool.max_unavailable
+    )
 
 
 def waits_lines(plan: Plan) -> list[str]:

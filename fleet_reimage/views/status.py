@@ -104,7 +104,8 @@ def runs_json(summaries: Sequence[RunSummary], location: str) -> dict[str, Any]:
 # --- one run ----------------------------------------------------------------------------
 
 
-def run_text(data: RunData, now: float) -> str:
+def run_text(data: RunData, now: float, following: float | None = None) -> str:
+    """One run in words; ``following``: the refresh interval of ``status --follow``."""
     run = data.run
     pools = pool_counts(data.targets)
     by_target = attempts_by_target(data.attempts)
@@ -113,7 +114,7 @@ def run_text(data: RunData, now: float) -> str:
         f"run {run.run_id}: plan {run.name} ({run.plan_path}), {run.action}",
         f"  status   {status_phrase(run)}",
     ]
-    if run.reason:
+    if run.reason and run.status is not RunStatus.RUNNING:  # a running run's is "resumed"
         lines.append(f"  reason   {one_line(run.reason)}")
     if narrowed(run):
         lines.append(f"  narrowed {narrowed(run)}")
@@ -139,7 +140,8 @@ def run_text(data: RunData, now: float) -> str:
     lines += ["  " + line for line in failure_lines(failures)] or ["  none"]
     lines += ["", "Waves and events (UTC)"]
     lines += ["  " + text for text in timeline_lines(line, run.created_at)]
-    lines += ["", *next_steps(run_hint(run, data.location, data.events, now), run, data.location)]
+    hint = run_hint(run, data.location, data.events, now)
+    lines += ["", *next_steps(hint, run, data.location, following)]
     return "\n".join(lines)
 
 
@@ -230,13 +232,22 @@ def _wait_lines(data: RunData, now: float) -> list[str]:
     return lines
 
 
-def next_steps(hint: Hint | None, run: RunRecord, location: str) -> list[str]:
-    """What to type next, given the run's status and the command that continues it."""
+def next_steps(
+    hint: Hint | None, run: RunRecord, location: str, following: float | None = None
+) -> list[str]:
+    """What to type next, given the run's status and the command that continues it.
+
+    ``following``: the refresh interval when this is ``status --follow`` already."""
     report = f"fleet-reimage report {run.run_id} --journal {location}"
     command = hint.command if hint else None
     why = [f"  ({line})" for line in hint.why] if hint else []
     if run.status is RunStatus.RUNNING:
         alive = runner_alive(run)
+        if alive and following is not None:
+            return [
+                f"It is running now: shown again every {span(following)} "
+                "(Ctrl-C stops watching, not the run)"
+            ]
         if alive:
             return [
                 "It is running now. Watch it live: "
