@@ -67,6 +67,7 @@ def test_surge_on_a_reimage_plan_is_a_warning_with_its_line(tmp_path: Path) -> N
         ("  autoscale: maybe\n", 12, "refuse, allow"),
         ("  surge: -1\n", 12, "negative"),
         ("  soak: 1m\n", 12, "remove rollout.soak"),
+        ("  drain: {timeout: 5m, then: requeue}\n", 12, "remove rollout.drain"),
     ],
 )
 def test_bad_replace_keys_are_errors_with_their_line(

@@ -185,7 +185,14 @@ class GateKeeper:
         if pool is not None:
             where += f" of {pool.account.name}/{pool.pool_id}"
         last = f"; last output: {outcome.tail[-1]}" if outcome.tail else ""
-        log.warning("gate failed", gate=gate.name, why=outcome.summary(), output=list(outcome.tail))
+        # The whole tail is in the journal and status; the log line stays one line of words.
+        log.warning(
+            "gate failed",
+            gate=gate.name,
+            where=where,
+            why=outcome.summary(),
+            last_output=outcome.tail[-1] if outcome.tail else "",
+        )
         self.control.request_stop(
             "gate",
             f"gate {gate.name!r} failed {where} ({outcome.summary()}){last}; "

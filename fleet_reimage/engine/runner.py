@@ -23,6 +23,7 @@ import anyio
 from fleet_reimage.batch.client import BatchClient
 from fleet_reimage.batch.errors import BatchError, NotFound
 from fleet_reimage.batch.models import NODE_SELECT, NodeInfo
+from fleet_reimage.engine.drainresume import settle_left_drains
 from fleet_reimage.engine.events import RunObserver
 from fleet_reimage.engine.executor import Executor, RunResult, RunSettings, Sharing
 from fleet_reimage.engine.ledger import failed_after_action
@@ -161,7 +162,9 @@ async def execute(
     resume = resume or ResumeOptions()
     changed = pool_limits(run.options, records, plan, resume)
     limits = _limits_from_options(run, changed)
+    drained_before: list[int] = []
     if resuming and shared is None and plan.action is not Action.REPLACE:  # replace: its own
+        drained_before = await settle_left_drains(run, journal, clients, records)
         limits = await _reconcile_on_resume(run, plan, journal, clients, records, limits)
     if resuming or shared is not None:
         run = await take_up(run, journal, records, resume, resuming=resuming, limits=changed)
@@ -170,9 +173,8 @@ async def execute(
     plan = plan_with_overrides(plan, run.options)
     # A replace run's runners take turns per pool (engine/replace.py), not claims per node.
     claims = None if plan.action is Action.REPLACE else shared
-    executor = build_executor(
-        run, plan, journal, clients, records, limits, settings, observer, shared=claims
-    )
+    executor = build_executor(run, plan, journal, clients, records, limits, settings, observer,
+                              shared=claims, drained_before=drained_before)  # fmt: skip
     if executor_ready is not None:
         executor_ready(executor)
     return await executor.run()
@@ -189,6 +191,7 @@ def build_executor(
     observer: RunObserver,
     *,
     shared: SharedSettings | None = None,
+    drained_before: Sequence[int] = (),
 ) -> Executor:
     """The executor's in-memory state from the journal's targets (new or resumed alike)."""
     accounts: dict[str, AccountRun] = {}
@@ -218,7 +221,7 @@ def build_executor(
     return Executor(run_id=run.run_id, plan=plan, journal=journal,
                     accounts=list(accounts.values()), pools=pools, targets=targets,
                     budget=budget, settings=settings, observer=observer,
-                    sharing=sharing)  # fmt: skip
+                    sharing=sharing, drained_before=drained_before)  # fmt: skip
 
 
 def _failure_budget(run: RunRecord, plan: Plan, records: Sequence[TargetRecord]) -> FailureBudget:

@@ -21,6 +21,7 @@ from fleet_reimage.batch.versions import DEFAULT_API_VERSION
 from fleet_reimage.errors import Problem
 from fleet_reimage.units import Amount
 
+from .drain import DrainSpec, NotifySpec
 from .gates import GateSpec
 
 # Defaults, named so the docs, the loader and the tests agree.
@@ -164,6 +165,8 @@ class RolloutSpec:
     # and whether an auto-scaled pool may be replaced (its formula brings capacity back).
     surge: Amount = NO_SURGE
     autoscale: str = "refuse"  # refuse | allow
+    # Drain a node that runs tasks before its action (``plan/drain.py``); None: no drain.
+    drain: DrainSpec | None = None
     # Commands asked before each wave / after the run, and how long a wave's nodes must
     # stay healthy before the pool's next wave (``plan/gates.py``, ``engine/gates.py``).
     gates: tuple[GateSpec, ...] = ()
@@ -205,3 +208,4 @@ class Plan:
     execution: ExecutionSpec
     source: PlanSource
     warnings: tuple[Problem, ...]
+    notify: tuple[NotifySpec, ...] = ()  # webhooks, by environment variable (``plan/drain.py``)

@@ -13,6 +13,7 @@ from fleet_reimage.units import Amount
 
 from ..batch.versions import API_VERSIONS, DEFAULT_API_VERSION
 from .accounts import read_states
+from .drain import read_drain
 from .gates import read_gates, read_soak
 from .model import DEFAULT_STATES, NO_SURGE, ExecutionSpec, HealthSpec, RetrySpec, RolloutSpec
 from .reader import Checker, Node
@@ -30,6 +31,7 @@ ROLLOUT_KEYS = (
     "claim_pools",
     "surge",
     "autoscale",
+    "drain",
     "gates",
     "soak",
 )
@@ -109,6 +111,7 @@ def read_rollout(checker: Checker, at: Node | None, replace: bool = False) -> Ro
     autoscale = "refuse"
     if got["autoscale"] is not None:
         autoscale = checker.choice(got["autoscale"], AUTOSCALE_CHOICES) or autoscale
+    drain = read_drain(checker, got["drain"]) if got["drain"] is not None else None
     gates = read_gates(checker, got["gates"]) if got["gates"] is not None else ()
     soak = read_soak(checker, got["soak"]) if got["soak"] is not None else 0.0
     if soak and replace and got["soak"] is not None:
@@ -119,6 +122,18 @@ def read_rollout(checker: Checker, at: Node | None, replace: bool = False) -> Ro
         )
     if soak and health is not None and not health.wait and got["soak"] is not None:
         checker.error(got["soak"], "a soak watches the nodes' health: it needs health.wait: true")
+    if drain is not None and replace and got["drain"] is not None:
+        checker.error(
+            got["drain"],
+            "action: replace does not drain: its removal waits for running tasks itself with "
+            "option: taskcompletion (or retaineddata); remove rollout.drain",
+        )
+    if drain is not None and health is not None and not health.wait and got["drain"] is not None:
+        checker.error(
+            got["drain"],
+            "a drain needs health.wait: true (running tasks are read from the health polls, "
+            "and a drained node's scheduling is enabled again once it is back)",
+        )
     if checker.error_count > errors or health is None or holds is None or claim_pools is None:
         return None
     if not health.wait and got["max_unavailable"] is not None and not is_all(max_unavailable):
@@ -142,6 +157,7 @@ def read_rollout(checker: Checker, at: Node | None, replace: bool = False) -> Ro
         claim_pools=claim_pools,
         surge=surge,
         autoscale=autoscale,
+        drain=drain,
         gates=gates or (),
         soak=soak or 0.0,
     )
