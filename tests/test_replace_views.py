@@ -66,6 +66,10 @@ async def test_status_and_report_show_old_removed_new_ready_and_targets(tmp_path
     [pool] = json.loads(report.stdout)["replace"]
     assert pool["target"] == pool["current_target"] == [6, 0] and pool["finished"]
     assert (pool["old_removed"], pool["new_ready"], pool["new_failed"]) == (6, 6, 0)
+    markdown = fleet_reimage(
+        "report", "--latest", "--journal", journal, "--format", "markdown", cwd=tmp_path
+    )
+    assert "## Replace per pool\n\n- emu/p: T 6 dedicated + 0 low-priority" in markdown.stdout
 
 
 async def test_the_dry_run_timeline_takes_a_step_of_surge_nodes_at_a_time(tmp_path: Path) -> None:

@@ -174,3 +174,14 @@ def summary_lines(summaries: Sequence[ReplaceSummary]) -> list[str]:
         f"old removed {s.old_removed}; new ready {s.new_ready}, failed {s.new_failed}"
         for s in summaries
     ]
+
+
+def replace_section(
+    events: Sequence[RunEvent], targets: Sequence[TargetRecord], bullet: str = "  "
+) -> list[str]:
+    """The "Replace per pool" lines of ``status`` and ``report`` (none for other actions);
+    ``bullet`` starts each pool's line."""
+    summaries = replace_summaries(events, targets)
+    if not summaries:
+        return []
+    return ["", "Replace per pool", *(bullet + line for line in summary_lines(summaries))]
