@@ -145,7 +145,9 @@ class Executor:
 
     def _next_wave_waits(self, plan: Plan) -> tuple[GateKeeper | None, SoakWatch | None]:
         """The plan's gates (``gates.py``) and soak (``soak.py``), when it has them."""
-        gates = GateKeeper(self.ledger, self, plan) if plan.rollout.gates else None
+        gates = None
+        if plan.rollout.gates:
+            gates = GateKeeper(self.ledger, self, plan, shared=self.shared)
         if plan.rollout.soak <= 0:
             return gates, None
         ready = plan.rollout.health.ready_states
