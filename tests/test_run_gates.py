@@ -26,7 +26,6 @@ from runhelpers import (
 from runhelpers import resume as resume_run
 
 from fleet_reimage import api
-from fleet_reimage.errors import RefusedError
 from fleet_reimage.journal import RunStatus, TargetState
 
 pytestmark = pytest.mark.anyio
@@ -242,23 +241,6 @@ async def test_a_step_gate_runs_once_per_step_for_every_pool(tmp_path: Path) -> 
         assert sorted(node.split("/")[1] for node in entry["nodes"]) == ["p", "q"]
     passed = recorder.kinds("gate_passed")
     assert len(passed) == 2 and all("pool" not in fields for fields in passed)
-
-
-async def test_a_shared_journal_refuses_gates_and_soak_before_anything_is_sent(
-    tmp_path: Path,
-) -> None:
-    pools = idle_pools("p", nodes=2)
-    async with emulator(pools) as emu:
-        plan = write_plan(tmp_path, emu.url, rollout=rollout("soak: 1s"))
-        with pytest.raises(RefusedError) as refused:
-            await api.run_plan(
-                api.load_plan(plan),
-                journal="postgresql://nobody@127.0.0.1:9/none",  # never reached
-                hooks=api.RunHooks(handle_signals=False),
-            )
-        sent = sum(reimages(emu).values())
-    assert "rollout.soak" in str(refused.value) and "SQLite" in str(refused.value)
-    assert sent == 0
 
 
 async def test_a_run_stopped_during_a_soak_soaks_that_wave_again_on_resume(

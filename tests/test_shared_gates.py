@@ -137,9 +137,7 @@ async def test_two_runners_a_failing_gate_stops_both_and_each_gate_ran_once(
         first_asks = [json.loads(line) for line in log.read_text().splitlines()]
         go.write_text("ok")  # the monitoring is green again
         with anyio.fail_after(60):
-            final = await api.resume_run(
-                journal=pg_url, hooks=api.RunHooks(handle_signals=False)
-            )
+            final = await api.resume_run(journal=pg_url, hooks=api.RunHooks(handle_signals=False))
         after = reimages(emu)
     for result in results.values():
         assert result.exit_code == 3 and result.stop_kind == "gate", result.reason
