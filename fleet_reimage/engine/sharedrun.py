@@ -19,6 +19,11 @@ finished) would not line up with the other runners'.
 Limits of the shared model, on purpose: a ``confirm_after_wave`` checkpoint is not asked in a
 shared run (every runner stops there, resumable, and a resume confirms it); a pool found
 unable to do the action is stopped by each runner on its first answer from it.
+
+Gates and soaks: each claim's policy is ``policy.decide_shared`` with this runner's
+``NextWaveWaits``; the gates are asked in turns across runners (``gates.py``), and the runner
+whose claim sees a wave complete watches its soak (``soak.py``) while the soak's end, kept
+as the pool's pause, holds the others' claims.
 """
 
 from __future__ import annotations
