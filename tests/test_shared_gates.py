@@ -188,3 +188,35 @@ async def test_a_node_that_degrades_during_a_shared_soak_fails_and_counts(
     order = [kind for kind, _ in recorder.events if kind in ("soak_ended", "wave_started")]
     assert order == ["wave_started", "soak_ended", "wave_started"]
     assert sorted(counts.values()) == [1, 1, 1, 1]
+
+
+async def test_a_shared_run_stopped_during_a_soak_soaks_that_wave_again_on_resume(
+    tmp_path: Path, pg_url: str
+) -> None:
+    pools = [{"id": "p", "nodes": 4, "states": {"idle": 1.0}}]
+    async with emulator(pools) as emu:
+        plan = api.load_plan(write_plan(tmp_path, emu.url, rollout=rollout("soak: 300ms")))
+        executors: list[Any] = []
+        first_events = Recorder()
+        first_events.callbacks["soak_started"] = lambda _: executors[0].request_stop(
+            "deadline", "stopped by the test during the soak"
+        )
+        hooks = api.RunHooks(
+            observer=first_events, on_executor=executors.append, handle_signals=False
+        )
+        with anyio.fail_after(60):
+            first = await api.run_plan(plan, journal=pg_url, hooks=hooks)
+        sent_first = sum(reimages(emu).values())
+        again = Recorder()
+        with anyio.fail_after(60):
+            second = await api.resume_run(
+                journal=pg_url, hooks=api.RunHooks(observer=again, handle_signals=False)
+            )
+        sent = reimages(emu)
+    assert first.exit_code == 3 and first.counts["pending"] == 2 and sent_first == 2
+    assert first_events.kinds("soak_ended") == []  # stopped before its end
+    assert second.exit_code == 0 and sorted(sent.values()) == [1, 1, 1, 1]
+    order = [
+        (kind, f.get("wave")) for kind, f in again.events if kind.startswith(("soak", "wave_s"))
+    ]
+    assert order[:3] == [("soak_started", 1), ("soak_ended", 1), ("wave_started", 2)]

@@ -40,7 +40,7 @@ from fleet_reimage.engine.control import RunControl
 from fleet_reimage.engine.gaterun import GateOutcome, run_gate
 from fleet_reimage.engine.ledger import RunLedger
 from fleet_reimage.engine.runstate import PoolRun
-from fleet_reimage.journal.model import RunEvent
+from fleet_reimage.journal.model import JournalError, RunEvent
 from fleet_reimage.journal.shared import GateKey, SharedRuns
 from fleet_reimage.plan.gates import GatePer, GateSpec, GateWhen
 from fleet_reimage.plan.model import Plan, SharedKeyAuth
@@ -189,16 +189,31 @@ class GateKeeper:
                                      data=event.data)  # fmt: skip
             self._announce(outcome, event, gate, wave, pool)
             return outcome.passed
+        try:
+            return await self._ask_shared(self.shared, gate, wave, nodes, pool)
+        except JournalError as error:  # its answer could not be shared: go no further
+            self.control.request_stop("journal", f"gate {gate.name!r}: {error}")
+            return False
+
+    async def _ask_shared(
+        self,
+        shared: SharedGates,
+        gate: GateSpec,
+        wave: int | None,
+        nodes: Sequence[str],
+        pool: PoolRun | None,
+    ) -> bool:
+        """``_ask`` in a shared run: in this runner's turn at the gate (module docstring)."""
         account, pool_id = (None, None) if pool is None else pool.key
         key = GateKey(gate.name, gate.when.value, None if wave is None else wave + 1,
                       account, pool_id)  # fmt: skip
-        async with self.shared.store.gate_turn(self.ledger.run_id, key) as turn:
+        async with shared.store.gate_turn(self.ledger.run_id, key) as turn:
             last = turn.last
             if last is not None and last.passed:
                 log.info("gate passed on another runner", gate=gate.name, wave=key.wave,
                          pool=pool_id)  # fmt: skip
                 return True
-            if last is not None and last.event_id > self.shared.event_mark:
+            if last is not None and last.event_id > shared.event_mark:
                 self._stop(gate, wave, pool, "failed on another runner of this run")
                 return False
             outcome = await self._run(gate, wave, nodes, pool)
