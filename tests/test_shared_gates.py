@@ -19,9 +19,10 @@ import pgserver
 import psycopg
 import pytest
 from runhelpers import KEY, KEY_ENV, Recorder, emulator, reimages, write_plan
+from test_run_gates import degrading_soak, soak_stopped_and_resumed
 
 from fleet_reimage import api
-from fleet_reimage.journal import RunStatus, TargetState, open_journal
+from fleet_reimage.journal import RunStatus, open_journal
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
@@ -159,64 +160,10 @@ async def test_two_runners_a_failing_gate_stops_both_and_each_gate_ran_once(
 async def test_a_node_that_degrades_during_a_shared_soak_fails_and_counts(
     tmp_path: Path, pg_url: str
 ) -> None:
-    pools = [{"id": "p", "nodes": 4, "states": {"idle": 1.0}}]
-    async with emulator(pools) as emu:
-        plan = api.load_plan(write_plan(tmp_path, emu.url, rollout=rollout("soak: 1s")))
-        recorder = Recorder()
-        broken: list[str] = []
-
-        def break_one(fields: dict[str, Any]) -> None:
-            healthy = [f["node"] for f in recorder.kinds("node_healthy")]
-            broken.append(healthy[0])
-            emu.state.force_state("p", healthy[0], "unusable")
-
-        recorder.callbacks["soak_started"] = break_one
-        hooks = api.RunHooks(observer=recorder, handle_signals=False)
-        with anyio.fail_after(60):
-            result = await api.run_plan(plan, journal=pg_url, hooks=hooks)
-        counts = reimages(emu)
-    store = await open_journal(pg_url, readonly=True)
-    try:
-        records = {r.node_id: r for r in await store.targets(result.run_id)}
-    finally:
-        await store.close()
-    assert result.exit_code == 1 and result.counts["failed"] == 1
-    assert records[broken[0]].state is TargetState.FAILED
-    assert records[broken[0]].reason == "degraded during soak (state unusable)"
-    (ended,) = recorder.kinds("soak_ended")
-    assert ended["failed"] == 1 and ended["wave"] == 1
-    order = [kind for kind, _ in recorder.events if kind in ("soak_ended", "wave_started")]
-    assert order == ["wave_started", "soak_ended", "wave_started"]
-    assert sorted(counts.values()) == [1, 1, 1, 1]
+    await degrading_soak(tmp_path, pg_url)
 
 
 async def test_a_shared_run_stopped_during_a_soak_soaks_that_wave_again_on_resume(
     tmp_path: Path, pg_url: str
 ) -> None:
-    pools = [{"id": "p", "nodes": 4, "states": {"idle": 1.0}}]
-    async with emulator(pools) as emu:
-        plan = api.load_plan(write_plan(tmp_path, emu.url, rollout=rollout("soak: 300ms")))
-        executors: list[Any] = []
-        first_events = Recorder()
-        first_events.callbacks["soak_started"] = lambda _: executors[0].request_stop(
-            "deadline", "stopped by the test during the soak"
-        )
-        hooks = api.RunHooks(
-            observer=first_events, on_executor=executors.append, handle_signals=False
-        )
-        with anyio.fail_after(60):
-            first = await api.run_plan(plan, journal=pg_url, hooks=hooks)
-        sent_first = sum(reimages(emu).values())
-        again = Recorder()
-        with anyio.fail_after(60):
-            second = await api.resume_run(
-                journal=pg_url, hooks=api.RunHooks(observer=again, handle_signals=False)
-            )
-        sent = reimages(emu)
-    assert first.exit_code == 3 and first.counts["pending"] == 2 and sent_first == 2
-    assert first_events.kinds("soak_ended") == []  # stopped before its end
-    assert second.exit_code == 0 and sorted(sent.values()) == [1, 1, 1, 1]
-    order = [
-        (kind, f.get("wave")) for kind, f in again.events if kind.startswith(("soak", "wave_s"))
-    ]
-    assert order[:3] == [("soak_started", 1), ("soak_ended", 1), ("wave_started", 2)]
+    await soak_stopped_and_resumed(tmp_path, pg_url)
