@@ -216,6 +216,8 @@ class GateKeeper:
             if last is not None and last.event_id > shared.event_mark:
                 self._stop(gate, wave, pool, "failed on another runner of this run")
                 return False
+            if self.control.stopping:  # it stopped while waiting for its turn: ask nothing
+                return False
             outcome = await self._run(gate, wave, nodes, pool)
             event = self._event(outcome, gate, wave, pool)
             await turn.record(event)  # before the turn ends: the next runner reads it
