@@ -51,15 +51,81 @@ def rollout_phase(journal: Path) -> tuple[float, float]:
     return float(first), float(last)
 
 
-def main(argv: list[str]) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="bench/run.py rolling")
+def add_options(parser: argparse.ArgumentParser, *, nodes_per_pool: int) -> None:
+    """The rolling scenario's options (``drain`` adds its own)."""
     parser.add_argument("--pools", type=int, default=4)
-    parser.add_argument("--nodes-per-pool", type=int, default=500)
+    parser.add_argument("--nodes-per-pool", type=int, default=nodes_per_pool)
     parser.add_argument("--max-unavailable", default="10%")
     parser.add_argument("--reimaging", type=float, default=2.0, help="seconds")
     parser.add_argument("--starting", type=float, default=1.0, help="seconds")
     parser.add_argument("--poll-interval", type=float, default=1.0, help="seconds")
     parser.add_argument("--rounds", type=int, default=2)
+
+
+def timings(args: argparse.Namespace) -> dict[str, str]:
+    return {
+        "reimaging": f"{args.reimaging:g}s",
+        "rebooting": "1s",
+        "starting": f"{args.starting:g}s",
+        "waitingforstarttask": "0s",
+    }
+
+
+def plan_text(url: str, args: argparse.Namespace, name: str) -> str:
+    """The canary ladder with the health gate, as both scenarios run it."""
+    return common.plan_text(
+        url,
+        name=name,
+        waves='[1, 10, "25%", "100%"]',
+        max_unavailable=f'"{args.max_unavailable}"',
+        health=f"{{wait: true, poll_interval: {args.poll_interval:g}s, timeout: 5m}}"
+        + (f"\n  soak: {args.soak:g}s" if getattr(args, "soak", 0) else ""),
+        failure_budget='"5%"',
+        concurrency=64,
+        per_account=32,
+    )
+
+
+def plan_json(plan: Path, folder: Path) -> dict[str, Any]:
+    """``plan --output json``: a read-only command, made before the counted run."""
+    shown = common.check(
+        common.run(common.fleet_reimage("plan", str(plan), "--output", "json"), folder, tag="plan"),
+        "plan",
+    )
+    schedule: dict[str, Any] = json.loads(shown.stdout)
+    return schedule
+
+
+def measured_run(
+    plan: Path, folder: Path, emu: Any, ops_total: dict[str, int]
+) -> tuple[Any, dict[str, Any], int, tuple[float, float]]:
+    """The run, and what the emulator saw of it: its stats, the requests it made (added to
+    ``ops_total`` by operation) and the rollout phase from the journal."""
+    before = emu.stats(nodes=False)["requests"]
+    journal = folder / "journal.db"
+    child = common.check(
+        common.run(
+            common.run_command(plan, journal, folder / "log.jsonl"), folder, tag="run", timeout=900
+        ),
+        "run",
+    )
+    stats = emu.stats()
+    after = stats["requests"]
+    for op, n in after["by_operation"].items():
+        ops_total[op] = ops_total.get(op, 0) + n - before["by_operation"].get(op, 0)
+    return child, stats, after["total"] - before["total"], rollout_phase(journal)
+
+
+def check_once(stats: dict[str, Any], nodes: int) -> None:
+    counts = {(n["pool"], n["id"]): n["reimages"] for n in stats["nodes"]}
+    wrong = common.duplicates(counts)
+    if len(counts) != nodes or wrong:
+        raise RuntimeError(f"{len(wrong)} nodes not reimaged exactly once")
+
+
+def main(argv: list[str]) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="bench/run.py rolling")
+    add_options(parser, nodes_per_pool=500)
     parser.add_argument("--soak", type=float, default=0.0, help="rollout.soak, seconds")
     args = parser.parse_args(argv)
     nodes = args.pools * args.nodes_per_pool
@@ -72,12 +138,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     )
     fleet = common.fleet_text(
         [{**p, "nodes": args.nodes_per_pool} for p in common.pools_of(nodes, args.pools)],
-        timings={
-            "reimaging": f"{args.reimaging:g}s",
-            "rebooting": "1s",
-            "starting": f"{args.starting:g}s",
-            "waitingforstarttask": "0s",
-        },
+        timings=timings(args),
     )
     calls, wall, phase, peak_seen = Series(), Series(), Series(), Series()
     ideal = None
@@ -86,57 +147,17 @@ def main(argv: list[str]) -> dict[str, Any]:
     for round_no in range(args.rounds):
         with common.workdir("rolling") as folder, common.emulator(folder / "emu", fleet) as emu:
             plan = folder / "plan.yaml"
-            plan.write_text(
-                common.plan_text(
-                    emu.url,
-                    name="rolling",
-                    waves='[1, 10, "25%", "100%"]',
-                    max_unavailable=f'"{args.max_unavailable}"',
-                    health=f"{{wait: true, poll_interval: {args.poll_interval:g}s, timeout: 5m}}"
-                    + (f"\n  soak: {args.soak:g}s" if args.soak else ""),
-                    failure_budget='"5%"',
-                    concurrency=64,
-                    per_account=32,
-                ),
-                encoding="utf-8",
-            )
+            plan.write_text(plan_text(emu.url, args, "rolling"), encoding="utf-8")
             if ideal is None:
                 # The wave sizes, as fleet-reimage computes them (a read-only command: its
                 # requests are not counted, the counter is read before and after the run).
-                shown = common.check(
-                    common.run(
-                        common.fleet_reimage("plan", str(plan), "--output", "json"),
-                        folder,
-                        tag="plan",
-                    ),
-                    "plan",
-                )
-                schedule = json.loads(shown.stdout)
+                schedule = plan_json(plan, folder)
                 waves = schedule["pools"][0]["wave_sizes"]
                 ideal = sum(math.ceil(w / limit) for w in waves) * recovery
                 ideal += args.soak * (len([w for w in waves if w]) - 1)  # every wave but the last
                 print(f"  waves per pool {waves}: ideal {ideal:.1f} s")
-            before = emu.stats(nodes=False)["requests"]
-            journal = folder / "journal.db"
-            child = common.check(
-                common.run(
-                    common.run_command(plan, journal, folder / "log.jsonl"),
-                    folder,
-                    tag="run",
-                    timeout=900,
-                ),
-                "run",
-            )
-            stats = emu.stats()
-            first, last = rollout_phase(journal)
-        counts = {(n["pool"], n["id"]): n["reimages"] for n in stats["nodes"]}
-        wrong = common.duplicates(counts)
-        if len(counts) != nodes or wrong:
-            raise RuntimeError(f"{len(wrong)} nodes not reimaged exactly once")
-        after = stats["requests"]
-        total = after["total"] - before["total"]
-        for op, n in after["by_operation"].items():
-            ops_total[op] = ops_total.get(op, 0) + n - before["by_operation"].get(op, 0)
+            child, stats, total, (first, last) = measured_run(plan, folder, emu, ops_total)
+        check_once(stats, nodes)
         calls.add(total / nodes)
         wall.add(child.wall_s)
         phase.add(last - first)

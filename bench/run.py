@@ -1,7 +1,7 @@
 """Run the benchmarks: ``python bench/run.py NAME [options]`` (or ``python3 dev.py bench NAME``).
 
-Names: throughput, latency, scale, rolling, faulty, ratelimit, crash, bigrun, shared, profile,
-logging, instructions, or ``all`` (every one but shared (it needs PostgreSQL), profile and
+Names: throughput, latency, scale, rolling, drain, faulty, ratelimit, crash, bigrun, shared,
+profile, logging, instructions, or ``all`` (every one but shared (it needs PostgreSQL), profile and
 instructions (valgrind, slow), with default options). Each prints a table and writes
 ``bench/out/NAME.json``. ``python bench/run.py NAME --help`` lists a benchmark's options. See
 bench/README.md for what each measures and how long it takes.
@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 
 BENCHMARKS = (
-    "throughput", "latency", "scale", "rolling", "faulty", "ratelimit", "crash", "bigrun",
+    "throughput", "latency", "scale", "rolling", "drain", "faulty", "ratelimit", "crash", "bigrun",
     "shared", "profile", "logging", "instructions",
 )  # fmt: skip
 ALL = tuple(name for name in BENCHMARKS if name not in ("shared", "profile", "instructions"))

@@ -12,7 +12,9 @@ Every function is async (anyio) except ``load_plan``. Results are plain dataclas
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import os
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -24,8 +26,9 @@ from typing import Any
 import anyio
 
 from fleet_reimage.engine.connect import Connections, connect
-from fleet_reimage.engine.events import NullObserver, RunObserver
+from fleet_reimage.engine.events import NullObserver, Observers, RunObserver
 from fleet_reimage.engine.executor import Executor, RunResult, RunSettings
+from fleet_reimage.engine.notify import Notifier, Webhook, urls_from_environment, webhooks
 from fleet_reimage.engine.resumeopts import (
     OVERRIDES,
     OverrideRefused,
@@ -49,6 +52,7 @@ from .journal import (
     open_journal,
 )
 from .plan.changes import PlanChange, PlanChangeRefused
+from .plan.environment import environment_problems
 from .plan.load import load_plan as _load_plan
 from .plan.load import parse_plan
 from .plan.model import Plan
@@ -85,6 +89,8 @@ class RunHooks:
     # told what a changed plan changes in a resumed run (``resume --force-plan``)
     on_plan_changes: Callable[[Sequence[PlanChange]], None] | None = None
     handle_signals: bool = True  # SIGINT/SIGTERM: stop gracefully, a second time at once
+    # webhook URLs (--notify), besides the plan's ``notify``; secrets: never journaled
+    notify: Sequence[str] = ()
 
 
 @asynccontextmanager
@@ -135,6 +141,7 @@ async def run_plan(
     hooks = hooks or RunHooks()
     settings = settings or RunSettings()
     shared = _shared(journal, join=join, lease=lease)
+    _webhooks(plan, hooks)  # a wrong webhook is refused before anything is written
     async with _writable_journal(journal, owner_label(None)) as store:
         # Early, so that an operator is not asked to confirm what will be refused; the
         # atomic check is create_run's (another operator may be confirming right now).
@@ -288,6 +295,12 @@ async def _execute(
 ) -> RunResult:
     executors: list[Executor] = []
     await store.lock_for_writing(owner_label(run.run_id))  # a contender is told which run
+    hooked = _webhooks(plan, hooks)
+    notifier = Notifier(hooked, plan=plan.name) if hooked else None
+    observer = hooks.observer or NullObserver()
+    if notifier is not None:
+        observer = Observers([observer, notifier])
+    sender = anyio.CancelScope()
 
     def ready(executor: Executor) -> None:
         executors.append(executor)
@@ -297,18 +310,39 @@ async def _execute(
     async with anyio.create_task_group() as group:
         if hooks.handle_signals:
             group.start_soon(_stop_on_signals, executors)
+        if notifier is not None:
+            group.start_soon(_send_notifications, notifier, sender)
         result = await execute(
             run,
             plan,
             store,
             connections.clients,
             settings=settings,
-            observer=hooks.observer or NullObserver(),
+            observer=observer,
             executor_ready=ready,
             **kwargs,
         )
+        if notifier is not None:  # a bounded wait: notifications never hold the run
+            await notifier.close(sender)
+            result = dataclasses.replace(result, notifications=notifier.summary())
         group.cancel_scope.cancel()
     return result
+
+
+def _webhooks(plan: Plan, hooks: RunHooks) -> list[Webhook]:
+    """The run's webhooks: --notify's, then the plan's (their URLs from the environment)."""
+    if plan.notify:  # an unset variable is a plan problem, said with its line
+        missing = environment_problems(plan.source.text, plan.source.path, os.environ)
+        missing = [p for p in missing if p.path.startswith("notify")]
+        if missing:
+            raise InputError(missing)
+    from_plan = urls_from_environment([n.url_env for n in plan.notify], os.environ)
+    return webhooks([*hooks.notify, *from_plan])
+
+
+async def _send_notifications(notifier: Notifier, scope: anyio.CancelScope) -> None:
+    with scope:
+        await notifier.run()
 
 
 async def _stop_on_signals(executors: list[Executor]) -> None:

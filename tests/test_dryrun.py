@@ -49,7 +49,13 @@ def test_dry_run_sends_nothing_and_prints_the_expected_timeline(tmp_path: Path) 
             "run", str(plan), "--dry-run", "--assume-recovery", "5m", "--deadline", "30m",
             cwd=tmp_path,
         )  # fmt: skip
+        shown = fleet_reimage("plan", str(plan), cwd=tmp_path)
         stats = emu.stats()
+    # `plan` says it too (the rehearsal's narrowed pool: 11 down, max_unavailable 9).
+    assert shown.returncode == 0, shown.stderr
+    sick = shown.stdout.split("pool sick")[1]
+    assert "    blocked: 6 nodes are already unavailable and max_unavailable is 1; the run " in sick
+    assert "blocked" not in shown.stdout.split("pool sick")[0]
     assert result.returncode == 0, result.stderr
     assert stats["requests"]["mutating"] == 0
     assert not journal.exists()

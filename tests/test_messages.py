@@ -83,6 +83,8 @@ def test_retry_messages_count_and_say_when() -> None:
         "https://e answered HTTP 429: TooManyRequests: slow down: retrying (attempt 1, next in "
         "12 s)"
     )
+    # A rate limit's Retry-After of a few milliseconds: not "next in 0.0 s".
+    assert retry_message("https://e", throttled, 2, 0.003).endswith("(attempt 2, next in 3 ms)")
 
 
 def test_a_misspelt_account_name_is_named_with_its_endpoint(tmp_path: Path) -> None:
@@ -120,7 +122,8 @@ def test_an_unreachable_endpoint_is_retried_aloud_and_nothing_claims_an_answer(
     assert warnings and all(w["level"] == "warning" for w in warnings)
     said = [w["event"] for w in warnings]
     assert said[0].startswith(f"could not connect to {endpoint} (")
-    assert re.search(r": retrying \(attempt 1, next in \d+(\.\d)? s\)$", said[0]), said[0]
+    next_in = r"next in (\d+(\.\d)? s|\d+ ms|at once)"  # full jitter: a wait may be short
+    assert re.search(rf": retrying \(attempt 1, {next_in}\)$", said[0]), said[0]
     assert [w["attempt"] for w in warnings] == list(range(1, len(warnings) + 1))
     assert lines[-1].startswith(f"fleet-reimage: could not connect to {endpoint} (account emu): ")
     assert "nothing answered" in lines[-1] and "the Batch service answered" not in result.stderr

@@ -70,6 +70,15 @@ def test_plan_shows_the_running_work_each_wave_stops_and_the_run_does_it(
         )
         shown = fleet_reimage("plan", str(waiting), cwd=tmp_path).stdout
         assert f"wait for {tasks['render']} tasks" in shown and "requeue" not in shown
+        assert "; failure budget 14 (100%);" in text.stdout  # a percent says what it is of
+        counted = write_plan(
+            tmp_path,
+            emu.url,
+            rollout=ROLLOUT.replace('budget: "100%"', "budget: 0"),
+            name="counted",
+        )
+        shown = fleet_reimage("plan", str(counted), cwd=tmp_path).stdout
+        assert "; failure budget 0;" in shown  # a count is not repeated: "0 (0)"
 
         ran = fleet_reimage("run", str(plan), "--yes", "--journal", "j.db", cwd=tmp_path)
         assert ran.returncode == 0, ran.stdout + ran.stderr

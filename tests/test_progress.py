@@ -138,7 +138,11 @@ def test_table_has_a_line_per_pool_a_total_and_says_why_a_pool_waits() -> None:
     assert any(line.startswith("prod/etl") and "stopped" in line for line in lines)
     assert any(line.startswith("total") for line in lines)
     assert "prod/etl stopped: too many failures" in wide
-    assert "stopping (budget: failure budget exceeded (1 of 1))" in wide
+    assert "stopping (budget: failure budget exceeded (1 of 1)); waiting for 2 requests" in wide
+    executor.snaps[0] = snap("render-a", pending=6, awaiting_health=1, healthy=1)
+    idle = " ".join(screen(render_frame(tracker.frame(), 40, 140), 140).split())
+    assert "waiting for 0 requests" not in idle  # the rehearsal's Ctrl-C on a blocked pool
+    assert "stopping (budget: failure budget exceeded (1 of 1)); nothing in flight" in idle
     narrow = screen(render_frame(tracker.frame(), 40, 90), 90)
     assert "retries" not in narrow and "ETA" in narrow and "…" not in narrow
 
@@ -229,6 +233,49 @@ def test_a_pool_over_its_limit_says_why() -> None:
     assert (
         "render-a: 4 unavailable, over max_unavailable 3: 1 node went down for other reasons "
         "after 3 of ours started; nothing starts until fewer than 3 are down" in said
+    )
+
+
+def test_a_pool_at_its_limit_counts_its_own_nodes_in_the_reason() -> None:
+    """The rehearsal's table said "6 nodes down for other reasons: max_unavailable is 19"
+    for a pool full of its own nodes in progress: 6 is not 19, the note must add up."""
+    rollout = PoolRollout([[1, 2, 3, 4]], max_unavailable=3)
+    rollout.set_baseline(1)  # one node of the pool was down before we started
+    assert [rollout.take_next(0.0) for _ in range(3)] == [1, 2, None]
+    executor = FakeExecutor(
+        [snap("render-a", in_flight=2, pending=2, unavailable=3, max_unavailable=3)], [rollout]
+    )
+    tracker = Tracker(executor)  # type: ignore[arg-type]
+    said = " ".join(screen(render_frame(tracker.frame(), 40, 140), 140).split())
+    assert (
+        "render-a: at max_unavailable 3: 2 nodes of ours in progress and 1 node down for "
+        "other reasons" in said
+    )
+    rollout.settle(1, 0.0, failed_after_action=True)  # came back broken: holds its room
+    said = " ".join(screen(render_frame(tracker.frame(), 40, 140), 140).split())
+    assert (
+        "render-a: at max_unavailable 3: 1 node of ours in progress, 1 node down for other "
+        "reasons and 1 node of ours that failed after the action is still down" in said
+    )
+
+
+def test_a_pool_over_its_limit_before_we_started_is_blocked_not_overrun() -> None:
+    """The rehearsal's narrowed run: 15 nodes of the pool were down before it started and
+    max_unavailable was 10. The table said "15 nodes went down for other reasons after 0 of
+    ours started", and not that the pool waits and when it stops."""
+    rollout = PoolRollout([[1, 2, 3, 4]], max_unavailable=10)
+    rollout.set_baseline(15)
+    executor = FakeExecutor(
+        [snap("render-b", pending=4, unavailable=15, max_unavailable=10)], [rollout]
+    )
+    now = [100.0]
+    tracker = Tracker(executor, clock=lambda: now[0])  # type: ignore[arg-type]
+    executor.pools[0].blocked_since = 90.0  # blocked 10 s ago (the health gate noticed it)
+    said = " ".join(screen(render_frame(tracker.frame(), 40, 140), 140).split())
+    assert "after 0 of ours" not in said
+    assert (
+        "render-b: blocked: 15 nodes down for other reasons: max_unavailable is 10; waiting "
+        "for nodes to come back; stops (resumable, nodes kept pending) in 1m50s" in said
     )
 
 

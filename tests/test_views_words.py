@@ -235,6 +235,15 @@ def test_status_of_a_running_run_suggests_follow() -> None:
     text = run_text(dataclasses.replace(sample(), run=here), now=T0 + 700)
     assert f"Watch it live: fleet-reimage status {RUN} --journal patch.db --follow" in text
     assert "In flight now: 2" in text
+    # "reason resumed" under "status running": the restarts line says it, with numbers.
+    resumed = dataclasses.replace(here, reason="resumed")
+    assert "  reason   " not in run_text(dataclasses.replace(sample(), run=resumed), now=T0 + 700)
+    # Already following (status --follow): the hint it gives is how to stop, not --follow.
+    following = run_text(dataclasses.replace(sample(), run=here), now=T0 + 700, following=5.0)
+    assert "--follow" not in following
+    assert "It is running now: shown again every 5.0s (Ctrl-C stops watching, not the run)" in (
+        following
+    )
 
 
 def test_the_console_leaves_out_fields_without_a_value() -> None:
@@ -256,3 +265,34 @@ def test_the_console_leaves_out_fields_without_a_value() -> None:
     console, as_json = out.getvalue().splitlines()
     assert "attempts=1" in console and "None" not in console and "reason" not in console
     assert json.loads(as_json)["reason"] is None  # JSON lines keep the key, as null
+
+
+def test_in_doubt_requests_settled_by_a_resume_are_not_left_unread() -> None:
+    """The rehearsal's finished run said "5 not read yet (resume reads them)": requests in
+    doubt when a run stopped or crashed, which the resume read (the node, not the attempt)
+    and settled. A later attempt means the node was found untouched and sent again; a node
+    that was accepted or ended with no later attempt means the request took effect."""
+    data = sample()
+    targets = [
+        target(30, "c", TargetState.HEALTHY, attempts=2, first_sent_at=T0 + 5, finished_at=T0 + 60),
+        target(31, "c", TargetState.HEALTHY, attempts=3, first_sent_at=T0 + 5, finished_at=T0 + 60),
+        target(32, "c", TargetState.HEALTHY, attempts=1, first_sent_at=T0 + 5, finished_at=T0 + 60),
+        target(33, "c", TargetState.IN_FLIGHT, attempts=1, first_sent_at=T0 + 5),
+    ]  # fmt: skip
+    attempts = [
+        attempt(30, 1, AttemptOutcome.IN_DOUBT),  # read on resume: untouched, sent again
+        attempt(30, 2, AttemptOutcome.ACCEPTED),
+        attempt(31, 1, AttemptOutcome.REJECTED, status=429, error_code="TooManyRequests"),
+        attempt(31, 2, AttemptOutcome.IN_DOUBT),  # the same, after a throttled first try
+        attempt(31, 3, AttemptOutcome.ACCEPTED),
+        attempt(32, 1, AttemptOutcome.IN_DOUBT),  # read on resume: it took effect
+        attempt(33, 1, AttemptOutcome.IN_DOUBT),  # the run stopped before it was read
+    ]
+    data = dataclasses.replace(
+        data, targets=data.targets + targets, attempts=data.attempts + attempts
+    )
+    doc = json.loads(render(data, "json"))
+    assert doc["reconciled"] == {"in_doubt": 4, "applied": 1, "not_applied": 2, "unresolved": 1}
+    finished = dataclasses.replace(data, targets=data.targets[:-1], attempts=data.attempts[:-1])
+    said = render(finished, "markdown")
+    assert "3 requests in doubt" in said and "not read yet" not in said

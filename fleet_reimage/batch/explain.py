@@ -85,8 +85,13 @@ def retry_message(endpoint: str, error: BatchError, attempt: int, delay: float) 
         what = f"{endpoint} answered {error.summary()}"
     else:
         what = f"{endpoint} did not answer ({error})"
-    seconds = f"{delay:.1f}" if delay < 10 else f"{delay:.0f}"
-    return f"{what}: retrying (attempt {attempt}, next in {seconds} s)"
+    if delay < 0.0005:
+        when = "at once"
+    elif delay < 0.1:  # a rate limit's Retry-After may be milliseconds: never "0.0 s"
+        when = f"{round(delay * 1000)} ms"
+    else:
+        when = f"{delay:.1f} s" if delay < 10 else f"{delay:.0f} s"
+    return f"{what}: retrying (attempt {attempt}, next in {when})"
 
 
 def _why_not(error: RequestNotSent) -> str:

@@ -27,6 +27,7 @@ from fleet_reimage.plan.narrow import Narrowing, PoolGlob, read_node_list
 from fleet_reimage.plan.resolve import Resolution
 from fleet_reimage.plan.sections import MAX_CONCURRENCY
 from fleet_reimage.units import Amount, UnitError, count, parse_duration
+from fleet_reimage.views.drains import extra_lines
 from fleet_reimage.views.dryrun import assumption, render_simulation, simulate
 from fleet_reimage.views.eta import RecoveryMeter
 from fleet_reimage.views.hints import continue_hint
@@ -239,6 +240,14 @@ def _execution_options(parser: argparse.ArgumentParser, deadline: Any) -> None:
         help="append run events as JSON lines to FILE (kinds and fields: docs/events.md)",
     )
     group.add_argument(
+        "--notify",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="POST the run's milestones as JSON to this webhook (repeatable; Slack and Teams "
+        "show its text line); the URL is a secret: never printed or journaled",
+    )
+    group.add_argument(
         "--join",
         action="store_true",
         help="with a postgresql:// journal: take a share of a run other runners are driving "
@@ -359,7 +368,7 @@ async def _run_with_views(
         executors.append(executor)
         tune_for_run()  # the run's state is built (see cli/collector.py)
 
-    hooks = api.RunHooks(observer=Observers(observers), on_executor=ready)
+    hooks = api.RunHooks(observer=Observers(observers), on_executor=ready, notify=args.notify)
     async with anyio.create_task_group() as group:
         if events:
             group.start_soon(events.run)
@@ -470,6 +479,8 @@ def _print_result(result: RunResult, location: str) -> int:
         print(f"  pool {pool} stopped: {reason}")
     if result.reason and (result.stop_kind or not result.stopped_pools):
         print(f"  reason: {result.reason}")
+    for line in extra_lines(result):
+        print(f"  {line}")
     if result.status.resumable:
         hint = continue_hint(
             result.run_id,

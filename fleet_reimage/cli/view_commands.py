@@ -152,7 +152,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
             if args.output == "json":
                 text = json.dumps(run_status_json(data, now), indent=2)
             else:
-                text = run_text(data, now)
+                text = run_text(data, now, following=_interval(args.follow))
             following = args.follow is not None and data.run.status is RunStatus.RUNNING
             if args.follow is not None and sys.stdout.isatty():
                 text = CLEAR_SCREEN + text  # redraw in place, like `watch`
@@ -161,6 +161,11 @@ async def cmd_status(args: argparse.Namespace) -> int:
                 return 0
             args.run_id = data.run.run_id  # keep following this run, even if a newer starts
             await anyio.sleep(max(0.2, args.follow))
+
+
+def _interval(follow: float | None) -> float | None:
+    """How often ``status --follow`` shows the run again (None: not following)."""
+    return None if follow is None else max(0.2, follow)
 
 
 async def _runs_listing(store: Journal, args: argparse.Namespace) -> str:

@@ -34,6 +34,10 @@ class Blockage:
     limit: int  # max_unavailable
 
     def reason(self) -> str:
+        return f"{self.held()}: max_unavailable is {self.limit}"
+
+    def held(self) -> str:
+        """What holds the room, ours in progress aside: ``2 nodes down for other reasons``."""
         parts = []
         if self.others:
             parts.append(f"{count(self.others, 'node')} down for other reasons")
@@ -42,8 +46,7 @@ class Blockage:
                 f"{count(self.failed_down, 'node')} of ours that failed after the action "
                 f"{plural('is', self.failed_down)} still down"
             )
-        held = " and ".join(parts) or "nodes down"
-        return f"{held}: max_unavailable is {self.limit}"
+        return " and ".join(parts) or "nodes down"
 
 
 def blockage(pool: PoolRun) -> Blockage:

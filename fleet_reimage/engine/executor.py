@@ -33,6 +33,7 @@ import structlog
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from fleet_reimage.engine.drain import Drains
 from fleet_reimage.engine.events import RunObserver
 from fleet_reimage.engine.gates import GateKeeper
 from fleet_reimage.engine.health import HealthMonitor
@@ -61,6 +62,8 @@ log = structlog.get_logger("fleet_reimage.run")
 
 TICK = 0.25  # seconds between the dispatcher's periodic wake-ups
 Job = tuple[PoolRun, RunTarget, JobKind]
+_PHASE_OF = {JobKind.ACTION: Phase.REQUEST, JobKind.RECONCILE: Phase.RECONCILE,
+             JobKind.DRAIN: Phase.DRAINING}  # fmt: skip
 Confirm = Callable[[str], Awaitable[bool]]
 
 
@@ -73,6 +76,8 @@ class RunResult:
     counts: dict[str, int]
     stopped_pools: dict[str, str] = field(default_factory=dict)
     stop_kind: str | None = None  # why it stopped: budget, deadline, auth, interrupted, ...
+    notifications: dict[str, int] | None = None  # webhooks: sent, failed, dropped
+    drains: dict[str, int] | None = None  # started, drained, timed_out, undone, enabled
 
 
 @dataclass(slots=True)
@@ -105,7 +110,9 @@ class Executor:
         settings: RunSettings,
         observer: RunObserver,
         sharing: Sharing | None = None,
+        drained_before: Sequence[int] = (),
     ) -> None:
+        """``drained_before``: targets a previous run drained and acted on (a resume's)."""
         self.run_id = run_id
         self.plan = plan
         self.journal = journal
@@ -129,10 +136,11 @@ class Executor:
             )  # fmt: skip
         runner_id = None if self.shared is None else self.shared.runner_id
         self.work = NodeWork(self.ledger, self, self.slots, plan, runner_id=runner_id)
+        self.drains = self._drains(runner_id, drained_before)  # rollout.drain: drain.py
         on_baseline = None if self.shared is None else self.shared.publish_baseline
         self.gates, self.soak = self._next_wave_waits(plan)
         self.health = HealthMonitor(
-            self.ledger, self, plan, on_baseline=on_baseline, soak=self.soak
+            self.ledger, self, plan, on_baseline=on_baseline, soak=self.soak, drains=self.drains
         )
         self.claims: PoolClaims | None = None  # rollout.claim_pools: see poolclaim.py
         if plan.rollout.claim_pools:
@@ -142,6 +150,18 @@ class Executor:
         self._checkpoint_open = False
         self._cancel: anyio.CancelScope | None = None
         self._group: TaskGroup | None = None
+
+    def _drains(self, runner_id: str | None, drained_before: Sequence[int]) -> Drains | None:
+        plan = self.plan
+        if plan.rollout.drain is None:
+            return None
+        drains = Drains(self.ledger, self, self.slots, plan.rollout.drain,
+                        plan_option=plan.option.value,
+                        poll_interval=plan.rollout.health.poll_interval,
+                        runner_id=runner_id, drained_before=drained_before)  # fmt: skip
+        if self.shared is not None:  # a dead runner's drains are finished by the taker
+            self.shared.on_take_over = drains.taken_over
+        return drains
 
     def _next_wave_waits(self, plan: Plan) -> tuple[GateKeeper | None, SoakWatch | None]:
         """The plan's gates (``gates.py``) and soak (``soak.py``), when it has them."""
@@ -219,6 +239,8 @@ class Executor:
                 self._group = group
                 group.start_soon(self.health.run)
                 group.start_soon(self._ticker)
+                if self.drains is not None:
+                    group.start_soon(self.drains.run)
                 for _ in range(2 * self.plan.execution.concurrency):
                     group.start_soon(self._worker, receive.clone())
                 if self.soak is not None:  # a resumed run soaks again what it left soaking
@@ -297,18 +319,24 @@ class Executor:
         due = pool.due_job(now)
         if due is not None:
             return self.targets[due[0]], due[1]
+        if self.drains is not None and not self.drains.ready(pool):
+            return None  # what its nodes run is not known yet: a poll will wake us
         target_id = pool.rollout.take_next(now)
         if target_id is None:
             return None
         target = self.targets[target_id]
         target.started = now
         self.ledger.wave_started(pool, now)
+        if self.drains is not None:
+            return target, self.drains.first_step(pool, target)
         return target, JobKind.ACTION
 
     def _launch(self, pool: PoolRun, target: RunTarget, kind: JobKind) -> None:
         self._live_jobs += 1
         self.slots.launch(pool.account)
-        target.phase = Phase.REQUEST if kind is JobKind.ACTION else Phase.RECONCILE
+        target.phase = _PHASE_OF[kind]
+        if self.drains is not None and kind is JobKind.ACTION:
+            self.drains.launched(target)
         self._jobs_out.send_nowait((pool, target, kind))
 
     async def _worker(self, jobs: MemoryObjectReceiveStream[Job]) -> None:
@@ -325,7 +353,10 @@ class Executor:
 
     async def _job(self, pool: PoolRun, target: RunTarget, kind: JobKind) -> None:
         try:
-            await self.work.run(pool, target, kind)
+            if kind is JobKind.DRAIN and self.drains is not None:
+                await self.drains.job(pool, target)
+            else:
+                await self.work.run(pool, target, kind)
         except JournalError as error:
             # Nothing more can be recorded, so nothing more may be sent: stop at once.
             # What was in flight stays "sent, no answer" and is reconciled on resume.
@@ -397,6 +428,8 @@ class Executor:
         with anyio.CancelScope(shield=True):
             if self.claims is not None:
                 await self.claims.finish()
+            if self.drains is not None:  # scheduling is never left disabled by us
+                await self.drains.finish()
             try:
                 result = await self._record_end()
             except JournalError:  # the run ends whatever the journal can still take
@@ -452,4 +485,6 @@ class Executor:
             bad = counts["failed"] + counts["skipped"]
             code = 3 if (stopped or self.stop_kind) else (1 if bad else 0)
         reason = self.stop_reason or ("; ".join(f"{k}: {v}" for k, v in stopped.items()) or None)
-        return RunResult(self.run_id, status, code, reason, counts, stopped, self.stop_kind)
+        drains = None if self.drains is None else dict(self.drains.counts)
+        return RunResult(self.run_id, status, code, reason, counts, stopped, self.stop_kind,
+                         drains=drains)  # fmt: skip

@@ -258,14 +258,27 @@ class GateKeeper:
         self.ledger.observer.event(event.kind, {**where, **event.data})
         if outcome.passed:
             return
-        log.warning("gate failed", gate=gate.name, why=outcome.summary(), output=list(outcome.tail))
+        # The whole tail is in the journal and status; the log line stays one line of words.
+        log.warning(
+            "gate failed",
+            gate=gate.name,
+            where=_where(wave, pool),
+            why=outcome.summary(),
+            last_output=outcome.tail[-1] if outcome.tail else "",
+        )
         last = f"; last output: {outcome.tail[-1]}" if outcome.tail else ""
         self._stop(gate, wave, pool, f"({outcome.summary()}){last}")
 
     def _stop(self, gate: GateSpec, wave: int | None, pool: PoolRun | None, why: str) -> None:
-        where = "after the run" if wave is None else f"before wave {wave + 1}"
-        if pool is not None:
-            where += f" of {pool.account.name}/{pool.pool_id}"
+        where = _where(wave, pool)
         self.control.request_stop(
             "gate", f"gate {gate.name!r} failed {where} {why}; resume to ask it again"
         )
+
+
+def _where(wave: int | None, pool: PoolRun | None) -> str:
+    """Which ask of a gate, in words: ``before wave 2 of acct/p``, ``after the run``."""
+    where = "after the run" if wave is None else f"before wave {wave + 1}"
+    if pool is not None:
+        where += f" of {pool.account.name}/{pool.pool_id}"
+    return where

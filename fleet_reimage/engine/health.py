@@ -33,6 +33,7 @@ from fleet_reimage.batch.explain import describe
 from fleet_reimage.batch.models import NodeInfo
 from fleet_reimage.engine.blockwatch import BlockWatch
 from fleet_reimage.engine.control import RunControl
+from fleet_reimage.engine.drain import DRAIN_SELECT, Drains
 from fleet_reimage.engine.ledger import RunLedger
 from fleet_reimage.engine.runstate import Phase, PoolRun, RunTarget
 from fleet_reimage.engine.soak import SoakWatch
@@ -63,10 +64,13 @@ class HealthMonitor:
         *,
         on_baseline: Callable[[PoolRun, int, Sequence[str]], Awaitable[None]] | None = None,
         soak: SoakWatch | None = None,
+        drains: Drains | None = None,
     ) -> None:
         """``on_baseline``: told each pool's baseline and its targets seen down after a poll,
         before any target is judged (a shared run shares them through the journal);
-        ``soak``: polls also watch soaking pools (``soak.py``)."""
+        ``soak``: polls also watch soaking pools (``soak.py``); ``drains``: a planned
+        drain's; its polls also list the nodes running tasks, with their
+        ``runningTasksCount`` and ``schedulingState`` (``drain.py``)."""
         self.ledger = ledger
         self.control = control
         self.plan = plan  # its health spec, and where an account is written (messages)
@@ -75,11 +79,16 @@ class HealthMonitor:
         self.soak = soak
         self.polls = 0  # list calls made, for the calls-per-node figure
         self.blocks = BlockWatch(ledger, self.spec.timeout)
+        self.drains = drains
+        self.select = HEALTH_SELECT if drains is None else DRAIN_SELECT
+        # With a drain, running nodes are listed too: what runs tasks, and what drained.
+        self.listed_states = self.spec.ready_states - ({"running"} if drains else set())
 
     def _wants_poll(self, pool: PoolRun, now: float) -> bool:
         blocked = self.blocks.wants_poll(pool, now)  # also sees a blocking end
         soaking = self.soak is not None and self.soak.soaking(pool)
-        return blocked or soaking or bool(pool.awaiting)
+        draining = self.drains is not None and self.drains.wants_poll(pool)
+        return blocked or soaking or bool(pool.awaiting) or draining
 
     async def run(self) -> None:
         """Poll every pool that needs it, each at most once per interval, until cancelled."""
@@ -118,6 +127,8 @@ class HealthMonitor:
         await self._judge(pool, nodes)
         if self.soak is not None:
             await self.soak.judge(pool, nodes, polled_at)
+        if self.drains is not None:
+            self.drains.after_poll(pool, nodes)
         self.control.wake()
 
     async def _list(self, pool: PoolRun) -> dict[str, NodeInfo]:
@@ -128,11 +139,12 @@ class HealthMonitor:
         soaking_since = None if self.soak is None else self.soak.since(pool)
         if soaking_since is not None:  # a soaking node that booted again must be in the answer
             earliest = min(earliest, soaking_since)
-        query = health_filter(self.spec.ready_states, earliest - FILTER_MARGIN)
+        since = earliest - FILTER_MARGIN
+        query = health_filter(self.listed_states, since) if self.listed_states else None
         nodes: dict[str, NodeInfo] = {}
         self.polls += 1
         async for page in pool.account.client.list_node_pages(
-            pool.pool_id, filter=query, select=HEALTH_SELECT
+            pool.pool_id, filter=query, select=self.select
         ):
             self.polls += 1 if page.next_link else 0
             for item in page.items:
@@ -151,6 +163,7 @@ class HealthMonitor:
     async def _judge(self, pool: PoolRun, nodes: dict[str, NodeInfo]) -> None:
         now = time.monotonic()
         settled: list[tuple[RunTarget, TargetState, str]] = []
+        back: list[tuple[RunTarget, NodeInfo]] = []  # out of the action, for the drains
         for target in list(pool.awaiting.values()):
             node = nodes.get(target.record.node_id)
             if node is None:
@@ -164,6 +177,8 @@ class HealthMonitor:
                 target.healthy_boot = node.last_boot_time  # a soak tells a new boot by it
             if verdict.state is not None:
                 settled.append((target, verdict.state, verdict.reason))
+                if node is not None:
+                    back.append((target, node))
             elif now - target.health_since > self.spec.timeout:
                 settled.append(
                     (
@@ -174,6 +189,8 @@ class HealthMonitor:
                 )
         if not settled:
             return
+        if self.drains is not None:  # enabled again before the node counts as done
+            await self.drains.enable_settled(pool, back)
         async with anyio.create_task_group() as group:
             for target, state, reason in settled:
                 group.start_soon(
@@ -189,7 +206,7 @@ class HealthMonitor:
         self.polls += 1
         try:
             return True, await pool.account.client.get_node(
-                pool.pool_id, target.record.node_id, select=HEALTH_SELECT
+                pool.pool_id, target.record.node_id, select=self.select
             )
         except NotFound:
             return True, None

@@ -71,6 +71,23 @@ def retry_policy(plan: Plan) -> RetryPolicy:
     )
 
 
+async def journal_attempt(
+    ledger: RunLedger, slots: SendSlots, pool: PoolRun, target: RunTarget, start: AttemptStart
+) -> bool:
+    """Make an attempt durable before it is sent (the target is then in flight); False when
+    another runner of a shared run owns the target now: it is forgotten, nothing is sent."""
+    try:
+        await ledger.journal.attempt_started(start)
+    except LeaseLost:
+        slots.abandon(pool.account)
+        target.phase = Phase.QUEUED
+        pool.rollout.drop(target.id)
+        return False
+    ledger.set_state(target, TargetState.IN_FLIGHT)
+    target.record.attempts = start.attempt_no
+    return True
+
+
 class NodeWork:
     """The jobs of a run's nodes (see the module docstring)."""
 
@@ -119,15 +136,8 @@ class NodeWork:
         sent_at = time.time()
         start = AttemptStart(ledger.run_id, record.target_id, attempt_no, self.action,
                              client_request_id, sent_at, self.runner_id)  # fmt: skip
-        try:
-            await ledger.journal.attempt_started(start)
-        except LeaseLost:  # another runner owns it now: forget it, send nothing
-            self.slots.abandon(pool.account)
-            target.phase = Phase.QUEUED
-            pool.rollout.drop(target.id)
+        if not await journal_attempt(ledger, self.slots, pool, target, start):
             return
-        ledger.set_state(target, TargetState.IN_FLIGHT)
-        record.attempts = attempt_no
         record.first_sent_at = record.first_sent_at or sent_at
         target.last_client_request_id = client_request_id
         if not await self.slots.acquire(pool.account, time.monotonic()):
@@ -136,7 +146,7 @@ class NodeWork:
         # The attempt's time is when it really left: that is what lastBootTime is compared to.
         record.last_sent_at = time.time()
         started = time.perf_counter()
-        answer = await self._send(pool, record.node_id, client_request_id)
+        answer = await self._send(pool, target, client_request_id)
         latency_ms = (time.perf_counter() - started) * 1000.0
         log.debug("attempt answered", client_request_id=client_request_id, attempt=attempt_no,
                   answer=type(answer).__name__)  # fmt: skip
@@ -154,12 +164,13 @@ class NodeWork:
         )
         self._apply(pool, target, step, answer)
 
-    async def _send(self, pool: PoolRun, node_id: str, client_request_id: str) -> Answer:
+    async def _send(self, pool: PoolRun, target: RunTarget, client_request_id: str) -> Answer:
         """The request, on a slot already held; the slot is free again when this returns."""
         client = pool.account.client
         send = client.reimage_node if self.action == "reimage" else client.reboot_node
         try:
-            answer: Answer = await send(pool.pool_id, node_id, option=self.plan.option.value,
+            option = target.action_option or self.plan.option.value  # a drain's ``then``
+            answer: Answer = await send(pool.pool_id, target.record.node_id, option=option,
                                         client_request_id=client_request_id)  # fmt: skip
         except AuthFailed as error:  # a run-wide stop: its reason names the account
             answer = locate_in_plan(error, self.plan, pool.account.name, client.endpoint)

@@ -23,6 +23,7 @@ import anyio
 from fleet_reimage.batch.client import BatchClient
 from fleet_reimage.batch.errors import BatchError, NotFound
 from fleet_reimage.batch.models import NODE_SELECT, NodeInfo
+from fleet_reimage.engine.drainresume import settle_left_drains
 from fleet_reimage.engine.events import RunObserver
 from fleet_reimage.engine.executor import Executor, RunResult, RunSettings, Sharing
 from fleet_reimage.engine.ledger import failed_after_action
@@ -160,16 +161,17 @@ async def execute(
     resume = resume or ResumeOptions()
     changed = pool_limits(run.options, records, plan, resume)
     limits = _limits_from_options(run, changed)
-    if resuming and shared is None:
+    drained_before: list[int] = []
+    if resuming and shared is None:  # before the in-doubt reads: a drain is no action
+        drained_before = await settle_left_drains(run, journal, clients, records)
         limits = await _reconcile_on_resume(run, plan, journal, clients, records, limits)
     if resuming or shared is not None:
         run = await take_up(run, journal, records, resume, resuming=resuming, limits=changed)
     if resuming and shared is not None:  # resuming is the operator's go-ahead past a checkpoint
         await cast(SharedRuns, journal).resume_pools(run.run_id)
     plan = plan_with_overrides(plan, run.options)
-    executor = build_executor(
-        run, plan, journal, clients, records, limits, settings, observer, shared=shared
-    )
+    executor = build_executor(run, plan, journal, clients, records, limits, settings, observer,
+                              shared=shared, drained_before=drained_before)  # fmt: skip
     if executor_ready is not None:
         executor_ready(executor)
     return await executor.run()
@@ -186,6 +188,7 @@ def build_executor(
     observer: RunObserver,
     *,
     shared: SharedSettings | None = None,
+    drained_before: Sequence[int] = (),
 ) -> Executor:
     """The executor's in-memory state from the journal's targets (new or resumed alike)."""
     accounts: dict[str, AccountRun] = {}
@@ -215,7 +218,7 @@ def build_executor(
     return Executor(run_id=run.run_id, plan=plan, journal=journal,
                     accounts=list(accounts.values()), pools=pools, targets=targets,
                     budget=budget, settings=settings, observer=observer,
-                    sharing=sharing)  # fmt: skip
+                    sharing=sharing, drained_before=drained_before)  # fmt: skip
 
 
 def _failure_budget(run: RunRecord, plan: Plan, records: Sequence[TargetRecord]) -> FailureBudget:

@@ -27,6 +27,7 @@ class Phase(Enum):
     REQUEST = "request"  # a reimage/reboot request is in flight
     BACKOFF = "backoff"  # waiting to retry; the last request was not applied
     RECONCILE = "reconcile"  # in doubt: waiting to read the node, or reading it
+    DRAINING = "draining"  # scheduling disabled by us, waiting for its tasks (engine/drain.py)
     HEALTH = "health"  # accepted; waiting for the node to come back ready
     DONE = "done"  # terminal
 
@@ -34,6 +35,7 @@ class Phase(Enum):
 class JobKind(Enum):
     ACTION = "action"  # send the reimage/reboot
     RECONCILE = "reconcile"  # read an in-doubt node
+    DRAIN = "drain"  # disable the node's scheduling before its action (engine/drain.py)
 
 
 @dataclass(slots=True, eq=False)
@@ -47,6 +49,7 @@ class RunTarget:
     last_client_request_id: str | None = None
     health_since: float = 0.0  # monotonic: when the health wait started (or resumed)
     started: float | None = None  # monotonic: first dispatch in this process
+    action_option: str | None = None  # the action's option when not the plan's (a drain's)
     healthy_boot: float | None = None  # lastBootTime when judged healthy here (soak: soak.py)
 
     @property

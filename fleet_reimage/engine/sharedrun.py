@@ -43,7 +43,7 @@ import structlog
 
 from fleet_reimage.engine.control import RunControl
 from fleet_reimage.engine.ledger import RunLedger
-from fleet_reimage.engine.runstate import AccountRun, JobKind, Phase, PoolRun
+from fleet_reimage.engine.runstate import AccountRun, JobKind, Phase, PoolRun, RunTarget
 from fleet_reimage.journal.model import JournalError, LeaseLost, TargetRecord, TargetState
 from fleet_reimage.journal.shared import Claim, RunnerInfo, SharedRuns
 from fleet_reimage.rollout.claimed import ClaimedPoolRollout
@@ -109,6 +109,9 @@ class SharedRunCoordinator:
         self.clock = clock  # this runner's wall clock: only compared with the database's
         self.live_runners = 1
         self.event_mark = 0  # the run's latest event when this runner joined (gates.py)
+        # told of each target taken over from a runner that died (drain.py: its node may
+        # have been drained by that runner)
+        self.on_take_over: Callable[[RunTarget], None] | None = None
         self._wake = anyio.Event()
 
     @property
@@ -270,6 +273,8 @@ class SharedRunCoordinator:
         if target is None or target.phase not in (Phase.QUEUED, Phase.DONE):
             return
         self.ledger.refresh_record(target, record)
+        if self.on_take_over is not None:
+            self.on_take_over(target)
         rollout.add_claims([target.id], active=True)
         log.info("took over", pool=pool.pool_id, node=record.node_id, state=record.state)
         if record.state is TargetState.ACCEPTED:

@@ -21,13 +21,23 @@ from fleet_reimage.errors import InputError, Problem
 from fleet_reimage.yamlsafe import MAX_DOCUMENT_BYTES, load_marked_yaml
 
 from .accounts import read_accounts, read_name
+from .drain import read_notify
 from .model import Action, NodeOption, Plan, PlanSource
 from .reader import Checker, Node, root_node
 from .sections import read_execution, read_rollout
 
 E = TypeVar("E", Action, NodeOption)
 
-TOP_KEYS = ("version", "name", "action", "option", "accounts", "rollout", "execution")
+TOP_KEYS = (
+    "version",
+    "name",
+    "action",
+    "option",
+    "accounts",
+    "rollout",
+    "execution",
+    "notify",
+)
 SUPPORTED_VERSION = 1
 
 
@@ -92,6 +102,7 @@ def parse_plan(text: str, path: Path, *, environ: Mapping[str, str] | None = Non
         accounts = read_accounts(checker, fields["accounts"], absolute.parent, environ)
     rollout = read_rollout(checker, fields.get("rollout"))
     execution = read_execution(checker, fields.get("execution"))
+    notify = read_notify(checker, fields["notify"], environ) if "notify" in fields else ()
     if (
         checker.error_count
         or version is None
@@ -101,6 +112,7 @@ def parse_plan(text: str, path: Path, *, environ: Mapping[str, str] | None = Non
         or accounts is None
         or rollout is None
         or execution is None
+        or notify is None
     ):
         # The fallback problem only guards against a validator that failed silently.
         raise InputError(checker.problems or [Problem(file, None, None, "", "invalid plan")])
@@ -116,6 +128,7 @@ def parse_plan(text: str, path: Path, *, environ: Mapping[str, str] | None = Non
         execution=execution,
         source=PlanSource(path=absolute, text=text, sha256=digest),
         warnings=tuple(warnings),
+        notify=notify,
     )
 
 

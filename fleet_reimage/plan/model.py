@@ -20,6 +20,7 @@ from fleet_reimage.batch.versions import DEFAULT_API_VERSION
 from fleet_reimage.errors import Problem
 from fleet_reimage.units import Amount
 
+from .drain import DrainSpec, NotifySpec
 from .gates import GateSpec
 
 # Defaults, named so the docs, the loader and the tests agree.
@@ -156,6 +157,8 @@ class RolloutSpec:
     # Claim each pool in its metadata before the first request, against other runs
     # (other journals, other machines): ``engine/poolclaim.py``.
     claim_pools: bool = False
+    # Drain a node that runs tasks before its action (``plan/drain.py``); None: no drain.
+    drain: DrainSpec | None = None
     # Commands asked before each wave / after the run, and how long a wave's nodes must
     # stay healthy before the pool's next wave (``plan/gates.py``, ``engine/gates.py``).
     gates: tuple[GateSpec, ...] = ()
@@ -197,3 +200,4 @@ class Plan:
     execution: ExecutionSpec
     source: PlanSource
     warnings: tuple[Problem, ...]
+    notify: tuple[NotifySpec, ...] = ()  # webhooks, by environment variable (``plan/drain.py``)

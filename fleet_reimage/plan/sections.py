@@ -13,6 +13,7 @@ from fleet_reimage.units import Amount
 
 from ..batch.versions import API_VERSIONS, DEFAULT_API_VERSION
 from .accounts import read_states
+from .drain import read_drain
 from .gates import read_gates, read_soak
 from .model import DEFAULT_STATES, ExecutionSpec, HealthSpec, RetrySpec, RolloutSpec
 from .reader import Checker, Node
@@ -28,6 +29,7 @@ ROLLOUT_KEYS = (
     "confirm_after_wave",
     "failed_holds_availability",
     "claim_pools",
+    "drain",
     "gates",
     "soak",
 )
@@ -96,10 +98,17 @@ def read_rollout(checker: Checker, at: Node | None) -> RolloutSpec | None:
         confirm = _read_confirm(checker, got["confirm_after_wave"], ladder, waves is not None)
     holds = _flag(checker, got["failed_holds_availability"], default=True)
     claim_pools = _flag(checker, got["claim_pools"], default=False)
+    drain = read_drain(checker, got["drain"]) if got["drain"] is not None else None
     gates = read_gates(checker, got["gates"]) if got["gates"] is not None else ()
     soak = read_soak(checker, got["soak"]) if got["soak"] is not None else 0.0
     if soak and health is not None and not health.wait and got["soak"] is not None:
         checker.error(got["soak"], "a soak watches the nodes' health: it needs health.wait: true")
+    if drain is not None and health is not None and not health.wait and got["drain"] is not None:
+        checker.error(
+            got["drain"],
+            "a drain needs health.wait: true (running tasks are read from the health polls, "
+            "and a drained node's scheduling is enabled again once it is back)",
+        )
     if checker.error_count > errors or health is None or holds is None or claim_pools is None:
         return None
     if not health.wait and got["max_unavailable"] is not None and not is_all(max_unavailable):
@@ -121,6 +130,7 @@ def read_rollout(checker: Checker, at: Node | None) -> RolloutSpec | None:
         confirm_after_wave=confirm,
         failed_holds_availability=holds,
         claim_pools=claim_pools,
+        drain=drain,
         gates=gates or (),
         soak=soak or 0.0,
     )

@@ -132,7 +132,7 @@ def simulate(resolution: Resolution, assumed: Assumption) -> list[PoolSim]:
             slots = min(pool.max_unavailable, execution.per_account_concurrency)
         if slots < 1:
             blocked = PoolSim(label, len(pool.selected), 0)
-            blocked.blocked = _blocked_reason(pool, plan)
+            blocked.blocked = blocked_reason(pool, plan)
             out.append(blocked)
             continue
         sim = simulate_pool(
@@ -148,7 +148,8 @@ def simulate(resolution: Resolution, assumed: Assumption) -> list[PoolSim]:
     return out
 
 
-def _blocked_reason(pool: PoolResolution, plan: Plan) -> str:
+def blocked_reason(pool: PoolResolution, plan: Plan) -> str:
+    """Why a pool cannot start at all (its nodes already down fill max_unavailable)."""
     return (
         f"blocked: {count(pool.baseline_unavailable, 'node')} "
         f"{plural('is', pool.baseline_unavailable)} already unavailable and "

@@ -98,8 +98,8 @@ def pool_note(pool: PoolRun, now: float, stops_after: float | None = None) -> st
     if rollout.done:
         return None if pool.awaiting else "done"
     why = blockage(pool)
-    if rollout.unavailable > rollout.max_unavailable:
-        return over_limit_note(rollout.unavailable, why)
+    if rollout.unavailable > rollout.max_unavailable and rollout.active:
+        return over_limit_note(rollout.unavailable, why)  # (none of ours: it is blocked)
     if rollout.held:
         return "held at the checkpoint"
     if now < rollout.next_wave_at:
@@ -114,7 +114,12 @@ def pool_note(pool: PoolRun, now: float, stops_after: float | None = None) -> st
             wait += f"; stops (resumable, nodes kept pending) in {span(left)}"
         return f"blocked: {why.reason()}; {wait}"
     if rollout.blocked_by_unavailability() and (why.others or why.failed_down):
-        return why.reason()
+        if not rollout.active:
+            return why.reason()
+        # Full with nodes of ours in progress too: say them, or the counts do not add up.
+        ours = f"{count(rollout.active, 'node')} of ours in progress"
+        joiner = ", " if why.others and why.failed_down else " and "
+        return f"at max_unavailable {why.limit}: {ours}{joiner}{why.held()}"
     return None
 
 

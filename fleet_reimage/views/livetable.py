@@ -69,13 +69,12 @@ def render_frame(frame: Frame, max_rows: int = 40, width: int = 160) -> Renderab
             parts.append(Text(f"  {_label(line.snap)}: {line.note}", "yellow"))
     if frame.stopping:
         in_flight = frame.totals["in_flight"]
-        parts.append(
-            Text(
-                f"  stopping ({frame.stopping}); waiting for {count(in_flight, 'request')} "
-                "in flight",
-                "yellow",
-            )
+        waiting = (
+            f"waiting for {count(in_flight, 'request')} in flight"
+            if in_flight
+            else "nothing in flight"
         )
+        parts.append(Text(f"  stopping ({frame.stopping}); {waiting}", "yellow"))
     return Group(*parts)
 
 

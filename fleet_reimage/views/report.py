@@ -26,6 +26,7 @@ from typing import Any, TextIO
 
 from fleet_reimage.journal.model import AttemptRecord, TargetRecord, TargetState
 from fleet_reimage.units import count
+from fleet_reimage.views.drains import drain_counts, drain_lines
 from fleet_reimage.views.hints import run_hint
 from fleet_reimage.views.runchanges import overrides_phrase
 from fleet_reimage.views.runview import (
@@ -194,6 +195,7 @@ def report_header_json(report: Report) -> dict[str, Any]:
         "failures": [group.as_json() for group in report.failures],
         "reconciled": report.doubts.as_json(),
         "timeline": report.timeline.as_json(),
+        "drains": drain_counts(data.events),
         "excluded": [
             {"account": e.account, "pool": e.pool, "node": e.node_id, "reason": e.reason}
             for e in data.exclusions
@@ -276,6 +278,8 @@ def write_table(report: Report, out: TextIO) -> None:
     doubts = report.doubts.phrase()
     if doubts:
         lines += ["", doubts]
+    drains = drain_lines(report.data.events)
+    lines += ["", *drains] if drains else []
     lines += ["", "Not done (by error code, else reason)"]
     lines += ["  " + line for line in failure_lines(report.failures)] or ["  none"]
     lines += ["", "Timeline (UTC)"]
@@ -420,6 +424,8 @@ def write_markdown(report: Report, out: TextIO) -> None:
     excluded = exclusion_counts(report.data.exclusions)
     if excluded:
         parts += ["", f"Excluded by the plan's selection: {_excluded_phrase(excluded)}."]
+    drains = drain_lines(report.data.events)
+    parts += ["", md_cell(drains[0]) + "."] if drains else []
     parts += ["", "## Failures", "", *_md_failures(report.failures)]
     parts += ["", "## Timeline (UTC)", "", *_md_timeline(report.timeline, run.created_at)]
     out.write("\n".join(parts) + "\n\n")

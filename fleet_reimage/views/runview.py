@@ -253,9 +253,10 @@ def doubt_counts(
     """Count the requests that were in doubt, however they were settled.
 
     In the run, a request in doubt is read back and its attempt marked reconciled. A request
-    left with no answer at all by a crash is read back by ``resume``, which settles the node
-    (not the attempt): a later attempt means it was not applied, an accepted node that it
-    was. One still without an answer on a node in flight is unresolved (or on the wire now).
+    still in doubt when the run stopped or crashed (or left with no answer at all by a
+    crash) is read back by ``resume``, which settles the node (not the attempt): a later
+    attempt means it was not applied, an accepted node that it was. One still without an
+    answer on a node in flight is unresolved (or on the wire now).
     """
     applied = not_applied = unresolved = 0
     for target in targets:
@@ -266,13 +267,19 @@ def doubt_counts(
                 applied += 1
             elif outcome is AttemptOutcome.RECONCILED_NOT_APPLIED:
                 not_applied += 1
+            elif outcome not in _UNSETTLED:
+                continue  # an answer: never in doubt
+            elif index < len(attempts) - 1:
+                not_applied += 1  # resume read the node, found it untouched, sent again
+            elif target.state in _APPLIED_AFTER_RESUME:
+                applied += 1
             elif outcome is AttemptOutcome.IN_DOUBT:
                 unresolved += 1
-            elif outcome is None and index < len(attempts) - 1:
-                not_applied += 1  # a crash left it unanswered; resume found it not applied
-            elif outcome is None and target.state in _APPLIED_AFTER_RESUME:
-                applied += 1
     return DoubtCounts(applied, not_applied, unresolved)
+
+
+# An attempt with no clear answer: in doubt, or sent with nothing recorded after (a crash).
+_UNSETTLED = frozenset({AttemptOutcome.IN_DOUBT, None})
 
 
 _APPLIED_AFTER_RESUME = frozenset(

@@ -16,7 +16,8 @@ from fleet_reimage.plan.model import NodeOption, Plan
 from fleet_reimage.plan.narrow import describe
 from fleet_reimage.plan.resolve import PoolResolution, Resolution
 from fleet_reimage.plan.schedule import reason_group
-from fleet_reimage.units import count, format_duration
+from fleet_reimage.units import Amount, count, format_duration
+from fleet_reimage.views.dryrun import blocked_reason
 from fleet_reimage.views.textgrid import grid
 
 
@@ -124,6 +125,7 @@ def resolution_json(resolution: Resolution) -> dict[str, Any]:
     plan = resolution.plan
     pools = [_pool_json(pool, plan.option) for pool in resolution.pools]
     running_tasks = sum(p["running_tasks"] for p in pools)
+    drain = plan.rollout.drain
     return {
         "plan": plan.name,
         "file": str(plan.source.path),
@@ -138,9 +140,16 @@ def resolution_json(resolution: Resolution) -> dict[str, Any]:
         "soak": plan.rollout.soak,
         "gates": gates_json(plan),
         "narrowing": resolution.narrowing.as_options() if resolution.narrowing else None,
+        "drain": None if drain is None else {"timeout_s": drain.timeout, "then": drain.then},
+        "notify": [n.url_env for n in plan.notify],
         "pools": pools,
         "warnings": [w.render() for w in resolution.warnings],
     }
+
+
+def _budget(nodes: int, written: Amount) -> str:
+    """``21 (3%)`` for a percent; a count is said once (``0``, not ``0 (0)``)."""
+    return f"{nodes} ({written})" if written.percent else str(nodes)
 
 
 def render_schedule(resolution: Resolution) -> str:
@@ -153,7 +162,7 @@ def render_schedule(resolution: Resolution) -> str:
         f"Plan {plan.name} ({plan.source.path}): {plan.action.value} with option "
         f"{plan.option.value} (running tasks are {meaning})",
         f"  {count(selected, 'node')} selected in {count(len(resolution.pools), 'pool')}; "
-        f"failure budget {resolution.failure_budget()} ({rollout.failure_budget}); "
+        f"failure budget {_budget(resolution.failure_budget(), rollout.failure_budget)}; "
         f"waves (cumulative) {', '.join(str(w) for w in rollout.waves)}; "
         f"pause {format_duration(rollout.pause_between_waves)}; "
         + (
@@ -174,15 +183,43 @@ def render_schedule(resolution: Resolution) -> str:
         lines.append(f"  running work: {work}{task_effect(plan.option, tasks)}")
     else:
         lines.append("  running work: none (no selected node is running a task)")
+    lines += _drain_and_notify_lines(plan)
     current = None
     for pool, waves in zip(resolution.pools, running, strict=True):
         if pool.account != current:
             current = pool.account
             lines.append(f"account {pool.account}")
         lines.extend(_pool_lines(pool, waves, plan.option))
+        if cannot_start(pool, plan):
+            lines.append(f"    {blocked_reason(pool, plan)}")
     for warning in resolution.warnings:
         lines.append(warning.render())
     return "\n".join(lines)
+
+
+def _drain_and_notify_lines(plan: Plan) -> list[str]:
+    lines = []
+    drain = plan.rollout.drain
+    if drain is not None:
+        lines.append(
+            "  drain: a node running tasks when its turn comes is drained first (scheduling "
+            f"disabled, up to {format_duration(drain.timeout)} for its tasks), then acted on "
+            f"with option {plan.option.value}"
+            + ("" if drain.then == plan.option.value else f" ({drain.then} if tasks still run)")
+        )
+    if plan.notify:
+        names = ", ".join(f"${n.url_env}" for n in plan.notify)
+        lines.append(f"  notify: {count(len(plan.notify), 'webhook')} from {names}")
+    return lines
+
+
+def cannot_start(pool: PoolResolution, plan: Plan) -> bool:
+    """Nodes already down fill the pool's max_unavailable: not one of ours may start."""
+    return (
+        plan.rollout.health.wait
+        and bool(pool.selected)
+        and pool.baseline_unavailable >= pool.max_unavailable
+    )
 
 
 def waits_lines(plan: Plan) -> list[str]:

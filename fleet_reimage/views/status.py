@@ -15,6 +15,7 @@ from typing import Any
 
 from fleet_reimage.journal.model import RunRecord, RunStatus, TargetRecord, TargetState
 from fleet_reimage.units import count
+from fleet_reimage.views.drains import drain_counts, drain_lines
 from fleet_reimage.views.hints import Hint, run_hint
 from fleet_reimage.views.report import failure_lines, one_line, totals_lines
 from fleet_reimage.views.runchanges import blocked_now, overrides_phrase
@@ -103,7 +104,8 @@ def runs_json(summaries: Sequence[RunSummary], location: str) -> dict[str, Any]:
 # --- one run ----------------------------------------------------------------------------
 
 
-def run_text(data: RunData, now: float) -> str:
+def run_text(data: RunData, now: float, following: float | None = None) -> str:
+    """One run in words; ``following``: the refresh interval of ``status --follow``."""
     run = data.run
     pools = pool_counts(data.targets)
     by_target = attempts_by_target(data.attempts)
@@ -112,7 +114,7 @@ def run_text(data: RunData, now: float) -> str:
         f"run {run.run_id}: plan {run.name} ({run.plan_path}), {run.action}",
         f"  status   {status_phrase(run)}",
     ]
-    if run.reason:
+    if run.reason and run.status is not RunStatus.RUNNING:  # a running run's is "resumed"
         lines.append(f"  reason   {one_line(run.reason)}")
     if narrowed(run):
         lines.append(f"  narrowed {narrowed(run)}")
@@ -131,12 +133,15 @@ def run_text(data: RunData, now: float) -> str:
         lines += ["", doubts]
     lines += ["", *_in_flight_lines(data.targets, run, now)]
     lines += _blocked_lines(data, now) + _wait_lines(data, now)
+    drains = drain_lines(data.events)
+    lines += ["", *drains] if drains else []
     failures = failure_groups(data.targets, by_target)
     lines += ["", "Not done (by error code, else reason)"]
     lines += ["  " + line for line in failure_lines(failures)] or ["  none"]
     lines += ["", "Waves and events (UTC)"]
     lines += ["  " + text for text in timeline_lines(line, run.created_at)]
-    lines += ["", *next_steps(run_hint(run, data.location, data.events, now), run, data.location)]
+    hint = run_hint(run, data.location, data.events, now)
+    lines += ["", *next_steps(hint, run, data.location, following)]
     return "\n".join(lines)
 
 
@@ -227,13 +232,22 @@ def _wait_lines(data: RunData, now: float) -> list[str]:
     return lines
 
 
-def next_steps(hint: Hint | None, run: RunRecord, location: str) -> list[str]:
-    """What to type next, given the run's status and the command that continues it."""
+def next_steps(
+    hint: Hint | None, run: RunRecord, location: str, following: float | None = None
+) -> list[str]:
+    """What to type next, given the run's status and the command that continues it.
+
+    ``following``: the refresh interval when this is ``status --follow`` already."""
     report = f"fleet-reimage report {run.run_id} --journal {location}"
     command = hint.command if hint else None
     why = [f"  ({line})" for line in hint.why] if hint else []
     if run.status is RunStatus.RUNNING:
         alive = runner_alive(run)
+        if alive and following is not None:
+            return [
+                f"It is running now: shown again every {span(following)} "
+                "(Ctrl-C stops watching, not the run)"
+            ]
         if alive:
             return [
                 "It is running now. Watch it live: "
@@ -290,5 +304,6 @@ def run_status_json(data: RunData, now: float) -> dict[str, Any]:
         ],
         "failures": [g.as_json() for g in failure_groups(data.targets, by_target)],
         "timeline": timeline(data.events, data.targets, data.attempts).as_json(),
+        "drains": drain_counts(data.events),
         "resume": _command(run_hint(run, data.location, data.events, now)),
     }

@@ -22,6 +22,7 @@ from typing import Any
 
 from fleet_reimage.journal.model import AttemptRecord, RunEvent, TargetRecord
 from fleet_reimage.units import count
+from fleet_reimage.views.drains import PER_NODE_KINDS
 from fleet_reimage.views.runchanges import EVENT_KINDS, event_text
 from fleet_reimage.views.runview import clock, iso, span
 from fleet_reimage.views.textgrid import grid
@@ -175,7 +176,7 @@ def timeline(
             last_done[pool_key] = event.at
         elif event.kind == "throttle_changed":
             throttles.append(event)
-        elif event.kind != "run_resumed":
+        elif event.kind not in PER_NODE_KINDS and event.kind != "run_resumed":
             milestones.append(_milestone(event))
     restarts = find_restarts(events, attempts)
     milestones += _restart_milestones(events, restarts)
