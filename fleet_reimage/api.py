@@ -28,7 +28,6 @@ import anyio
 from fleet_reimage.engine.connect import Connections, connect
 from fleet_reimage.engine.events import NullObserver, Observers, RunObserver
 from fleet_reimage.engine.executor import Executor, RunResult, RunSettings
-from fleet_reimage.engine.gates import refuse_shared
 from fleet_reimage.engine.notify import Notifier, Webhook, urls_from_environment, webhooks
 from fleet_reimage.engine.resumeopts import (
     OVERRIDES,
@@ -143,8 +142,6 @@ async def run_plan(
     settings = settings or RunSettings()
     shared = _shared(journal, join=join, lease=lease)
     _webhooks(plan, hooks)  # a wrong webhook is refused before anything is written
-    if shared is not None:
-        refuse_shared(plan)
     async with _writable_journal(journal, owner_label(None)) as store:
         # Early, so that an operator is not asked to confirm what will be refused; the
         # atomic check is create_run's (another operator may be confirming right now).
@@ -246,8 +243,6 @@ async def resume_run(
             deadline=settings.deadline,
         )
         plan, resume = await _plan_for_resume(store, run, force_plan, resume)
-        if shared is not None:
-            refuse_shared(plan)
         if hooks.on_plan_changes is not None and resume.plan_changes:
             hooks.on_plan_changes(resume.plan_changes)
         if settings.deadline is None:

@@ -8,6 +8,7 @@ module, whether or not it runs), so it sees what a reader of the code sees.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,24 @@ def test_the_cycle_finder_finds_a_cycle(cycle: list[str]) -> None:
     # The checker itself must be able to fail: a two-module cycle and a self-contained chain.
     assert _cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [cycle]
     assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def _where_things_are() -> str:
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Where things are\n", 1)[1]
+    return section.split("\n## ", 1)[0]
+
+
+def test_the_readme_map_names_every_module() -> None:
+    """A newcomer finds a module from the README's map: each file is named there, by its
+    name or by a family pattern such as ``postgres*.py``."""
+    text = _where_things_are()
+    families = [pattern.removesuffix("*.py") for pattern in re.findall(r"\b(\w+)\*\.py", text)]
+    unnamed = sorted(
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if path.stem not in {"__init__", "__main__"}
+        and not re.search(rf"\b{re.escape(path.stem)}(\.py)?\b", text)
+        and not any(path.stem.startswith(family) for family in families)
+    )
+    assert not unnamed, f"README 'Where things are' does not name: {', '.join(unnamed)}"

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from fleet_reimage.journal.shared import PoolProgress, PoolState
+from fleet_reimage.rollout.budget import BudgetRule
 from fleet_reimage.rollout.nextwave import NextWaveRules, NextWaveWaits, soak_verdict
+from fleet_reimage.rollout.policy import RolloutRules, decide, decide_shared
 from fleet_reimage.rollout.pool import PoolRollout
 
 READY = frozenset({"idle", "running"})
@@ -114,3 +119,61 @@ def test_soak_verdict(
         state, boot, ready_states=READY, healthy_boot=healthy_boot, soak_started=120.0
     )
     assert got == expected
+
+
+# --- a shared run's claims: the soak's end is kept as the pool's pause (decide_shared) ---
+
+
+def completing(now: float, *, open_wave: int | None = 1, failures: int = 0) -> PoolState:
+    """A pool whose wave 0 (0-based) completes at ``now``, seen by a claim."""
+    return PoolState(now, PoolProgress(wave=0), open_wave, 0, 0, failures)
+
+
+def test_a_shared_claim_that_sees_a_wave_complete_keeps_the_soak_as_the_pause() -> None:
+    waits = NextWaveWaits(NextWaveRules(soak=10.0))
+    decision = decide_shared(RolloutRules(5, pause=3.0), waits, completing(100.0))
+    assert decision.progress.opens_at == 110.0 and decision.progress.wave == 1
+    assert decision.admit == 0 and decision.blocked == "pause"
+    assert decision.completed is not None and decision.completed.next_wave_at == 110.0
+    # Another runner's later claim reads that progress: it waits until the soak's end...
+    later = PoolState(105.0, decision.progress, 1, 0, 0, 0)
+    other = NextWaveWaits(NextWaveRules(soak=10.0))  # it does not watch the soak itself
+    assert decide_shared(RolloutRules(5, pause=3.0), other, later).blocked == "pause"
+    # ...and then may start the next wave, though it never saw the wave complete.
+    after = PoolState(110.0, decision.progress, 1, 0, 0, 0)
+    assert decide_shared(RolloutRules(5, pause=3.0), other, after).admit == 5
+
+
+def test_a_shared_claim_with_a_longer_pause_or_no_soak_decides_as_decide() -> None:
+    rules = RolloutRules(5, pause=30.0)
+    for waits in (NextWaveWaits(NextWaveRules(soak=10.0)), NextWaveWaits(NextWaveRules()), None):
+        state = completing(100.0)
+        assert decide_shared(rules, waits, state) == decide(rules, state, waits)
+    last = completing(100.0, open_wave=None)  # the last wave: finished, never soaked
+    soaked = NextWaveWaits(NextWaveRules(soak=10.0))
+    assert decide_shared(rules, soaked, last) == decide(rules, last, soaked)
+
+
+@given(
+    soak=st.floats(0.0, 100.0),
+    pause=st.floats(0.0, 100.0),
+    now=st.floats(0.0, 1e6),
+    failures=st.integers(0, 5),
+    checkpoint=st.sampled_from([None, 0, 1]),
+)
+def test_a_shared_claim_holds_the_next_wave_for_the_longer_of_pause_and_soak(
+    soak: float, pause: float, now: float, failures: int, checkpoint: int | None
+) -> None:
+    rules = RolloutRules(5, pause, checkpoint, BudgetRule(limit=2))
+    waits = NextWaveWaits(NextWaveRules(soak=soak))
+    alone = decide(rules, completing(now, failures=failures), waits)
+    shared = decide_shared(rules, waits, completing(now, failures=failures))
+    assert (
+        shared.progress.wave == alone.progress.wave and shared.progress.held == alone.progress.held
+    )
+    assert shared.progress.opens_at == max(alone.progress.opens_at, now + soak if soak else -1)
+    assert shared.admit <= alone.admit
+    if soak > pause:
+        assert shared.admit == 0  # nothing of the next wave starts before the soak's end
+    if alone.blocked in ("budget", "held"):  # the stronger reasons stay
+        assert shared.blocked == alone.blocked

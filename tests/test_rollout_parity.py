@@ -6,6 +6,8 @@ emulator's own count, an oracle independent of the client)."""
 from __future__ import annotations
 
 import itertools
+import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,11 +54,11 @@ def pg_url(pg_server: pgserver.PgServer) -> Iterator[str]:
         yield url
 
 
-async def roll(folder: Path, journal: str) -> dict[str, Any]:
+async def roll(folder: Path, journal: str, rollout: str = ROLLOUT) -> dict[str, Any]:
     """Run the plan on a fresh emulator fleet (the same seed each time) with ``journal``."""
     await anyio.Path(folder).mkdir()
     async with emulator(POOLS, timings={"reimaging": "150ms", "starting": "100ms"}) as emu:
-        plan = api.load_plan(write_plan(folder, emu.url, rollout=ROLLOUT))
+        plan = api.load_plan(write_plan(folder, emu.url, rollout=rollout))
         recorder = Recorder()
         hooks = api.RunHooks(observer=recorder, handle_signals=False)
         with anyio.fail_after(90):
@@ -73,6 +75,15 @@ async def roll(folder: Path, journal: str) -> dict[str, Any]:
         "exit": result.exit_code,
         "timeline": timeline(events, targets).waves,
         "completed": sorted((f["pool"], f["wave"]) for f in recorder.kinds("wave_completed")),
+        "gates": sorted((f["pool"], f["wave"]) for f in recorder.kinds("gate_passed")),
+        "soaks": sorted(
+            (f["pool"], f["wave"], f["nodes"], f["failed"]) for f in recorder.kinds("soak_ended")
+        ),
+        "journaled": sorted(
+            (e.kind, e.pool or "", int(str(e.data.get("wave", 0))))
+            for e in events
+            if e.kind.startswith(("gate_", "soak_"))
+        ),
         "peaks": {pool: figures["peak_unavailable"] for pool, figures in stats["pools"].items()},
         "reimages": counts,
         "selected": {t.node_id for t in targets},
@@ -103,3 +114,34 @@ async def test_sqlite_and_postgresql_runs_roll_alike(tmp_path: Path, pg_url: str
     # The emulator counts the nodes our requests took down: 4 at once in p, the limit; in q
     # 2 nodes were down already, so at most 2 of ours at once.
     assert alone["peaks"] == shared["peaks"] == {"p": 4, "q": 2}
+
+
+async def test_gates_and_soak_roll_alike_on_sqlite_and_postgresql(
+    tmp_path: Path, pg_url: str
+) -> None:
+    command = json.dumps(
+        [sys.executable, "-c", "import os; print(os.environ['FLEET_REIMAGE_WAVE'])"]
+    )
+    rollout = (
+        ROLLOUT
+        + f"""
+    soak: 200ms
+    gates: [{{name: ok, command: {command}, timeout: 30s}}]
+"""
+    )
+    alone = await roll(tmp_path / "sqlite", str(tmp_path / "sqlite" / "j.db"), rollout)
+    shared = await roll(tmp_path / "postgresql", pg_url, rollout)
+    for run in (alone, shared):
+        assert run["exit"] == 0
+        assert {node for node, n in run["reimages"].items() if n} == run["selected"]
+    shape = [[(w.pool, w.wave, w.of, w.nodes) for w in r["timeline"]] for r in (alone, shared)]
+    assert shape[0] == shape[1]
+    every_wave = [(p, w) for p in "pq" for w in (1, 2, 3)]
+    assert alone["completed"] == shared["completed"] == every_wave
+    assert alone["gates"] == shared["gates"] == every_wave  # each wave's gate, once
+    # every wave but the last soaked, with its healthy nodes watched
+    assert alone["soaks"] == shared["soaks"] == [
+        ("p", 1, 1, 0), ("p", 2, 2, 0), ("q", 1, 1, 0), ("q", 2, 2, 0),
+    ]  # fmt: skip
+    assert alone["journaled"] == shared["journaled"]
+    assert alone["peaks"] == shared["peaks"]

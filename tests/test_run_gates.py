@@ -26,8 +26,7 @@ from runhelpers import (
 from runhelpers import resume as resume_run
 
 from fleet_reimage import api
-from fleet_reimage.errors import RefusedError
-from fleet_reimage.journal import RunStatus, TargetState
+from fleet_reimage.journal import RunStatus, TargetState, open_journal
 
 pytestmark = pytest.mark.anyio
 
@@ -172,9 +171,15 @@ async def test_an_after_run_gate_failure_stops_and_resume_asks_it_again(tmp_path
 
 
 async def test_a_node_that_degrades_during_soak_fails_and_counts(tmp_path: Path) -> None:
+    await degrading_soak(tmp_path, str(tmp_path / "j.db"))
+
+
+async def degrading_soak(tmp_path: Path, journal: str) -> None:
+    """A node of wave 1 turns unusable as its soak starts: it fails, counts, and wave 2 runs
+    after the soak (``journal``: a SQLite file, or a shared PostgreSQL one)."""
     pools = idle_pools("p", nodes=4)
     async with emulator(pools) as emu:
-        plan = write_plan(tmp_path, emu.url, rollout=rollout("soak: 1s"))
+        plan = api.load_plan(write_plan(tmp_path, emu.url, rollout=rollout("soak: 1s")))
         recorder = Recorder()
         broken: list[str] = []
 
@@ -184,10 +189,15 @@ async def test_a_node_that_degrades_during_soak_fails_and_counts(tmp_path: Path)
             emu.state.force_state("p", healthy[0], "unusable")
 
         recorder.callbacks["soak_started"] = break_one
+        hooks = api.RunHooks(observer=recorder, handle_signals=False)
         with anyio.fail_after(60):
-            result = await run_with(plan, tmp_path / "j.db", api.RunHooks(observer=recorder))
+            result = await api.run_plan(plan, journal=journal, hooks=hooks)
         counts = reimages(emu)
-    records = {r.node_id: r for r in await journal_targets(tmp_path / "j.db")}
+    store = await open_journal(journal, readonly=True)
+    try:
+        records = {r.node_id: r for r in await store.targets(result.run_id)}
+    finally:
+        await store.close()
     assert result.exit_code == 1 and result.counts["failed"] == 1
     assert records[broken[0]].state is TargetState.FAILED
     assert records[broken[0]].reason == "degraded during soak (state unusable)"
@@ -244,42 +254,32 @@ async def test_a_step_gate_runs_once_per_step_for_every_pool(tmp_path: Path) -> 
     assert len(passed) == 2 and all("pool" not in fields for fields in passed)
 
 
-async def test_a_shared_journal_refuses_gates_and_soak_before_anything_is_sent(
-    tmp_path: Path,
-) -> None:
-    pools = idle_pools("p", nodes=2)
-    async with emulator(pools) as emu:
-        plan = write_plan(tmp_path, emu.url, rollout=rollout("soak: 1s"))
-        with pytest.raises(RefusedError) as refused:
-            await api.run_plan(
-                api.load_plan(plan),
-                journal="postgresql://nobody@127.0.0.1:9/none",  # never reached
-                hooks=api.RunHooks(handle_signals=False),
-            )
-        sent = sum(reimages(emu).values())
-    assert "rollout.soak" in str(refused.value) and "SQLite" in str(refused.value)
-    assert sent == 0
-
-
 async def test_a_run_stopped_during_a_soak_soaks_that_wave_again_on_resume(
     tmp_path: Path,
 ) -> None:
+    await soak_stopped_and_resumed(tmp_path, str(tmp_path / "j.db"))
+
+
+async def soak_stopped_and_resumed(tmp_path: Path, journal: str) -> None:
+    """A run stopped as its first soak starts; its resume soaks that wave again first."""
     pools = idle_pools("p", nodes=4)
     async with emulator(pools) as emu:
-        plan = write_plan(tmp_path, emu.url, rollout=rollout("soak: 300ms"))
+        plan = api.load_plan(write_plan(tmp_path, emu.url, rollout=rollout("soak: 300ms")))
         executors: list[Any] = []
         first_events = Recorder()
         first_events.callbacks["soak_started"] = lambda _: executors[0].request_stop(
             "deadline", "stopped by the test during the soak"
         )
-        hooks = api.RunHooks(observer=first_events, on_executor=executors.append)
+        hooks = api.RunHooks(
+            observer=first_events, on_executor=executors.append, handle_signals=False
+        )
         with anyio.fail_after(60):
-            first = await run_with(plan, tmp_path / "j.db", hooks)
+            first = await api.run_plan(plan, journal=journal, hooks=hooks)
         sent_first = sum(reimages(emu).values())
         again = Recorder()
         with anyio.fail_after(60):
             second = await api.resume_run(
-                journal=tmp_path / "j.db", hooks=api.RunHooks(observer=again, handle_signals=False)
+                journal=journal, hooks=api.RunHooks(observer=again, handle_signals=False)
             )
         sent = reimages(emu)
     assert first.exit_code == 3 and first.counts["pending"] == 2 and sent_first == 2

@@ -171,7 +171,9 @@ class Executor:
 
     def _next_wave_waits(self, plan: Plan) -> tuple[GateKeeper | None, SoakWatch | None]:
         """The plan's gates (``gates.py``) and soak (``soak.py``), when it has them."""
-        gates = GateKeeper(self.ledger, self, plan) if plan.rollout.gates else None
+        gates = None
+        if plan.rollout.gates:
+            gates = GateKeeper(self.ledger, self, plan, shared=self.shared)
         if plan.rollout.soak <= 0:
             return gates, None
         ready = plan.rollout.health.ready_states
@@ -251,11 +253,12 @@ class Executor:
                         group.start_soon(self.drains.run)
                     for _ in range(2 * self.plan.execution.concurrency):
                         group.start_soon(self._worker, receive.clone())
+                    if self.soak is not None:  # a resumed run soaks again what it left soaking
+                        # (before any claim of a shared run could start the wave after it)
+                        self.soak.restart(await self.journal.events(self.run_id))
                     if self.shared is not None:
                         group.start_soon(self.shared.run)
                     await self._claim_pools(group)
-                    if self.soak is not None:  # a resumed run soaks again what it left soaking
-                        self.soak.restart(await self.journal.events(self.run_id))
                     await self._dispatch_loop()
                 await self._after_run()
                 group.cancel_scope.cancel()

@@ -13,13 +13,25 @@ when every node of the run is finished; a failure stops the run the same way, an
 
 Each outcome is an event (``gate_passed`` / ``gate_failed``, for ``--events`` and the
 journal's log) with the gate's name, its exit code or timeout, and on failure the last
-lines it printed. A shared run (PostgreSQL journal) refuses gates and soaks: ``refuse_shared``.
+lines it printed.
+
+In a shared run (PostgreSQL journal, several runners) each runner's claims wait for the
+gates this runner knows passed; a runner whose claim is held by a gate takes its turn at it
+(``SharedRuns.gate_turn``: one runner at a time per gate, pool and wave in the whole run).
+If the gate's latest answer, read in that turn, is a pass, the runner takes it without
+asking again; if it is a failure recorded since this runner joined, the runner stops too
+(exit 3); otherwise (never asked, or failed before a resume) it asks the gate and records
+the answer before its turn ends. So a gate is asked once per pool (or step) and wave for
+the whole run, and a failure stops every runner. A gate that passed before a resume is not
+asked again on resume unless it failed last.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import anyio
 import structlog
@@ -28,29 +40,33 @@ from fleet_reimage.engine.control import RunControl
 from fleet_reimage.engine.gaterun import GateOutcome, run_gate
 from fleet_reimage.engine.ledger import RunLedger
 from fleet_reimage.engine.runstate import PoolRun
-from fleet_reimage.errors import RefusedError
+from fleet_reimage.journal.model import JournalError, RunEvent
+from fleet_reimage.journal.shared import GateKey, SharedRuns
 from fleet_reimage.plan.gates import GatePer, GateSpec, GateWhen
 from fleet_reimage.plan.model import Plan, SharedKeyAuth
+from fleet_reimage.rollout.claimed import ClaimedPoolRollout
 from fleet_reimage.rollout.nextwave import NextWaveWaits
 from fleet_reimage.rollout.pool import PoolRollout
 
 log = structlog.get_logger("fleet_reimage.gates")
 
 
-def refuse_shared(plan: Plan) -> None:
-    """Gates and soaks are asked by one runner alone: a shared run refuses them."""
-    used = [key for key, on in (("gates", plan.rollout.gates), ("soak", plan.rollout.soak)) if on]
-    if used:
-        raise RefusedError(
-            f"rollout.{' and rollout.'.join(used)} cannot be used with a shared (PostgreSQL) "
-            "journal yet: one runner must ask them for every pool; use a SQLite journal "
-            "(--journal FILE) for this plan"
-        )
-
-
 def waits_of(pool: PoolRun) -> NextWaveWaits | None:
-    """The pool's soak and gate state (a run alone's pools have one when the plan asks)."""
-    return pool.rollout.waits if isinstance(pool.rollout, PoolRollout) else None
+    """The pool's soak and gate state (it has one when the plan asks)."""
+    rollout = pool.rollout
+    return rollout.waits if isinstance(rollout, PoolRollout | ClaimedPoolRollout) else None
+
+
+class SharedGates(Protocol):
+    """What a shared run's gates need of its coordinator (``engine/sharedrun.py``)."""
+
+    @property
+    def store(self) -> SharedRuns: ...
+
+    @property
+    def event_mark(self) -> int: ...
+
+    def wake(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -60,8 +76,11 @@ class _StepAnswer:
 
 
 class GateKeeper:
-    def __init__(self, ledger: RunLedger, control: RunControl, plan: Plan) -> None:
+    def __init__(
+        self, ledger: RunLedger, control: RunControl, plan: Plan, shared: SharedGates | None = None
+    ) -> None:
         self.ledger = ledger
+        self.shared = shared
         self.control = control
         gates = plan.rollout.gates
         self.step_gates = [
@@ -84,15 +103,17 @@ class GateKeeper:
         """The pool started nothing now: if its wave waits for its gates, ask them."""
         rollout = pool.rollout
         waits = waits_of(pool)
-        if waits is None or not isinstance(rollout, PoolRollout):
-            return
-        if self.control.stopping or rollout.done:
+        if waits is None or self.control.stopping or rollout.done:
             return
         wave = rollout.wave
         key = (*pool.key, wave)
         if key in self._asking or not waits.gate_due(wave):
             return
-        if rollout.decision(now).blocked != "gate":
+        if isinstance(rollout, PoolRollout):
+            blocked = rollout.decision(now).blocked
+        else:  # a shared run's: as its last claim decided
+            blocked = rollout.blocked if isinstance(rollout, ClaimedPoolRollout) else None
+        if blocked != "gate":
             return
         self._asking.add(key)
         self.control.start_background(self._before_wave, pool, wave)
@@ -101,8 +122,7 @@ class GateKeeper:
         passed = await self._step(wave) if self.step_gates else True
         for gate in self.pool_gates if passed else ():
             nodes = self._pool_nodes(pool, wave)
-            outcome = await self._ask(gate, wave, nodes, pool)
-            if not outcome.passed:
+            if not await self._ask(gate, wave, nodes, pool):
                 passed = False
                 break
         self._asking.discard((*pool.key, wave))
@@ -110,6 +130,8 @@ class GateKeeper:
         if passed and waits is not None:
             waits.gate_passed(wave)
         self.control.wake()
+        if self.shared is not None:  # claim again now: the wave may start
+            self.shared.wake()
 
     async def _step(self, wave: int) -> bool:
         """The step's gates, asked once for every pool (the others wait for the answer)."""
@@ -126,7 +148,7 @@ class GateKeeper:
             ]
             answer.passed = True
             for gate in self.step_gates:
-                if not (await self._ask(gate, wave, nodes, None)).passed:
+                if not await self._ask(gate, wave, nodes, None):
                     answer.passed = False
                     break
         finally:
@@ -145,16 +167,64 @@ class GateKeeper:
             if t.pool is pool
         ]
         for gate in self.after_gates:
-            if not (await self._ask(gate, None, nodes, None)).passed:
+            if not await self._ask(gate, None, nodes, None):
                 return False
         return True
 
     def _pool_nodes(self, pool: PoolRun, wave: int) -> list[str]:
         targets = self.ledger.targets
-        ids = pool.rollout.wave_targets(wave) if isinstance(pool.rollout, PoolRollout) else []
-        return [targets[t].record.node_id for t in ids]
+        if isinstance(pool.rollout, PoolRollout):
+            return [targets[t].record.node_id for t in pool.rollout.wave_targets(wave)]
+        ours = (t.record for t in targets.values() if t.pool is pool and t.record.wave == wave)
+        return [r.node_id for r in sorted(ours, key=lambda r: r.position)]
 
     async def _ask(
+        self, gate: GateSpec, wave: int | None, nodes: Sequence[str], pool: PoolRun | None
+    ) -> bool:
+        """Ask ``gate`` (in a shared run: unless another runner's answer stands); True: go on."""
+        if self.shared is None:
+            outcome = await self._run(gate, wave, nodes, pool)
+            event = self._event(outcome, gate, wave, pool)
+            self.ledger.record_event(event.kind, account=event.account, pool=event.pool,
+                                     data=event.data)  # fmt: skip
+            self._announce(outcome, event, gate, wave, pool)
+            return outcome.passed
+        try:
+            return await self._ask_shared(self.shared, gate, wave, nodes, pool)
+        except JournalError as error:  # its answer could not be shared: go no further
+            self.control.request_stop("journal", f"gate {gate.name!r}: {error}")
+            return False
+
+    async def _ask_shared(
+        self,
+        shared: SharedGates,
+        gate: GateSpec,
+        wave: int | None,
+        nodes: Sequence[str],
+        pool: PoolRun | None,
+    ) -> bool:
+        """``_ask`` in a shared run: in this runner's turn at the gate (module docstring)."""
+        account, pool_id = (None, None) if pool is None else pool.key
+        key = GateKey(gate.name, gate.when.value, None if wave is None else wave + 1,
+                      account, pool_id)  # fmt: skip
+        async with shared.store.gate_turn(self.ledger.run_id, key) as turn:
+            last = turn.last
+            if last is not None and last.passed:
+                log.info("gate passed on another runner", gate=gate.name, wave=key.wave,
+                         pool=pool_id)  # fmt: skip
+                return True
+            if last is not None and last.event_id > shared.event_mark:
+                self._stop(gate, wave, pool, "failed on another runner of this run")
+                return False
+            if self.control.stopping:  # it stopped while waiting for its turn: ask nothing
+                return False
+            outcome = await self._run(gate, wave, nodes, pool)
+            event = self._event(outcome, gate, wave, pool)
+            await turn.record(event)  # before the turn ends: the next runner reads it
+        self._announce(outcome, event, gate, wave, pool)
+        return outcome.passed
+
+    async def _run(
         self, gate: GateSpec, wave: int | None, nodes: Sequence[str], pool: PoolRun | None
     ) -> GateOutcome:
         values = {"run": self.ledger.run_id}
@@ -163,38 +233,52 @@ class GateKeeper:
         if pool is not None:
             values.update(account=pool.account.name, pool=pool.pool_id)
         log.info("gate started", gate=gate.name, wave=values.get("wave"), pool=values.get("pool"))
-        outcome = await run_gate(gate, values, nodes, cwd=self.cwd, hidden_env=self.hidden_env)
-        self._announce(outcome, gate, wave, pool)
-        return outcome
+        return await run_gate(gate, values, nodes, cwd=self.cwd, hidden_env=self.hidden_env)
 
-    def _announce(
+    def _event(
         self, outcome: GateOutcome, gate: GateSpec, wave: int | None, pool: PoolRun | None
-    ) -> None:
-        data = {**outcome.event_data(), "when": gate.when.value}
+    ) -> RunEvent:
+        data: dict[str, object] = {**outcome.event_data(), "when": gate.when.value}
         if wave is not None:
             data["wave"] = wave + 1
         kind = "gate_passed" if outcome.passed else "gate_failed"
-        if pool is not None:
-            self.ledger.pool_event(kind, pool, data)
-        else:
-            self.ledger.observer.event(kind, data)
-            self.ledger.record_event(kind, data=data)
+        account, pool_id = (None, None) if pool is None else pool.key
+        return RunEvent(self.ledger.run_id, time.time(), kind, account, pool_id, data)
+
+    def _announce(
+        self,
+        outcome: GateOutcome,
+        event: RunEvent,
+        gate: GateSpec,
+        wave: int | None,
+        pool: PoolRun | None,
+    ) -> None:
+        """Tell ``--events`` (the journal has it already); a failure stops the run."""
+        where = {} if pool is None else {"account": pool.account.name, "pool": pool.pool_id}
+        self.ledger.observer.event(event.kind, {**where, **event.data})
         if outcome.passed:
             return
-        where = "after the run" if wave is None else f"before wave {wave + 1}"
-        if pool is not None:
-            where += f" of {pool.account.name}/{pool.pool_id}"
-        last = f"; last output: {outcome.tail[-1]}" if outcome.tail else ""
         # The whole tail is in the journal and status; the log line stays one line of words.
         log.warning(
             "gate failed",
             gate=gate.name,
-            where=where,
+            where=_where(wave, pool),
             why=outcome.summary(),
             last_output=outcome.tail[-1] if outcome.tail else "",
         )
+        last = f"; last output: {outcome.tail[-1]}" if outcome.tail else ""
+        self._stop(gate, wave, pool, f"({outcome.summary()}){last}")
+
+    def _stop(self, gate: GateSpec, wave: int | None, pool: PoolRun | None, why: str) -> None:
+        where = _where(wave, pool)
         self.control.request_stop(
-            "gate",
-            f"gate {gate.name!r} failed {where} ({outcome.summary()}){last}; "
-            "resume to ask it again",
+            "gate", f"gate {gate.name!r} failed {where} {why}; resume to ask it again"
         )
+
+
+def _where(wave: int | None, pool: PoolRun | None) -> str:
+    """Which ask of a gate, in words: ``before wave 2 of acct/p``, ``after the run``."""
+    where = "after the run" if wave is None else f"before wave {wave + 1}"
+    if pool is not None:
+        where += f" of {pool.account.name}/{pool.pool_id}"
+    return where

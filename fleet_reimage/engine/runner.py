@@ -277,7 +277,10 @@ def _claimed_pool_run(
 ) -> tuple[PoolRun, list[RunTarget]]:
     """A pool of a shared run: nothing is ours until the journal's claims say so."""
     rollout = ClaimedPoolRollout(
-        len(plan.rollout.waves), rules, baseline=limit.baseline_unavailable
+        len(plan.rollout.waves),
+        rules,
+        baseline=limit.baseline_unavailable,
+        waits=next_wave_waits(plan),
     )
     pool = PoolRun(account, pool_id, rollout, selected=len(records))
     targets = []

@@ -19,6 +19,11 @@ finished) would not line up with the other runners'.
 Limits of the shared model, on purpose: a ``confirm_after_wave`` checkpoint is not asked in a
 shared run (every runner stops there, resumable, and a resume confirms it); a pool found
 unable to do the action is stopped by each runner on its first answer from it.
+
+Gates and soaks: each claim's policy is ``policy.decide_shared`` with this runner's
+``NextWaveWaits``; the gates are asked in turns across runners (``gates.py``), and the runner
+whose claim sees a wave complete watches its soak (``soak.py``) while the soak's end, kept
+as the pool's pause, holds the others' claims.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from fleet_reimage.engine.runstate import AccountRun, JobKind, Phase, PoolRun, R
 from fleet_reimage.journal.model import JournalError, LeaseLost, TargetRecord, TargetState
 from fleet_reimage.journal.shared import Claim, RunnerInfo, SharedRuns
 from fleet_reimage.rollout.claimed import ClaimedPoolRollout
-from fleet_reimage.rollout.policy import Decision, WaveCompleted, decide
+from fleet_reimage.rollout.policy import Decision, WaveCompleted, decide_shared
 
 log = structlog.get_logger("fleet_reimage.shared")
 
@@ -103,6 +108,7 @@ class SharedRunCoordinator:
         self.per_account_concurrency = per_account_concurrency
         self.clock = clock  # this runner's wall clock: only compared with the database's
         self.live_runners = 1
+        self.event_mark = 0  # the run's latest event when this runner joined (gates.py)
         # told of each target taken over from a runner that died (drain.py: its node may
         # have been drained by that runner)
         self.on_take_over: Callable[[RunTarget], None] | None = None
@@ -119,6 +125,7 @@ class SharedRunCoordinator:
             lease=self.settings.lease,
             exclusive=self.settings.exclusive,
         )
+        self.event_mark = await self.store.event_mark(self.ledger.run_id)
         try:
             await clock_skew(self.store, self.clock)
         except JournalError as error:  # only a warning was at stake
@@ -214,7 +221,7 @@ class SharedRunCoordinator:
                 limit=want,
                 baseline=rollout.baseline,
                 lease=self.settings.lease,
-                policy=functools.partial(decide, rollout.rules),
+                policy=functools.partial(decide_shared, rollout.rules, rollout.waits),
             )
         except JournalError as error:
             log.warning("claim failed", pool=pool.pool_id, error=str(error))
@@ -241,6 +248,8 @@ class SharedRunCoordinator:
         if decision.completed is not None:
             done = decision.completed
             next_at = None if done.next_wave_at is None else done.next_wave_at + offset
+            if rollout.waits is not None:  # this runner saw it complete: it watches the soak
+                rollout.waits.wave_completed(done.wave, done.at + offset, last=next_at is None)
             self.ledger.wave_completed(
                 pool, WaveCompleted(done.wave, done.at + offset, next_at, done.held)
             )

@@ -10,6 +10,10 @@ whose ``lastBootTime`` changed is failed, "degraded during soak", and counts aga
 failure budget. The first poll made once the soak's time is up ends it (``soak_ended``) and
 lets the next wave start. Soaking nodes are settled: they count as waiting, not unavailable.
 
+In a shared run the runner whose claim saw the wave complete watches its soak (the wave's
+healthy targets read from the journal, whoever did them); the other runners' claims wait
+for the soak's end as the pool's pause (``policy.decide_shared``).
+
 A run stopped during a soak soaks that wave again, from the start, when it is resumed
 (``restart``, from the journal's events).
 """
@@ -27,7 +31,7 @@ from fleet_reimage.batch.models import NodeInfo
 from fleet_reimage.engine.control import RunControl
 from fleet_reimage.engine.gates import waits_of
 from fleet_reimage.engine.ledger import RunLedger
-from fleet_reimage.engine.runstate import PoolKey, PoolRun, RunTarget
+from fleet_reimage.engine.runstate import Phase, PoolKey, PoolRun, RunTarget
 from fleet_reimage.journal.model import RunEvent, TargetChange, TargetState
 from fleet_reimage.rollout.nextwave import soak_verdict
 from fleet_reimage.rollout.policy import WaveCompleted
@@ -74,13 +78,33 @@ class SoakWatch:
             for t in ids
             if self.ledger.targets[t].record.state is TargetState.HEALTHY
         ]
-        self._soaks[pool.key] = _Soak(completed.wave, time.time(), nodes)
+        soak = self._soaks[pool.key] = _Soak(completed.wave, time.time(), nodes)
+        if not isinstance(rollout, PoolRollout):  # shared: other runners did some of the wave
+            self.control.start_background(self._shared_wave, pool, soak)
         pool.last_poll = max(pool.last_poll, time.monotonic())  # first poll one interval on
         self.ledger.pool_event(
             "soak_started",
             pool,
             {"wave": completed.wave + 1, "seconds": self.seconds, "nodes": len(nodes)},
         )
+
+    async def _shared_wave(self, pool: PoolRun, soak: _Soak) -> None:
+        """A shared run's soaking wave: its healthy targets as the journal has them, whichever
+        runner did them."""
+        records = await self.ledger.journal.targets(self.ledger.run_id)
+        account, pool_id = pool.key
+        for record in records:
+            target = self.ledger.targets.get(record.target_id)
+            if (
+                target is None or record.account != account or record.pool != pool_id
+                or record.wave != soak.wave or record.state is not TargetState.HEALTHY
+            ):  # fmt: skip
+                continue
+            if target.record.state is not TargetState.HEALTHY:  # another runner's
+                self.ledger.refresh_record(target, record)
+                target.phase = Phase.DONE
+            if target not in soak.nodes:
+                soak.nodes.append(target)
 
     async def judge(self, pool: PoolRun, nodes: Mapping[str, NodeInfo], polled_at: float) -> None:
         """A poll of a soaking pool (started at ``polled_at``, monotonic) came back."""

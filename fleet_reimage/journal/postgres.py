@@ -58,7 +58,7 @@ from fleet_reimage.journal.postgres_poolturn import pool_turn
 from fleet_reimage.journal.postgres_shared import SharedStore
 from fleet_reimage.journal.postgres_shared_claim import ClaimRequest
 from fleet_reimage.journal.postgres_writer import Conn, GroupWriter, Statement, Work
-from fleet_reimage.journal.shared import A, Claim, ClaimPolicy, RunnerInfo
+from fleet_reimage.journal.shared import A, Claim, ClaimPolicy, GateKey, GateTurn, RunnerInfo
 
 T = TypeVar("T")
 
@@ -276,6 +276,14 @@ class PostgresJournal(JournalBase[Work]):
     async def leave(self, run_id: str, runner_id: str) -> None:
         """Release every target this runner owns that is not terminal, and unregister."""
         await self._sharing().leave(run_id, runner_id)
+
+    async def event_mark(self, run_id: str) -> int:
+        """The id of the run's latest event (0: none): later events have greater ids."""
+        return await self._sharing().event_mark(run_id)
+
+    def gate_turn(self, run_id: str, key: GateKey) -> AbstractAsyncContextManager[GateTurn]:
+        """This runner's turn at a gate of the run (see ``postgres_gates``)."""
+        return self._sharing().gate_turn(run_id, key)
 
     # --- reads -------------------------------------------------------------------------
 

@@ -37,7 +37,7 @@ beside the group writer rather than through it.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import anyio
@@ -45,11 +45,12 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from fleet_reimage.journal import postgres_conn as pgconn
+from fleet_reimage.journal import postgres_gates as gates
 from fleet_reimage.journal.model import JournalBusy, JournalError, LeaseLost
 from fleet_reimage.journal.postgres_schema import OPEN, RUN_LOCK_CLASS, run_lock_key
 from fleet_reimage.journal.postgres_shared_claim import DB_NOW, ClaimRequest, claim_in
 from fleet_reimage.journal.postgres_writer import Conn
-from fleet_reimage.journal.shared import A, Claim, ClaimPolicy, RunnerInfo
+from fleet_reimage.journal.shared import A, Claim, ClaimPolicy, GateKey, GateTurn, RunnerInfo
 
 POOL_SIZE = 2  # heartbeat and claims; they are short and not concurrent for long
 WAIT_S = 30.0  # for a pooled connection: a server that stays away turns into an error
@@ -262,6 +263,17 @@ class SharedStore:
                 " WHERE run_id = %s AND (held OR opens_at IS NOT NULL)",
                 (run_id,),
             )
+
+    # --- gates (see postgres_gates) ----------------------------------------------------
+
+    async def event_mark(self, run_id: str) -> int:
+        """The id of the run's latest event (0: none)."""
+        async with self._transaction(f"reading the events of run {run_id}") as conn:
+            return await gates.event_mark(conn, run_id)
+
+    def gate_turn(self, run_id: str, key: GateKey) -> AbstractAsyncContextManager[GateTurn]:
+        """This runner's turn at a gate, on a connection of its own (see postgres_gates)."""
+        return gates.gate_turn(self._url, self.schema, self.location, run_id, key)
 
 
 def _locked_targets(assignments: str, condition: str) -> str:

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-from fleet_reimage.journal.model import TargetRecord
+from fleet_reimage.journal.model import RunEvent, TargetRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +87,38 @@ class Claim(Generic[A]):
     more_pending: bool  # free pending targets of the current wave are left after this claim
 
 
+@dataclass(frozen=True, slots=True)
+class GateKey:
+    """One ask of a gate in a run: its name and ``when``, the wave (1-based; None after the
+    run) and the pool (None: a gate per ladder step, or after the run)."""
+
+    gate: str
+    when: str
+    wave: int | None
+    account: str | None = None
+    pool: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GateResult:
+    """The latest answer recorded for a ``GateKey`` (a ``gate_passed``/``gate_failed`` event)."""
+
+    passed: bool
+    event_id: int  # the event's id: later events have greater ids
+
+
+class GateTurn(Protocol):
+    """One runner's exclusive turn at a gate of a shared run (see ``SharedRuns.gate_turn``)."""
+
+    @property
+    def last(self) -> GateResult | None:
+        """The gate's latest answer, whoever asked it (None: never asked in this run)."""
+
+    async def record(self, event: RunEvent) -> None:
+        """Record the answer (a ``gate_passed``/``gate_failed`` event) before the turn ends,
+        so the next runner to take the turn sees it."""
+
+
 class SharedRuns(Protocol):
     """Row leases that let several runners share one run (PostgreSQL only).
 
@@ -148,3 +181,10 @@ class SharedRuns(Protocol):
 
     async def leave(self, run_id: str, runner_id: str) -> None:
         """Release every target this runner owns that is not terminal, and unregister."""
+
+    async def event_mark(self, run_id: str) -> int:
+        """The id of the run's latest event (0: none): events recorded later have greater ids."""
+
+    def gate_turn(self, run_id: str, key: GateKey) -> AbstractAsyncContextManager[GateTurn]:
+        """Wait for this runner's turn at the gate ``key`` (one runner at a time in the whole
+        run; a runner that dies mid-turn loses it with its connection), then hold it."""

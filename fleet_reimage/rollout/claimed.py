@@ -6,7 +6,10 @@ asked inside each claim's transaction, with the state of the pool across all run
 the journal gives this runner the targets the policy admitted. This object has the same
 questions and answers as ``PoolRollout`` for the executor, but only hands out targets this
 runner has claimed, and learns the pool's wave, checkpoint, pause and blocking from each
-claim's decision (``learn``).
+claim's decision (``learn``). Its gates and soak (``waits``) are this runner's: a wave starts
+only after the gates passed here (run here, or seen passed by another runner, see
+``engine/gates.py``); a soak is watched by the runner whose claim saw the wave complete, and
+the others wait for its end through the pool's pause (``policy.decide_shared``).
 """
 
 from __future__ import annotations
@@ -15,14 +18,25 @@ import math
 from collections import deque
 from collections.abc import Iterable, Sequence
 
+from fleet_reimage.rollout.nextwave import NextWaveWaits
 from fleet_reimage.rollout.policy import Blocked, Decision, RolloutRules, held_by_failures
 
 
 class ClaimedPoolRollout:
     """The pool policy of a shared run: the journal's claims decide, this hands them out."""
 
-    def __init__(self, wave_count: int, rules: RolloutRules, *, baseline: int) -> None:
+    def __init__(
+        self,
+        wave_count: int,
+        rules: RolloutRules,
+        *,
+        baseline: int,
+        waits: NextWaveWaits | None = None,
+    ) -> None:
+        """``waits``: the pool's soak and gates as this runner knows them (the gates it saw
+        pass, the soak it watches), which its claims' decisions honour."""
         self.rules = rules
+        self.waits = waits
         self.baseline = baseline
         self.wave_count = max(1, wave_count)
         self.wave = 0

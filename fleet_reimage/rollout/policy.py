@@ -129,6 +129,25 @@ def decide(rules: RolloutRules, state: PoolState, waits: NextWaveWaits | None = 
     return Decision(progress, 0 if blocked else free, blocked, completed)
 
 
+def decide_shared(rules: RolloutRules, waits: NextWaveWaits | None, state: PoolState) -> Decision:
+    """A shared run's claim decision: ``decide``, with a soak that starts now also kept as the
+    pool's pause (``opens_at``, in the pool's row): the runner whose claim saw the wave
+    complete watches the soak (``waits``), and every other runner's claim waits for its end."""
+    decision = decide(rules, state, waits)
+    completed = decision.completed
+    soak = 0.0 if waits is None else waits.rules.soak
+    if completed is None or completed.next_wave_at is None or soak <= 0:
+        return decision
+    soak_ends = completed.at + soak
+    if soak_ends <= decision.progress.opens_at:
+        return decision
+    progress = replace(decision.progress, opens_at=soak_ends)
+    blocked: Blocked = "held" if progress.held else "pause"
+    if decision.blocked == "budget":
+        blocked = "budget"
+    return Decision(progress, 0, blocked, replace(completed, next_wave_at=soak_ends))
+
+
 def advance(rules: RolloutRules, state: PoolState) -> tuple[PoolProgress, WaveCompleted | None]:
     """The pool's progress now, and the wave that completed since the last decision, if any."""
     progress, open_wave = state.progress, state.open_wave
