@@ -1,10 +1,10 @@
 """Run the benchmarks: ``python bench/run.py NAME [options]`` (or ``python3 dev.py bench NAME``).
 
 Names: throughput, latency, scale, rolling, drain, faulty, ratelimit, crash, bigrun, shared,
-profile, logging, instructions, or ``all`` (every one but shared (it needs PostgreSQL), profile and
-instructions (valgrind, slow), with default options). Each prints a table and writes
-``bench/out/NAME.json``. ``python bench/run.py NAME --help`` lists a benchmark's options. See
-bench/README.md for what each measures and how long it takes.
+profile, logging, instructions, replace, or ``all`` (every one but shared (it needs
+PostgreSQL), profile and instructions (valgrind, slow), with default options). Each prints a
+table and writes ``bench/out/NAME.json``. ``python bench/run.py NAME --help`` lists a
+benchmark's options. See bench/README.md for what each measures and how long it takes.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import common
 
 BENCHMARKS = (
     "throughput", "latency", "scale", "rolling", "drain", "faulty", "ratelimit", "crash", "bigrun",
-    "shared", "profile", "logging", "instructions",
+    "shared", "profile", "logging", "instructions", "replace",
 )  # fmt: skip
 ALL = tuple(name for name in BENCHMARKS if name not in ("shared", "profile", "instructions"))
 

@@ -67,7 +67,7 @@ def test_dry_run_sends_nothing_and_prints_the_expected_timeline(tmp_path: Path) 
     assert "wave 2:    19 nodes  +12m00s -> +42m00s  (after a 2m00s pause)" in out
     assert "emu/sick: 4 nodes, blocked: 6 nodes are already unavailable" in out
     assert "overall: about 1h14m" in out
-    assert "no reimage or reboot request was sent" in out
+    assert "no request that changes anything was sent" in out
     assert assumed.returncode == 0, assumed.stderr
     assert "each node assumed back 5m00s after its request" in assumed.stdout
     # 7 batches of 5 minutes and two 2-minute pauses: 39 minutes do not fit in 30.

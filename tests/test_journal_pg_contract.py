@@ -43,6 +43,7 @@ from fleet_reimage.journal import (
     TargetRecord,
     TargetState,
 )
+from fleet_reimage.journal.poolops import PoolOpEnd, PoolOpStart
 
 pytestmark = pytest.mark.anyio
 
@@ -468,3 +469,28 @@ async def test_accepted_at_is_kept_when_already_accepted(backend: Backend) -> No
             [attempt] = await journal.attempts(RUN_ID)
     assert (target.accepted_at, target.finished_at, target.attempts) == (11.0, 60.0, 1)
     assert attempt.finished_at == 50.0
+
+
+async def test_pool_operations_round_trip_and_an_unanswered_one_reads_in_doubt(
+    backend: Backend,
+) -> None:
+    """action: replace's rows (schema: SQLite 2, PostgreSQL 5): written before the call,
+    given their outcome after; one without an outcome is in doubt."""
+    start = PoolOpStart(RUN_ID, "acct", "p", "removenodes", "cid-1", ("n1", "n2"), 4, 1, 10.0)
+    other = PoolOpStart(RUN_ID, "acct", "p", "resize", "cid-2", (), 6, 1, 11.0)
+    with anyio.fail_after(10):
+        async with await backend.open() as journal:
+            await journal.create_run(new_run(created_at=1.0), new_targets(2), [])
+            await journal.pool_op_started(start)
+            await journal.pool_op_started(other)
+            await journal.pool_op_finished(PoolOpEnd(RUN_ID, "cid-1", 12.0, "in_doubt"))
+            await journal.pool_op_finished(PoolOpEnd(RUN_ID, "cid-1", 13.0, "reconciled_applied"))
+            with pytest.raises(JournalError):
+                await journal.pool_op_finished(PoolOpEnd(RUN_ID, "no-such", 14.0, "accepted"))
+        async with await backend.open_reader() as reader:
+            ops = await reader.pool_ops(RUN_ID)
+    assert [(o.client_request_id, o.node_ids, o.outcome, o.in_doubt) for o in ops] == [
+        ("cid-1", ("n1", "n2"), "reconciled_applied", False),
+        ("cid-2", (), None, True),
+    ]
+    assert (ops[0].target_dedicated, ops[0].target_low_priority, ops[0].finished_at) == (4, 1, 13.0)

@@ -292,10 +292,12 @@ async def test_a_version_1_journal_migrates_and_keeps_its_data(
             events = await new.events(RUN_ID)
             await new.register_runner(RUN_ID, A, lease=LEASE, exclusive=True)
             resumed = await claim(new, A)
+            ops = await new.pool_ops(RUN_ID)  # schema 5's table is there, empty
         conn = await admin(pg.url)
         async with conn:
             version = await (await conn.execute(meta)).fetchall()
-    assert version == [(str(pgschema.SCHEMA_VERSION),)] and pgschema.SCHEMA_VERSION == 4
+    assert version == [(str(pgschema.SCHEMA_VERSION),)] and pgschema.SCHEMA_VERSION == 5
+    assert ops == []
     assert after == before and [e.kind for e in events] == ["wave_started"]
     assert [t.target_id for t in resumed.takeovers] == ids[1:2]  # accepted, owned by nobody
     assert resumed.wave == 0 and resumed.targets == []

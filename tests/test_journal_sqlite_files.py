@@ -17,11 +17,13 @@ from test_journal_support import (
     accepted,
     file_state,
     journal_with_run,
+    new_run,
+    new_targets,
     run_python,
     start,
 )
 
-from fleet_reimage.journal import JournalBusy, JournalError
+from fleet_reimage.journal import JournalBusy, JournalError, sqlite_schema
 from fleet_reimage.journal.sqlite import SqliteJournal
 from fleet_reimage.journal.sqlite_schema import SCHEMA_VERSION
 
@@ -204,3 +206,23 @@ async def test_an_empty_file_is_a_new_journal_for_a_writer_only(tmp_path: Path) 
             await SqliteJournal.open(path, readonly=True)
         async with await SqliteJournal.open(path) as journal:
             assert await journal.runs() == []
+
+
+async def test_a_schema_1_journal_migrates_to_2_and_keeps_its_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Schema 2 adds action: replace's pool-operations table; a journal of the previous
+    release is migrated in place, its runs kept."""
+    path = tmp_path / "j.db"
+    monkeypatch.setattr(sqlite_schema, "SCHEMA_VERSION", 1)  # what the previous release made
+    async with await SqliteJournal.open(path) as old:
+        await old.create_run(new_run(), new_targets(2), [])
+    monkeypatch.undo()
+    async with await SqliteJournal.open(path) as new:
+        assert [r.run_id for r in await new.runs()] == [RUN_ID]
+        assert await new.pool_ops(RUN_ID) == []
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    finally:
+        conn.close()

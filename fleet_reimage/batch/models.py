@@ -23,6 +23,11 @@ VIRTUAL_MACHINE = "virtualMachineConfiguration"
 # in the schema of every api-version we speak (an OData service may answer 400 to an
 # unknown one): tests check them against the specifications.
 NODE_SELECT = "id,state,lastBootTime,runningTasksCount"
+REPLACE_NODE_SELECT = "id,state,isDedicated"  # action: replace tells the two kinds apart
+REPLACE_POOL_SELECT = (
+    "id,allocationState,enableAutoScale,targetDedicatedNodes,targetLowPriorityNodes,"
+    "currentDedicatedNodes,currentLowPriorityNodes,resizeErrors"
+)
 POOL_SELECT = (
     "id,state,allocationState,vmSize,currentDedicatedNodes,currentLowPriorityNodes,"
     "virtualMachineConfiguration"
@@ -46,17 +51,20 @@ class NodeInfo(NamedTuple):
     last_boot_time: float | None
     running_tasks: int
     scheduling_state: str | None = None  # enabled | disabled; None when not returned
+    is_dedicated: bool | None = None  # False: a low-priority (Spot) node; None: not returned
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> NodeInfo:
         tasks = data.get("runningTasksCount")
         scheduling = data.get("schedulingState")
+        dedicated = data.get("isDedicated")
         return cls(
             id=str(data.get("id", "")),
             state=str(data.get("state", "unknown")),
             last_boot_time=parse_time(data.get("lastBootTime")),
             running_tasks=tasks if isinstance(tasks, int) else 0,
             scheduling_state=scheduling if isinstance(scheduling, str) else None,
+            is_dedicated=dedicated if isinstance(dedicated, bool) else None,
         )
 
 

@@ -511,7 +511,7 @@ async def dry_run(
         (
             render_schedule(resolution),
             render_simulation(resolution, pools, assumed, deadline),
-            "dry run: no reimage or reboot request was sent, and no journal was written",
+            "dry run: no request that changes anything was sent, and no journal was written",
         )
     )
     await anyio.to_thread.run_sync(print, text)  # a terminal write may block: not on the loop

@@ -34,6 +34,7 @@ class Node:
     """One compute node. Times are ticks (100 ns since the epoch); see ``timefmt``."""
 
     __slots__ = (
+        "added",
         "allocation_ticks",
         "busy",
         "deallocations",
@@ -98,6 +99,7 @@ class Node:
         self.task_epoch = 0  # bumped when tasks are stopped: their queued ends expire
         self.ip_address = ip_address
         self.is_dedicated = is_dedicated
+        self.added = False  # allocated by a resize (or an auto-scale evaluation)
         self.total_tasks_run = total_tasks_run
         self.total_tasks_succeeded = total_tasks_succeeded
         self.reimages = 0

@@ -392,6 +392,7 @@ class EmulatorState:
         """A new node allocated by a resize: creating, then it boots."""
         pool.add(node)
         pool.nodes_added += 1
+        node.added = True
         node.operations += 1
         node.outcome = self._outcome(node)
         self._enter(node, "creating", at, ticks)

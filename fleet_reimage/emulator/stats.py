@@ -8,20 +8,22 @@ The same dictionary is served at ``GET /_emulator/stats`` and returned by
         "allocation_state": "steady", "reimage": "accepted",
         "target_dedicated": N, "target_low_priority": N,
         "current_dedicated": N, "current_low_priority": N,
-        "nodes_added": N, "nodes_removed": N, "ready": N, "min_ready": N,
+        "nodes_added": N, "added_states": {STATE: N}, "nodes_removed": N, "ready": N,
+        "min_ready": N,
         "tasks": {"running": N, "completed": N, "requeued": N, "terminated": N},
         "resize_errors": [CODE, ...], "auto_scale_evaluations": N}},
      "nodes": [{"pool": P, "id": ID, "state": S, "scheduling_state": "enabled",
                 "running_tasks": N, "reimages": N, "reboots": N, "deallocations": N,
                 "starts": N, "scheduling_disables": N, "scheduling_enables": N,
-                "removals": N, "removed": false}, ...],
+                "removals": N, "removed": false, "added": false, "dedicated": true}, ...],
      "requests": {"total": N, "by_operation": {OP: N}, "by_status": {"202": N},
                   "by_api_version": {VERSION: N}, "faults": {KIND: N},
                   "rate_limited": N, "mutating": N}}
 
 ``ready`` counts nodes that could take a new task now (idle or running, scheduling
 enabled, no operation waiting for their tasks); ``min_ready`` is the fewest there were at
-any instant since the emulator started. Removed nodes stay in ``nodes`` (``removed: true``).
+any instant since the emulator started. Removed nodes stay in ``nodes`` (``removed: true``);
+``added`` marks the nodes a resize (or auto-scale) allocated, ``dedicated`` their kind.
 """
 
 from __future__ import annotations
@@ -93,6 +95,7 @@ def pool_stats(pool: Pool) -> dict[str, Any]:
         "current_dedicated": dedicated,
         "current_low_priority": low_priority,
         "nodes_added": pool.nodes_added,
+        "added_states": _added_states(pool),
         "nodes_removed": len(pool.removed),
         "ready": pool.ready_count,
         "min_ready": pool.min_ready,
@@ -105,6 +108,15 @@ def pool_stats(pool: Pool) -> dict[str, Any]:
         "resize_errors": [code for code, _, _ in pool.resize_errors],
         "auto_scale_evaluations": pool.auto_scale_evaluations,
     }
+
+
+def _added_states(pool: Pool) -> dict[str, int]:
+    """The states of the nodes a resize (or auto-scale) added that are still in the pool."""
+    states: dict[str, int] = {}
+    for node in pool.nodes:
+        if node.added:
+            states[node.state] = states.get(node.state, 0) + 1
+    return states
 
 
 def node_stats(node: Node) -> dict[str, Any]:
@@ -122,6 +134,8 @@ def node_stats(node: Node) -> dict[str, Any]:
         "scheduling_enables": node.scheduling_enables,
         "removals": node.removals,
         "removed": node.removed,
+        "added": node.added,
+        "dedicated": node.is_dedicated,
     }
 
 

@@ -40,6 +40,7 @@ from fleet_reimage.engine.health import HealthMonitor
 from fleet_reimage.engine.ledger import RunLedger
 from fleet_reimage.engine.node_work import NodeWork
 from fleet_reimage.engine.poolclaim import PoolClaims
+from fleet_reimage.engine.replace import ReplaceDriver
 from fleet_reimage.engine.runstate import (
     AccountRun,
     JobKind,
@@ -55,7 +56,7 @@ from fleet_reimage.engine.soak import SoakWatch
 from fleet_reimage.engine.wakeup import Wakeup
 from fleet_reimage.journal.model import Journal, JournalError, RunStatus, TargetState
 from fleet_reimage.journal.shared import SharedRuns
-from fleet_reimage.plan.model import Plan
+from fleet_reimage.plan.model import Action, Plan
 from fleet_reimage.rollout.budget import FailureBudget
 
 log = structlog.get_logger("fleet_reimage.run")
@@ -145,6 +146,11 @@ class Executor:
         self.claims: PoolClaims | None = None  # rollout.claim_pools: see poolclaim.py
         if plan.rollout.claim_pools:
             self.claims = PoolClaims(self.ledger, self, others_alive=self._others_alive)
+        self.replace: ReplaceDriver | None = None  # action: replace runs pools, not nodes
+        if plan.action is Action.REPLACE:
+            self.replace = ReplaceDriver(self.ledger, self, plan, deadline=self._check_deadline,
+                                         checkpoint=self._maybe_checkpoint,
+                                         gates=self._ask_gates)  # fmt: skip
         self._live_jobs = 0  # job tasks launched and not finished
         self._wake = Wakeup()
         self._checkpoint_open = False
@@ -237,27 +243,39 @@ class Executor:
             self._jobs_out = send
             async with anyio.create_task_group() as group, send, receive:
                 self._group = group
-                group.start_soon(self.health.run)
-                group.start_soon(self._ticker)
-                if self.drains is not None:
-                    group.start_soon(self.drains.run)
-                for _ in range(2 * self.plan.execution.concurrency):
-                    group.start_soon(self._worker, receive.clone())
-                if self.soak is not None:  # a resumed run soaks again what it left soaking
-                    # (before any claim of a shared run could start the wave after it)
-                    self.soak.restart(await self.journal.events(self.run_id))
-                if self.shared is not None:
-                    group.start_soon(self.shared.run)
-                if self.claims is not None:  # before the first change to any pool
-                    await self.claims.start()
-                    group.start_soon(self.claims.run)
-                await self._dispatch_loop()
+                if self.replace is not None:  # pools, not nodes: see replace.py
+                    await self._claim_pools(group)
+                    await self.replace.run()
+                else:
+                    group.start_soon(self.health.run)
+                    group.start_soon(self._ticker)
+                    if self.drains is not None:
+                        group.start_soon(self.drains.run)
+                    for _ in range(2 * self.plan.execution.concurrency):
+                        group.start_soon(self._worker, receive.clone())
+                    if self.soak is not None:  # a resumed run soaks again what it left soaking
+                        # (before any claim of a shared run could start the wave after it)
+                        self.soak.restart(await self.journal.events(self.run_id))
+                    if self.shared is not None:
+                        group.start_soon(self.shared.run)
+                    await self._claim_pools(group)
+                    await self._dispatch_loop()
                 await self._after_run()
                 group.cancel_scope.cancel()
             self._group = None
         if scope.cancelled_caught and self.stop_kind is None:
             self.stop_kind, self.stop_reason = "interrupted", "stopped at once"
         return await self._finish()
+
+    def _ask_gates(self, pool: PoolRun, now: float) -> None:
+        """The pool's wave waits for its gates: ask them (once; ``gates.py``)."""
+        if self.gates is not None:
+            self.gates.check(pool, now)
+
+    async def _claim_pools(self, group: TaskGroup) -> None:
+        if self.claims is not None:  # before the first change to any pool
+            await self.claims.start()
+            group.start_soon(self.claims.run)
 
     async def _dispatch_loop(self) -> None:
         grace_until: float | None = None

@@ -47,7 +47,7 @@ from fleet_reimage.journal.model import (
 )
 from fleet_reimage.journal.shared import SharedRuns
 from fleet_reimage.plan.gates import GateWhen
-from fleet_reimage.plan.model import Plan
+from fleet_reimage.plan.model import Action, Plan
 from fleet_reimage.plan.resolve import Resolution
 from fleet_reimage.plan.where import locate_in_plan
 from fleet_reimage.rollout.budget import FailureBudget
@@ -56,6 +56,7 @@ from fleet_reimage.rollout.nextwave import NextWaveRules, NextWaveWaits
 from fleet_reimage.rollout.outcomes import Accepted, Settle, after_reconcile
 from fleet_reimage.rollout.policy import RolloutRules
 from fleet_reimage.rollout.pool import PoolRollout
+from fleet_reimage.rollout.replace import policy_room, surge_nodes
 from fleet_reimage.rollout.throttle import AdaptiveThrottle
 
 
@@ -162,7 +163,7 @@ async def execute(
     changed = pool_limits(run.options, records, plan, resume)
     limits = _limits_from_options(run, changed)
     drained_before: list[int] = []
-    if resuming and shared is None:  # before the in-doubt reads: a drain is no action
+    if resuming and shared is None and plan.action is not Action.REPLACE:  # replace: its own
         drained_before = await settle_left_drains(run, journal, clients, records)
         limits = await _reconcile_on_resume(run, plan, journal, clients, records, limits)
     if resuming or shared is not None:
@@ -170,8 +171,10 @@ async def execute(
     if resuming and shared is not None:  # resuming is the operator's go-ahead past a checkpoint
         await cast(SharedRuns, journal).resume_pools(run.run_id)
     plan = plan_with_overrides(plan, run.options)
+    # A replace run's runners take turns per pool (engine/replace.py), not claims per node.
+    claims = None if plan.action is Action.REPLACE else shared
     executor = build_executor(run, plan, journal, clients, records, limits, settings, observer,
-                              shared=shared, drained_before=drained_before)  # fmt: skip
+                              shared=claims, drained_before=drained_before)  # fmt: skip
     if executor_ready is not None:
         executor_ready(executor)
     return await executor.run()
@@ -241,6 +244,10 @@ def _rules(
         max_unavailable = limit.max_unavailable
     else:
         max_unavailable = max(1, plan.rollout.max_unavailable.of(len(records)))
+    if plan.action is Action.REPLACE:  # old nodes being replaced stay ready with surge
+        max_unavailable = policy_room(
+            max_unavailable, surge_nodes(plan.rollout.surge, len(records))
+        )
     checkpoint = plan.rollout.confirm_after_wave
     return RolloutRules(
         max_unavailable,

@@ -46,6 +46,7 @@ from fleet_reimage.journal.model import (
     TargetChange,
     WriterStats,
 )
+from fleet_reimage.journal.poolops import PoolOpEnd, PoolOpStart
 
 W = TypeVar("W")  # a backend's write unit
 W_contra = TypeVar("W_contra", contravariant=True)
@@ -264,6 +265,17 @@ class JournalBase(ABC, Generic[W]):
         data_json = encode_mapping(event.data, f"event {event.kind} data")
         work = self._unit(self._sql.insert_event, ev=event, data_json=data_json)
         await self._write(work, f"event {event.kind}", event.run_id, event.at)
+
+    async def pool_op_started(self, start: PoolOpStart) -> None:
+        """A pool operation (``poolops.py``), recorded before it is sent."""
+        work = self._unit(self._sql.pool_op_started, s=start)
+        what = f"start of pool operation {start.client_request_id}"
+        await self._write(work, what, start.run_id, start.sent_at)
+
+    async def pool_op_finished(self, end: PoolOpEnd) -> None:
+        work = self._unit(self._sql.pool_op_finished, e=end)
+        what = f"end of pool operation {end.client_request_id}"
+        await self._write(work, what, end.run_id, end.finished_at)
 
     async def set_run_status(
         self,

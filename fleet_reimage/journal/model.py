@@ -25,6 +25,7 @@ from enum import StrEnum
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from fleet_reimage.errors import FleetReimageError
+from fleet_reimage.journal.poolops import PoolOpEnd, PoolOpRecord, PoolOpStart
 
 W = TypeVar("W")
 
@@ -352,6 +353,13 @@ class Journal(Protocol):
         """Move the target, with the same accepted_at/finished_at rules as attempt_finished."""
 
     async def record_event(self, event: RunEvent) -> None: ...
+
+    async def pool_op_started(self, start: PoolOpStart) -> None:
+        """A pool operation of ``action: replace``, before it is sent (``poolops.py``)."""
+
+    async def pool_op_finished(self, end: PoolOpEnd) -> None: ...
+
+    async def pool_ops(self, run_id: str) -> list[PoolOpRecord]: ...
 
     async def set_run_status(
         self,

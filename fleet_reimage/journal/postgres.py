@@ -51,8 +51,10 @@ from fleet_reimage.journal.model import (
     RunRecord,
     TargetRecord,
 )
+from fleet_reimage.journal.poolops import PoolOpRecord
 from fleet_reimage.journal.postgres_conn import DEFAULT_SCHEMA
 from fleet_reimage.journal.postgres_lock import WriterLock, default_owner
+from fleet_reimage.journal.postgres_poolturn import pool_turn
 from fleet_reimage.journal.postgres_shared import SharedStore
 from fleet_reimage.journal.postgres_shared_claim import ClaimRequest
 from fleet_reimage.journal.postgres_writer import Conn, GroupWriter, Statement, Work
@@ -318,6 +320,14 @@ class PostgresJournal(JournalBase[Work]):
     async def events(self, run_id: str) -> list[RunEvent]:
         """The run's events by time (then by the order they were recorded)."""
         return await self._read(lambda conn: sql.read_events(conn, run_id))
+
+    def pool_turn(self, run_id: str, account: str, pool: str) -> AbstractAsyncContextManager[None]:
+        """This runner's turn at one pool of an ``action: replace`` run (waits for it)."""
+        return pool_turn(self._url, self.schema, self.location, run_id, account, pool)
+
+    async def pool_ops(self, run_id: str) -> list[PoolOpRecord]:
+        """The run's pool operations (``action: replace``), in the order recorded."""
+        return await self._read(lambda conn: sql.read_pool_ops(conn, run_id))
 
 
 # --- opening ------------------------------------------------------------------------------

@@ -29,10 +29,11 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from fleet_reimage.journal import poolops
 from fleet_reimage.journal.base import newer_journal, older_journal, tool_version
 from fleet_reimage.journal.model import JournalError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Advisory lock keys are (class, key) pairs of int4. The classes spell "FRJL" / "FRJM" / "FRJR"
 # / "FRJP"; the key is derived from the schema name (and the run for RUN_LOCK_CLASS, the plan's
@@ -201,8 +202,11 @@ _V3: tuple[str, ...] = (
 # counts as down (see ``postgres_shared_claim``, ``failed_down``).
 _V4: tuple[str, ...] = ("ALTER TABLE run_pools ADD COLUMN down_targets text[]",)
 
+# Schema 5: the pool-operations journal of ``action: replace`` (``poolops.py``).
+_V5: tuple[str, ...] = poolops.table_ddl(_TIME, "bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY")
+
 # MIGRATIONS[n] takes a journal from schema n - 1 to schema n.
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5}
 
 
 def lock_key(schema: str) -> int:

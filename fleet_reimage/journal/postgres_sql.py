@@ -25,6 +25,7 @@ from typing import Any
 
 import psycopg
 
+from fleet_reimage.journal import poolops
 from fleet_reimage.journal.base import (
     ATTEMPTS_QUERY,
     EVENTS_QUERY,
@@ -322,3 +323,16 @@ async def read_attempts(conn: Conn, run_id: str) -> list[AttemptRecord]:
 
 async def read_events(conn: Conn, run_id: str) -> list[RunEvent]:
     return event_records(await _rows(conn, EVENTS_QUERY.format(p="%s"), (run_id,)))
+
+
+def pool_op_started(s: poolops.PoolOpStart) -> Work:
+    return Work((Statement(poolops.INSERT.format(p="%s"), poolops.start_params(s)),))
+
+
+def pool_op_finished(e: poolops.PoolOpEnd) -> Work:
+    missing = f"no pool operation {e.client_request_id} in run {e.run_id}"
+    return Work((Statement(poolops.FINISH.format(p="%s"), poolops.finish_params(e), missing),))
+
+
+async def read_pool_ops(conn: Conn, run_id: str) -> list[poolops.PoolOpRecord]:
+    return poolops.records(await _rows(conn, poolops.QUERY.format(p="%s"), (run_id,)))

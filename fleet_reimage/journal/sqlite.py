@@ -51,6 +51,7 @@ from fleet_reimage.journal.model import (
     TargetRecord,
     TargetState,
 )
+from fleet_reimage.journal.poolops import PoolOpRecord
 from fleet_reimage.journal.sqlite_writer import GroupWriter, Work
 
 T = TypeVar("T")
@@ -235,6 +236,10 @@ class SqliteJournal(JournalBase[Work]):
     async def events(self, run_id: str) -> list[RunEvent]:
         """The run's events by time (then by the order they were recorded)."""
         return await self._read(functools.partial(sql.read_events, run_id=run_id))
+
+    async def pool_ops(self, run_id: str) -> list[PoolOpRecord]:
+        """The run's pool operations (``action: replace``), in the order recorded."""
+        return await self._read(functools.partial(sql.read_pool_ops, run_id=run_id))
 
 
 # --- opening (blocking: runs on a worker thread) ----------------------------------------

@@ -15,10 +15,11 @@ import contextlib
 import sqlite3
 from dataclasses import dataclass
 
+from fleet_reimage.journal import poolops
 from fleet_reimage.journal.base import newer_journal, older_journal, tool_version
 from fleet_reimage.journal.model import JournalError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 APPLICATION_ID = 0x46524A4C  # "FRJL": fleet-reimage journal
 SQLITE_MAGIC = b"SQLite format 3\x00"
 HEADER_SIZE = 100
@@ -113,8 +114,11 @@ _V1: tuple[str, ...] = (
     "CREATE INDEX events_run_at ON events (run_id, at)",
 )
 
+# Schema 2: the pool-operations journal of ``action: replace`` (``poolops.py``).
+_V2: tuple[str, ...] = poolops.table_ddl("REAL", "INTEGER PRIMARY KEY")
+
 # MIGRATIONS[n] takes a journal from schema n - 1 to schema n.
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1}
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2}
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
+from fleet_reimage.journal import poolops
 from fleet_reimage.journal.base import (
     ATTEMPTS_QUERY,
     EVENTS_QUERY,
@@ -327,3 +328,16 @@ def read_attempts(conn: sqlite3.Connection, run_id: str) -> list[AttemptRecord]:
 
 def read_events(conn: sqlite3.Connection, run_id: str) -> list[RunEvent]:
     return event_records(conn.execute(EVENTS_QUERY.format(p="?"), (run_id,)))
+
+
+def pool_op_started(conn: sqlite3.Connection, s: poolops.PoolOpStart) -> None:
+    conn.execute(poolops.INSERT.format(p="?"), poolops.start_params(s))
+
+
+def pool_op_finished(conn: sqlite3.Connection, e: poolops.PoolOpEnd) -> None:
+    if conn.execute(poolops.FINISH.format(p="?"), poolops.finish_params(e)).rowcount != 1:
+        raise Rejected(f"no pool operation {e.client_request_id} in run {e.run_id}")
+
+
+def read_pool_ops(conn: sqlite3.Connection, run_id: str) -> list[poolops.PoolOpRecord]:
+    return poolops.records(conn.execute(poolops.QUERY.format(p="?"), (run_id,)))

@@ -100,7 +100,7 @@ def parse_plan(text: str, path: Path, *, environ: Mapping[str, str] | None = Non
     accounts = None
     if "accounts" in fields:
         accounts = read_accounts(checker, fields["accounts"], absolute.parent, environ)
-    rollout = read_rollout(checker, fields.get("rollout"))
+    rollout = read_rollout(checker, fields.get("rollout"), action is Action.REPLACE)
     execution = read_execution(checker, fields.get("execution"))
     notify = read_notify(checker, fields["notify"], environ) if "notify" in fields else ()
     if (

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from fractions import Fraction
 from pathlib import Path
 
 from fleet_reimage.batch.versions import DEFAULT_API_VERSION
@@ -25,15 +26,18 @@ from .gates import GateSpec
 
 # Defaults, named so the docs, the loader and the tests agree.
 DEFAULT_STATES: frozenset[str] = frozenset({"idle", "running"})
+NO_SURGE = Amount(Fraction(0), percent=False)  # rollout.surge's default
 
 
 class Action(StrEnum):
     REIMAGE = "reimage"
     REBOOT = "reboot"
+    REPLACE = "replace"  # remove nodes and resize back: fresh nodes from the pool's image
 
 
 class NodeOption(StrEnum):
-    """What happens to tasks running on the node (``nodeReimageOption``/``nodeRebootOption``)."""
+    """What happens to tasks running on the node (``nodeReimageOption``/``nodeRebootOption``;
+    for ``replace``, ``nodeDeallocationOption``: the same four values)."""
 
     REQUEUE = "requeue"
     TERMINATE = "terminate"
@@ -157,6 +161,10 @@ class RolloutSpec:
     # Claim each pool in its metadata before the first request, against other runs
     # (other journals, other machines): ``engine/poolclaim.py``.
     claim_pools: bool = False
+    # action: replace only (``rollout/replace.py``): capacity added before old nodes leave,
+    # and whether an auto-scaled pool may be replaced (its formula brings capacity back).
+    surge: Amount = NO_SURGE
+    autoscale: str = "refuse"  # refuse | allow
     # Drain a node that runs tasks before its action (``plan/drain.py``); None: no drain.
     drain: DrainSpec | None = None
     # Commands asked before each wave / after the run, and how long a wave's nodes must

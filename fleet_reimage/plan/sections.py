@@ -15,7 +15,7 @@ from ..batch.versions import API_VERSIONS, DEFAULT_API_VERSION
 from .accounts import read_states
 from .drain import read_drain
 from .gates import read_gates, read_soak
-from .model import DEFAULT_STATES, ExecutionSpec, HealthSpec, RetrySpec, RolloutSpec
+from .model import DEFAULT_STATES, NO_SURGE, ExecutionSpec, HealthSpec, RetrySpec, RolloutSpec
 from .reader import Checker, Node
 from .waves import is_all, normalise_ladder
 
@@ -29,6 +29,8 @@ ROLLOUT_KEYS = (
     "confirm_after_wave",
     "failed_holds_availability",
     "claim_pools",
+    "surge",
+    "autoscale",
     "drain",
     "gates",
     "soak",
@@ -45,6 +47,7 @@ RETRY_KEYS = ("max_attempts", "initial_backoff", "max_backoff", "busy_timeout")
 
 DEFAULT_MAX_UNAVAILABLE = Amount(Fraction(10), percent=True)
 DEFAULT_FAILURE_BUDGET = Amount(Fraction(5), percent=True)
+AUTOSCALE_CHOICES = ("refuse", "allow")
 DEFAULT_HEALTH = HealthSpec(
     wait=True, ready_states=DEFAULT_STATES, timeout=1200.0, poll_interval=15.0
 )
@@ -74,7 +77,7 @@ _NOT_READY = frozenset(
 )
 
 
-def read_rollout(checker: Checker, at: Node | None) -> RolloutSpec | None:
+def read_rollout(checker: Checker, at: Node | None, replace: bool = False) -> RolloutSpec | None:
     fields = checker.mapping(at, ROLLOUT_KEYS, defaults=True) if at is not None else {}
     if fields is None:
         return None
@@ -98,11 +101,33 @@ def read_rollout(checker: Checker, at: Node | None) -> RolloutSpec | None:
         confirm = _read_confirm(checker, got["confirm_after_wave"], ladder, waves is not None)
     holds = _flag(checker, got["failed_holds_availability"], default=True)
     claim_pools = _flag(checker, got["claim_pools"], default=False)
+    for key in ("surge", "autoscale"):
+        node = got[key]
+        if node is not None and not replace:
+            checker.warning(node, "applies to action: replace only; ignored")
+    surge = NO_SURGE
+    if got["surge"] is not None:
+        surge = checker.amount(got["surge"], zero=True) or surge
+    autoscale = "refuse"
+    if got["autoscale"] is not None:
+        autoscale = checker.choice(got["autoscale"], AUTOSCALE_CHOICES) or autoscale
     drain = read_drain(checker, got["drain"]) if got["drain"] is not None else None
     gates = read_gates(checker, got["gates"]) if got["gates"] is not None else ()
     soak = read_soak(checker, got["soak"]) if got["soak"] is not None else 0.0
+    if soak and replace and got["soak"] is not None:
+        checker.error(
+            got["soak"],
+            "a soak watches a wave's nodes after their action; with action: replace they are "
+            "gone (their new nodes are health-gated instead): remove rollout.soak",
+        )
     if soak and health is not None and not health.wait and got["soak"] is not None:
         checker.error(got["soak"], "a soak watches the nodes' health: it needs health.wait: true")
+    if drain is not None and replace and got["drain"] is not None:
+        checker.error(
+            got["drain"],
+            "action: replace does not drain: its removal waits for running tasks itself with "
+            "option: taskcompletion (or retaineddata); remove rollout.drain",
+        )
     if drain is not None and health is not None and not health.wait and got["drain"] is not None:
         checker.error(
             got["drain"],
@@ -130,6 +155,8 @@ def read_rollout(checker: Checker, at: Node | None) -> RolloutSpec | None:
         confirm_after_wave=confirm,
         failed_holds_availability=holds,
         claim_pools=claim_pools,
+        surge=surge,
+        autoscale=autoscale,
         drain=drain,
         gates=gates or (),
         soak=soak or 0.0,

@@ -226,6 +226,19 @@ class PoolRollout:
         if down is not None:
             self._down = frozenset(down)
 
+    def adopt(
+        self, settled: Iterable[int], active: Iterable[int], failed_after_action: Iterable[int]
+    ) -> None:
+        """Take up the pool as the journal has it now: another runner moved it on (a shared
+        ``action: replace`` run takes turns per pool, ``engine/replace.py``)."""
+        self._settled = set(settled)
+        self._active = set(active) - self._settled
+        self._failed_after = set(failed_after_action)
+        self._remaining = [sum(1 for t in w if t not in self._settled) for w in self._waves]
+        self._current = 0
+        self._find_open_wave()
+        self.progress, _ = advance(self.rules, self._state(PoolProgress(), -math.inf))
+
     def release_checkpoint(self) -> None:
         self.progress = replace(self.progress, held=False)
 

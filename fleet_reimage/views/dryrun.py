@@ -12,6 +12,8 @@ assumed to take the same time to come back (``--assume-recovery``). So, as in a 
   with ``s`` free slots takes ``ceil(w / s)`` recovery times);
 * pools run side by side, so the run takes as long as its slowest pool.
 
+For ``action: replace`` a step of the ladder replaces ``surge`` nodes at once (or, without
+surge, as many as ``max_unavailable`` leaves room for), and the assumed time is a step's.
 Without a health gate a node counts as done once its request is accepted (assumed
 ``REQUEST_TIME``) and is limited by the account's concurrency instead. Retries, throttling
 and checkpoints are not simulated (checkpoints are named in the output).
@@ -23,9 +25,10 @@ import heapq
 import math
 from dataclasses import dataclass, field
 
-from fleet_reimage.plan.model import Plan
+from fleet_reimage.plan.model import Action, Plan
 from fleet_reimage.plan.resolve import PoolResolution, Resolution
 from fleet_reimage.rollout.pool import PoolRollout
+from fleet_reimage.rollout.replace import surge_nodes
 from fleet_reimage.units import count, format_duration, plural
 from fleet_reimage.views.runview import span, when
 
@@ -130,6 +133,9 @@ def simulate(resolution: Resolution, assumed: Assumption) -> list[PoolSim]:
         slots = pool.max_unavailable - pool.baseline_unavailable
         if not plan.rollout.health.wait:
             slots = min(pool.max_unavailable, execution.per_account_concurrency)
+        surge = surge_nodes(plan.rollout.surge, len(pool.selected))
+        if plan.action is Action.REPLACE and surge > 0:  # a step replaces s nodes at once
+            slots = surge
         if slots < 1:
             blocked = PoolSim(label, len(pool.selected), 0)
             blocked.blocked = blocked_reason(pool, plan)

@@ -28,6 +28,7 @@ from fleet_reimage.journal.model import AttemptRecord, TargetRecord, TargetState
 from fleet_reimage.units import count
 from fleet_reimage.views.drains import drain_counts, drain_lines
 from fleet_reimage.views.hints import run_hint
+from fleet_reimage.views.replaceview import replace_section, replace_summaries
 from fleet_reimage.views.runchanges import overrides_phrase
 from fleet_reimage.views.runview import (
     STATE_LABELS,
@@ -192,6 +193,7 @@ def report_header_json(report: Report) -> dict[str, Any]:
         "resume": _resume(report),
         "totals": counts_json(report.totals),
         "pools": [pool.as_json() for pool in report.pools],
+        "replace": [s.as_json() for s in replace_summaries(data.events, data.targets)],
         "failures": [group.as_json() for group in report.failures],
         "reconciled": report.doubts.as_json(),
         "timeline": report.timeline.as_json(),
@@ -275,6 +277,7 @@ def write_table(report: Report, out: TextIO) -> None:
     if resume:
         lines.append(f"  resume   {resume}")
     lines += ["", "Totals", *("  " + line for line in totals_lines(report.pools))]
+    lines += replace_section(report.data.events, report.data.targets)
     doubts = report.doubts.phrase()
     if doubts:
         lines += ["", doubts]
@@ -418,6 +421,9 @@ def write_markdown(report: Report, out: TextIO) -> None:
         "",
         *_md_totals(report.pools),
     ]
+    section = replace_section(report.data.events, report.data.targets, "- ")
+    if section:
+        parts += ["", "## Replace per pool", "", *(md_cell(line) for line in section[2:])]
     doubts = report.doubts.phrase()
     if doubts:
         parts += ["", md_cell(doubts) + "."]

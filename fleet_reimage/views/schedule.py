@@ -12,12 +12,13 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from fleet_reimage.plan.model import NodeOption, Plan
+from fleet_reimage.plan.model import Action, NodeOption, Plan
 from fleet_reimage.plan.narrow import describe
 from fleet_reimage.plan.resolve import PoolResolution, Resolution
 from fleet_reimage.plan.schedule import reason_group
 from fleet_reimage.units import Amount, count, format_duration
 from fleet_reimage.views.dryrun import blocked_reason
+from fleet_reimage.views.replaceview import replace_json, replace_lines
 from fleet_reimage.views.textgrid import grid
 
 
@@ -124,6 +125,9 @@ def _tasks_json(option: NodeOption, tasks: int) -> dict[str, Any]:
 def resolution_json(resolution: Resolution) -> dict[str, Any]:
     plan = resolution.plan
     pools = [_pool_json(pool, plan.option) for pool in resolution.pools]
+    if plan.action is Action.REPLACE:
+        for shown, pool in zip(pools, resolution.pools, strict=True):
+            shown["replace"] = replace_json(pool, plan)
     running_tasks = sum(p["running_tasks"] for p in pools)
     drain = plan.rollout.drain
     return {
@@ -190,6 +194,8 @@ def render_schedule(resolution: Resolution) -> str:
             current = pool.account
             lines.append(f"account {pool.account}")
         lines.extend(_pool_lines(pool, waves, plan.option))
+        if plan.action is Action.REPLACE:
+            lines.extend(replace_lines(pool, plan))
         if cannot_start(pool, plan):
             lines.append(f"    {blocked_reason(pool, plan)}")
     for warning in resolution.warnings:

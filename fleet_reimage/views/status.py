@@ -17,6 +17,7 @@ from fleet_reimage.journal.model import RunRecord, RunStatus, TargetRecord, Targ
 from fleet_reimage.units import count
 from fleet_reimage.views.drains import drain_counts, drain_lines
 from fleet_reimage.views.hints import Hint, run_hint
+from fleet_reimage.views.replaceview import replace_section, replace_summaries
 from fleet_reimage.views.report import failure_lines, one_line, totals_lines
 from fleet_reimage.views.runchanges import blocked_now, overrides_phrase
 from fleet_reimage.views.runview import (
@@ -128,6 +129,7 @@ def run_text(data: RunData, now: float, following: float | None = None) -> str:
     if line.restarts:
         lines.append(f"  restarts {_restarts_phrase(line)}")
     lines += ["", "Nodes per pool", *("  " + line for line in totals_lines(pools))]
+    lines += replace_section(data.events, data.targets)
     doubts = doubt_counts(data.targets, by_target).phrase()
     if doubts:
         lines += ["", doubts]
@@ -288,6 +290,7 @@ def run_status_json(data: RunData, now: float) -> dict[str, Any]:
         "gate_failed": _gate_failure_json(data),
         "totals": counts_json(total_counts(pools)),
         "pools": [pool.as_json() for pool in pools],
+        "replace": [s.as_json() for s in replace_summaries(data.events, data.targets)],
         "reconciled": doubt_counts(data.targets, by_target).as_json(),
         "in_flight": [
             {
