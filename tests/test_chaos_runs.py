@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 import urllib.parse
-from collections.abc import Iterator
 from pathlib import Path
 
 import pgserver
@@ -298,11 +297,6 @@ def test_no_form_of_any_secret_in_any_artefact(tmp_path: Path) -> None:
         assert not _leaks(artefact.read_bytes(), keys, texts), artefact.name
         checked += 1
     assert checked >= 12  # journals, events, logs (both formats), report at least
-
-
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[pgserver.PgServer]:
-    yield from pgserver.session_server()
 
 
 def _journal_dump(url: str) -> bytes:

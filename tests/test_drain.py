@@ -7,7 +7,6 @@ requeued, scheduling state now), and the journal's attempts and events.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -228,11 +227,6 @@ def test_resume_undoes_the_drains_a_killed_run_left_and_acts_once(tmp_path: Path
         assert {n["scheduling_state"] for n in done.values()} == {"enabled"}
         # Enabled by the resume (its undo), then drained again and enabled after the action.
         assert {n["scheduling_disables"] for n in done.values()} == {2}
-
-
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[pgserver.PgServer]:
-    yield from pgserver.session_server()
 
 
 @pytest.mark.postgres

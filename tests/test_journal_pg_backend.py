@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import urllib.parse
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -41,16 +40,6 @@ from fleet_reimage.journal.shared import RunnerInfo
 from fleet_reimage.journal.sqlite import SqliteJournal
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[pgserver.PgServer]:
-    yield from pgserver.session_server()
-
-
-@pytest.fixture
-def pg(pg_server: pgserver.PgServer) -> Iterator[pgserver.PgSchema]:
-    yield from pgserver.schema_for_test(pg_server)
 
 
 async def fetch(url: str, query: sql.Composed) -> list[tuple[object, ...]]:

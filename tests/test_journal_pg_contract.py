@@ -48,11 +48,6 @@ from fleet_reimage.journal.poolops import PoolOpEnd, PoolOpStart
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[pgserver.PgServer]:
-    yield from pgserver.session_server()
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     if request.param == "sqlite":

@@ -12,7 +12,6 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import anyio
 import pgserver
@@ -24,16 +23,6 @@ from fleet_reimage.journal import AttemptOutcome
 from fleet_reimage.journal.postgres import PostgresJournal
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[pgserver.PgServer]:
-    yield from pgserver.session_server()
-
-
-@pytest.fixture
-def pg(pg_server: pgserver.PgServer) -> Iterator[pgserver.PgSchema]:
-    yield from pgserver.schema_for_test(pg_server)
 
 
 CRASH_CHILD = """

@@ -5,7 +5,6 @@ what the next turn reads; a runner whose connection dies loses its turn."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import anyio
 import anyio.lowlevel
@@ -22,16 +21,6 @@ from fleet_reimage.journal.shared import GateKey, GateResult
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
 KEY = GateKey("slo", "before_wave", 2, "acct", "p")
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[pgserver.PgServer]:
-    yield from pgserver.session_server()
-
-
-@pytest.fixture
-def pg(pg_server: pgserver.PgServer) -> Iterator[pgserver.PgSchema]:
-    yield from pgserver.schema_for_test(pg_server)
 
 
 def answer(key: GateKey, passed: bool) -> RunEvent:

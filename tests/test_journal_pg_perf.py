@@ -7,7 +7,6 @@ records are. Run with ``-s`` to see the figures.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import anyio
 import pgserver
@@ -19,16 +18,6 @@ from fleet_reimage.journal import TargetState
 from fleet_reimage.journal.postgres import PostgresJournal
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[pgserver.PgServer]:
-    yield from pgserver.session_server()
-
-
-@pytest.fixture
-def pg(pg_server: pgserver.PgServer) -> Iterator[pgserver.PgSchema]:
-    yield from pgserver.schema_for_test(pg_server)
 
 
 async def test_group_commit_batches_concurrent_starts(pg: pgserver.PgSchema) -> None:

@@ -8,7 +8,6 @@ would have; every test has its own schema (see ``pgserver``).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import anyio
 import pgserver
@@ -36,16 +35,6 @@ from fleet_reimage.journal.shared import RunnerInfo
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
 A, B = runner("host-a", 1), runner("host-b", 2)
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[pgserver.PgServer]:
-    yield from pgserver.session_server()
-
-
-@pytest.fixture
-def pg(pg_server: pgserver.PgServer) -> Iterator[pgserver.PgSchema]:
-    yield from pgserver.schema_for_test(pg_server)
 
 
 async def register_both(a: PostgresJournal, b: PostgresJournal) -> None:

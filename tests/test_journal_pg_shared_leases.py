@@ -9,7 +9,6 @@ would have; every test has its own schema (see ``pgserver``).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import anyio
 import pgserver
@@ -44,16 +43,6 @@ from fleet_reimage.journal.postgres import PostgresJournal
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
 A, B, C = runner("host-a", 1), runner("host-b", 2), runner("host-c", 3)
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[pgserver.PgServer]:
-    yield from pgserver.session_server()
-
-
-@pytest.fixture
-def pg(pg_server: pgserver.PgServer) -> Iterator[pgserver.PgSchema]:
-    yield from pgserver.schema_for_test(pg_server)
 
 
 async def test_a_dead_runners_work_is_taken_over_and_its_late_start_refused(

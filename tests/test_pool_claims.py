@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
-import pgserver
 import pytest
 from clihelpers import emulator_process, fleet_reimage
 from runhelpers import (
@@ -249,17 +247,6 @@ async def test_claims_are_renewed_and_a_claim_lost_to_another_run_stops_the_pool
     )
     states = {(t.pool, t.state) for t in await journal_targets(tmp_path / "j.db")}
     assert ("p", TargetState.PENDING) in states and ("q", TargetState.HEALTHY) in states
-
-
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[pgserver.PgServer]:
-    yield from pgserver.session_server()
-
-
-@pytest.fixture
-def pg_url(pg_server: pgserver.PgServer) -> Iterator[str]:
-    with pgserver.fresh_database(pg_server) as url:
-        yield url
 
 
 @pytest.mark.postgres

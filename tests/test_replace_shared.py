@@ -4,10 +4,8 @@ over from the journal: still every old node removed once, never below the limit.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pgserver
 import pytest
 from clihelpers import emulator_process, fleet_reimage, start_fleet_reimage, wait_for_events
 from replacehelpers import FAST, replace_plan
@@ -16,17 +14,6 @@ from runhelpers import named_nodes
 pytestmark = pytest.mark.postgres
 
 FLEET = {pool: named_nodes(pool, 6) for pool in ("p", "q")}
-
-
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[pgserver.PgServer]:
-    yield from pgserver.session_server()
-
-
-@pytest.fixture
-def pg_url(pg_server: pgserver.PgServer) -> Iterator[str]:
-    with pgserver.fresh_database(pg_server) as url:
-        yield url
 
 
 def _check(stats: dict[str, object]) -> None:

@@ -56,11 +56,6 @@ _runs = itertools.count()
 
 
 @pytest.fixture(scope="module")
-def pg_server() -> Iterator[pgserver.PgServer]:
-    yield from pgserver.session_server()
-
-
-@pytest.fixture(scope="module")
 def pg(pg_server: pgserver.PgServer) -> Iterator[pgserver.PgSchema]:
     yield from pgserver.schema_for_test(pg_server)
 

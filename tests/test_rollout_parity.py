@@ -8,12 +8,10 @@ from __future__ import annotations
 import itertools
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
-import pgserver
 import pytest
 from runhelpers import KEY, KEY_ENV, Recorder, emulator, reimages, write_plan
 
@@ -41,17 +39,6 @@ ROLLOUT = f"""
 @pytest.fixture(autouse=True)
 def _key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(KEY_ENV, KEY)
-
-
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[pgserver.PgServer]:
-    yield from pgserver.session_server()
-
-
-@pytest.fixture
-def pg_url(pg_server: pgserver.PgServer) -> Iterator[str]:
-    with pgserver.fresh_database(pg_server) as url:
-        yield url
 
 
 async def roll(folder: Path, journal: str, rollout: str = ROLLOUT) -> dict[str, Any]:

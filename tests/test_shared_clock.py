@@ -6,7 +6,7 @@ patches ``time`` globally)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import anyio
 import pgserver
@@ -31,16 +31,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 
 A, B = runner("host-a", 1), runner("host-b", 2)
 LEASE = 5.0
-
-
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[pgserver.PgServer]:
-    yield from pgserver.session_server()
-
-
-@pytest.fixture
-def pg(pg_server: pgserver.PgServer) -> Iterator[pgserver.PgSchema]:
-    yield from pgserver.schema_for_test(pg_server)
 
 
 def ahead(seconds: float) -> Callable[[], float]:

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
-import pgserver
 import psycopg
 import pytest
 from runhelpers import KEY, KEY_ENV, Recorder, emulator, reimages, write_plan
@@ -48,17 +46,6 @@ if wave != "1" and not os.path.exists(go):
 @pytest.fixture(autouse=True)
 def _key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(KEY_ENV, KEY)
-
-
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[pgserver.PgServer]:
-    yield from pgserver.session_server()
-
-
-@pytest.fixture
-def pg_url(pg_server: pgserver.PgServer) -> Iterator[str]:
-    with pgserver.fresh_database(pg_server) as url:
-        yield url
 
 
 def rollout(extra: str) -> str:
