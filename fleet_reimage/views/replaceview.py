@@ -185,3 +185,32 @@ def replace_section(
     if not summaries:
         return []
     return ["", "Replace per pool", *(bullet + line for line in summary_lines(summaries))]
+
+
+# A step's events (one resize, one removal, one verdict per step: hundreds in a long night)
+# are summed up in the "Replace per pool" section, not listed one by one in the timeline.
+REPLACE_STEP_KINDS = frozenset({"pool_resized", "nodes_removed", "replace_judged"})
+
+
+def _capacity(value: object) -> str:
+    pair = _pair(value)
+    if pair is None:
+        return "unknown"
+    dedicated, low_priority = pair
+    text = f"{dedicated} dedicated"
+    return text + (f" + {low_priority} low-priority" if low_priority else "")
+
+
+def replace_event_text(event: RunEvent) -> str:
+    """A pool's replace milestone in words, for the timeline."""
+    data = event.data
+    target = _capacity(data.get("target"))
+    if event.kind == "replace_started":
+        return f"replace started: T {target}, surge {data.get('surge', 0)}"
+    ended = "pool replaced" if event.kind == "pool_replaced" else "replace stopped"
+    return (
+        f"{ended}: {count(int(str(data.get('old_removed', 0))), 'old node')} removed, "
+        f"{count(int(str(data.get('new_ready', 0))), 'new node')} ready, "
+        f"{data.get('new_failed', 0)} failed; target {_capacity(data.get('final_target'))} "
+        f"(T {target})"
+    )

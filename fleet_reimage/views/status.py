@@ -175,18 +175,24 @@ def _in_flight_lines(targets: Sequence[TargetRecord], run: RunRecord, now: float
     day = run.created_at
     until = in_flight_clock(run, now)
     live = until == now
-    rows = [
-        (
-            f"{t.account}/{t.pool}",
-            t.node_id,
-            "awaiting health" if t.state is TargetState.ACCEPTED else "request in flight",
-            str(t.attempts),
-            clock(t.last_sent_at, day) if t.last_sent_at else "",
-            span(until - t.last_sent_at) if t.last_sent_at else "",
-            t.last_code or "",
+    # A replaced node's removal is accepted while it leaves (tasks finishing, with
+    # taskcompletion) and while its replacement boots: "awaiting health" would mislead.
+    accepted = "being replaced" if run.action == "replace" else "awaiting health"
+    rows = []
+    for t in active[:IN_FLIGHT_SHOWN]:
+        since = t.last_sent_at or t.accepted_at
+        state = accepted if t.state is TargetState.ACCEPTED else "request in flight"
+        rows.append(
+            (
+                f"{t.account}/{t.pool}",
+                t.node_id,
+                state,
+                str(t.attempts),
+                clock(since, day) if since else "",
+                span(until - since) if since else "",
+                t.last_code or "",
+            )
         )
-        for t in active[:IN_FLIGHT_SHOWN]
-    ]
     waited = "waiting" if live else "had waited"
     headers = ("pool", "node", "state", "tries", "sent", waited, "last code")
     if live:

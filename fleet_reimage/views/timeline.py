@@ -23,6 +23,7 @@ from typing import Any
 from fleet_reimage.journal.model import AttemptRecord, RunEvent, TargetRecord
 from fleet_reimage.units import count
 from fleet_reimage.views.drains import PER_NODE_KINDS
+from fleet_reimage.views.replaceview import REPLACE_EVENTS, REPLACE_STEP_KINDS, replace_event_text
 from fleet_reimage.views.runchanges import EVENT_KINDS, event_text
 from fleet_reimage.views.runview import clock, iso, span
 from fleet_reimage.views.textgrid import grid
@@ -176,6 +177,8 @@ def timeline(
             last_done[pool_key] = event.at
         elif event.kind == "throttle_changed":
             throttles.append(event)
+        elif event.kind in REPLACE_STEP_KINDS:
+            continue  # summed up per pool (replaceview.py)
         elif event.kind not in PER_NODE_KINDS and event.kind != "run_resumed":
             milestones.append(_milestone(event))
     restarts = find_restarts(events, attempts)
@@ -310,6 +313,8 @@ def _milestone(event: RunEvent) -> Milestone:
         text = event_text(event)  # what resumes changed, and pools waiting for room
     elif kind in WAIT_KINDS:
         text = wait_event_text(event)  # gates and soaks
+    elif kind in REPLACE_EVENTS:
+        text = replace_event_text(event)
     elif kind == "pool_stopped":
         text = f"pool stopped: {plain(data.get('reason'))}"
     elif kind == "budget_exceeded":
