@@ -59,6 +59,13 @@ async def test_status_and_report_show_old_removed_new_ready_and_targets(tmp_path
         "emu/p: T 6 dedicated + 0 low-priority; target final 6 dedicated + 0 low-priority; "
         "old removed 6; new ready 6, failed 0"
     ) in status.stdout, status.stdout
+    # The timeline: each pool's start and end in words, not one line per step's call.
+    assert "emu/p: replace started: T 6 dedicated, surge 2" in status.stdout
+    assert (
+        "emu/p: pool replaced: 6 old nodes removed, 6 new nodes ready, 0 failed; "
+        "target 6 dedicated (T 6 dedicated)"
+    ) in status.stdout
+    assert "pool resized" not in status.stdout and "replace judged" not in status.stdout
     report = fleet_reimage(
         "report", "--latest", "--journal", journal, "--format", "json", cwd=tmp_path
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -209,6 +210,16 @@ def test_status_text_of_a_running_run_shows_what_is_in_flight_and_what_to_do() -
     assert [n["node"] for n in doc["in_flight"]] == ["node-8", "node-7"]
     # Its failures exceed the budget (budget_exceeded): a plain resume would stop at once.
     assert doc["resume"] == f"fleet-reimage resume {RUN} --journal j.db --accept-failures"
+
+
+def test_status_of_a_replace_says_being_replaced_since_the_removal_was_accepted() -> None:
+    """A replaced node's removal was accepted; it has no request of its own in flight."""
+    record = dataclasses.replace(run_record(RunStatus.RUNNING), action="replace")
+    removed = target(7, "b", TargetState.ACCEPTED, accepted_at=T0 + 400, wave=1)
+    text = run_text(RunData(record, [removed], [], [], [], "j.db"), now=T0 + 700)
+    [row] = [line for line in text.splitlines() if "node-7" in line]
+    assert "being replaced" in row and "awaiting health" not in row
+    assert "5m00s" in row  # since the removal was accepted
 
 
 def test_runs_listing() -> None:
