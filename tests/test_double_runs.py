@@ -26,7 +26,6 @@ import psycopg
 import pytest
 from clihelpers import PYTHON, cli_env, emulator_process, fleet_reimage
 from runhelpers import KEY, KEY_ENV, write_plan
-from test_shared_runs import pg_server, pg_url  # noqa: F401 - the fixtures
 
 NODES = 20
 TIMINGS = {"reimaging": "100ms", "starting": "100ms"}
@@ -101,7 +100,7 @@ def two_operators_at_once(folder: Path, journal: str, *extra: str) -> tuple[str,
 @pytest.mark.postgres
 def test_two_operators_confirming_at_once_make_one_run(
     tmp_path: Path,
-    pg_url: str,  # noqa: F811 - the fixture
+    pg_url: str,
 ) -> None:
     run_id, outcomes = two_operators_at_once(tmp_path, pg_url)
     assert sorted(code for code, _ in outcomes) == [0, 2], outcomes
@@ -113,7 +112,7 @@ def test_two_operators_confirming_at_once_make_one_run(
 @pytest.mark.postgres
 def test_two_operators_joining_at_once_share_one_run(
     tmp_path: Path,
-    pg_url: str,  # noqa: F811 - the fixture
+    pg_url: str,
 ) -> None:
     run_id, outcomes = two_operators_at_once(tmp_path, pg_url, "--join")
     assert [code for code, _ in outcomes] == [0, 0], outcomes

@@ -14,7 +14,7 @@ import socket
 import anyio
 import pgserver
 import pytest
-from test_journal_pg_contract import backend, pg_server  # noqa: F401 - the fixtures
+from test_journal_pg_contract import backend  # noqa: F401 - the fixture
 from test_journal_pg_support import Backend, PostgresBackend, admin, until_waiting_on_lock
 from test_journal_support import RUN_ID, new_run, new_targets
 
@@ -119,7 +119,7 @@ async def test_a_refusal_sinks_neither_its_batch_mates_nor_later_writes(
 
 @pytest.mark.postgres
 async def test_writers_racing_for_one_plan_create_exactly_one_run(
-    pg_server: pgserver.PgServer,  # noqa: F811
+    pg_server: pgserver.PgServer,
 ) -> None:
     """Two writers (two connections, as two processes would have) are held at the plan's
     lock and let go together: one creates the run, the other is refused naming it."""
