@@ -68,7 +68,6 @@ MAX_DRAIN_TRIES = 5
 @dataclass(slots=True)
 class Drain:
     started: float  # monotonic
-    client_request_id: str
     running_tasks: int  # as the latest poll saw them
     ended: bool = False  # its action is scheduled
 
@@ -274,7 +273,7 @@ class Drains:
 
     def _started(self, pool: PoolRun, target: RunTarget, crid: str) -> None:
         running = self.running.get(pool.key, {}).get(target.record.node_id, 0)
-        self.draining[target.id] = Drain(time.monotonic(), crid, running)
+        self.draining[target.id] = Drain(time.monotonic(), running)
         self.ours.add(target.id)
         self.counts["started"] += 1
         target.phase = Phase.DRAINING

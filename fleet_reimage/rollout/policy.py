@@ -122,7 +122,7 @@ def decide(rules: RolloutRules, state: PoolState, waits: NextWaveWaits | None = 
     elif state.now < progress.opens_at:
         blocked = "pause"
     elif waits is not None and progress.wave is not None:
-        blocked = waits.blocks(progress.wave, state.now)
+        blocked = waits.blocks(progress.wave)
     free = room(rules, state.baseline, state.active, state.failed_down)
     if blocked is None and free <= 0:
         blocked = "unavailable"
