@@ -44,7 +44,6 @@ from fleet_reimage.journal.model import JournalError, RunEvent
 from fleet_reimage.journal.shared import GateKey, SharedRuns
 from fleet_reimage.plan.gates import GatePer, GateSpec, GateWhen
 from fleet_reimage.plan.model import Plan, SharedKeyAuth
-from fleet_reimage.rollout.claimed import ClaimedPoolRollout
 from fleet_reimage.rollout.nextwave import NextWaveWaits
 from fleet_reimage.rollout.pool import PoolRollout
 
@@ -53,8 +52,7 @@ log = structlog.get_logger("fleet_reimage.gates")
 
 def waits_of(pool: PoolRun) -> NextWaveWaits | None:
     """The pool's soak and gate state (it has one when the plan asks)."""
-    rollout = pool.rollout
-    return rollout.waits if isinstance(rollout, PoolRollout | ClaimedPoolRollout) else None
+    return pool.rollout.waits
 
 
 class SharedGates(Protocol):
@@ -112,7 +110,7 @@ class GateKeeper:
         if isinstance(rollout, PoolRollout):
             blocked = rollout.decision(now).blocked
         else:  # a shared run's: as its last claim decided
-            blocked = rollout.blocked if isinstance(rollout, ClaimedPoolRollout) else None
+            blocked = rollout.blocked
         if blocked != "gate":
             return
         self._asking.add(key)
