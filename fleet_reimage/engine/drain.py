@@ -56,7 +56,6 @@ from fleet_reimage.rollout.drain import DISABLE, DRAIN_OPTION, drain_end, needs_
 
 log = structlog.get_logger("fleet_reimage.drain")
 
-TICK = 0.25  # seconds between checks of the drains' timeouts
 DRAIN_SELECT = "id,state,lastBootTime,runningTasksCount,schedulingState"
 RETRYABLE = frozenset({429, 500, 502, 503, 504})
 MAX_DRAIN_TRIES = 5
@@ -176,13 +175,6 @@ class Drains:
             "duration_s": round(time.monotonic() - drain.started, 3),
             "timed_out": False, "undone": True,
         }  # fmt: skip
-
-    async def run(self) -> None:
-        """Check the drains' timeouts between polls, until cancelled."""
-        while True:
-            await anyio.sleep(TICK)
-            if self.draining:
-                self.check(time.monotonic())
 
     def taken_over(self, target: RunTarget) -> None:
         """A shared run's target taken over from a runner that died: if it was attempted, that
