@@ -40,6 +40,7 @@ from fleet_reimage.batch.errors import (
     UnexpectedResponse,
 )
 from fleet_reimage.batch.models import NodeInfo
+from fleet_reimage.batch.retry import is_retryable
 from fleet_reimage.engine.control import RunControl
 from fleet_reimage.engine.ledger import RunLedger
 from fleet_reimage.engine.node_work import journal_attempt
@@ -57,7 +58,6 @@ from fleet_reimage.rollout.drain import DISABLE, DRAIN_OPTION, drain_end, needs_
 log = structlog.get_logger("fleet_reimage.drain")
 
 DRAIN_SELECT = "id,state,lastBootTime,runningTasksCount,schedulingState"
-RETRYABLE = frozenset({429, 500, 502, 503, 504})
 MAX_DRAIN_TRIES = 5
 
 
@@ -255,7 +255,8 @@ class Drains:
             self._started(pool, target, crid)
             return
         tries = self.tries[target.id] = self.tries.get(target.id, 0) + 1
-        if _retryable(answer) and tries < MAX_DRAIN_TRIES and not self.control.stopping:
+        retryable = isinstance(answer, BatchError) and is_retryable(answer)
+        if retryable and tries < MAX_DRAIN_TRIES and not self.control.stopping:
             target.phase = Phase.DRAINING
             self.ledger.schedule(pool, target, JobKind.DRAIN, min(2.0**tries * 0.5, 30.0))
             return
@@ -369,9 +370,3 @@ def _outcome(answer: HttpAccepted | BatchError) -> AttemptOutcome:
 
 def _already_disabled(answer: HttpAccepted | BatchError) -> bool:
     return isinstance(answer, Conflict) and answer.code == "NodeAlreadyInTargetSchedulingState"
-
-
-def _retryable(answer: HttpAccepted | BatchError) -> bool:
-    if isinstance(answer, BatchHTTPError):
-        return answer.status in RETRYABLE
-    return not isinstance(answer, HttpAccepted)  # not sent: a connection failure
