@@ -39,7 +39,7 @@ import structlog
 from fleet_reimage.engine.control import RunControl
 from fleet_reimage.engine.gaterun import GateOutcome, run_gate
 from fleet_reimage.engine.ledger import RunLedger
-from fleet_reimage.engine.runstate import PoolRun
+from fleet_reimage.engine.runstate import PoolKey, PoolRun
 from fleet_reimage.journal.model import JournalError, RunEvent
 from fleet_reimage.journal.shared import GateKey, SharedRuns
 from fleet_reimage.plan.gates import GatePer, GateSpec, GateWhen
@@ -158,12 +158,12 @@ class GateKeeper:
     async def after_run(self) -> bool:
         """The after_run gates, once every node is finished; False: one failed (the run
         stops, resumable)."""
-        nodes = [
-            f"{pool.account.name}/{pool.pool_id}/{t.record.node_id}"
-            for pool in self.ledger.pools
-            for t in self.ledger.targets.values()
-            if t.pool is pool
-        ]
+        by_pool: dict[PoolKey, list[str]] = {pool.key: [] for pool in self.ledger.pools}
+        for target in self.ledger.targets.values():  # one pass, not one per pool
+            if (ids := by_pool.get(target.pool.key)) is not None:
+                ids.append(target.record.node_id)
+        nodes = [f"{account}/{pool}/{node}" for (account, pool), ids in by_pool.items()
+                 for node in ids]  # fmt: skip
         for gate in self.after_gates:
             if not await self._ask(gate, None, nodes, None):
                 return False
