@@ -31,7 +31,7 @@ from fleet_reimage.batch.retry import backoff_delay, is_retryable
 from fleet_reimage.engine.runstate import PoolRun
 from fleet_reimage.journal import poolops
 from fleet_reimage.journal.model import Journal
-from fleet_reimage.journal.poolops import PoolOpEnd, PoolOpRecord, PoolOpStart
+from fleet_reimage.journal.poolops import PoolOpEnd, PoolOpStart
 from fleet_reimage.plan.model import Plan
 
 log = structlog.get_logger("fleet_reimage.replace")
@@ -203,12 +203,3 @@ class PoolCalls:
     def _backoff(self, attempt: int) -> float:
         retry = self.retry
         return backoff_delay(attempt, retry.initial_backoff, retry.max_backoff, random.random())
-
-    def doubtful(self, ops: list[PoolOpRecord]) -> list[PoolOpRecord]:
-        """This pool's removals whose outcome a dead run never learned."""
-        key = (self.pool.account.name, self.pool.pool_id)
-        return [
-            op
-            for op in ops
-            if (op.account, op.pool) == key and op.operation == poolops.REMOVE and op.in_doubt
-        ]

@@ -73,7 +73,7 @@ class ReplacePool:
         nodes = await self.calls.nodes()
         self._learn_kinds(nodes)
         await self._start(info, nodes, ops, judged)
-        await self._resume(nodes, ops)
+        await self._resume(ops)
         await self._steps()
 
     def _learn_kinds(self, nodes: dict[str, NodeInfo]) -> None:
@@ -87,10 +87,7 @@ class ReplacePool:
         ops: list[PoolOpRecord],
         judged: list[RunEvent],
     ) -> None:
-        key = self.pool.key
-        start = next(
-            (o for o in ops if (o.account, o.pool) == key and o.operation == poolops.START), None
-        )
+        start = next(iter(poolops.of_pool(ops, self.pool.key, poolops.START)), None)
         if start is None:
             self.target = (info.target_dedicated or 0, info.target_low_priority or 0)
             self.known = set(nodes)
@@ -104,20 +101,18 @@ class ReplacePool:
             self.known.update(str(n) for n in event.data.get("new", []))
             self.verdicts.update({str(k): str(v) for k, v in event.data.get("old", {}).items()})
 
-    async def _resume(self, nodes: dict[str, NodeInfo], ops: list[PoolOpRecord]) -> None:
+    async def _resume(self, ops: list[PoolOpRecord]) -> None:
         """Settle what a dead run left: removals in doubt, and targets between states."""
-        for op in self.calls.doubtful(ops):
-            after = (op.target_dedicated, op.target_low_priority)
-            await self.calls.removal_applied(op.client_request_id, list(op.node_ids), after)
-        fresh = await self.ledger.journal.pool_ops(self.ledger.run_id)
-        removed = {
-            node_id
-            for op in fresh
-            if (op.account, op.pool) == self.pool.key
-            and op.operation == poolops.REMOVE
-            and op.outcome in (poolops.ACCEPTED, poolops.APPLIED)
-            for node_id in op.node_ids
-        }
+        removed: set[str] = set()
+        for op in poolops.of_pool(ops, self.pool.key, poolops.REMOVE):
+            if op.in_doubt:  # reconciled (and its outcome recorded) from the pool now
+                after = (op.target_dedicated, op.target_low_priority)
+                ids = list(op.node_ids)
+                took = await self.calls.removal_applied(op.client_request_id, ids, after)
+            else:
+                took = op.outcome in (poolops.ACCEPTED, poolops.APPLIED)
+            if took:
+                removed.update(op.node_ids)
         for target in self.targets:
             state = target.record.state
             if state.terminal:
