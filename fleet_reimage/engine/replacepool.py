@@ -54,6 +54,11 @@ class ReplacePool:
         self.verdicts: Verdicts = {}
 
     @property
+    def surging(self) -> bool:
+        """Steps add new nodes first (an auto-scaled pool cannot be resized by hand)."""
+        return self.surge > 0 and not self.autoscale
+
+    @property
     def targets(self) -> list[RunTarget]:
         return [t for t in self.ledger.targets.values() if t.pool is self.pool]
 
@@ -120,8 +125,10 @@ class ReplacePool:
             if target.record.node_id in removed and state is not TargetState.ACCEPTED:
                 await self._mark(target, TargetState.ACCEPTED, "removed")
             elif target.record.node_id not in removed and state is not TargetState.PENDING:
-                await self._mark(target, TargetState.PENDING, "its removal did not take effect")
-                self.pool.rollout.release_to_queue(target.id)
+                await self.ledger.change(
+                    target, TargetState.PENDING, "its removal did not take effect"
+                )
+                self.ledger.requeue(target)
 
     # --- the steps ---
 
@@ -134,7 +141,7 @@ class ReplacePool:
             batch = await self._take()
             if not batch:
                 return
-            if self.surge > 0 and not self.autoscale:
+            if self.surging:
                 await self._surge_step(batch)
             else:
                 await self._remove(batch)
@@ -148,8 +155,7 @@ class ReplacePool:
                 return None
             now = time.monotonic()
             decision = rollout.decision(now)
-            use_surge = self.surge > 0 and not self.autoscale
-            limit = steps.step_limit(decision.admit, self.surge, use_surge)
+            limit = steps.step_limit(decision.admit, self.surge, self.surging)
             if decision.blocked in ("budget", "unavailable") or (
                 decision.blocked is None and limit <= 0
             ):  # nothing of ours is in progress here: no room will come back by waiting
@@ -336,7 +342,7 @@ class ReplacePool:
     def _after_removing(self, olds: list[RunTarget]) -> Targets:
         """The pool's targets once ``olds`` left: T with surge (it stood at T + b), else
         T less them (informational: the service lowers each kind's target itself)."""
-        if self.surge > 0 and not self.autoscale:
+        if self.surging:
             return self._base()
         kinds, base = self._kinds(olds), self._base()
         return base[0] - kinds[0], base[1] - kinds[1]
