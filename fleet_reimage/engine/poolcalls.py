@@ -91,12 +91,8 @@ class PoolCalls:
 
     async def record_start(self, targets: Targets, node_ids: list[str]) -> None:
         """The pool's T and its nodes before anything changed (once per pool and run)."""
-        now = time.time()
-        cid = new_client_request_id()
-        await self.journal.pool_op_started(PoolOpStart(
-            self.run_id, self.pool.account.name, self.pool.pool_id, poolops.START, cid,
-            tuple(node_ids), targets[0], targets[1], now))  # fmt: skip
-        await self.journal.pool_op_finished(PoolOpEnd(self.run_id, cid, now, poolops.RECORDED))
+        cid = await self._started(poolops.START, node_ids, targets)
+        await self._finished(cid, poolops.RECORDED)
 
     async def _started(self, operation: str, node_ids: list[str], targets: Targets) -> str:
         cid = new_client_request_id()
