@@ -52,15 +52,14 @@ class ReplacePool:
         self.known: set[str] = set()  # node ids that are not new, or new and judged
         self.dedicated: dict[str, bool] = {}  # node id -> its kind
         self.verdicts: Verdicts = {}
+        # The pool's targets (fixed for the run; their records change in place), not
+        # filtered out of the whole run's again at every step.
+        self.targets = [t for t in ledger.targets.values() if t.pool is pool]
 
     @property
     def surging(self) -> bool:
         """Steps add new nodes first (an auto-scaled pool cannot be resized by hand)."""
         return self.surge > 0 and not self.autoscale
-
-    @property
-    def targets(self) -> list[RunTarget]:
-        return [t for t in self.ledger.targets.values() if t.pool is self.pool]
 
     # --- start and resume ---
 
