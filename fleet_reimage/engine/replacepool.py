@@ -37,7 +37,7 @@ class ReplacePool:
         plan: Plan,
         pool: PoolRun,
         calls: PoolCalls,
-        gates: Callable[[PoolRun, float], None] = lambda pool, now: None,
+        gates: Callable[[PoolRun, float], None],
     ) -> None:
         self.ledger = ledger
         self.control = control
