@@ -101,16 +101,7 @@ def read_rollout(checker: Checker, at: Node | None, replace: bool = False) -> Ro
         confirm = _read_confirm(checker, got["confirm_after_wave"], ladder, waves is not None)
     holds = _flag(checker, got["failed_holds_availability"], default=True)
     claim_pools = _flag(checker, got["claim_pools"], default=False)
-    for key in ("surge", "autoscale"):
-        node = got[key]
-        if node is not None and not replace:
-            checker.warning(node, "applies to action: replace only; ignored")
-    surge = NO_SURGE
-    if got["surge"] is not None:
-        surge = checker.amount(got["surge"], zero=True) or surge
-    autoscale = "refuse"
-    if got["autoscale"] is not None:
-        autoscale = checker.choice(got["autoscale"], AUTOSCALE_CHOICES) or autoscale
+    surge, autoscale = _read_replace_keys(checker, got, replace)
     drain = read_drain(checker, got["drain"]) if got["drain"] is not None else None
     gates = read_gates(checker, got["gates"]) if got["gates"] is not None else ()
     soak = read_soak(checker, got["soak"]) if got["soak"] is not None else 0.0
@@ -194,6 +185,24 @@ def _read_waves(checker: Checker, at: Node) -> tuple[Amount, ...] | None:
         last[amount.percent] = (amount, index)
         ladder.append(amount)
     return tuple(ladder) if checker.error_count == errors else None
+
+
+def _read_replace_keys(
+    checker: Checker, got: dict[str, Node | None], replace: bool
+) -> tuple[Amount, str]:
+    """``rollout.surge`` and ``rollout.autoscale``: ``action: replace``'s, warned about (and
+    read all the same) with another action."""
+    for key in ("surge", "autoscale"):
+        node = got[key]
+        if node is not None and not replace:
+            checker.warning(node, "applies to action: replace only; ignored")
+    surge = NO_SURGE
+    if got["surge"] is not None:
+        surge = checker.amount(got["surge"], zero=True) or surge
+    autoscale = "refuse"
+    if got["autoscale"] is not None:
+        autoscale = checker.choice(got["autoscale"], AUTOSCALE_CHOICES) or autoscale
+    return surge, autoscale
 
 
 def _read_confirm(
