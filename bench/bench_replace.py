@@ -51,12 +51,12 @@ def plan_for(url: str, args: argparse.Namespace, surge: str) -> str:
     text = common.plan_text(
         url,
         name=f"replace-{surge}",
+        action="replace",
         waves='["10%", "100%"]',
         max_unavailable=f'"{args.max_unavailable}"',
         health=f"{{wait: true, poll_interval: {args.poll_interval:g}s, timeout: 5m}}",
         failure_budget='"5%"',
     )
-    text = text.replace("action: reimage", "action: replace")
     return text.replace("rollout:\n", f"rollout:\n  surge: {surge}\n")
 
 

@@ -104,6 +104,7 @@ def plan_text(
     endpoint: str,
     *,
     name: str = "bench",
+    action: str = "reimage",
     waves: str = '["100%"]',
     max_unavailable: str = '"100%"',
     health: str = "{wait: false}",
@@ -115,7 +116,7 @@ def plan_text(
 ) -> str:
     return f"""version: 1
 name: {name}
-action: reimage
+action: {action}
 option: requeue
 accounts:
   - name: bench

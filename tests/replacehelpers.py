@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from runhelpers import run, write_plan
+from runhelpers import first_run, run, write_plan
 
 from fleet_reimage.emulator.server import RunningEmulator
-from fleet_reimage.journal import RunStatus, open_journal
+from fleet_reimage.journal import RunStatus
 from fleet_reimage.journal.poolops import PoolOpRecord
 
 # Every pool change and boot scaled down to tens of milliseconds.
@@ -45,10 +45,7 @@ def replace_plan(
         failure_budget: {budget}
         {extra}
     """
-    path = write_plan(folder, endpoint, action="replace", rollout=rollout)
-    text = path.read_text().replace("action: replace\n", f"action: replace\noption: {option}\n")
-    path.write_text(text)
-    return path
+    return write_plan(folder, endpoint, action="replace", option=option, rollout=rollout)
 
 
 def pool_nodes(emu: RunningEmulator, pool: str) -> list[dict[str, Any]]:
@@ -65,12 +62,7 @@ def removals(emu: RunningEmulator, pool: str, ids: set[str]) -> dict[str, int]:
 
 
 async def pool_ops(journal: Path) -> list[PoolOpRecord]:
-    store = await open_journal(journal, readonly=True)
-    try:
-        run_id = (await store.runs())[0].run_id
-        return await store.pool_ops(run_id)
-    finally:
-        await store.close()
+    return await first_run(journal, lambda store, run_id: store.pool_ops(run_id))
 
 
 async def replace_all(

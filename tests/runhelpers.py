@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import base64
 import textwrap
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -15,10 +15,12 @@ from fleet_reimage import api
 from fleet_reimage.emulator.fleet import parse_fleet
 from fleet_reimage.emulator.server import RunningEmulator, running_emulator
 from fleet_reimage.engine.executor import RunResult, RunSettings
-from fleet_reimage.journal import TargetRecord, open_journal
+from fleet_reimage.journal import RunEvent, TargetRecord, open_journal
+from fleet_reimage.journal.model import Journal
 
 KEY = base64.b64encode(bytes(range(64))).decode()
 KEY_ENV = "FR_TEST_BATCH_KEY"
+T = TypeVar("T")
 
 
 def named_nodes(prefix: str, count: int) -> list[str]:
@@ -58,6 +60,7 @@ def write_plan(
     rollout: str = "",
     execution: str = "",
     action: str = "reimage",
+    option: str | None = None,
     name: str = "t",
 ) -> Path:
     rollout = (
@@ -82,6 +85,7 @@ def write_plan(
         "version: 1",
         f"name: {name}",
         f"action: {action}",
+        *([f"option: {option}"] if option is not None else []),
         "accounts:",
         "  - name: emu",
         f"    endpoint: {endpoint}",
@@ -112,23 +116,26 @@ async def resume(journal: Path, **kwargs: Any) -> Any:
     return await api.resume_run(journal=journal, hooks=api.RunHooks(handle_signals=False), **kwargs)
 
 
-async def journal_targets(journal: Path) -> list[TargetRecord]:
+async def first_run(journal: Path, read: Callable[[Journal, str], Awaitable[T]]) -> T:
+    """What ``read(store, run_id)`` finds of the journal's first run (opened read-only)."""
     store = await open_journal(journal, readonly=True)
     try:
-        runs = await store.runs()
-        return await store.targets(runs[0].run_id)
+        return await read(store, (await store.runs())[0].run_id)
     finally:
         await store.close()
+
+
+async def journal_targets(journal: Path) -> list[TargetRecord]:
+    return await first_run(journal, lambda store, run_id: store.targets(run_id))
+
+
+async def journal_events(journal: Path) -> list[RunEvent]:
+    return await first_run(journal, lambda store, run_id: store.events(run_id))
 
 
 async def journal_kinds(journal: Path) -> list[str]:
     """The kinds of the events the journal kept for its first run, in order."""
-    store = await open_journal(journal, readonly=True)
-    try:
-        run_id = (await store.runs())[0].run_id
-        return [event.kind for event in await store.events(run_id)]
-    finally:
-        await store.close()
+    return [event.kind for event in await journal_events(journal)]
 
 
 def reimages(emu: RunningEmulator) -> dict[str, int]:

@@ -9,12 +9,22 @@ from pathlib import Path
 import anyio
 import pytest
 from replacehelpers import FAST, live_ids, pool_ops, removals, replace_all, replace_plan
-from runhelpers import KEY, KEY_ENV, Recorder, emulator, journal_targets, resume, run, run_with
+from runhelpers import (
+    KEY,
+    KEY_ENV,
+    Recorder,
+    emulator,
+    journal_events,
+    journal_targets,
+    resume,
+    run,
+    run_with,
+)
 
 from fleet_reimage import api
 from fleet_reimage.emulator.server import RunningEmulator
 from fleet_reimage.engine.executor import Executor
-from fleet_reimage.journal import RunStatus, TargetState, open_journal
+from fleet_reimage.journal import RunStatus, TargetState
 
 pytestmark = pytest.mark.anyio
 
@@ -276,11 +286,7 @@ async def test_gates_are_asked_before_each_wave_and_after_the_run(tmp_path: Path
         assert result.status is RunStatus.FINISHED, result.reason
         assert removals(emu, "p", old) == dict.fromkeys(old, 1)
     assert marker.read_text().split() == ["1", "2"]
-    store = await open_journal(tmp_path / "j.db", readonly=True)
-    try:
-        events = await store.events((await store.runs())[0].run_id)
-    finally:
-        await store.close()
+    events = await journal_events(tmp_path / "j.db")
     passed = [e.data.get("when") for e in events if e.kind == "gate_passed"]
     assert passed == ["before_wave", "before_wave", "after_run"]
 

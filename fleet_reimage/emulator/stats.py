@@ -28,6 +28,7 @@ any instant since the emulator started. Removed nodes stay in ``nodes`` (``remov
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from .resources import BatchOperationError, Node, Pool
@@ -112,11 +113,7 @@ def pool_stats(pool: Pool) -> dict[str, Any]:
 
 def _added_states(pool: Pool) -> dict[str, int]:
     """The states of the nodes a resize (or auto-scale) added that are still in the pool."""
-    states: dict[str, int] = {}
-    for node in pool.nodes:
-        if node.added:
-            states[node.state] = states.get(node.state, 0) + 1
-    return states
+    return dict(Counter(node.state for node in pool.nodes if node.added))
 
 
 def node_stats(node: Node) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Awaitable, Callable
 
 import anyio
 import structlog
@@ -31,7 +32,7 @@ from fleet_reimage.batch.retry import backoff_delay, is_retryable
 from fleet_reimage.engine.runstate import PoolRun
 from fleet_reimage.journal import poolops
 from fleet_reimage.journal.model import Journal
-from fleet_reimage.journal.poolops import PoolOpEnd, PoolOpRecord, PoolOpStart
+from fleet_reimage.journal.poolops import PoolOpEnd, PoolOpStart
 from fleet_reimage.plan.model import Plan
 
 log = structlog.get_logger("fleet_reimage.replace")
@@ -91,12 +92,8 @@ class PoolCalls:
 
     async def record_start(self, targets: Targets, node_ids: list[str]) -> None:
         """The pool's T and its nodes before anything changed (once per pool and run)."""
-        now = time.time()
-        cid = new_client_request_id()
-        await self.journal.pool_op_started(PoolOpStart(
-            self.run_id, self.pool.account.name, self.pool.pool_id, poolops.START, cid,
-            tuple(node_ids), targets[0], targets[1], now))  # fmt: skip
-        await self.journal.pool_op_finished(PoolOpEnd(self.run_id, cid, now, poolops.RECORDED))
+        cid = await self._started(poolops.START, node_ids, targets)
+        await self._finished(cid, poolops.RECORDED)
 
     async def _started(self, operation: str, node_ids: list[str], targets: Targets) -> str:
         cid = new_client_request_id()
@@ -119,22 +116,16 @@ class PoolCalls:
         (the nodes then leave; ``steady`` waits for them). ``after``: the targets expected."""
         for attempt in range(1, TRIES + 1):
             await self.steady()
-            cid = await self._started(poolops.REMOVE, node_ids, after)
-            self.calls += 1
-            try:
-                await self.client.remove_nodes(
-                    self.pool.pool_id, node_ids, option=self.option, client_request_id=cid,
+            cid, outcome = await self._send(
+                poolops.REMOVE, node_ids, after, attempt, "removing nodes",
+                lambda request_id: self.client.remove_nodes(
+                    self.pool.pool_id, node_ids, option=self.option, client_request_id=request_id,
                     timeout=self.request_timeout,
-                )  # fmt: skip
-            except RequestInDoubt as error:
-                await self._finished(cid, poolops.IN_DOUBT, error)
-                if await self.removal_applied(cid, node_ids, after):
-                    return
-            except BatchError as error:
-                await self._refused(cid, error, attempt, "removing nodes")
-                continue
-            else:
-                await self._finished(cid, poolops.ACCEPTED)
+                ),
+            )  # fmt: skip
+            if outcome == poolops.ACCEPTED:
+                return
+            if outcome == poolops.IN_DOUBT and await self.removal_applied(cid, node_ids, after):
                 return
         raise PoolCallFailed(f"removing {len(node_ids)} nodes did not succeed in {TRIES} tries")
 
@@ -168,25 +159,43 @@ class PoolCalls:
                 doubtful = None
             if there:
                 return  # already there (an earlier call in doubt took effect)
-            cid = await self._started(poolops.RESIZE, [], targets)
-            self.calls += 1
-            try:
-                await self.client.resize_pool(
+            cid, outcome = await self._send(
+                poolops.RESIZE, [], targets, attempt, "resizing the pool",
+                lambda request_id: self.client.resize_pool(
                     self.pool.pool_id, target_dedicated=targets[0],
-                    target_low_priority=targets[1], client_request_id=cid,
+                    target_low_priority=targets[1], client_request_id=request_id,
                     timeout=self.request_timeout,
-                )  # fmt: skip
-            except RequestInDoubt as error:
-                await self._finished(cid, poolops.IN_DOUBT, error)
-                doubtful = cid
-                continue
-            except BatchError as error:
-                await self._refused(cid, error, attempt, "resizing the pool")
-                continue
-            else:
-                await self._finished(cid, poolops.ACCEPTED)
+                ),
+            )  # fmt: skip
+            if outcome == poolops.ACCEPTED:
                 return
+            if outcome == poolops.IN_DOUBT:
+                doubtful = cid
         raise PoolCallFailed(f"resizing the pool did not succeed in {TRIES} tries")
+
+    async def _send(
+        self,
+        operation: str,
+        node_ids: list[str],
+        targets: Targets,
+        attempt: int,
+        doing: str,
+        call: Callable[[str], Awaitable[object]],
+    ) -> tuple[str, str]:
+        """One call, journaled before it is sent (``call`` gets its client-request-id) and
+        given its outcome after: (its id, accepted | in_doubt | rejected)."""
+        cid = await self._started(operation, node_ids, targets)
+        self.calls += 1
+        try:
+            await call(cid)
+        except RequestInDoubt as error:
+            await self._finished(cid, poolops.IN_DOUBT, error)
+            return cid, poolops.IN_DOUBT
+        except BatchError as error:
+            await self._refused(cid, error, attempt, doing)
+            return cid, poolops.REJECTED
+        await self._finished(cid, poolops.ACCEPTED)
+        return cid, poolops.ACCEPTED
 
     async def _refused(self, cid: str, error: BatchError, attempt: int, doing: str) -> None:
         """A call that did not take effect: wait and send again, or stop the pool."""
@@ -203,12 +212,3 @@ class PoolCalls:
     def _backoff(self, attempt: int) -> float:
         retry = self.retry
         return backoff_delay(attempt, retry.initial_backoff, retry.max_backoff, random.random())
-
-    def doubtful(self, ops: list[PoolOpRecord]) -> list[PoolOpRecord]:
-        """This pool's removals whose outcome a dead run never learned."""
-        key = (self.pool.account.name, self.pool.pool_id)
-        return [
-            op
-            for op in ops
-            if (op.account, op.pool) == key and op.operation == poolops.REMOVE and op.in_doubt
-        ]

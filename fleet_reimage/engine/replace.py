@@ -62,21 +62,29 @@ class ReplaceDriver:
         self.check_deadline = deadline
         self.checkpoint = checkpoint  # every pool held (or done): ask the operator, or stop
         self.gates = gates  # a pool's wave waits for its gates: ask them
-        self.calls: dict[tuple[str, str], PoolCalls] = {}
 
     async def run(self) -> None:
-        ops = await self.ledger.journal.pool_ops(self.ledger.run_id)
-        events = await self.ledger.journal.events(self.ledger.run_id)
-        judged = [e for e in events if e.kind == JUDGED]
+        journal = self.ledger.journal
+        ops: list[PoolOpRecord] = []
+        judged: list[RunEvent] = []
+        if not isinstance(journal, PoolTurns):  # a shared run reads them in each pool's turn
+            ops, judged = await self._journaled()
         async with anyio.create_task_group() as group:
-            group.start_soon(self._deadline_watch, group.cancel_scope)
+            group.start_soon(self._deadline_watch)
             async with anyio.create_task_group() as pools:
                 for pool in self.ledger.pools:
                     if not pool.rollout.done:
                         pools.start_soon(self._pool, pool, ops, judged)
             group.cancel_scope.cancel()
 
-    async def _deadline_watch(self, _scope: anyio.CancelScope) -> None:
+    async def _journaled(self) -> tuple[list[PoolOpRecord], list[RunEvent]]:
+        """The run's pool operations and its journaled verdicts (``JUDGED`` events)."""
+        journal, run_id = self.ledger.journal, self.ledger.run_id
+        ops = await journal.pool_ops(run_id)
+        events = await journal.events(run_id)
+        return ops, [e for e in events if e.kind == JUDGED]
+
+    async def _deadline_watch(self) -> None:
         """The deadline, and the checkpoint once every pool is held at it (the executor's)."""
         while True:
             self.check_deadline()
@@ -94,9 +102,7 @@ class ReplaceDriver:
             await self._adopt(pool)  # another runner may have moved the pool on
             if pool.rollout.done:
                 return
-            ops = await journal.pool_ops(self.ledger.run_id)
-            events = await journal.events(self.ledger.run_id)
-            await self._replace(pool, ops, [e for e in events if e.kind == JUDGED])
+            await self._replace(pool, *await self._journaled())
 
     async def _adopt(self, pool: PoolRun) -> None:
         """The pool's targets as the journal has them now."""
@@ -123,7 +129,6 @@ class ReplaceDriver:
         self, pool: PoolRun, ops: list[PoolOpRecord], judged: list[RunEvent]
     ) -> None:
         calls = PoolCalls(self.ledger.journal, self.ledger.run_id, pool, self.plan)
-        self.calls[pool.key] = calls
         mine = [e for e in judged if (e.account, e.pool) == pool.key]
         work = ReplacePool(self.ledger, self.control, self.plan, pool, calls, self.gates)
         try:

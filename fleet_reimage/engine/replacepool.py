@@ -37,7 +37,7 @@ class ReplacePool:
         plan: Plan,
         pool: PoolRun,
         calls: PoolCalls,
-        gates: Callable[[PoolRun, float], None] = lambda pool, now: None,
+        gates: Callable[[PoolRun, float], None],
     ) -> None:
         self.ledger = ledger
         self.control = control
@@ -52,10 +52,14 @@ class ReplacePool:
         self.known: set[str] = set()  # node ids that are not new, or new and judged
         self.dedicated: dict[str, bool] = {}  # node id -> its kind
         self.verdicts: Verdicts = {}
+        # The pool's targets (fixed for the run; their records change in place), not
+        # filtered out of the whole run's again at every step.
+        self.targets = [t for t in ledger.targets.values() if t.pool is pool]
 
     @property
-    def targets(self) -> list[RunTarget]:
-        return [t for t in self.ledger.targets.values() if t.pool is self.pool]
+    def surging(self) -> bool:
+        """Steps add new nodes first (an auto-scaled pool cannot be resized by hand)."""
+        return self.surge > 0 and not self.autoscale
 
     # --- start and resume ---
 
@@ -73,7 +77,7 @@ class ReplacePool:
         nodes = await self.calls.nodes()
         self._learn_kinds(nodes)
         await self._start(info, nodes, ops, judged)
-        await self._resume(nodes, ops)
+        await self._resume(ops)
         await self._steps()
 
     def _learn_kinds(self, nodes: dict[str, NodeInfo]) -> None:
@@ -87,10 +91,7 @@ class ReplacePool:
         ops: list[PoolOpRecord],
         judged: list[RunEvent],
     ) -> None:
-        key = self.pool.key
-        start = next(
-            (o for o in ops if (o.account, o.pool) == key and o.operation == poolops.START), None
-        )
+        start = next(iter(poolops.of_pool(ops, self.pool.key, poolops.START)), None)
         if start is None:
             self.target = (info.target_dedicated or 0, info.target_low_priority or 0)
             self.known = set(nodes)
@@ -104,20 +105,18 @@ class ReplacePool:
             self.known.update(str(n) for n in event.data.get("new", []))
             self.verdicts.update({str(k): str(v) for k, v in event.data.get("old", {}).items()})
 
-    async def _resume(self, nodes: dict[str, NodeInfo], ops: list[PoolOpRecord]) -> None:
+    async def _resume(self, ops: list[PoolOpRecord]) -> None:
         """Settle what a dead run left: removals in doubt, and targets between states."""
-        for op in self.calls.doubtful(ops):
-            after = (op.target_dedicated, op.target_low_priority)
-            await self.calls.removal_applied(op.client_request_id, list(op.node_ids), after)
-        fresh = await self.ledger.journal.pool_ops(self.ledger.run_id)
-        removed = {
-            node_id
-            for op in fresh
-            if (op.account, op.pool) == self.pool.key
-            and op.operation == poolops.REMOVE
-            and op.outcome in (poolops.ACCEPTED, poolops.APPLIED)
-            for node_id in op.node_ids
-        }
+        removed: set[str] = set()
+        for op in poolops.of_pool(ops, self.pool.key, poolops.REMOVE):
+            if op.in_doubt:  # reconciled (and its outcome recorded) from the pool now
+                after = (op.target_dedicated, op.target_low_priority)
+                ids = list(op.node_ids)
+                took = await self.calls.removal_applied(op.client_request_id, ids, after)
+            else:
+                took = op.outcome in (poolops.ACCEPTED, poolops.APPLIED)
+            if took:
+                removed.update(op.node_ids)
         for target in self.targets:
             state = target.record.state
             if state.terminal:
@@ -125,8 +124,10 @@ class ReplacePool:
             if target.record.node_id in removed and state is not TargetState.ACCEPTED:
                 await self._mark(target, TargetState.ACCEPTED, "removed")
             elif target.record.node_id not in removed and state is not TargetState.PENDING:
-                await self._mark(target, TargetState.PENDING, "its removal did not take effect")
-                self.pool.rollout.release_to_queue(target.id)
+                await self.ledger.change(
+                    target, TargetState.PENDING, "its removal did not take effect"
+                )
+                self.ledger.requeue(target)
 
     # --- the steps ---
 
@@ -139,7 +140,7 @@ class ReplacePool:
             batch = await self._take()
             if not batch:
                 return
-            if self.surge > 0 and not self.autoscale:
+            if self.surging:
                 await self._surge_step(batch)
             else:
                 await self._remove(batch)
@@ -153,8 +154,7 @@ class ReplacePool:
                 return None
             now = time.monotonic()
             decision = rollout.decision(now)
-            use_surge = self.surge > 0 and not self.autoscale
-            limit = steps.step_limit(decision.admit, self.surge, use_surge)
+            limit = steps.step_limit(decision.admit, self.surge, self.surging)
             if decision.blocked in ("budget", "unavailable") or (
                 decision.blocked is None and limit <= 0
             ):  # nothing of ours is in progress here: no room will come back by waiting
@@ -341,7 +341,7 @@ class ReplacePool:
     def _after_removing(self, olds: list[RunTarget]) -> Targets:
         """The pool's targets once ``olds`` left: T with surge (it stood at T + b), else
         T less them (informational: the service lowers each kind's target itself)."""
-        if self.surge > 0 and not self.autoscale:
+        if self.surging:
             return self._base()
         kinds, base = self._kinds(olds), self._base()
         return base[0] - kinds[0], base[1] - kinds[1]

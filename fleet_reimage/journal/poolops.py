@@ -73,6 +73,13 @@ class PoolOpRecord:
         return self.outcome is None or self.outcome == IN_DOUBT
 
 
+def of_pool(
+    ops: Iterable[PoolOpRecord], key: tuple[str, str], operation: str
+) -> list[PoolOpRecord]:
+    """The ``operation`` rows of one pool (``key``: account, pool), in the order recorded."""
+    return [op for op in ops if (op.account, op.pool) == key and op.operation == operation]
+
+
 @runtime_checkable
 class PoolTurns(Protocol):
     """A journal shared by runners (PostgreSQL): one runner at a time per pool."""

@@ -102,16 +102,7 @@ def read_rollout(checker: Checker, at: Node | None, replace: bool = False) -> Ro
         confirm = _read_confirm(checker, got["confirm_after_wave"], ladder, waves is not None)
     holds = _flag(checker, got["failed_holds_availability"], default=True)
     claim_pools = _flag(checker, got["claim_pools"], default=False)
-    for key in ("surge", "autoscale"):
-        node = got[key]
-        if node is not None and not replace:
-            checker.warning(node, "applies to action: replace only; ignored")
-    surge = NO_SURGE
-    if got["surge"] is not None:
-        surge = checker.amount(got["surge"], zero=True) or surge
-    autoscale = "refuse"
-    if got["autoscale"] is not None:
-        autoscale = checker.choice(got["autoscale"], AUTOSCALE_CHOICES) or autoscale
+    surge, autoscale = _read_replace_keys(checker, got, replace)
     drain, gates, soak = _read_drain_and_waits(checker, got, health, replace)
     if checker.error_count > errors or health is None or holds is None or claim_pools is None:
         return None
@@ -208,6 +199,24 @@ def _read_waves(checker: Checker, at: Node) -> tuple[Amount, ...] | None:
         last[amount.percent] = (amount, index)
         ladder.append(amount)
     return tuple(ladder) if checker.error_count == errors else None
+
+
+def _read_replace_keys(
+    checker: Checker, got: dict[str, Node | None], replace: bool
+) -> tuple[Amount, str]:
+    """``rollout.surge`` and ``rollout.autoscale``: ``action: replace``'s, warned about (and
+    read all the same) with another action."""
+    for key in ("surge", "autoscale"):
+        node = got[key]
+        if node is not None and not replace:
+            checker.warning(node, "applies to action: replace only; ignored")
+    surge = NO_SURGE
+    if got["surge"] is not None:
+        surge = checker.amount(got["surge"], zero=True) or surge
+    autoscale = "refuse"
+    if got["autoscale"] is not None:
+        autoscale = checker.choice(got["autoscale"], AUTOSCALE_CHOICES) or autoscale
+    return surge, autoscale
 
 
 def _read_confirm(

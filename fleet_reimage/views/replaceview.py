@@ -176,15 +176,11 @@ def summary_lines(summaries: Sequence[ReplaceSummary]) -> list[str]:
     ]
 
 
-def replace_section(
-    events: Sequence[RunEvent], targets: Sequence[TargetRecord], bullet: str = "  "
-) -> list[str]:
-    """The "Replace per pool" lines of ``status`` and ``report`` (none for other actions);
-    ``bullet`` starts each pool's line."""
-    summaries = replace_summaries(events, targets)
-    if not summaries:
-        return []
-    return ["", "Replace per pool", *(bullet + line for line in summary_lines(summaries))]
+def replace_section(events: Sequence[RunEvent], targets: Sequence[TargetRecord]) -> list[str]:
+    """The "Replace per pool" lines of ``status`` and ``report`` text (none for other
+    actions; the Markdown report lists ``summary_lines`` under a heading of its own)."""
+    lines = summary_lines(replace_summaries(events, targets))
+    return ["", "Replace per pool", *("  " + line for line in lines)] if lines else []
 
 
 # A step's events (one resize, one removal, one verdict per step: hundreds in a long night)

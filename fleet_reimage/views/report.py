@@ -28,7 +28,7 @@ from fleet_reimage.journal.model import AttemptRecord, TargetRecord, TargetState
 from fleet_reimage.units import count
 from fleet_reimage.views.drains import drain_counts, drain_lines
 from fleet_reimage.views.hints import run_hint
-from fleet_reimage.views.replaceview import replace_section, replace_summaries
+from fleet_reimage.views.replaceview import replace_section, replace_summaries, summary_lines
 from fleet_reimage.views.runchanges import overrides_phrase
 from fleet_reimage.views.runview import (
     STATE_LABELS,
@@ -421,9 +421,9 @@ def write_markdown(report: Report, out: TextIO) -> None:
         "",
         *_md_totals(report.pools),
     ]
-    section = replace_section(report.data.events, report.data.targets, "- ")
-    if section:
-        parts += ["", "## Replace per pool", "", *(md_cell(line) for line in section[2:])]
+    replaced = summary_lines(replace_summaries(report.data.events, report.data.targets))
+    if replaced:
+        parts += ["", "## Replace per pool", "", *("- " + md_cell(line) for line in replaced)]
     doubts = report.doubts.phrase()
     if doubts:
         parts += ["", md_cell(doubts) + "."]
