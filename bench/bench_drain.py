@@ -76,11 +76,8 @@ def main(argv: list[str]) -> dict[str, Any]:
     for round_no in range(args.rounds):
         with common.workdir("drain") as folder, common.emulator(folder / "emu", fleet) as emu:
             plan = folder / "plan.yaml"
-            text = rolling.plan_text(emu.url, args, "drain").replace(
-                "  failure_budget:",
-                f"  drain: {{timeout: {args.drain_timeout:g}s, then: requeue}}\n  failure_budget:",
-            )
-            plan.write_text(text, encoding="utf-8")
+            drain = f"drain: {{timeout: {args.drain_timeout:g}s, then: requeue}}"
+            plan.write_text(rolling.plan_text(emu.url, args, "drain", [drain]), encoding="utf-8")
             if ideal is None:
                 schedule = rolling.plan_json(plan, folder)
                 ideal = ideal_of(schedule, limit, recovery, args.drain_timeout)

@@ -26,6 +26,7 @@ import argparse
 import json
 import math
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,15 +72,16 @@ def timings(args: argparse.Namespace) -> dict[str, str]:
     }
 
 
-def plan_text(url: str, args: argparse.Namespace, name: str) -> str:
-    """The canary ladder with the health gate, as both scenarios run it."""
+def plan_text(url: str, args: argparse.Namespace, name: str, rollout: Sequence[str] = ()) -> str:
+    """The canary ladder with the health gate, as both scenarios run it; ``rollout``: more
+    lines of its rollout section (``soak: 5s``, a drain)."""
     return common.plan_text(
         url,
         name=name,
         waves='[1, 10, "25%", "100%"]',
         max_unavailable=f'"{args.max_unavailable}"',
         health=f"{{wait: true, poll_interval: {args.poll_interval:g}s, timeout: 5m}}"
-        + (f"\n  soak: {args.soak:g}s" if getattr(args, "soak", 0) else ""),
+        + "".join(f"\n  {line}" for line in rollout),
         failure_budget='"5%"',
         concurrency=64,
         per_account=32,
@@ -130,6 +132,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     args = parser.parse_args(argv)
     nodes = args.pools * args.nodes_per_pool
     recovery = args.reimaging + args.starting
+    soak = [f"soak: {args.soak:g}s"] if args.soak else []
     limit = amount(args.max_unavailable, args.nodes_per_pool)
     print(
         f"rolling: {args.pools} pools x {args.nodes_per_pool} nodes, waves "
@@ -147,7 +150,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     for round_no in range(args.rounds):
         with common.workdir("rolling") as folder, common.emulator(folder / "emu", fleet) as emu:
             plan = folder / "plan.yaml"
-            plan.write_text(plan_text(emu.url, args, "rolling"), encoding="utf-8")
+            plan.write_text(plan_text(emu.url, args, "rolling", soak), encoding="utf-8")
             if ideal is None:
                 # The wave sizes, as fleet-reimage computes them (a read-only command: its
                 # requests are not counted, the counter is read before and after the run).

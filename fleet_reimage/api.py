@@ -141,7 +141,7 @@ async def run_plan(
     hooks = hooks or RunHooks()
     settings = settings or RunSettings()
     shared = _shared(journal, join=join, lease=lease)
-    _webhooks(plan, hooks)  # a wrong webhook is refused before anything is written
+    hooked = _webhooks(plan, hooks)  # a wrong webhook is refused before anything is written
     async with _writable_journal(journal, owner_label(None)) as store:
         # Early, so that an operator is not asked to confirm what will be refused; the
         # atomic check is create_run's (another operator may be confirming right now).
@@ -151,7 +151,7 @@ async def run_plan(
         async with connect(plan, transport=transport) as connections:
             if existing is not None:
                 return await _execute(
-                    existing, plan, store, connections, settings, hooks, shared=shared
+                    existing, plan, store, connections, settings, hooks, hooked, shared=shared
                 )
             resolution = await resolve(plan, connections.clients, narrowing=narrowing)
             if resolution.total_selected == 0:
@@ -177,10 +177,18 @@ async def run_plan(
                 if not join:
                     raise await _refuse_second_run(existing, store, shared) from exc
                 return await _execute(
-                    existing, plan, store, connections, settings, hooks, shared=shared
+                    existing, plan, store, connections, settings, hooks, hooked, shared=shared
                 )
             return await _execute(
-                run, plan, store, connections, settings, hooks, shared=shared, records=records
+                run,
+                plan,
+                store,
+                connections,
+                settings,
+                hooks,
+                hooked,
+                shared=shared,
+                records=records,
             )
 
 
@@ -248,6 +256,7 @@ async def resume_run(
         if settings.deadline is None:
             settings.deadline = _deadline_of(run, resume)
         _check_overrides(plan, run, resume)
+        hooked = _webhooks(plan, hooks)
         async with connect(plan, transport=transport) as connections:
             return await _execute(
                 run,
@@ -256,6 +265,7 @@ async def resume_run(
                 connections,
                 settings,
                 hooks,
+                hooked,
                 resuming=True,
                 resume=resume,
                 shared=shared,
@@ -291,11 +301,13 @@ async def _execute(
     connections: Connections,
     settings: RunSettings,
     hooks: RunHooks,
+    hooked: Sequence[Webhook],
     **kwargs: Any,
 ) -> RunResult:
+    """Run ``run`` to its end; ``hooked``: its webhooks (``_webhooks``, which the caller
+    asked before connecting, so that a wrong one is refused before anything is sent)."""
     executors: list[Executor] = []
     await store.lock_for_writing(owner_label(run.run_id))  # a contender is told which run
-    hooked = _webhooks(plan, hooks)
     notifier = Notifier(hooked, plan=plan.name) if hooked else None
     observer = hooks.observer or NullObserver()
     if notifier is not None:

@@ -22,7 +22,6 @@ on the node, and it must not make the target look in flight to a resume.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ import anyio
 import structlog
 
 from fleet_reimage.batch.client import Accepted as HttpAccepted
-from fleet_reimage.batch.client import new_client_request_id
+from fleet_reimage.batch.client import BatchClient, new_client_request_id
 from fleet_reimage.batch.errors import (
     BatchError,
     BatchHTTPError,
@@ -41,6 +40,7 @@ from fleet_reimage.batch.errors import (
     UnexpectedResponse,
 )
 from fleet_reimage.batch.models import NodeInfo
+from fleet_reimage.batch.retry import is_retryable
 from fleet_reimage.engine.control import RunControl
 from fleet_reimage.engine.ledger import RunLedger
 from fleet_reimage.engine.node_work import journal_attempt
@@ -50,8 +50,6 @@ from fleet_reimage.journal.model import (
     AttemptEnd,
     AttemptOutcome,
     AttemptStart,
-    JournalError,
-    RunEvent,
     TargetState,
 )
 from fleet_reimage.plan.drain import DrainSpec
@@ -59,16 +57,13 @@ from fleet_reimage.rollout.drain import DISABLE, DRAIN_OPTION, drain_end, needs_
 
 log = structlog.get_logger("fleet_reimage.drain")
 
-TICK = 0.25  # seconds between checks of the drains' timeouts
 DRAIN_SELECT = "id,state,lastBootTime,runningTasksCount,schedulingState"
-RETRYABLE = frozenset({429, 500, 502, 503, 504})
 MAX_DRAIN_TRIES = 5
 
 
 @dataclass(slots=True)
 class Drain:
     started: float  # monotonic
-    client_request_id: str
     running_tasks: int  # as the latest poll saw them
     ended: bool = False  # its action is scheduled
 
@@ -167,21 +162,19 @@ class Drains:
     def _undo(self, target: RunTarget, drain: Drain, why: str) -> None:
         """No action follows: the node gets its scheduling back, the target is pending."""
         del self.draining[target.id]
-        self.counts["undone"] += 1
-        self.ledger.pool_event("drain_ended", target.pool, {
-            "node": target.record.node_id, "target": target.id,
-            "duration_s": round(time.monotonic() - drain.started, 3),
-            "timed_out": False, "undone": True, "why": why,
-        })  # fmt: skip
+        data = {**self._undone(target, drain), "why": why}
+        self.ledger.pool_event("drain_ended", target.pool, data)
         self.ledger.requeue(target)
         self.control.start_background(self._enable, target.pool, target, why)
 
-    async def run(self) -> None:
-        """Check the drains' timeouts between polls, until cancelled."""
-        while True:
-            await anyio.sleep(TICK)
-            if self.draining:
-                self.check(time.monotonic())
+    def _undone(self, target: RunTarget, drain: Drain) -> dict[str, object]:
+        """A drain ended with no action after it (counted): its ``drain_ended`` data."""
+        self.counts["undone"] += 1
+        return {
+            "node": target.record.node_id, "target": target.id,
+            "duration_s": round(time.monotonic() - drain.started, 3),
+            "timed_out": False, "undone": True,
+        }  # fmt: skip
 
     def taken_over(self, target: RunTarget) -> None:
         """A shared run's target taken over from a runner that died: if it was attempted, that
@@ -262,7 +255,8 @@ class Drains:
             self._started(pool, target, crid)
             return
         tries = self.tries[target.id] = self.tries.get(target.id, 0) + 1
-        if _retryable(answer) and tries < MAX_DRAIN_TRIES and not self.control.stopping:
+        retryable = isinstance(answer, BatchError) and is_retryable(answer)
+        if retryable and tries < MAX_DRAIN_TRIES and not self.control.stopping:
             target.phase = Phase.DRAINING
             self.ledger.schedule(pool, target, JobKind.DRAIN, min(2.0**tries * 0.5, 30.0))
             return
@@ -274,7 +268,7 @@ class Drains:
 
     def _started(self, pool: PoolRun, target: RunTarget, crid: str) -> None:
         running = self.running.get(pool.key, {}).get(target.record.node_id, 0)
-        self.draining[target.id] = Drain(time.monotonic(), crid, running)
+        self.draining[target.id] = Drain(time.monotonic(), running)
         self.ours.add(target.id)
         self.counts["started"] += 1
         target.phase = Phase.DRAINING
@@ -307,12 +301,7 @@ class Drains:
         for target_id, drain in list(self.draining.items()):
             target = self.ledger.targets[target_id]
             if not drain.ended:
-                self.counts["undone"] += 1
-                await self._note("drain_ended", target.pool, {
-                    "node": target.record.node_id, "target": target_id,
-                    "duration_s": round(time.monotonic() - drain.started, 3),
-                    "timed_out": False, "undone": True,
-                })  # fmt: skip
+                await self._note("drain_ended", target.pool, self._undone(target, drain))
             if target.phase is Phase.DRAINING:
                 self.ledger.requeue(target)
         self.draining.clear()
@@ -329,16 +318,9 @@ class Drains:
             await self._enable(target.pool, target, why)
 
     async def _enable(self, pool: PoolRun, target: RunTarget, why: str) -> None:
-        crid = new_client_request_id()
         node_id = target.record.node_id
-        try:
-            await pool.account.client.enable_node_scheduling(
-                pool.pool_id, node_id, client_request_id=crid
-            )
-        except (NotFound, Conflict) as error:  # gone, already enabled, or changing state
-            log.info("enable scheduling: nothing to do", node=node_id, error=str(error))
-        except BatchError as error:
-            log.warning("could not enable scheduling", node=node_id, error=str(error))
+        crid, error = await enable_scheduling(pool.account.client, pool.pool_id, node_id)
+        if error is not None:
             await self._note("scheduling_enable_failed", pool,
                                    {"node": node_id, "client_request_id": crid,
                                     "error": str(error)})  # fmt: skip
@@ -352,14 +334,26 @@ class Drains:
     async def _note(self, kind: str, pool: PoolRun, data: dict[str, object]) -> None:
         """An event for ``--events`` and the journal; written before returning once the run
         is finishing (nothing runs beside it any more)."""
-        if not self._finishing:
+        if self._finishing:
+            await self.ledger.pool_event_written(kind, pool, data)
+        else:
             self.ledger.pool_event(kind, pool, data)
-            return
-        account = pool.account.name
-        self.ledger.observer.event(kind, {"account": account, "pool": pool.pool_id, **data})
-        event = RunEvent(self.ledger.run_id, time.time(), kind, account, pool.pool_id, data)
-        with contextlib.suppress(JournalError):  # events are for people: never a failure
-            await self.ledger.journal.record_event(event)
+
+
+async def enable_scheduling(
+    client: BatchClient, pool_id: str, node_id: str
+) -> tuple[str, BatchError | None]:
+    """Enable a node's scheduling again: its client-request-id, and the error if it failed
+    (a node gone, already enabled or changing state has nothing to do: no error)."""
+    crid = new_client_request_id()
+    try:
+        await client.enable_node_scheduling(pool_id, node_id, client_request_id=crid)
+    except (NotFound, Conflict) as error:
+        log.info("enable scheduling: nothing to do", node=node_id, error=str(error))
+    except BatchError as error:
+        log.warning("could not enable scheduling", node=node_id, error=str(error))
+        return crid, error
+    return crid, None
 
 
 def _outcome(answer: HttpAccepted | BatchError) -> AttemptOutcome:
@@ -376,9 +370,3 @@ def _outcome(answer: HttpAccepted | BatchError) -> AttemptOutcome:
 
 def _already_disabled(answer: HttpAccepted | BatchError) -> bool:
     return isinstance(answer, Conflict) and answer.code == "NodeAlreadyInTargetSchedulingState"
-
-
-def _retryable(answer: HttpAccepted | BatchError) -> bool:
-    if isinstance(answer, BatchHTTPError):
-        return answer.status in RETRYABLE
-    return not isinstance(answer, HttpAccepted)  # not sent: a connection failure

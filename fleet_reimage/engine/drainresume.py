@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 import anyio
 import structlog
 
-from fleet_reimage.batch.client import BatchClient, new_client_request_id
-from fleet_reimage.batch.errors import BatchError, Conflict, NotFound
+from fleet_reimage.batch.client import BatchClient
+from fleet_reimage.engine.drain import enable_scheduling
 from fleet_reimage.journal.model import (
     Journal,
     RunEvent,
@@ -76,17 +76,11 @@ async def _undo(
     record: TargetRecord,
     limit: anyio.CapacityLimiter,
 ) -> None:
-    crid = new_client_request_id()
     async with limit:
-        try:
-            await clients[record.account].enable_node_scheduling(
-                record.pool, record.node_id, client_request_id=crid
-            )
-        except (NotFound, Conflict) as error:  # gone, already enabled, or changing state
-            log.info("enable scheduling: nothing to do", node=record.node_id, error=str(error))
-        except BatchError as error:  # the resumed run still acts on it; say so
-            log.warning("could not enable scheduling", node=record.node_id, error=str(error))
-            return
+        client = clients[record.account]
+        crid, error = await enable_scheduling(client, record.pool, record.node_id)
+    if error is not None:  # the resumed run still acts on it (the warning says so)
+        return
     now = time.time()
     data = {"node": record.node_id, "target": record.target_id, "client_request_id": crid}
     ended = {**data, "undone": True, "timed_out": False, "by": "resume"}

@@ -249,8 +249,6 @@ class Executor:
                 else:
                     group.start_soon(self.health.run)
                     group.start_soon(self._ticker)
-                    if self.drains is not None:
-                        group.start_soon(self.drains.run)
                     for _ in range(2 * self.plan.execution.concurrency):
                         group.start_soon(self._worker, receive.clone())
                     if self.soak is not None:  # a resumed run soaks again what it left soaking
@@ -364,9 +362,12 @@ class Executor:
                 await self._job(pool, target, kind)
 
     async def _ticker(self) -> None:
-        """Wake the dispatcher now and then, for deadlines and stop grace periods."""
+        """Wake the dispatcher now and then, for deadlines and stop grace periods; end the
+        drains whose timeout passed between two polls."""
         while True:
             await anyio.sleep(TICK)
+            if self.drains is not None and self.drains.draining:
+                self.drains.check(time.monotonic())
             self.wake()
 
     async def _job(self, pool: PoolRun, target: RunTarget, kind: JobKind) -> None:

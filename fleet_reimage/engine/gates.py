@@ -39,12 +39,11 @@ import structlog
 from fleet_reimage.engine.control import RunControl
 from fleet_reimage.engine.gaterun import GateOutcome, run_gate
 from fleet_reimage.engine.ledger import RunLedger
-from fleet_reimage.engine.runstate import PoolRun
+from fleet_reimage.engine.runstate import PoolKey, PoolRun
 from fleet_reimage.journal.model import JournalError, RunEvent
 from fleet_reimage.journal.shared import GateKey, SharedRuns
 from fleet_reimage.plan.gates import GatePer, GateSpec, GateWhen
 from fleet_reimage.plan.model import Plan, SharedKeyAuth
-from fleet_reimage.rollout.claimed import ClaimedPoolRollout
 from fleet_reimage.rollout.nextwave import NextWaveWaits
 from fleet_reimage.rollout.pool import PoolRollout
 
@@ -53,8 +52,7 @@ log = structlog.get_logger("fleet_reimage.gates")
 
 def waits_of(pool: PoolRun) -> NextWaveWaits | None:
     """The pool's soak and gate state (it has one when the plan asks)."""
-    rollout = pool.rollout
-    return rollout.waits if isinstance(rollout, PoolRollout | ClaimedPoolRollout) else None
+    return pool.rollout.waits
 
 
 class SharedGates(Protocol):
@@ -112,7 +110,7 @@ class GateKeeper:
         if isinstance(rollout, PoolRollout):
             blocked = rollout.decision(now).blocked
         else:  # a shared run's: as its last claim decided
-            blocked = rollout.blocked if isinstance(rollout, ClaimedPoolRollout) else None
+            blocked = rollout.blocked
         if blocked != "gate":
             return
         self._asking.add(key)
@@ -160,12 +158,12 @@ class GateKeeper:
     async def after_run(self) -> bool:
         """The after_run gates, once every node is finished; False: one failed (the run
         stops, resumable)."""
-        nodes = [
-            f"{pool.account.name}/{pool.pool_id}/{t.record.node_id}"
-            for pool in self.ledger.pools
-            for t in self.ledger.targets.values()
-            if t.pool is pool
-        ]
+        by_pool: dict[PoolKey, list[str]] = {pool.key: [] for pool in self.ledger.pools}
+        for target in self.ledger.targets.values():  # one pass, not one per pool
+            if (ids := by_pool.get(target.pool.key)) is not None:
+                ids.append(target.record.node_id)
+        nodes = [f"{account}/{pool}/{node}" for (account, pool), ids in by_pool.items()
+                 for node in ids]  # fmt: skip
         for gate in self.after_gates:
             if not await self._ask(gate, None, nodes, None):
                 return False

@@ -182,6 +182,15 @@ class RunLedger:
         self.observer.event(kind, {"account": account, "pool": pool_id, **data})
         self.record_event(kind, account=account, pool=pool_id, data=data)
 
+    async def pool_event_written(
+        self, kind: str, pool: PoolRun, data: Mapping[str, object]
+    ) -> None:
+        """``pool_event``, written to the journal before it returns: for the run's end, once
+        its task group (where ``record_event`` writes) is gone."""
+        account, pool_id = pool.account.name, pool.pool_id
+        self.observer.event(kind, {"account": account, "pool": pool_id, **data})
+        await self._write_event(RunEvent(self.run_id, time.time(), kind, account, pool_id, data))
+
     def unavailability(self, pool: PoolRun, down: set[str]) -> tuple[int, list[RunTarget]]:
         """From the node ids a health poll saw not ready: how many are down for reasons of
         their own (not a target in progress, nor one that failed after the action), and

@@ -6,6 +6,7 @@ documentation (README.md, "Plan format") repeats.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import date
 from fractions import Fraction
 
@@ -13,8 +14,8 @@ from fleet_reimage.units import Amount
 
 from ..batch.versions import API_VERSIONS, DEFAULT_API_VERSION
 from .accounts import read_states
-from .drain import read_drain
-from .gates import read_gates, read_soak
+from .drain import DrainSpec, read_drain
+from .gates import GateSpec, read_gates, read_soak
 from .model import DEFAULT_STATES, NO_SURGE, ExecutionSpec, HealthSpec, RetrySpec, RolloutSpec
 from .reader import Checker, Node
 from .waves import is_all, normalise_ladder
@@ -102,29 +103,7 @@ def read_rollout(checker: Checker, at: Node | None, replace: bool = False) -> Ro
     holds = _flag(checker, got["failed_holds_availability"], default=True)
     claim_pools = _flag(checker, got["claim_pools"], default=False)
     surge, autoscale = _read_replace_keys(checker, got, replace)
-    drain = read_drain(checker, got["drain"]) if got["drain"] is not None else None
-    gates = read_gates(checker, got["gates"]) if got["gates"] is not None else ()
-    soak = read_soak(checker, got["soak"]) if got["soak"] is not None else 0.0
-    if soak and replace and got["soak"] is not None:
-        checker.error(
-            got["soak"],
-            "a soak watches a wave's nodes after their action; with action: replace they are "
-            "gone (their new nodes are health-gated instead): remove rollout.soak",
-        )
-    if soak and health is not None and not health.wait and got["soak"] is not None:
-        checker.error(got["soak"], "a soak watches the nodes' health: it needs health.wait: true")
-    if drain is not None and replace and got["drain"] is not None:
-        checker.error(
-            got["drain"],
-            "action: replace does not drain: its removal waits for running tasks itself with "
-            "option: taskcompletion (or retaineddata); remove rollout.drain",
-        )
-    if drain is not None and health is not None and not health.wait and got["drain"] is not None:
-        checker.error(
-            got["drain"],
-            "a drain needs health.wait: true (running tasks are read from the health polls, "
-            "and a drained node's scheduling is enabled again once it is back)",
-        )
+    drain, gates, soak = _read_drain_and_waits(checker, got, health, replace)
     if checker.error_count > errors or health is None or holds is None or claim_pools is None:
         return None
     if not health.wait and got["max_unavailable"] is not None and not is_all(max_unavailable):
@@ -149,14 +128,49 @@ def read_rollout(checker: Checker, at: Node | None, replace: bool = False) -> Ro
         surge=surge,
         autoscale=autoscale,
         drain=drain,
-        gates=gates or (),
-        soak=soak or 0.0,
+        gates=gates,
+        soak=soak,
     )
 
 
 def _flag(checker: Checker, at: Node | None, *, default: bool) -> bool | None:
     """A boolean key's value, its default when it is not written (None: it is wrong)."""
     return default if at is None else checker.boolean(at)
+
+
+def _read_drain_and_waits(
+    checker: Checker, got: Mapping[str, Node | None], health: HealthSpec | None, replace: bool
+) -> tuple[DrainSpec | None, tuple[GateSpec, ...], float]:
+    """``rollout.drain``, ``gates`` and ``soak``. A drain and a soak need the health gate,
+    and ``action: replace`` has neither (errors where they are written)."""
+    drain_at, soak_at = got["drain"], got["soak"]
+    drain = read_drain(checker, drain_at) if drain_at is not None else None
+    gates = read_gates(checker, got["gates"]) if got["gates"] is not None else ()
+    soak = read_soak(checker, soak_at) if soak_at is not None else 0.0
+    no_health = health is not None and not health.wait
+    if soak and soak_at is not None:
+        if replace:
+            checker.error(
+                soak_at,
+                "a soak watches a wave's nodes after their action; with action: replace they "
+                "are gone (their new nodes are health-gated instead): remove rollout.soak",
+            )
+        if no_health:
+            checker.error(soak_at, "a soak watches the nodes' health: it needs health.wait: true")
+    if drain is not None and drain_at is not None:
+        if replace:
+            checker.error(
+                drain_at,
+                "action: replace does not drain: its removal waits for running tasks itself "
+                "with option: taskcompletion (or retaineddata); remove rollout.drain",
+            )
+        if no_health:
+            checker.error(
+                drain_at,
+                "a drain needs health.wait: true (running tasks are read from the health "
+                "polls, and a drained node's scheduling is enabled again once it is back)",
+            )
+    return drain, gates or (), soak or 0.0
 
 
 def _read_waves(checker: Checker, at: Node) -> tuple[Amount, ...] | None:

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from fleet_reimage.journal.model import AttemptOutcome, AttemptRecord
 
 DISABLE = "disablescheduling"
-ENABLE = "enablescheduling"
 # The drain's own option: running tasks go on, nothing new lands.
 DRAIN_OPTION = "taskcompletion"
 # Outcomes after which the disable may have taken effect.

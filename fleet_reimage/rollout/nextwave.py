@@ -40,11 +40,11 @@ class NextWaveWaits:
         self.soak_until = 0.0
         self._passed: set[int] = set()  # waves whose gates passed in this process
 
-    def blocks(self, wave: int, now: float) -> Waiting | None:
+    def blocks(self, wave: int) -> Waiting | None:
         """Why ``wave`` may not start its first node now (None: it may)."""
         if self.soaking is not None:
             return "soak"
-        if self.rules.gated and wave not in self._passed:
+        if self.gate_due(wave):
             return "gate"
         return None
 

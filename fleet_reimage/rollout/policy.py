@@ -122,7 +122,7 @@ def decide(rules: RolloutRules, state: PoolState, waits: NextWaveWaits | None = 
     elif state.now < progress.opens_at:
         blocked = "pause"
     elif waits is not None and progress.wave is not None:
-        blocked = waits.blocks(progress.wave, state.now)
+        blocked = waits.blocks(progress.wave)
     free = room(rules, state.baseline, state.active, state.failed_down)
     if blocked is None and free <= 0:
         blocked = "unavailable"
@@ -138,9 +138,10 @@ def decide_shared(rules: RolloutRules, waits: NextWaveWaits | None, state: PoolS
     soak = 0.0 if waits is None else waits.rules.soak
     if completed is None or completed.next_wave_at is None or soak <= 0:
         return decision
-    soak_ends = completed.at + soak
-    if soak_ends <= decision.progress.opens_at:
+    if soak <= rules.pause:  # the pause (opens_at = at + pause) outlasts it
         return decision
+    # Durations compared, not their ends: at + soak may round to at + pause when soak is tiny.
+    soak_ends = max(completed.at + soak, decision.progress.opens_at)
     progress = replace(decision.progress, opens_at=soak_ends)
     blocked: Blocked = "held" if progress.held else "pause"
     if decision.blocked == "budget":

@@ -41,7 +41,12 @@ from fleet_reimage.views.runview import (
 )
 from fleet_reimage.views.textgrid import grid
 from fleet_reimage.views.timeline import Timeline, timeline, timeline_lines
-from fleet_reimage.views.waitwords import last_gate_failure, soaking_now, wait_event_text
+from fleet_reimage.views.waitwords import (
+    GateFailure,
+    last_gate_failure,
+    soaking_now,
+    wait_event_text,
+)
 
 IN_FLIGHT_SHOWN = 10
 
@@ -232,7 +237,7 @@ def _wait_lines(data: RunData, now: float) -> list[str]:
     if soaking:
         lines += ["", f"Soaking now: {count(len(soaking), 'pool')}"]
         lines += [f"  {pool}: {wait_event_text(event)}" for pool, event in soaking.items()]
-    failure = last_gate_failure(data.events) if data.run.status is not RunStatus.FINISHED else None
+    failure = _gate_failure(data)
     if failure is not None:
         where = f" ({failure.pool})" if failure.pool else ""
         lines += ["", f"Gate failed{where}: {failure.text}"]
@@ -269,8 +274,15 @@ def next_steps(
     return [f"Details: {report} --format markdown"]
 
 
+def _gate_failure(data: RunData) -> GateFailure | None:
+    """The gate that stopped the run (a finished run's last gates passed)."""
+    if data.run.status is RunStatus.FINISHED:
+        return None
+    return last_gate_failure(data.events)
+
+
 def _gate_failure_json(data: RunData) -> dict[str, Any] | None:
-    failure = last_gate_failure(data.events) if data.run.status is not RunStatus.FINISHED else None
+    failure = _gate_failure(data)
     if failure is None:
         return None
     return {"pool": failure.pool, "what": failure.text, "output": list(failure.output)}

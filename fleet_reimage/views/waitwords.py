@@ -19,8 +19,7 @@ def wait_event_text(event: RunEvent) -> str:
     """One of ``WAIT_KINDS`` as a timeline line."""
     data = event.data
     if event.kind == "soak_started":
-        seconds = data.get("seconds")
-        took = span(seconds) if isinstance(seconds, int | float) else "?"
+        took = _span(data, "seconds")
         nodes = count(_int(data, "nodes"), "node")
         return f"soak of wave {plain(data.get('wave'))} started: {nodes} for {took}"
     if event.kind == "soak_ended":
@@ -37,9 +36,7 @@ def gate_phrase(data: Mapping[str, object]) -> str:
     name = f"'{plain(data.get('gate'))}'"
     if "why" in data:
         return f"{name} {where} failed ({plain(data.get('why'))})"
-    seconds = data.get("seconds")
-    took = span(seconds) if isinstance(seconds, int | float) else "?"
-    return f"{name} {where} passed ({took})"
+    return f"{name} {where} passed ({_span(data, 'seconds')})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,3 +68,8 @@ def soaking_now(events: Iterable[RunEvent]) -> dict[str, RunEvent]:
 def _int(data: Mapping[str, object], key: str) -> int:
     value = data.get(key)
     return value if isinstance(value, int) else 0
+
+
+def _span(data: Mapping[str, object], key: str) -> str:
+    value = data.get(key)
+    return span(value) if isinstance(value, int | float) else "?"
