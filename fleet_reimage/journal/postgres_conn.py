@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import os
 import re
+import zlib
 from typing import Any
 
+import anyio
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
@@ -160,3 +162,22 @@ async def prepare_reader(conn: psycopg.AsyncConnection[Any], schema: str) -> Non
     """The pool's ``configure``: reads only, so a bug can never write through a reader."""
     await prepare(conn, schema)
     await conn.execute("SET default_transaction_read_only TO on")
+
+
+def advisory_key(*parts: object) -> int:
+    """An advisory lock key of the journal's (CRC-32 of the parts, NUL-separated): the plan
+    lock, a gate's turn and a pool's turn all make theirs here."""
+    return zlib.crc32("\0".join(map(str, parts)).encode()) & 0x7FFFFFFF
+
+
+async def wait_for_advisory_lock(
+    conn: psycopg.AsyncConnection[Any], lock: tuple[int, int], poll: float
+) -> None:
+    """Take a session advisory lock, polling every ``poll`` seconds: a blocking lock call
+    could not be given up when the run stops."""
+    while True:
+        cursor = await conn.execute("SELECT pg_try_advisory_lock(%s::int4, %s::int4)", lock)
+        row = await cursor.fetchone()
+        if row is not None and row[0]:
+            return
+        await anyio.sleep(poll)

@@ -15,7 +15,6 @@ table and advisory locks are all it needs.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -44,10 +43,9 @@ _LAST = (
 
 def gate_lock_key(schema: str, run_id: str, key: GateKey) -> int:
     """The advisory lock key of one gate ask of a run (CRC-32, like the journal's others)."""
-    text = "\0".join(
-        map(str, (schema, run_id, "gate", key.when, key.gate, key.wave, key.account, key.pool))
+    return pgconn.advisory_key(
+        schema, run_id, "gate", key.when, key.gate, key.wave, key.account, key.pool
     )
-    return zlib.crc32(text.encode()) & 0x7FFFFFFF
 
 
 class _Turn:
@@ -81,7 +79,7 @@ async def gate_turn(
         try:
             await pgconn.prepare_writer(conn)
             lock = (GATE_LOCK_CLASS, gate_lock_key(schema, run_id, key))
-            await _wait_for_lock(conn, lock)
+            await pgconn.wait_for_advisory_lock(conn, lock, TURN_POLL_S)
             turn = _Turn(conn, await _last(conn, run_id, key))
         except psycopg.Error as exc:
             raise JournalError(
@@ -92,15 +90,6 @@ async def gate_turn(
     finally:
         with anyio.CancelScope(shield=True):
             await conn.close()  # the session ends, and its advisory lock with it
-
-
-async def _wait_for_lock(conn: psycopg.AsyncConnection[Any], lock: tuple[int, int]) -> None:
-    """Poll for the lock (a blocking lock call could not be given up when the run stops)."""
-    try_lock = "SELECT pg_try_advisory_lock(%s::int4, %s::int4)"
-    while True:
-        if await _first(conn, try_lock, lock):
-            return
-        await anyio.sleep(TURN_POLL_S)
 
 
 async def event_mark(conn: psycopg.AsyncConnection[Any], run_id: str) -> int:

@@ -10,7 +10,6 @@ the journal, as a resume would (``engine/replace.py``).
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import Any
@@ -19,13 +18,14 @@ import anyio
 import psycopg
 
 from fleet_reimage.journal import postgres_conn as pgconn
+from fleet_reimage.journal.model import JournalError
 
 POOL_TURN_CLASS = 0x46524A54  # "FRJT"
 WAIT = 0.2  # seconds between tries for a turn another runner holds
 
 
 def pool_turn_key(schema: str, run_id: str, account: str, pool: str) -> int:
-    return zlib.crc32(f"{schema}\0{run_id}\0{account}\0{pool}".encode()) & 0x7FFFFFFF
+    return pgconn.advisory_key(schema, run_id, account, pool)
 
 
 @asynccontextmanager
@@ -35,15 +35,14 @@ async def pool_turn(
     """Wait for the pool's turn and hold it inside the ``async with``."""
     conn: psycopg.AsyncConnection[Any] = await pgconn.connect(url, schema, location=location)
     try:
-        key = pool_turn_key(schema, run_id, account, pool)
-        while True:
-            cursor = await conn.execute(
-                "SELECT pg_try_advisory_lock(%s::int4, %s::int4)", (POOL_TURN_CLASS, key)
-            )
-            row = await cursor.fetchone()
-            if row is not None and row[0]:
-                break
-            await anyio.sleep(WAIT)
+        lock = (POOL_TURN_CLASS, pool_turn_key(schema, run_id, account, pool))
+        try:
+            await pgconn.wait_for_advisory_lock(conn, lock, WAIT)
+        except psycopg.Error as exc:  # a journal error, as a gate's turn says it
+            raise JournalError(
+                f"waiting for the turn of pool {account}/{pool} in the journal {location} "
+                f"failed ({type(exc).__name__}: {pgconn.describe(exc, url)})"
+            ) from exc
         yield
     finally:
         with anyio.CancelScope(shield=True), suppress(psycopg.Error):

@@ -22,7 +22,6 @@ migrates up in place, data kept.
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +29,7 @@ import psycopg
 from psycopg import sql
 
 from fleet_reimage.journal import poolops
+from fleet_reimage.journal import postgres_conn as pgconn
 from fleet_reimage.journal.base import newer_journal, older_journal, tool_version
 from fleet_reimage.journal.model import JournalError
 
@@ -211,17 +211,17 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5
 
 def lock_key(schema: str) -> int:
     """The advisory lock key for ``schema``: stable across processes and versions (CRC-32)."""
-    return zlib.crc32(schema.encode()) & 0x7FFFFFFF  # non-negative: pg_locks shows it as oid
+    return pgconn.advisory_key(schema)  # non-negative: pg_locks shows it as oid
 
 
 def run_lock_key(schema: str, run_id: str) -> int:
     """The advisory lock key for one run of the journal in ``schema`` (registrations)."""
-    return zlib.crc32(f"{schema}\0{run_id}".encode()) & 0x7FFFFFFF
+    return pgconn.advisory_key(schema, run_id)
 
 
 def plan_lock_key(schema: str, plan_sha256: str) -> int:
     """The advisory lock key for creating a run of one plan in ``schema`` (one at a time)."""
-    return zlib.crc32(f"{schema}\0plan\0{plan_sha256}".encode()) & 0x7FFFFFFF
+    return pgconn.advisory_key(schema, "plan", plan_sha256)
 
 
 @dataclass(frozen=True, slots=True)
