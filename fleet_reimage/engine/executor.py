@@ -321,8 +321,7 @@ class Executor:
                 if self.shared is not None:
                     self.shared.running_low(pool)
                 if job is None:
-                    if self.gates is not None:  # its wave may wait for its gates
-                        self.gates.check(pool, now)
+                    self._ask_gates(pool, now)  # its wave may wait for its gates
                     due = pool.next_due()
                     start = pool.rollout.next_start_time(now)
                     earliest = min(earliest, due or math.inf, start or math.inf)
